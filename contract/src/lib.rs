@@ -1,0 +1,22 @@
+//! Baton's wire contract: the JSON messages that cross RabbitMQ, and the names of the
+//! exchanges and queues they cross it on.
+//!
+//! Clients and business services depend on this crate alone; it knows nothing about how
+//! the orchestrator runs a workflow. With the `amqp` feature it also declares the topology
+//! and publishes with confirms, so every Baton binary sets up RabbitMQ the same way.
+#![forbid(unsafe_code)]
+#![warn(missing_docs, clippy::dbg_macro, clippy::todo)]
+
+mod message;
+mod names;
+mod request;
+
+#[cfg(feature = "amqp")]
+pub mod amqp;
+
+pub use message::{
+    Action, CardView, Command, PaymentResult, PaymentView, Reply, ReplyOutcome, Status,
+    StepOutcome, StepRecord,
+};
+pub use names::{headers, Names, CONTENT_TYPE, SCHEMA_VERSION};
+pub use request::{Card, CardNumber, Currency, InvalidRequest, Limits, Money, PaymentRequest};

@@ -1,0 +1,297 @@
+//! Commands to services, their replies, and the final payment result.
+
+use crate::request::{CardNumber, Currency, Money, PaymentRequest};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+/// What a command asks a service to do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    /// Run the step.
+    Execute,
+    /// Undo the step's effect (void a hold). Idempotent, like execute.
+    Compensate,
+}
+
+/// The card as a step sees it: the full number only for steps the workflow trusts with it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CardView {
+    /// Full number, for steps with `card_number = true` in the workflow.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub number: Option<CardNumber>,
+    /// Last four digits, for every step.
+    pub last4: String,
+    /// `MM/YY`.
+    pub expiry: String,
+}
+
+/// The payment as a step sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PaymentView {
+    /// Who is paid.
+    pub merchant_id: String,
+    /// Who pays.
+    pub customer_id: String,
+    /// What the customer pays.
+    pub amount: Money,
+    /// Currency the merchant settles in (always filled in).
+    pub merchant_currency: Currency,
+    /// The card.
+    pub card: CardView,
+}
+
+impl PaymentView {
+    /// The view of `request`, with the full card number only when `with_card_number`.
+    pub fn of(request: &PaymentRequest, with_card_number: bool) -> Self {
+        Self {
+            merchant_id: request.merchant_id.clone(),
+            customer_id: request.customer_id.clone(),
+            amount: request.amount,
+            merchant_currency: request.settlement_currency(),
+            card: CardView {
+                number: with_card_number.then(|| request.card.number.clone()),
+                last4: request.card.number.last4().to_owned(),
+                expiry: request.card.expiry.clone(),
+            },
+        }
+    }
+}
+
+/// A command from the orchestrator to one service's queue.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Command {
+    /// `<payment_id>:<step>`, or `<payment_id>:<step>:compensate`: the same for every
+    /// attempt, so a service that already acted answers from its store.
+    pub command_id: String,
+    /// The payment this command belongs to.
+    pub payment_id: Uuid,
+    /// Step name from the workflow.
+    pub step: String,
+    /// Execute or compensate.
+    pub action: Action,
+    /// The payment.
+    pub payment: PaymentView,
+    /// The `data` of every earlier step's approved reply, keyed by step name (e.g.
+    /// `context.authorization.hold_id`).
+    #[serde(default)]
+    pub context: Map<String, Value>,
+}
+
+impl Command {
+    /// The deterministic command id of a step's action.
+    pub fn id_for(payment_id: Uuid, step: &str, action: Action) -> String {
+        match action {
+            Action::Execute => format!("{payment_id}:{step}"),
+            Action::Compensate => format!("{payment_id}:{step}:compensate"),
+        }
+    }
+}
+
+/// A service's answer to a command.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReplyOutcome {
+    /// The step succeeded (for a compensation: the effect is undone).
+    Approved,
+    /// A business answer: final, never retried.
+    Declined,
+    /// Something transient went wrong; worth retrying.
+    Error,
+}
+
+/// A service's reply, sent to the command's `reply_to` with its `correlation_id`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Reply {
+    /// The command answered.
+    pub command_id: String,
+    /// Approved, declined or error.
+    pub outcome: ReplyOutcome,
+    /// Machine-readable reason code for declines and errors (`card_declined`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Human-readable detail.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// Step output for later steps and the result (`hold_id`, `settlement`).
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub data: Map<String, Value>,
+}
+
+impl Reply {
+    /// An approval carrying `data`.
+    pub fn approved(command_id: impl Into<String>, data: Map<String, Value>) -> Self {
+        Self {
+            command_id: command_id.into(),
+            outcome: ReplyOutcome::Approved,
+            reason: None,
+            detail: None,
+            data,
+        }
+    }
+
+    /// A decline with a reason code and detail.
+    pub fn declined(
+        command_id: impl Into<String>,
+        reason: impl Into<String>,
+        detail: impl Into<String>,
+    ) -> Self {
+        Self {
+            command_id: command_id.into(),
+            outcome: ReplyOutcome::Declined,
+            reason: Some(reason.into()),
+            detail: Some(detail.into()),
+            data: Map::new(),
+        }
+    }
+
+    /// A transient error.
+    pub fn error(
+        command_id: impl Into<String>,
+        reason: impl Into<String>,
+        detail: impl Into<String>,
+    ) -> Self {
+        Self {
+            command_id: command_id.into(),
+            outcome: ReplyOutcome::Error,
+            reason: Some(reason.into()),
+            detail: Some(detail.into()),
+            data: Map::new(),
+        }
+    }
+}
+
+/// Final status of a payment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// Every step approved; funds moved.
+    Completed,
+    /// A step gave a business decline; earlier effects compensated.
+    Declined,
+    /// A step could not be completed (timeout, service error); earlier effects compensated.
+    Failed,
+    /// The request itself was invalid; no step ran.
+    Rejected,
+}
+
+impl Status {
+    /// The status as in JSON and routing keys.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Status::Completed => "completed",
+            Status::Declined => "declined",
+            Status::Failed => "failed",
+            Status::Rejected => "rejected",
+        }
+    }
+}
+
+/// How one step (or its compensation) ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepOutcome {
+    /// The service approved.
+    Approved,
+    /// The service declined (a business answer).
+    Declined,
+    /// No usable answer: timeout or service error.
+    Failed,
+    /// The step's effect was undone.
+    Compensated,
+    /// Undoing the step's effect failed; an operator must look.
+    CompensationFailed,
+}
+
+/// One line of a result's `steps`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepRecord {
+    /// Step name (for a compensation, the step it undoes).
+    pub step: String,
+    /// How it ended.
+    pub outcome: StepOutcome,
+    /// Commands sent for it.
+    pub attempts: u32,
+    /// Time from first command to final answer.
+    pub duration_ms: u64,
+    /// Reason code of a decline or failure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// The one final answer for a payment.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PaymentResult {
+    /// The request's payment id.
+    pub payment_id: Uuid,
+    /// Final status.
+    pub status: Status,
+    /// Reason code (`card_declined`, `invalid_request`, `step_timeout`), null on success.
+    pub reason: Option<String>,
+    /// Human-readable detail, null on success.
+    pub detail: Option<String>,
+    /// Every step and compensation, in the order they ran.
+    pub steps: Vec<StepRecord>,
+    /// What the merchant receives, when funds moved.
+    pub settlement: Option<Money>,
+    /// When the orchestrator decided, RFC 3339 UTC.
+    pub finished_at: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::request::Limits;
+
+    #[test]
+    fn command_ids_are_deterministic() {
+        let id = Uuid::nil();
+        assert_eq!(
+            Command::id_for(id, "authorization", Action::Execute),
+            "00000000-0000-0000-0000-000000000000:authorization"
+        );
+        assert_eq!(
+            Command::id_for(id, "authorization", Action::Compensate),
+            "00000000-0000-0000-0000-000000000000:authorization:compensate"
+        );
+    }
+
+    #[test]
+    fn only_trusted_steps_see_the_card_number() {
+        let body = br#"{"payment_id":"6f1c3a52-3b1e-4f4e-9d7a-0c2b8e1f5a10","merchant_id":"m",
+            "customer_id":"c","amount":{"minor":1,"currency":"EUR"},
+            "card":{"number":"4242424242424242","expiry":"12/30"}}"#;
+        let request = PaymentRequest::parse(body, &Limits::default()).unwrap();
+        let masked = serde_json::to_string(&PaymentView::of(&request, false)).unwrap();
+        assert!(!masked.contains("4242424242424242"));
+        assert!(masked.contains("\"last4\":\"4242\""));
+        let full = serde_json::to_string(&PaymentView::of(&request, true)).unwrap();
+        assert!(full.contains("4242424242424242"));
+    }
+
+    #[test]
+    fn results_serialise_to_the_documented_shape() {
+        let result = PaymentResult {
+            payment_id: Uuid::nil(),
+            status: Status::Declined,
+            reason: Some("high_risk".into()),
+            detail: Some("risk declined".into()),
+            steps: vec![StepRecord {
+                step: "authorization".into(),
+                outcome: StepOutcome::Compensated,
+                attempts: 1,
+                duration_ms: 3,
+                reason: None,
+            }],
+            settlement: None,
+            finished_at: "2026-11-26T04:00:00.000Z".into(),
+        };
+        let json: Value = serde_json::to_value(&result).unwrap();
+        assert_eq!(json["status"], "declined");
+        assert_eq!(json["steps"][0]["outcome"], "compensated");
+        assert_eq!(json["settlement"], Value::Null);
+        let back: PaymentResult = serde_json::from_value(json).unwrap();
+        assert_eq!(back, result);
+    }
+}

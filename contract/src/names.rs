@@ -1,0 +1,104 @@
+//! Exchange, queue, routing-key and header names, all derived from one prefix so several
+//! deployments (and parallel test runs) can share a broker without seeing each other.
+
+/// Version of the JSON messages in this crate; sent in the `baton-schema` header.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Content type of every message Baton publishes.
+pub const CONTENT_TYPE: &str = "application/json";
+
+/// AMQP header names Baton reads or writes.
+pub mod headers {
+    /// Why a message was dead-lettered (on messages in `<prefix>.dead`).
+    pub const REASON: &str = "x-baton-reason";
+    /// Human-readable detail that goes with [`REASON`].
+    pub const DETAIL: &str = "x-baton-detail";
+    /// Schema version of the JSON body.
+    pub const SCHEMA: &str = "baton-schema";
+    /// The command id a command or reply belongs to.
+    pub const COMMAND_ID: &str = "baton-command-id";
+}
+
+/// The names of every exchange and queue of one Baton deployment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Names {
+    prefix: String,
+}
+
+impl Names {
+    /// Names under `prefix` (`baton` by default).
+    pub fn new(prefix: impl Into<String>) -> Self {
+        Self {
+            prefix: prefix.into(),
+        }
+    }
+
+    /// The prefix every name starts with.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// Topic exchange for requests (`request`), results (`result.<status>`) and saga
+    /// events (`event.<step>.<outcome>`).
+    pub fn payments_exchange(&self) -> String {
+        format!("{}.payments", self.prefix)
+    }
+
+    /// Quorum queue of incoming payment requests.
+    pub fn requests_queue(&self) -> String {
+        format!("{}.requests", self.prefix)
+    }
+
+    /// Quorum queue that receives every result (`result.*`).
+    pub fn results_queue(&self) -> String {
+        format!("{}.results", self.prefix)
+    }
+
+    /// Quorum queue of poison and rejected messages, with the reason in a header.
+    pub fn dead_queue(&self) -> String {
+        format!("{}.dead", self.prefix)
+    }
+
+    /// Quorum queue of commands (and compensations) for one business service.
+    pub fn command_queue(&self, service: &str) -> String {
+        format!("{}.cmd.{}", self.prefix, service)
+    }
+
+    /// Exclusive queue of replies to one orchestrator instance.
+    pub fn reply_queue(&self, instance: &str) -> String {
+        format!("{}.replies.{}", self.prefix, instance)
+    }
+
+    /// Routing key of requests on the payments exchange.
+    pub fn request_routing_key(&self) -> &'static str {
+        "request"
+    }
+
+    /// Routing key of a result with the given status (`completed`, `declined`, …).
+    pub fn result_routing_key(&self, status: &str) -> String {
+        format!("result.{status}")
+    }
+}
+
+impl Default for Names {
+    fn default() -> Self {
+        Self::new("baton")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_the_design_table() {
+        let names = Names::new("acme");
+        assert_eq!(names.payments_exchange(), "acme.payments");
+        assert_eq!(names.requests_queue(), "acme.requests");
+        assert_eq!(names.results_queue(), "acme.results");
+        assert_eq!(names.dead_queue(), "acme.dead");
+        assert_eq!(names.command_queue("risk"), "acme.cmd.risk");
+        assert_eq!(names.reply_queue("x1"), "acme.replies.x1");
+        assert_eq!(names.result_routing_key("declined"), "result.declined");
+    }
+}
