@@ -1,0 +1,279 @@
+//! What each service does with one decoded command: apply its rules (and, for
+//! authorization and transaction, its ledger) and produce the reply. No AMQP here, so
+//! handlers are tested without a broker.
+
+use crate::kit::ServiceKind;
+use crate::ledger::{Capture, Ledger, LedgerError};
+use crate::rules::{self, Decline, YearMonth};
+use baton_contract::{Action, Command, Reply};
+use serde_json::{Map, Value};
+
+/// A service's command handler, with the store it needs.
+#[derive(Clone, Debug)]
+pub enum Handler {
+    /// Places and voids holds in the ledger.
+    Authorization(Ledger),
+    /// Pure risk rules.
+    Risk,
+    /// Pure PCI compliance rules.
+    Pci,
+    /// Captures holds and records transfers in the ledger.
+    Transaction(Ledger),
+}
+
+fn answer(command: &Command, decision: Result<(), Decline>) -> Reply {
+    match decision {
+        Ok(()) => Reply::approved(&command.command_id, Map::new()),
+        Err(d) => Reply::declined(&command.command_id, d.reason, d.detail),
+    }
+}
+
+/// The hold id authorization gave: `context.authorization.hold_id`, or else the
+/// `hold_id` of any earlier step (a workflow may name the authorization step otherwise).
+fn hold_id(context: &Map<String, Value>) -> Option<String> {
+    let of = |step: &Value| step.get("hold_id")?.as_str().map(str::to_owned);
+    context
+        .get("authorization")
+        .and_then(of)
+        .or_else(|| context.values().find_map(of))
+}
+
+impl Handler {
+    /// The handler of `kind`; `ledger` is required for authorization and transaction.
+    pub fn new(kind: ServiceKind, ledger: Option<Ledger>) -> Option<Self> {
+        Some(match kind {
+            ServiceKind::Authorization => Handler::Authorization(ledger?),
+            ServiceKind::Risk => Handler::Risk,
+            ServiceKind::Pci => Handler::Pci,
+            ServiceKind::Transaction => Handler::Transaction(ledger?),
+        })
+    }
+
+    /// Handles one command. Never fails: a store error becomes a transient `error`
+    /// reply (nothing was stored, so the orchestrator's retry may act).
+    pub async fn handle(&self, command: &Command) -> Reply {
+        let stored = match (self, command.action) {
+            (Handler::Risk, Action::Execute) => {
+                return answer(
+                    command,
+                    rules::assess_risk(&command.step, &command.payment.card),
+                )
+            }
+            (Handler::Pci, Action::Execute) => {
+                return answer(command, rules::check_pci(&command.payment.merchant_id))
+            }
+            // Risk and PCI have no effect to undo.
+            (Handler::Risk | Handler::Pci, Action::Compensate) => {
+                return Reply::approved(&command.command_id, Map::new())
+            }
+            (Handler::Authorization(ledger), Action::Execute) => {
+                let decision =
+                    rules::authorize(&command.step, &command.payment.card, YearMonth::now_utc());
+                ledger
+                    .place_hold(
+                        &command.command_id,
+                        command.payment_id,
+                        &command.payment.customer_id,
+                        command.payment.amount,
+                        decision,
+                    )
+                    .await
+            }
+            (Handler::Authorization(ledger), Action::Compensate) => {
+                let execute_id =
+                    Command::id_for(command.payment_id, &command.step, Action::Execute);
+                ledger
+                    .void_hold(&command.command_id, &execute_id, command.payment_id)
+                    .await
+            }
+            (Handler::Transaction(ledger), Action::Execute) => {
+                let Some(hold_id) = hold_id(&command.context) else {
+                    return Reply::declined(
+                        &command.command_id,
+                        "hold_missing",
+                        "the command's context has no authorization.hold_id: the \
+                         authorization step must run (and approve) before transaction",
+                    );
+                };
+                let capture = Capture {
+                    payment_id: command.payment_id,
+                    hold_id,
+                    customer_id: command.payment.customer_id.clone(),
+                    merchant_id: command.payment.merchant_id.clone(),
+                    amount: command.payment.amount,
+                    settlement_currency: command.payment.merchant_currency,
+                };
+                ledger.capture(&command.command_id, &capture).await
+            }
+            (Handler::Transaction(_), Action::Compensate) => {
+                return Reply::declined(
+                    &command.command_id,
+                    "not_compensable",
+                    "a transfer cannot be compensated: refund it instead",
+                )
+            }
+        };
+        stored.unwrap_or_else(|e: LedgerError| {
+            tracing::warn!(error = %e, command_id = %command.command_id, "ledger unavailable");
+            Reply::error(&command.command_id, "ledger_unavailable", e.to_string())
+        })
+    }
+
+    /// Closes the handler's store, if any.
+    pub async fn close(&self) {
+        if let Handler::Authorization(ledger) | Handler::Transaction(ledger) = self {
+            ledger.close().await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ledger::tests::sqlite_ledger;
+    use baton_contract::{CardNumber, CardView, Currency, Money, PaymentView, ReplyOutcome};
+    use serde_json::json;
+    use uuid::Uuid;
+
+    fn command(payment_id: Uuid, step: &str, action: Action, number: Option<&str>) -> Command {
+        Command {
+            command_id: Command::id_for(payment_id, step, action),
+            payment_id,
+            step: step.into(),
+            action,
+            payment: PaymentView {
+                merchant_id: "m-1001".into(),
+                customer_id: "c-42".into(),
+                amount: Money {
+                    minor: 1999,
+                    currency: Currency::parse("EUR").unwrap(),
+                },
+                merchant_currency: Currency::parse("USD").unwrap(),
+                card: CardView {
+                    number: number.map(CardNumber::new),
+                    last4: "4242".into(),
+                    expiry: "12/99".into(),
+                },
+            },
+            context: Map::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_payment_runs_through_every_service() {
+        let db = sqlite_ledger().await;
+        let authorization =
+            Handler::new(ServiceKind::Authorization, Some(db.ledger.clone())).unwrap();
+        let transaction = Handler::new(ServiceKind::Transaction, Some(db.ledger.clone())).unwrap();
+        let payment_id = Uuid::new_v4();
+        let card = Some("4242424242424242");
+
+        let auth = authorization
+            .handle(&command(payment_id, "authorization", Action::Execute, card))
+            .await;
+        assert_eq!(auth.outcome, ReplyOutcome::Approved, "{auth:?}");
+        for kind in [ServiceKind::Risk, ServiceKind::Pci] {
+            let reply = Handler::new(kind, None)
+                .unwrap()
+                .handle(&command(payment_id, kind.name(), Action::Execute, card))
+                .await;
+            assert_eq!(reply.outcome, ReplyOutcome::Approved, "{kind}: {reply:?}");
+        }
+        let mut capture = command(payment_id, "transaction", Action::Execute, None);
+        capture
+            .context
+            .insert("authorization".into(), Value::Object(auth.data.clone()));
+        let reply = transaction.handle(&capture).await;
+        assert_eq!(reply.outcome, ReplyOutcome::Approved, "{reply:?}");
+        assert_eq!(
+            reply.data["settlement"],
+            json!({"minor": 2150, "currency": "USD"})
+        );
+        assert_eq!(
+            transaction.handle(&capture).await,
+            reply,
+            "a repeat is answered from the store"
+        );
+        assert_eq!(db.ledger.transfers_for(payment_id).await.unwrap(), 1);
+
+        let undo = transaction
+            .handle(&command(
+                payment_id,
+                "transaction",
+                Action::Compensate,
+                None,
+            ))
+            .await;
+        assert_eq!(undo.reason.as_deref(), Some("not_compensable"));
+        db.ledger.close().await;
+    }
+
+    #[tokio::test]
+    async fn declines_and_misconfigurations_are_explained() {
+        let db = sqlite_ledger().await;
+        let authorization = Handler::Authorization(db.ledger.clone());
+        let cases = [
+            (Some(crate::rules::CARD_DECLINED), "card_declined"),
+            (
+                Some(crate::rules::CARD_INSUFFICIENT_FUNDS),
+                "insufficient_funds",
+            ),
+            (Some("4242424242424241"), "invalid_card"),
+            (None, "card_number_missing"),
+        ];
+        for (number, reason) in cases {
+            let payment_id = Uuid::new_v4();
+            let reply = authorization
+                .handle(&command(
+                    payment_id,
+                    "authorization",
+                    Action::Execute,
+                    number,
+                ))
+                .await;
+            assert_eq!(reply.reason.as_deref(), Some(reason));
+            assert_eq!(db.ledger.holds_for(payment_id).await.unwrap(), 0);
+        }
+        let risk = Handler::Risk
+            .handle(&command(
+                Uuid::new_v4(),
+                "risk",
+                Action::Execute,
+                Some(crate::rules::CARD_HIGH_RISK),
+            ))
+            .await;
+        assert_eq!(risk.reason.as_deref(), Some("high_risk"));
+        let mut pci = command(Uuid::new_v4(), "pci", Action::Execute, None);
+        pci.payment.merchant_id = "noncompliant-1".into();
+        assert_eq!(
+            Handler::Pci.handle(&pci).await.reason.as_deref(),
+            Some("merchant_not_compliant")
+        );
+        let no_hold = Handler::Transaction(db.ledger.clone())
+            .handle(&command(
+                Uuid::new_v4(),
+                "transaction",
+                Action::Execute,
+                None,
+            ))
+            .await;
+        assert_eq!(no_hold.reason.as_deref(), Some("hold_missing"));
+        db.ledger.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_closed_ledger_gives_a_transient_error_and_stores_nothing() {
+        let db = sqlite_ledger().await;
+        db.ledger.close().await;
+        let reply = Handler::Authorization(db.ledger.clone())
+            .handle(&command(
+                Uuid::new_v4(),
+                "authorization",
+                Action::Execute,
+                Some("4242424242424242"),
+            ))
+            .await;
+        assert_eq!(reply.outcome, ReplyOutcome::Error, "{reply:?}");
+        assert_eq!(reply.reason.as_deref(), Some("ledger_unavailable"));
+    }
+}

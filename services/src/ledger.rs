@@ -1,0 +1,952 @@
+//! The ledger store shared by the authorization and transaction services: holds,
+//! transfers, double-entry lines, and the replies already given, keyed by `command_id`.
+//!
+//! Every effect runs in one database transaction whose *first* statement claims the
+//! command id (`INSERT … ON CONFLICT DO NOTHING`). That first write makes SQLite take its
+//! write lock up-front and makes PostgreSQL serialise concurrent duplicates on the unique
+//! key, so a repeated command — even two deliveries at once, from two processes — gets
+//! the stored reply and moves nothing twice. Approved and declined replies are stored; a
+//! database error rolls everything back so a retry may act.
+//!
+//! Backends: `sqlite://path` (created if missing, WAL, `synchronous=FULL`) or
+//! `postgres://…`, through sqlx's `Any` driver with `$1` placeholders on both. This module
+//! knows the rules only through [`crate::rules`]; it knows nothing about AMQP.
+
+use crate::rules::{self, Decline};
+use baton_contract::{Money, Reply};
+use serde_json::{json, Map, Value};
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{Any, AnyPool, Row, Transaction};
+use std::sync::Once;
+use uuid::Uuid;
+
+/// Errors of the ledger. All but [`LedgerError::UnsupportedUrl`] may go away on retry.
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    /// The URL names no supported backend.
+    #[error("ledger URL {url} is not supported: use sqlite://<path> or postgres://…")]
+    UnsupportedUrl {
+        /// The URL, password removed.
+        url: String,
+    },
+    /// The database could not be opened or its tables created.
+    #[error("cannot open the ledger at {url}: {source}")]
+    Open {
+        /// The URL, password removed.
+        url: String,
+        /// What sqlx said.
+        source: sqlx::Error,
+    },
+    /// A query failed (connection lost, lock timeout, …): retry later.
+    #[error("ledger database error: {0}")]
+    Database(#[from] sqlx::Error),
+    /// A stored reply cannot be read back: the database was edited by hand.
+    #[error("stored reply of command {command_id} is unreadable: {problem}")]
+    CorruptReply {
+        /// The command whose reply is damaged.
+        command_id: String,
+        /// What is wrong.
+        problem: String,
+    },
+}
+
+/// Totals of one currency over every ledger line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CurrencyTotal {
+    /// ISO code.
+    pub currency: String,
+    /// Sum of debits, minor units.
+    pub debit_minor: i64,
+    /// Sum of credits, minor units.
+    pub credit_minor: i64,
+}
+
+/// What an auditor checks: no payment paid twice, books balanced per currency.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Audit {
+    /// Transfers recorded.
+    pub transfers: u64,
+    /// Payments with more than one transfer, and how many each has (should be empty).
+    pub duplicate_transfers: Vec<(String, u64)>,
+    /// Debit and credit totals per currency.
+    pub totals: Vec<CurrencyTotal>,
+    /// Whether debits equal credits in every currency.
+    pub balanced: bool,
+    /// Holds neither captured nor voided.
+    pub open_holds: u64,
+}
+
+/// What a transaction step needs to capture a hold and move the money.
+#[derive(Clone, Debug)]
+pub struct Capture {
+    /// The payment.
+    pub payment_id: Uuid,
+    /// The hold placed by authorization.
+    pub hold_id: String,
+    /// Who pays.
+    pub customer_id: String,
+    /// Who is paid.
+    pub merchant_id: String,
+    /// What the customer pays.
+    pub amount: Money,
+    /// What the merchant is paid in.
+    pub settlement_currency: baton_contract::Currency,
+}
+
+/// Tables, in an order that never references a missing one. SQL valid on SQLite and
+/// PostgreSQL alike: TEXT keys (uuids), BIGINT amounts, no autoincrement.
+const SCHEMA: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS processed_commands (
+        command_id TEXT PRIMARY KEY,
+        service TEXT NOT NULL,
+        reply TEXT
+    )",
+    "CREATE TABLE IF NOT EXISTS holds (
+        hold_id TEXT PRIMARY KEY,
+        payment_id TEXT NOT NULL,
+        customer_id TEXT NOT NULL,
+        amount_minor BIGINT NOT NULL,
+        currency TEXT NOT NULL,
+        status TEXT NOT NULL
+    )",
+    "CREATE INDEX IF NOT EXISTS holds_by_payment ON holds (payment_id)",
+    "CREATE TABLE IF NOT EXISTS transfers (
+        transfer_id TEXT PRIMARY KEY,
+        payment_id TEXT NOT NULL,
+        hold_id TEXT NOT NULL,
+        customer_id TEXT NOT NULL,
+        merchant_id TEXT NOT NULL,
+        amount_minor BIGINT NOT NULL,
+        currency TEXT NOT NULL,
+        settlement_minor BIGINT NOT NULL,
+        settlement_currency TEXT NOT NULL,
+        fx_rate_micro BIGINT NOT NULL
+    )",
+    "CREATE INDEX IF NOT EXISTS transfers_by_payment ON transfers (payment_id)",
+    "CREATE TABLE IF NOT EXISTS ledger_entries (
+        entry_id TEXT PRIMARY KEY,
+        transfer_id TEXT NOT NULL,
+        account TEXT NOT NULL,
+        currency TEXT NOT NULL,
+        debit_minor BIGINT NOT NULL,
+        credit_minor BIGINT NOT NULL
+    )",
+];
+
+/// Per-connection SQLite settings: WAL so readers never block the writer, FULL sync so a
+/// committed hold survives a power cut, and a long busy timeout because authorization and
+/// transaction (possibly two processes) write to the same file.
+const SQLITE_PRAGMAS: &[&str] = &[
+    "PRAGMA journal_mode = WAL",
+    "PRAGMA synchronous = FULL",
+    "PRAGMA busy_timeout = 10000",
+];
+
+/// Outcome of claiming a command id at the start of a transaction.
+enum Claim {
+    /// First time: act inside this transaction, then [`Ledger::finish`].
+    Fresh(Transaction<'static, Any>),
+    /// Already answered: this is the stored reply.
+    Done(Reply),
+}
+
+/// The ledger database. Cheap to clone (a connection pool).
+#[derive(Clone, Debug)]
+pub struct Ledger {
+    /// Pool of `Any` connections: the same code runs on SQLite and PostgreSQL.
+    pool: AnyPool,
+}
+
+/// Registers sqlx's `Any` drivers, once per process.
+pub(crate) fn install_drivers() {
+    static DRIVERS: Once = Once::new();
+    DRIVERS.call_once(sqlx::any::install_default_drivers);
+}
+
+fn redact(url: &str) -> String {
+    baton_contract::amqp::redact_url(url)
+}
+
+/// `sqlite://x.db` → `sqlite://x.db?mode=rwc` so a missing file is created.
+fn with_create_mode(url: &str) -> String {
+    if url.contains("mode=") {
+        url.to_owned()
+    } else if url.contains('?') {
+        format!("{url}&mode=rwc")
+    } else {
+        format!("{url}?mode=rwc")
+    }
+}
+
+fn i64_of(value: u64, what: &str) -> Result<i64, Decline> {
+    i64::try_from(value).map_err(|_| Decline {
+        reason: "amount_too_large",
+        detail: format!("{what} {value} is too large to store"),
+    })
+}
+
+fn u64_of(value: i64) -> u64 {
+    // Counts and stored amounts are never negative.
+    u64::try_from(value).unwrap_or(0)
+}
+
+fn declined(command_id: &str, decline: Decline) -> Reply {
+    Reply::declined(command_id, decline.reason, decline.detail)
+}
+
+fn data(value: Value) -> Map<String, Value> {
+    match value {
+        Value::Object(map) => map,
+        _ => Map::new(),
+    }
+}
+
+impl Ledger {
+    /// Opens (creating if needed) the ledger at `url` and creates its tables.
+    pub async fn open(url: &str) -> Result<Self, LedgerError> {
+        install_drivers();
+
+        let (url, sqlite) = if url.starts_with("sqlite:") {
+            (with_create_mode(url), true)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            (url.to_owned(), false)
+        } else {
+            return Err(LedgerError::UnsupportedUrl { url: redact(url) });
+        };
+        let open_error = |source| LedgerError::Open {
+            url: redact(&url),
+            source,
+        };
+        let pool = AnyPoolOptions::new()
+            // SQLite admits one writer at a time. Several connections in one process
+            // would only wait on each other in SQLite's busy handler, which sleeps in
+            // steps of up to 100 ms; one connection queues them fairly in the pool.
+            .max_connections(if sqlite { 1 } else { 16 })
+            .after_connect(|conn, _meta| {
+                Box::pin(async move {
+                    if conn.backend_name() == "SQLite" {
+                        for pragma in SQLITE_PRAGMAS {
+                            sqlx::query(pragma).execute(&mut *conn).await?;
+                        }
+                    }
+                    Ok(())
+                })
+            })
+            .connect(&url)
+            .await
+            .map_err(open_error)?;
+        for statement in SCHEMA {
+            sqlx::query(statement)
+                .execute(&pool)
+                .await
+                .map_err(open_error)?;
+        }
+        Ok(Self { pool })
+    }
+
+    /// Closes every connection (waits for checked-out ones to come back).
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// Begins a transaction whose first statement claims `command_id`.
+    async fn claim(&self, command_id: &str, service: &str) -> Result<Claim, LedgerError> {
+        let mut tx = self.pool.begin().await?;
+        let inserted = sqlx::query(
+            "INSERT INTO processed_commands (command_id, service, reply) VALUES ($1, $2, NULL)
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(command_id)
+        .bind(service)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if inserted == 1 {
+            return Ok(Claim::Fresh(tx));
+        }
+        let row = sqlx::query("SELECT reply FROM processed_commands WHERE command_id = $1")
+            .bind(command_id)
+            .fetch_one(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        let stored: Option<String> = row.try_get(0)?;
+        let corrupt = |problem: String| LedgerError::CorruptReply {
+            command_id: command_id.to_owned(),
+            problem,
+        };
+        let text = stored.ok_or_else(|| corrupt("no reply stored".into()))?;
+        let mut reply: Reply = serde_json::from_str(&text).map_err(|e| corrupt(e.to_string()))?;
+        // A reply stored on behalf of another command (a compensation pre-empting an
+        // execute) is answered under the id actually asked.
+        reply.command_id = command_id.to_owned();
+        Ok(Claim::Done(reply))
+    }
+
+    /// Stores `reply` for the claimed command and commits the effect with it.
+    async fn finish(
+        &self,
+        mut tx: Transaction<'static, Any>,
+        command_id: &str,
+        reply: Reply,
+    ) -> Result<Reply, LedgerError> {
+        let text = serde_json::to_string(&reply).map_err(|e| LedgerError::CorruptReply {
+            command_id: command_id.to_owned(),
+            problem: e.to_string(),
+        })?;
+        sqlx::query("UPDATE processed_commands SET reply = $1 WHERE command_id = $2")
+            .bind(text)
+            .bind(command_id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(reply)
+    }
+
+    /// Authorization, execute: if `decision` approves, places a hold for `amount` and
+    /// replies `{"hold_id"}`; otherwise stores the decline. Idempotent by `command_id`.
+    pub async fn place_hold(
+        &self,
+        command_id: &str,
+        payment_id: Uuid,
+        customer_id: &str,
+        amount: Money,
+        decision: Result<(), Decline>,
+    ) -> Result<Reply, LedgerError> {
+        let mut tx = match self.claim(command_id, "authorization").await? {
+            Claim::Done(reply) => return Ok(reply),
+            Claim::Fresh(tx) => tx,
+        };
+        let amount_minor = match decision.and_then(|()| i64_of(amount.minor, "amount")) {
+            Ok(minor) => minor,
+            Err(decline) => {
+                return self
+                    .finish(tx, command_id, declined(command_id, decline))
+                    .await
+            }
+        };
+        let hold_id = Uuid::new_v4().to_string();
+        sqlx::query(
+            "INSERT INTO holds (hold_id, payment_id, customer_id, amount_minor, currency, status)
+             VALUES ($1, $2, $3, $4, $5, 'held')",
+        )
+        .bind(&hold_id)
+        .bind(payment_id.to_string())
+        .bind(customer_id)
+        .bind(amount_minor)
+        .bind(amount.currency.as_str())
+        .execute(&mut *tx)
+        .await?;
+        let reply = Reply::approved(command_id, data(json!({ "hold_id": hold_id })));
+        self.finish(tx, command_id, reply).await
+    }
+
+    /// Authorization, compensate: voids the payment's hold. If the execute command
+    /// (`execute_command_id`) was never processed, stores a decline under its id first,
+    /// so a late execute can never place a hold afterwards. Idempotent by `command_id`.
+    pub async fn void_hold(
+        &self,
+        command_id: &str,
+        execute_command_id: &str,
+        payment_id: Uuid,
+    ) -> Result<Reply, LedgerError> {
+        let mut tx = match self.claim(command_id, "authorization").await? {
+            Claim::Done(reply) => return Ok(reply),
+            Claim::Fresh(tx) => tx,
+        };
+        let pre_empt = Reply::declined(
+            execute_command_id,
+            "voided_before_authorization",
+            "the authorization was compensated before it was processed",
+        );
+        let pre_empt = serde_json::to_string(&pre_empt).map_err(|e| LedgerError::CorruptReply {
+            command_id: execute_command_id.to_owned(),
+            problem: e.to_string(),
+        })?;
+        // On PostgreSQL this waits for an execute still in flight to commit or roll back,
+        // so the answer below never misses a hold being placed concurrently.
+        let pre_empted = sqlx::query(
+            "INSERT INTO processed_commands (command_id, service, reply)
+             VALUES ($1, 'authorization', $2) ON CONFLICT DO NOTHING",
+        )
+        .bind(execute_command_id)
+        .bind(pre_empt)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        let reply = if pre_empted {
+            Reply::approved(command_id, data(json!({ "voided": false })))
+        } else {
+            let voided = sqlx::query(
+                "UPDATE holds SET status = 'voided' WHERE payment_id = $1 AND status = 'held'",
+            )
+            .bind(payment_id.to_string())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            let captured: i64 = sqlx::query(
+                "SELECT COUNT(*) FROM holds WHERE payment_id = $1 AND status = 'captured'",
+            )
+            .bind(payment_id.to_string())
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get(0)?;
+            if voided == 0 && captured > 0 {
+                Reply::declined(
+                    command_id,
+                    "hold_captured",
+                    "the hold was already captured: the money has moved and cannot be voided",
+                )
+            } else {
+                Reply::approved(command_id, data(json!({ "voided": voided > 0 })))
+            }
+        };
+        self.finish(tx, command_id, reply).await
+    }
+
+    /// Transaction, execute: captures the hold, records one transfer and its balanced
+    /// double-entry lines, and replies with the settlement. Idempotent by `command_id`.
+    pub async fn capture(&self, command_id: &str, capture: &Capture) -> Result<Reply, LedgerError> {
+        let mut tx = match self.claim(command_id, "transaction").await? {
+            Claim::Done(reply) => return Ok(reply),
+            Claim::Fresh(tx) => tx,
+        };
+        let conversion = match rules::convert(capture.amount, capture.settlement_currency) {
+            Ok(c) => c,
+            Err(decline) => {
+                return self
+                    .finish(tx, command_id, declined(command_id, decline))
+                    .await
+            }
+        };
+        let settlement = conversion.settlement;
+        let amounts = i64_of(capture.amount.minor, "amount").and_then(|a| {
+            Ok((
+                a,
+                i64_of(settlement.minor, "settlement")?,
+                i64_of(conversion.fx_rate_micro, "fx rate")?,
+            ))
+        });
+        let (amount_minor, settlement_minor, fx_rate_micro) = match amounts {
+            Ok(values) => values,
+            Err(decline) => {
+                return self
+                    .finish(tx, command_id, declined(command_id, decline))
+                    .await
+            }
+        };
+        let payment_id = capture.payment_id.to_string();
+        // The status condition makes capture race-safe against a concurrent void or a
+        // second capture under another command id.
+        let captured = sqlx::query(
+            "UPDATE holds SET status = 'captured'
+             WHERE hold_id = $1 AND payment_id = $2 AND status = 'held'",
+        )
+        .bind(&capture.hold_id)
+        .bind(&payment_id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if captured != 1 {
+            let status: Option<String> =
+                sqlx::query("SELECT status FROM holds WHERE hold_id = $1 AND payment_id = $2")
+                    .bind(&capture.hold_id)
+                    .bind(&payment_id)
+                    .fetch_optional(&mut *tx)
+                    .await?
+                    .map(|row: AnyRow| row.try_get(0))
+                    .transpose()?;
+            let decline = match status.as_deref() {
+                Some("voided") => Decline {
+                    reason: "hold_voided",
+                    detail: "the authorization hold was voided".into(),
+                },
+                Some(_) => Decline {
+                    reason: "hold_captured",
+                    detail: "the authorization hold was already captured by another command".into(),
+                },
+                None => Decline {
+                    reason: "hold_not_found",
+                    detail: format!("no hold {} for this payment", capture.hold_id),
+                },
+            };
+            return self
+                .finish(tx, command_id, declined(command_id, decline))
+                .await;
+        }
+        let transfer_id = Uuid::new_v4().to_string();
+        sqlx::query(
+            "INSERT INTO transfers (transfer_id, payment_id, hold_id, customer_id, merchant_id,
+                amount_minor, currency, settlement_minor, settlement_currency, fx_rate_micro)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        )
+        .bind(&transfer_id)
+        .bind(&payment_id)
+        .bind(&capture.hold_id)
+        .bind(&capture.customer_id)
+        .bind(&capture.merchant_id)
+        .bind(amount_minor)
+        .bind(capture.amount.currency.as_str())
+        .bind(settlement_minor)
+        .bind(settlement.currency.as_str())
+        .bind(fx_rate_micro)
+        .execute(&mut *tx)
+        .await?;
+        let entries = rules::transfer_entries(
+            &capture.customer_id,
+            &capture.merchant_id,
+            capture.amount,
+            settlement,
+        );
+        for entry in entries {
+            // Each line fits: it is the amount or the settlement, both checked above.
+            let debit = i64_of(entry.debit_minor, "debit").unwrap_or(i64::MAX);
+            let credit = i64_of(entry.credit_minor, "credit").unwrap_or(i64::MAX);
+            sqlx::query(
+                "INSERT INTO ledger_entries
+                    (entry_id, transfer_id, account, currency, debit_minor, credit_minor)
+                 VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(Uuid::new_v4().to_string())
+            .bind(&transfer_id)
+            .bind(entry.account)
+            .bind(entry.currency.as_str())
+            .bind(debit)
+            .bind(credit)
+            .execute(&mut *tx)
+            .await?;
+        }
+        let reply = Reply::approved(
+            command_id,
+            data(json!({
+                "transfer_id": transfer_id,
+                "settlement": settlement,
+                "fx_rate_micro": conversion.fx_rate_micro,
+            })),
+        );
+        self.finish(tx, command_id, reply).await
+    }
+
+    /// The audit: transfers, duplicates, per-currency totals, balance, open holds.
+    pub async fn audit(&self) -> Result<Audit, LedgerError> {
+        let transfers: i64 = sqlx::query("SELECT COUNT(*) FROM transfers")
+            .fetch_one(&self.pool)
+            .await?
+            .try_get(0)?;
+        let duplicate_transfers = sqlx::query(
+            "SELECT payment_id, COUNT(*) FROM transfers GROUP BY payment_id
+             HAVING COUNT(*) > 1 ORDER BY payment_id",
+        )
+        .fetch_all(&self.pool)
+        .await?
+        .into_iter()
+        .map(|row| Ok((row.try_get::<String, _>(0)?, u64_of(row.try_get(1)?))))
+        .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        // SUM of BIGINT is NUMERIC on PostgreSQL, which `Any` cannot decode: cast back.
+        let totals = sqlx::query(
+            "SELECT currency, CAST(SUM(debit_minor) AS BIGINT), CAST(SUM(credit_minor) AS BIGINT)
+             FROM ledger_entries GROUP BY currency ORDER BY currency",
+        )
+        .fetch_all(&self.pool)
+        .await?
+        .into_iter()
+        .map(|row| {
+            Ok(CurrencyTotal {
+                currency: row.try_get(0)?,
+                debit_minor: row.try_get(1)?,
+                credit_minor: row.try_get(2)?,
+            })
+        })
+        .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        let open_holds: i64 = sqlx::query("SELECT COUNT(*) FROM holds WHERE status = 'held'")
+            .fetch_one(&self.pool)
+            .await?
+            .try_get(0)?;
+        Ok(Audit {
+            transfers: u64_of(transfers),
+            duplicate_transfers,
+            balanced: totals.iter().all(|t| t.debit_minor == t.credit_minor),
+            totals,
+            open_holds: u64_of(open_holds),
+        })
+    }
+
+    /// Status of the payment's hold (`held`, `voided`, `captured`), if it has one.
+    pub async fn hold_status(&self, payment_id: Uuid) -> Result<Option<String>, LedgerError> {
+        let row = sqlx::query("SELECT status FROM holds WHERE payment_id = $1")
+            .bind(payment_id.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| r.try_get(0)).transpose()?)
+    }
+
+    /// How many transfers the payment has (0 or 1 unless something is very wrong).
+    pub async fn transfers_for(&self, payment_id: Uuid) -> Result<u64, LedgerError> {
+        let count: i64 = sqlx::query("SELECT COUNT(*) FROM transfers WHERE payment_id = $1")
+            .bind(payment_id.to_string())
+            .fetch_one(&self.pool)
+            .await?
+            .try_get(0)?;
+        Ok(u64_of(count))
+    }
+
+    /// How many holds the payment has.
+    pub async fn holds_for(&self, payment_id: Uuid) -> Result<u64, LedgerError> {
+        let count: i64 = sqlx::query("SELECT COUNT(*) FROM holds WHERE payment_id = $1")
+            .bind(payment_id.to_string())
+            .fetch_one(&self.pool)
+            .await?
+            .try_get(0)?;
+        Ok(u64_of(count))
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use baton_contract::{Currency, ReplyOutcome};
+    use sqlx::Connection as _;
+
+    /// A ledger on a fresh SQLite file; the file is removed on drop.
+    pub(crate) struct SqliteLedger {
+        pub(crate) ledger: Ledger,
+        path: std::path::PathBuf,
+    }
+
+    impl Drop for SqliteLedger {
+        fn drop(&mut self) {
+            for suffix in ["", "-wal", "-shm"] {
+                let mut path = self.path.clone().into_os_string();
+                path.push(suffix);
+                let _ = std::fs::remove_file(path);
+            }
+        }
+    }
+
+    pub(crate) async fn sqlite_ledger() -> SqliteLedger {
+        let path = std::env::temp_dir().join(format!("baton-ledger-{}.db", Uuid::new_v4()));
+        let ledger = Ledger::open(&format!("sqlite://{}", path.display()))
+            .await
+            .expect("open a SQLite ledger");
+        SqliteLedger { ledger, path }
+    }
+
+    const POSTGRES_ADMIN: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+    /// Runs `body` against a ledger in a new, uniquely named PostgreSQL database, then
+    /// drops the database.
+    async fn with_postgres_ledger<F, Fut>(body: F)
+    where
+        F: FnOnce(Ledger) -> Fut,
+        Fut: std::future::Future<Output = ()>,
+    {
+        install_drivers();
+        let database = format!("baton_test_{}", Uuid::new_v4().simple());
+        let mut admin = sqlx::AnyConnection::connect(POSTGRES_ADMIN)
+            .await
+            .expect("PostgreSQL must run at 127.0.0.1:5432 (user postgres, trust auth)");
+        sqlx::query(&format!("CREATE DATABASE {database}"))
+            .execute(&mut admin)
+            .await
+            .expect("create the test database");
+        let url = format!("postgres://postgres@127.0.0.1:5432/{database}");
+        let ledger = Ledger::open(&url)
+            .await
+            .expect("open the PostgreSQL ledger");
+        body(ledger.clone()).await;
+        ledger.close().await;
+        // FORCE: a pool connection may still be closing on the server side.
+        sqlx::query(&format!("DROP DATABASE {database} WITH (FORCE)"))
+            .execute(&mut admin)
+            .await
+            .expect("drop the test database");
+        admin.close().await.ok();
+    }
+
+    fn money(minor: u64, code: &str) -> Money {
+        Money {
+            minor,
+            currency: Currency::parse(code).unwrap(),
+        }
+    }
+
+    fn hold_of(reply: &Reply) -> String {
+        assert_eq!(reply.outcome, ReplyOutcome::Approved, "{reply:?}");
+        reply.data["hold_id"].as_str().expect("hold_id").to_owned()
+    }
+
+    fn capture_of(payment_id: Uuid, hold_id: &str, amount: Money, to: &str) -> Capture {
+        Capture {
+            payment_id,
+            hold_id: hold_id.to_owned(),
+            customer_id: "c-42".into(),
+            merchant_id: "m-1001".into(),
+            amount,
+            settlement_currency: Currency::parse(to).unwrap(),
+        }
+    }
+
+    async fn hold(ledger: &Ledger, payment_id: Uuid, amount: Money) -> String {
+        let id = format!("{payment_id}:authorization");
+        hold_of(
+            &ledger
+                .place_hold(&id, payment_id, "c-42", amount, Ok(()))
+                .await
+                .unwrap(),
+        )
+    }
+
+    /// Repeats, and concurrent duplicates, of an execute place one hold and give one reply.
+    async fn holds_are_placed_once(ledger: &Ledger) {
+        let payment_id = Uuid::new_v4();
+        let id = format!("{payment_id}:authorization");
+        let first = ledger
+            .place_hold(&id, payment_id, "c-42", money(1999, "EUR"), Ok(()))
+            .await
+            .unwrap();
+        let again = ledger
+            .place_hold(&id, payment_id, "c-42", money(1999, "EUR"), Ok(()))
+            .await
+            .unwrap();
+        assert_eq!(first, again);
+        assert_eq!(ledger.holds_for(payment_id).await.unwrap(), 1);
+        assert_eq!(
+            ledger.hold_status(payment_id).await.unwrap().as_deref(),
+            Some("held")
+        );
+
+        let payment_id = Uuid::new_v4();
+        let id = format!("{payment_id}:authorization");
+        let attempts = (0..8).map(|_| {
+            let ledger = ledger.clone();
+            let id = id.clone();
+            tokio::spawn(async move {
+                ledger
+                    .place_hold(&id, payment_id, "c-42", money(500, "EUR"), Ok(()))
+                    .await
+                    .unwrap()
+            })
+        });
+        let mut replies = Vec::new();
+        for attempt in attempts.collect::<Vec<_>>() {
+            replies.push(attempt.await.unwrap());
+        }
+        let hold_id = hold_of(&replies[0]);
+        assert!(replies.iter().all(|r| hold_of(r) == hold_id), "{replies:?}");
+        assert_eq!(ledger.holds_for(payment_id).await.unwrap(), 1);
+    }
+
+    /// A decline is stored: the same command later gets the decline, never a hold.
+    async fn declines_are_stored(ledger: &Ledger) {
+        let payment_id = Uuid::new_v4();
+        let id = format!("{payment_id}:authorization");
+        let decline = Decline {
+            reason: "card_declined",
+            detail: "no".into(),
+        };
+        let first = ledger
+            .place_hold(&id, payment_id, "c-42", money(1, "EUR"), Err(decline))
+            .await
+            .unwrap();
+        assert_eq!(first.reason.as_deref(), Some("card_declined"));
+        let again = ledger
+            .place_hold(&id, payment_id, "c-42", money(1, "EUR"), Ok(()))
+            .await
+            .unwrap();
+        assert_eq!(again, first);
+        assert_eq!(ledger.holds_for(payment_id).await.unwrap(), 0);
+    }
+
+    /// Compensate voids the hold once; capture of a voided hold is declined.
+    async fn compensation_voids_the_hold(ledger: &Ledger) {
+        let payment_id = Uuid::new_v4();
+        let hold_id = hold(ledger, payment_id, money(1999, "EUR")).await;
+        let execute = format!("{payment_id}:authorization");
+        let compensate = format!("{payment_id}:authorization:compensate");
+        let void = ledger
+            .void_hold(&compensate, &execute, payment_id)
+            .await
+            .unwrap();
+        assert_eq!(void.outcome, ReplyOutcome::Approved);
+        assert_eq!(void.data["voided"], true);
+        assert_eq!(
+            ledger.hold_status(payment_id).await.unwrap().as_deref(),
+            Some("voided")
+        );
+        let again = ledger
+            .void_hold(&compensate, &execute, payment_id)
+            .await
+            .unwrap();
+        assert_eq!(again, void);
+        let capture = capture_of(payment_id, &hold_id, money(1999, "EUR"), "EUR");
+        let reply = ledger
+            .capture(&format!("{payment_id}:transaction"), &capture)
+            .await
+            .unwrap();
+        assert_eq!(reply.reason.as_deref(), Some("hold_voided"));
+        assert_eq!(ledger.transfers_for(payment_id).await.unwrap(), 0);
+    }
+
+    /// A compensation that overtakes its execute makes the late execute a decline.
+    async fn compensation_before_execute_blocks_it(ledger: &Ledger) {
+        let payment_id = Uuid::new_v4();
+        let execute = format!("{payment_id}:authorization");
+        let compensate = format!("{payment_id}:authorization:compensate");
+        let void = ledger
+            .void_hold(&compensate, &execute, payment_id)
+            .await
+            .unwrap();
+        assert_eq!(void.outcome, ReplyOutcome::Approved);
+        assert_eq!(void.data["voided"], false);
+        let late = ledger
+            .place_hold(&execute, payment_id, "c-42", money(1, "EUR"), Ok(()))
+            .await
+            .unwrap();
+        assert_eq!(late.outcome, ReplyOutcome::Declined);
+        assert_eq!(late.reason.as_deref(), Some("voided_before_authorization"));
+        assert_eq!(late.command_id, execute);
+        assert_eq!(ledger.holds_for(payment_id).await.unwrap(), 0);
+    }
+
+    /// Capture moves the money once, balanced, even with concurrent duplicates; the hold
+    /// can then no longer be voided.
+    async fn capture_moves_money_once(ledger: &Ledger) {
+        let payment_id = Uuid::new_v4();
+        let hold_id = hold(ledger, payment_id, money(1999, "EUR")).await;
+        let capture = capture_of(payment_id, &hold_id, money(1999, "EUR"), "USD");
+        let id = format!("{payment_id}:transaction");
+        let attempts: Vec<_> = (0..8)
+            .map(|_| {
+                let (ledger, capture, id) = (ledger.clone(), capture.clone(), id.clone());
+                tokio::spawn(async move { ledger.capture(&id, &capture).await.unwrap() })
+            })
+            .collect();
+        let mut replies = Vec::new();
+        for attempt in attempts {
+            replies.push(attempt.await.unwrap());
+        }
+        let first = &replies[0];
+        assert_eq!(first.outcome, ReplyOutcome::Approved, "{first:?}");
+        assert!(replies.iter().all(|r| r == first), "{replies:?}");
+        assert_eq!(first.data["settlement"]["minor"], 2150);
+        assert_eq!(first.data["settlement"]["currency"], "USD");
+        assert_eq!(first.data["fx_rate_micro"], 1_075_500);
+        assert_eq!(ledger.transfers_for(payment_id).await.unwrap(), 1);
+        assert_eq!(
+            ledger.hold_status(payment_id).await.unwrap().as_deref(),
+            Some("captured")
+        );
+
+        // Another command id cannot capture the same hold again.
+        let other = ledger
+            .capture(&format!("{id}-again"), &capture)
+            .await
+            .unwrap();
+        assert_eq!(other.reason.as_deref(), Some("hold_captured"));
+        let void = ledger
+            .void_hold(
+                &format!("{payment_id}:authorization:compensate"),
+                &format!("{payment_id}:authorization"),
+                payment_id,
+            )
+            .await
+            .unwrap();
+        assert_eq!(void.reason.as_deref(), Some("hold_captured"));
+
+        let unknown = capture_of(payment_id, "no-such-hold", money(1, "EUR"), "EUR");
+        let reply = ledger.capture(&format!("{id}-x"), &unknown).await.unwrap();
+        assert_eq!(reply.reason.as_deref(), Some("hold_not_found"));
+        let exotic = capture_of(payment_id, &hold_id, money(1, "EUR"), "XAU");
+        let reply = ledger.capture(&format!("{id}-y"), &exotic).await.unwrap();
+        assert_eq!(reply.reason.as_deref(), Some("currency_not_supported"));
+
+        let audit = ledger.audit().await.unwrap();
+        assert!(audit.balanced, "{audit:?}");
+        assert!(audit.duplicate_transfers.is_empty(), "{audit:?}");
+        assert!(audit.transfers >= 1);
+        let usd = audit.totals.iter().find(|t| t.currency == "USD").unwrap();
+        assert!(usd.debit_minor >= 2150 && usd.debit_minor == usd.credit_minor);
+    }
+
+    async fn every_scenario(ledger: Ledger) {
+        holds_are_placed_once(&ledger).await;
+        declines_are_stored(&ledger).await;
+        compensation_voids_the_hold(&ledger).await;
+        compensation_before_execute_blocks_it(&ledger).await;
+        capture_moves_money_once(&ledger).await;
+        // Holds left open above: the first two scenarios' holds.
+        assert_eq!(ledger.audit().await.unwrap().open_holds, 2);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn sqlite_ledger_is_idempotent_and_balanced() {
+        let db = sqlite_ledger().await;
+        let mut conn = db.ledger.pool.acquire().await.unwrap();
+        let mode: String = sqlx::query("PRAGMA journal_mode")
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(mode.to_lowercase(), "wal");
+        let sync: i64 = sqlx::query("PRAGMA synchronous")
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(sync, 2, "synchronous = FULL");
+        let busy: i64 = sqlx::query("PRAGMA busy_timeout")
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(busy, 10_000);
+        drop(conn);
+        every_scenario(db.ledger.clone()).await;
+        // Opening again (a second process, a restart) keeps the data: tables are created
+        // only if missing.
+        let again = Ledger::open(&format!("sqlite://{}", db.path.display()))
+            .await
+            .unwrap();
+        assert_eq!(again.audit().await.unwrap().transfers, 1);
+        again.close().await;
+        db.ledger.close().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn postgres_ledger_is_idempotent_and_balanced() {
+        with_postgres_ledger(every_scenario).await;
+    }
+
+    #[tokio::test]
+    async fn unsupported_urls_are_refused() {
+        let e = Ledger::open("mysql://u:pw@h/db").await.unwrap_err();
+        assert!(matches!(e, LedgerError::UnsupportedUrl { .. }));
+        assert!(!e.to_string().contains("pw"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn audit_detects_unbalanced_books_and_duplicates() {
+        // The audit must be able to fail: write a bad state by hand.
+        let db = sqlite_ledger().await;
+        let pool = &db.ledger.pool;
+        for (transfer, payment) in [("t1", "p1"), ("t2", "p1")] {
+            sqlx::query(
+                "INSERT INTO transfers VALUES ($1, $2, 'h', 'c', 'm', 1, 'EUR', 1, 'EUR', 1000000)",
+            )
+            .bind(transfer)
+            .bind(payment)
+            .execute(pool)
+            .await
+            .unwrap();
+        }
+        sqlx::query("INSERT INTO ledger_entries VALUES ('e1', 't1', 'customer:c', 'EUR', 5, 0)")
+            .execute(pool)
+            .await
+            .unwrap();
+        let audit = db.ledger.audit().await.unwrap();
+        assert_eq!(audit.transfers, 2);
+        assert_eq!(audit.duplicate_transfers, vec![("p1".to_owned(), 2)]);
+        assert!(!audit.balanced);
+        db.ledger.close().await;
+    }
+}

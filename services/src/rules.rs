@@ -1,0 +1,574 @@
+//! The business rules of the four reference services, as pure functions: no broker, no
+//! database, no clock (the current month is passed in), so every rule is unit-tested.
+//!
+//! These services are *reference* implementations that make the orchestrator observable
+//! end to end with well-known test cards; they are not a real card processor.
+//!
+//! | service | input | outcome |
+//! |---|---|---|
+//! | authorization | `payment.card.number` absent (step lacks `card_number = true`) | declined `card_number_missing` |
+//! | authorization | card number fails the Luhn check (or is not 12–19 digits) | declined `invalid_card` |
+//! | authorization | `4000000000000002` | declined `card_declined` |
+//! | authorization | `4000000000009995` | declined `insufficient_funds` |
+//! | authorization | expiry `MM/YY` before the current UTC month (or unreadable) | declined `expired_card` |
+//! | authorization | anything else | approved, hold placed, data `{"hold_id": "<uuid>"}` |
+//! | authorization (compensate) | hold held | approved `{"voided": true}` (hold → voided) |
+//! | authorization (compensate) | execute never processed | approved `{"voided": false}`; a later execute is declined `voided_before_authorization` |
+//! | authorization (compensate) | execute was declined (no hold) | approved `{"voided": false}` |
+//! | authorization (compensate) | hold already captured | declined `hold_captured` |
+//! | risk | `payment.card.number` absent | declined `card_number_missing` |
+//! | risk | `4100000000000019` | declined `high_risk` |
+//! | risk | anything else | approved |
+//! | pci | `merchant_id` starts with `noncompliant-` | declined `merchant_not_compliant` |
+//! | pci | anything else | approved |
+//! | risk, pci (compensate) | — | approved (nothing to undo) |
+//! | transaction | no `context.authorization.hold_id` | declined `hold_missing` |
+//! | transaction | amount or merchant currency not in the FX table | declined `currency_not_supported` |
+//! | transaction | hold unknown (or of another payment) | declined `hold_not_found` |
+//! | transaction | hold voided | declined `hold_voided` |
+//! | transaction | hold already captured by another command | declined `hold_captured` |
+//! | transaction | otherwise | approved: hold captured, one transfer, balanced entries; data `{"transfer_id", "settlement": {"minor", "currency"}, "fx_rate_micro"}` |
+//! | transaction (compensate) | — | declined `not_compensable` |
+//!
+//! Good cards never run out of funds. Every approved or declined answer of authorization
+//! and transaction is stored with its `command_id`: a repeated command gets the same reply.
+//!
+//! FX: rates are units of a currency per 1 EUR in millionths, with the currency's
+//! minor-unit exponent; `converted = round_half_up(amount_minor * per_eur[dst] *
+//! 10^exp_dst / (per_eur[src] * 10^exp_src))`, in `u128`, never floats.
+
+use baton_contract::{CardView, Currency, Money};
+use std::time::SystemTime;
+
+/// Why a rule declined: a machine-readable reason and a human-readable detail.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decline {
+    /// Reason code (`card_declined`).
+    pub reason: &'static str,
+    /// Human-readable detail; never contains a card number.
+    pub detail: String,
+}
+
+impl Decline {
+    fn new(reason: &'static str, detail: impl Into<String>) -> Self {
+        Self {
+            reason,
+            detail: detail.into(),
+        }
+    }
+}
+
+/// Test card that the issuer declines.
+pub const CARD_DECLINED: &str = "4000000000000002";
+/// Test card without enough funds.
+pub const CARD_INSUFFICIENT_FUNDS: &str = "4000000000009995";
+/// Test card the risk service declines.
+pub const CARD_HIGH_RISK: &str = "4100000000000019";
+/// Merchant ids with this prefix fail the PCI check.
+pub const NONCOMPLIANT_MERCHANT_PREFIX: &str = "noncompliant-";
+
+/// A calendar month, `(year, month 1–12)`, ordered chronologically.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct YearMonth {
+    /// Full year (2026).
+    pub year: u32,
+    /// Month, 1–12.
+    pub month: u32,
+}
+
+impl YearMonth {
+    /// The current month in UTC, from the system clock.
+    pub fn now_utc() -> Self {
+        // humantime formats `2026-11-26T04:00:00Z`: always UTC, fixed positions.
+        let text = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
+        let year = text.get(0..4).and_then(|y| y.parse().ok()).unwrap_or(1970);
+        let month = text.get(5..7).and_then(|m| m.parse().ok()).unwrap_or(1);
+        Self { year, month }
+    }
+}
+
+/// `MM/YY` → the month the card expires at the end of; `None` if unreadable.
+pub fn parse_expiry(expiry: &str) -> Option<YearMonth> {
+    // The contract has the same parser but does not export it.
+    let (mm, yy) = expiry.split_once('/')?;
+    if mm.len() != 2 || yy.len() != 2 || !yy.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let month: u32 = mm.parse().ok()?;
+    let year: u32 = yy.parse().ok()?;
+    (1..=12).contains(&month).then_some(YearMonth {
+        year: 2000 + year,
+        month,
+    })
+}
+
+/// The Luhn (mod 10) check over 12–19 ASCII digits.
+pub fn luhn_valid(number: &str) -> bool {
+    if !(12..=19).contains(&number.len()) || !number.bytes().all(|b| b.is_ascii_digit()) {
+        return false;
+    }
+    let sum: u32 = number
+        .bytes()
+        .rev()
+        .enumerate()
+        .map(|(i, b)| {
+            let d = u32::from(b - b'0');
+            if i % 2 == 1 {
+                let doubled = d * 2;
+                if doubled > 9 {
+                    doubled - 9
+                } else {
+                    doubled
+                }
+            } else {
+                d
+            }
+        })
+        .sum();
+    sum % 10 == 0
+}
+
+fn missing_number(step: &str) -> Decline {
+    Decline::new(
+        "card_number_missing",
+        format!(
+            "the command carries no card number: set `card_number = true` for step \
+             `{step}` in the workflow"
+        ),
+    )
+}
+
+/// Authorization: whether the card may be charged this month (`now`).
+pub fn authorize(step: &str, card: &CardView, now: YearMonth) -> Result<(), Decline> {
+    let Some(number) = card.number.as_ref() else {
+        return Err(missing_number(step));
+    };
+    // The full number is compared, never logged or copied into a detail.
+    let digits = number.reveal();
+    if !luhn_valid(digits) {
+        return Err(Decline::new(
+            "invalid_card",
+            format!("card {} fails the Luhn check", number.masked()),
+        ));
+    }
+    if digits == CARD_DECLINED {
+        return Err(Decline::new(
+            "card_declined",
+            "the issuer declined the card",
+        ));
+    }
+    if digits == CARD_INSUFFICIENT_FUNDS {
+        return Err(Decline::new(
+            "insufficient_funds",
+            "the card has insufficient funds",
+        ));
+    }
+    match parse_expiry(&card.expiry) {
+        Some(expires) if expires >= now => Ok(()),
+        Some(_) => Err(Decline::new(
+            "expired_card",
+            format!("the card expired at the end of {}", card.expiry),
+        )),
+        None => Err(Decline::new(
+            "expired_card",
+            "the card expiry is not MM/YY, so it cannot be valid",
+        )),
+    }
+}
+
+/// Risk: declines the high-risk test card.
+pub fn assess_risk(step: &str, card: &CardView) -> Result<(), Decline> {
+    let Some(number) = card.number.as_ref() else {
+        return Err(missing_number(step));
+    };
+    if number.reveal() == CARD_HIGH_RISK {
+        return Err(Decline::new("high_risk", "the risk score is too high"));
+    }
+    Ok(())
+}
+
+/// PCI compliance: declines merchants flagged non-compliant.
+pub fn check_pci(merchant_id: &str) -> Result<(), Decline> {
+    if merchant_id.starts_with(NONCOMPLIANT_MERCHANT_PREFIX) {
+        return Err(Decline::new(
+            "merchant_not_compliant",
+            "the merchant is not PCI DSS compliant",
+        ));
+    }
+    Ok(())
+}
+
+/// One FX table row: units of the currency per 1 EUR in millionths, and the number of
+/// decimals of its minor unit.
+struct Rate {
+    code: &'static str,
+    per_eur_micro: u128,
+    exponent: u32,
+}
+
+/// Fixed reference rates: deterministic, so tests and demos give the same settlements.
+const FX_TABLE: &[Rate] = &[
+    Rate {
+        code: "EUR",
+        per_eur_micro: 1_000_000,
+        exponent: 2,
+    },
+    Rate {
+        code: "USD",
+        per_eur_micro: 1_075_500,
+        exponent: 2,
+    },
+    Rate {
+        code: "GBP",
+        per_eur_micro: 857_000,
+        exponent: 2,
+    },
+    Rate {
+        code: "CHF",
+        per_eur_micro: 940_000,
+        exponent: 2,
+    },
+    Rate {
+        code: "JPY",
+        per_eur_micro: 161_500_000,
+        exponent: 0,
+    },
+    Rate {
+        code: "SEK",
+        per_eur_micro: 11_250_000,
+        exponent: 2,
+    },
+    Rate {
+        code: "DKK",
+        per_eur_micro: 7_460_000,
+        exponent: 2,
+    },
+    Rate {
+        code: "NOK",
+        per_eur_micro: 11_500_000,
+        exponent: 2,
+    },
+    Rate {
+        code: "PLN",
+        per_eur_micro: 4_320_000,
+        exponent: 2,
+    },
+    Rate {
+        code: "CAD",
+        per_eur_micro: 1_470_000,
+        exponent: 2,
+    },
+    Rate {
+        code: "AUD",
+        per_eur_micro: 1_630_000,
+        exponent: 2,
+    },
+];
+
+fn rate(currency: Currency) -> Option<&'static Rate> {
+    FX_TABLE.iter().find(|r| r.code == currency.as_str())
+}
+
+/// `round_half_up(numerator / denominator)` for non-negative integers.
+fn div_round_half_up(numerator: u128, denominator: u128) -> u128 {
+    (2 * numerator + denominator) / (2 * denominator)
+}
+
+/// The result of converting an amount for settlement.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Conversion {
+    /// What the merchant receives.
+    pub settlement: Money,
+    /// Units of the settlement currency per unit of the amount's, in millionths.
+    pub fx_rate_micro: u64,
+}
+
+/// Converts `amount` into `to` with the fixed FX table.
+pub fn convert(amount: Money, to: Currency) -> Result<Conversion, Decline> {
+    let unsupported = |c: Currency| {
+        Decline::new(
+            "currency_not_supported",
+            format!("currency {c} is not in the FX table"),
+        )
+    };
+    let src = rate(amount.currency).ok_or_else(|| unsupported(amount.currency))?;
+    let dst = rate(to).ok_or_else(|| unsupported(to))?;
+    let numerator = u128::from(amount.minor) * dst.per_eur_micro * 10u128.pow(dst.exponent);
+    let denominator = src.per_eur_micro * 10u128.pow(src.exponent);
+    let minor = u64::try_from(div_round_half_up(numerator, denominator))
+        .map_err(|_| Decline::new("amount_too_large", "the converted amount does not fit"))?;
+    let fx_rate_micro = u64::try_from(div_round_half_up(
+        dst.per_eur_micro * 1_000_000,
+        src.per_eur_micro,
+    ))
+    .unwrap_or(u64::MAX);
+    Ok(Conversion {
+        settlement: Money {
+            minor,
+            currency: to,
+        },
+        fx_rate_micro,
+    })
+}
+
+/// One double-entry line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    /// `customer:<id>`, `merchant:<id>` or `fx:<currency>`.
+    pub account: String,
+    /// Currency of the line.
+    pub currency: Currency,
+    /// Debit, minor units.
+    pub debit_minor: u64,
+    /// Credit, minor units.
+    pub credit_minor: u64,
+}
+
+/// The double-entry lines of a transfer: balanced per currency. Across currencies the
+/// money passes through the `fx:<currency>` accounts.
+pub fn transfer_entries(
+    customer_id: &str,
+    merchant_id: &str,
+    amount: Money,
+    settlement: Money,
+) -> Vec<Entry> {
+    let line = |account: String, currency, debit_minor, credit_minor| Entry {
+        account,
+        currency,
+        debit_minor,
+        credit_minor,
+    };
+    let customer = format!("customer:{customer_id}");
+    let merchant = format!("merchant:{merchant_id}");
+    if amount.currency == settlement.currency {
+        return vec![
+            line(customer, amount.currency, amount.minor, 0),
+            line(merchant, amount.currency, 0, amount.minor),
+        ];
+    }
+    vec![
+        line(customer, amount.currency, amount.minor, 0),
+        line(
+            format!("fx:{}", amount.currency),
+            amount.currency,
+            0,
+            amount.minor,
+        ),
+        line(
+            format!("fx:{}", settlement.currency),
+            settlement.currency,
+            settlement.minor,
+            0,
+        ),
+        line(merchant, settlement.currency, 0, settlement.minor),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use baton_contract::CardNumber;
+    use std::collections::BTreeMap;
+
+    const NOW: YearMonth = YearMonth {
+        year: 2026,
+        month: 11,
+    };
+
+    fn card(number: Option<&str>, expiry: &str) -> CardView {
+        CardView {
+            number: number.map(CardNumber::new),
+            last4: number
+                .map(|n| n[n.len() - 4..].to_owned())
+                .unwrap_or_default(),
+            expiry: expiry.into(),
+        }
+    }
+
+    fn money(minor: u64, code: &str) -> Money {
+        Money {
+            minor,
+            currency: Currency::parse(code).unwrap(),
+        }
+    }
+
+    fn reason(result: Result<(), Decline>) -> &'static str {
+        result.err().map(|d| d.reason).unwrap_or("approved")
+    }
+
+    #[test]
+    fn luhn_accepts_valid_and_refuses_invalid_numbers() {
+        for good in [
+            "4242424242424242",
+            CARD_DECLINED,
+            CARD_INSUFFICIENT_FUNDS,
+            CARD_HIGH_RISK,
+            "5555555555554444",
+            "378282246310005",
+        ] {
+            assert!(luhn_valid(good), "{good} should pass Luhn");
+        }
+        for bad in [
+            "4242424242424241",
+            "1234567890123",
+            "42424242424a4242",
+            "4242",
+            "",
+        ] {
+            assert!(!luhn_valid(bad), "{bad} should fail Luhn");
+        }
+    }
+
+    #[test]
+    fn each_test_card_gets_its_documented_answer() {
+        let cases = [
+            (Some("4242424242424242"), "12/30", "approved"),
+            (Some("4242424242424241"), "12/30", "invalid_card"),
+            (Some(CARD_DECLINED), "12/30", "card_declined"),
+            (Some(CARD_INSUFFICIENT_FUNDS), "12/30", "insufficient_funds"),
+            (Some(CARD_HIGH_RISK), "12/30", "approved"),
+            (None, "12/30", "card_number_missing"),
+        ];
+        for (number, expiry, expected) in cases {
+            assert_eq!(
+                reason(authorize("authorization", &card(number, expiry), NOW)),
+                expected,
+                "{number:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_card_is_valid_through_its_expiry_month() {
+        let good = Some("4242424242424242");
+        assert_eq!(
+            reason(authorize("a", &card(good, "11/26"), NOW)),
+            "approved"
+        );
+        assert_eq!(
+            reason(authorize("a", &card(good, "10/26"), NOW)),
+            "expired_card"
+        );
+        assert_eq!(
+            reason(authorize("a", &card(good, "12/25"), NOW)),
+            "expired_card"
+        );
+        assert_eq!(
+            reason(authorize("a", &card(good, "01/27"), NOW)),
+            "approved"
+        );
+        assert_eq!(
+            reason(authorize("a", &card(good, "13/30"), NOW)),
+            "expired_card"
+        );
+        // The real clock: a card expiring in 2099 is good today.
+        assert!(authorize("a", &card(good, "12/99"), YearMonth::now_utc()).is_ok());
+        assert!(YearMonth::now_utc().year >= 2025);
+    }
+
+    #[test]
+    fn the_missing_number_detail_tells_the_operator_what_to_set() {
+        let d = authorize("auth-eu", &card(None, "12/30"), NOW).unwrap_err();
+        assert!(d.detail.contains("card_number = true"), "{}", d.detail);
+        assert!(d.detail.contains("auth-eu"));
+    }
+
+    #[test]
+    fn declines_never_carry_the_card_number() {
+        let d = authorize("a", &card(Some("4242424242424241"), "12/30"), NOW).unwrap_err();
+        assert!(!d.detail.contains("4242424242424241"), "{}", d.detail);
+    }
+
+    #[test]
+    fn risk_and_pci_rules() {
+        assert_eq!(
+            reason(assess_risk("risk", &card(Some(CARD_HIGH_RISK), "12/30"))),
+            "high_risk"
+        );
+        assert_eq!(
+            reason(assess_risk(
+                "risk",
+                &card(Some("4242424242424242"), "12/30")
+            )),
+            "approved"
+        );
+        assert_eq!(
+            reason(assess_risk("risk", &card(None, "12/30"))),
+            "card_number_missing"
+        );
+        assert_eq!(
+            reason(check_pci("noncompliant-7")),
+            "merchant_not_compliant"
+        );
+        assert_eq!(reason(check_pci("m-1001")), "approved");
+        assert_eq!(reason(check_pci("compliant-noncompliant-")), "approved");
+    }
+
+    #[test]
+    fn fx_rounds_half_up_in_integers() {
+        let c = convert(money(1999, "EUR"), Currency::parse("USD").unwrap()).unwrap();
+        assert_eq!(c.settlement, money(2150, "USD"));
+        assert_eq!(c.fx_rate_micro, 1_075_500);
+        // JPY has no minor unit: 10.00 EUR = 1615 JPY.
+        let c = convert(money(1000, "EUR"), Currency::parse("JPY").unwrap()).unwrap();
+        assert_eq!(c.settlement, money(1615, "JPY"));
+        // And back: 1615 JPY = 10.00 EUR exactly.
+        let c = convert(money(1615, "JPY"), Currency::parse("EUR").unwrap()).unwrap();
+        assert_eq!(c.settlement, money(1000, "EUR"));
+        // 1 JPY = 0.619… EUR cents → 1 cent (half-up); 0.5 exactly rounds up.
+        let c = convert(money(1, "JPY"), Currency::parse("EUR").unwrap()).unwrap();
+        assert_eq!(c.settlement.minor, 1);
+        assert_eq!(div_round_half_up(5, 10), 1);
+        assert_eq!(div_round_half_up(4, 10), 0);
+        assert_eq!(div_round_half_up(15, 10), 2);
+        // Same currency: unchanged.
+        let c = convert(money(1999, "GBP"), Currency::parse("GBP").unwrap()).unwrap();
+        assert_eq!(
+            (c.settlement, c.fx_rate_micro),
+            (money(1999, "GBP"), 1_000_000)
+        );
+    }
+
+    #[test]
+    fn unknown_currencies_are_declined() {
+        let usd = Currency::parse("USD").unwrap();
+        let xxx = Currency::parse("XXX").unwrap();
+        assert_eq!(
+            convert(money(1, "XXX"), usd).unwrap_err().reason,
+            "currency_not_supported"
+        );
+        assert_eq!(
+            convert(money(1, "EUR"), xxx).unwrap_err().reason,
+            "currency_not_supported"
+        );
+    }
+
+    #[test]
+    fn transfer_entries_balance_per_currency() {
+        let cases = [
+            (money(1999, "EUR"), money(1999, "EUR"), 2),
+            (money(1999, "EUR"), money(2150, "USD"), 4),
+        ];
+        for (amount, settlement, lines) in cases {
+            let entries = transfer_entries("c-42", "m-1001", amount, settlement);
+            assert_eq!(entries.len(), lines);
+            let mut totals: BTreeMap<Currency, (u64, u64)> = BTreeMap::new();
+            for e in &entries {
+                let t = totals.entry(e.currency).or_default();
+                t.0 += e.debit_minor;
+                t.1 += e.credit_minor;
+            }
+            for (currency, (debit, credit)) in totals {
+                assert_eq!(debit, credit, "{currency} unbalanced");
+            }
+            assert_eq!(entries[0].account, "customer:c-42");
+            assert_eq!(entries[0].debit_minor, amount.minor);
+            let last = entries.last().unwrap();
+            assert_eq!(last.account, "merchant:m-1001");
+            assert_eq!(
+                (last.credit_minor, last.currency),
+                (settlement.minor, settlement.currency)
+            );
+        }
+    }
+}
