@@ -1,1 +1,18 @@
+//! Baton, a queue-driven payment orchestrator on RabbitMQ.
+//!
+//! A client publishes a payment request; the [`orchestrator`] consumes it and runs it as a
+//! [`saga`] through the steps of a [`workflow`] (authorization → risk → PCI → transaction
+//! by default), each a business service behind its own queue, then publishes one result.
+//! The orchestrator decides which step runs next and what to do when one fails; the
+//! services hold the business logic. The wire contract lives in the `baton-contract` crate.
+#![forbid(unsafe_code)]
+#![warn(missing_docs, clippy::dbg_macro, clippy::todo)]
 
+pub mod cli;
+pub mod client;
+pub mod demo;
+pub mod orchestrator;
+pub mod saga;
+pub mod telemetry;
+pub mod testcards;
+pub mod workflow;

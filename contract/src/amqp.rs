@@ -24,7 +24,7 @@ pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 pub enum BrokerError {
     /// The broker could not be reached or refused the login.
     #[error(
-        "cannot connect to RabbitMQ at {url}: {source}. Is it running? Start it with \
+        "cannot connect to RabbitMQ at {url} ({cause}). Is it running? Start it with \
          `rabbitmq-server -detached` (or `docker compose up -d rabbitmq`), or point \
          AMQP_URL / --amqp-url at it"
     )]
@@ -32,7 +32,7 @@ pub enum BrokerError {
         /// The URL, password removed.
         url: String,
         /// What the client library said.
-        source: lapin::Error,
+        cause: String,
     },
     /// The URL is not an AMQP URL.
     #[error("AMQP_URL {url} is not a valid amqp:// URL: {problem}")]
@@ -63,7 +63,10 @@ pub enum BrokerError {
 impl BrokerError {
     /// Whether trying again later (after a reconnect, if needed) may succeed.
     pub fn is_transient(&self) -> bool {
-        !matches!(self, BrokerError::BadUrl { .. } | BrokerError::Unroutable { .. })
+        !matches!(
+            self,
+            BrokerError::BadUrl { .. } | BrokerError::Unroutable { .. }
+        )
     }
 }
 
@@ -100,10 +103,20 @@ pub async fn connect(url: &str, name: &str) -> Result<Connection, BrokerError> {
     let properties = ConnectionProperties::default().with_connection_name(name.into());
     Connection::connect(url, properties)
         .await
-        .map_err(|source| BrokerError::Connect {
+        .map_err(|e| BrokerError::Connect {
             url: redact_url(url),
-            source,
+            cause: root_cause(&e),
         })
+}
+
+/// The innermost message of an error chain, which is the one that says what happened
+/// (lapin repeats it at each level).
+fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = error;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    cause.to_string()
 }
 
 /// A channel in confirm mode, for publishing.
@@ -126,7 +139,10 @@ fn quorum_args(dead_letter_to: Option<&str>) -> FieldTable {
             "x-delivery-limit".into(),
             AMQPValue::LongLongInt(DELIVERY_LIMIT),
         );
-        args.insert("x-dead-letter-exchange".into(), AMQPValue::LongString("".into()));
+        args.insert(
+            "x-dead-letter-exchange".into(),
+            AMQPValue::LongString("".into()),
+        );
         args.insert(
             "x-dead-letter-routing-key".into(),
             AMQPValue::LongString(dead.into()),
@@ -164,7 +180,11 @@ pub async fn declare_core(channel: &Channel, names: &Names) -> Result<(), Broker
         .await?;
     let requests = names.requests_queue();
     channel
-        .queue_declare(requests.as_str().into(), durable(), quorum_args(Some(&dead)))
+        .queue_declare(
+            requests.as_str().into(),
+            durable(),
+            quorum_args(Some(&dead)),
+        )
         .await?;
     channel
         .queue_bind(

@@ -53,9 +53,7 @@ impl<'de> Deserialize<'de> for Currency {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let code = String::deserialize(d)?;
         Currency::parse(&code).ok_or_else(|| {
-            serde::de::Error::custom(format!(
-                "currency {code:?} is not three upper-case letters"
-            ))
+            serde::de::Error::custom(format!("currency {code:?} is not three upper-case letters"))
         })
     }
 }
@@ -260,7 +258,11 @@ impl<'a> Fields<'a> {
     fn identifier(&self, name: &str) -> Result<String, InvalidRequest> {
         let text = self.string(name)?;
         if text.trim().is_empty() {
-            return Err(invalid(self.payment_id, &self.path(name), "must not be empty"));
+            return Err(invalid(
+                self.payment_id,
+                &self.path(name),
+                "must not be empty",
+            ));
         }
         if text.len() > 128 {
             return Err(invalid(
@@ -327,8 +329,8 @@ impl PaymentRequest {
         };
 
         let id_text = top.string("payment_id")?;
-        let payment_id = Uuid::try_parse(id_text)
-            .map_err(|_| invalid(None, "payment_id", "must be a UUID"))?;
+        let payment_id =
+            Uuid::try_parse(id_text).map_err(|_| invalid(None, "payment_id", "must be a UUID"))?;
         let top = Fields {
             payment_id: Some(payment_id),
             ..top
@@ -493,22 +495,58 @@ mod tests {
             (b"not json".to_vec(), "body", "not valid JSON"),
             (b"[1,2]".to_vec(), "body", "JSON object"),
             (with(&["payment_id"], "abc".into()), "payment_id", "UUID"),
-            (with(&["payment_id"], Value::String("<remove>".into())), "payment_id", "required"),
+            (
+                with(&["payment_id"], Value::String("<remove>".into())),
+                "payment_id",
+                "required",
+            ),
             (with(&["merchant_id"], 5.into()), "merchant_id", "string"),
             (with(&["customer_id"], "".into()), "customer_id", "empty"),
-            (with(&["amount", "minor"], 0.into()), "amount.minor", "positive integer"),
-            (with(&["amount", "minor"], (-5).into()), "amount.minor", "negative"),
-            (with(&["amount", "minor"], 19.99.into()), "amount.minor", "fractional"),
-            (with(&["amount", "minor"], "1999".into()), "amount.minor", "string"),
+            (
+                with(&["amount", "minor"], 0.into()),
+                "amount.minor",
+                "positive integer",
+            ),
+            (
+                with(&["amount", "minor"], (-5).into()),
+                "amount.minor",
+                "negative",
+            ),
+            (
+                with(&["amount", "minor"], 19.99.into()),
+                "amount.minor",
+                "fractional",
+            ),
+            (
+                with(&["amount", "minor"], "1999".into()),
+                "amount.minor",
+                "string",
+            ),
             (
                 with(&["amount", "minor"], 10_000_000_001u64.into()),
                 "amount.minor",
                 "at most",
             ),
-            (with(&["amount", "currency"], "eur".into()), "amount.currency", "upper-case"),
-            (with(&["merchant_currency"], "EURO".into()), "merchant_currency", "three"),
-            (with(&["card", "number"], "4242 4242".into()), "card.number", "digits"),
-            (with(&["card", "expiry"], "13/30".into()), "card.expiry", "MM/YY"),
+            (
+                with(&["amount", "currency"], "eur".into()),
+                "amount.currency",
+                "upper-case",
+            ),
+            (
+                with(&["merchant_currency"], "EURO".into()),
+                "merchant_currency",
+                "three",
+            ),
+            (
+                with(&["card", "number"], "4242 4242".into()),
+                "card.number",
+                "digits",
+            ),
+            (
+                with(&["card", "expiry"], "13/30".into()),
+                "card.expiry",
+                "MM/YY",
+            ),
             (with(&["card"], "4242424242424242".into()), "card", "object"),
         ];
         for (body, field, problem) in cases {

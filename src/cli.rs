@@ -1,0 +1,318 @@
+//! The `baton` command line: option parsing and the subcommands for people (`run`, `pay`,
+//! `demo`, `workflow check`). Options are also read from environment variables; `--help`
+//! documents both and never prints a password.
+
+use crate::client::Client;
+use crate::orchestrator::{self, Settings};
+use crate::workflow::Workflow;
+use anyhow::Context;
+use baton_contract::amqp::{BrokerError, DEFAULT_AMQP_URL};
+use baton_contract::{Limits, Names, Status};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+use std::time::Duration;
+use uuid::Uuid;
+
+/// Baton: a queue-driven payment orchestrator on RabbitMQ.
+#[derive(Debug, Parser)]
+#[command(name = "baton", version, about, long_about = None)]
+pub struct Cli {
+    /// Options every subcommand shares.
+    #[command(flatten)]
+    pub common: Common,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options shared by every subcommand.
+#[derive(Debug, Args)]
+pub struct Common {
+    /// RabbitMQ URL [default: amqp://guest:***@127.0.0.1:5672/%2f]
+    #[arg(
+        long,
+        env = "AMQP_URL",
+        default_value = DEFAULT_AMQP_URL,
+        hide_default_value = true,
+        hide_env_values = true,
+        global = true
+    )]
+    pub amqp_url: String,
+
+    /// Prefix of every exchange and queue name (1-64 of A-Z a-z 0-9 . _ -)
+    #[arg(long, env = "BATON_PREFIX", default_value = "baton", value_parser = parse_prefix, global = true)]
+    pub prefix: String,
+
+    /// Log format
+    #[arg(long, env = "BATON_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+}
+
+/// How logs are written (to stderr). `RUST_LOG` filters them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the orchestrator: consume payment requests and drive each through the workflow
+    Run(RunArgs),
+    /// Publish one payment and print its result (exit 0 if completed, 1 otherwise)
+    Pay(PayArgs),
+    /// Run the whole pipeline locally (four services + orchestrator) on a fresh prefix and
+    /// push a mixed batch of test payments through it
+    Demo(DemoArgs),
+    /// Workflow file tools
+    #[command(subcommand)]
+    Workflow(WorkflowCommand),
+}
+
+/// Options of `baton run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Payments in flight at once (the request queue prefetch)
+    #[arg(long, env = "BATON_CONCURRENCY", default_value_t = 256, value_parser = clap::value_parser!(u16).range(1..))]
+    pub concurrency: u16,
+
+    /// Workflow file (TOML) [default: the built-in workflows/default.toml]
+    #[arg(long, env = "BATON_WORKFLOW")]
+    pub workflow: Option<PathBuf>,
+
+    /// Largest accepted amount, in minor units
+    #[arg(long, env = "BATON_MAX_AMOUNT_MINOR", default_value_t = Limits::default().max_amount_minor)]
+    pub max_amount_minor: u64,
+
+    /// Largest accepted request body, in bytes
+    #[arg(long, env = "BATON_MAX_BODY_BYTES", default_value_t = Limits::default().max_body_bytes)]
+    pub max_body_bytes: usize,
+
+    /// Seconds a shutdown waits for in-flight payments before leaving them to another replica
+    #[arg(long, env = "BATON_SHUTDOWN_TIMEOUT", default_value_t = 30)]
+    pub shutdown_timeout: u64,
+
+    /// This replica's id (in its reply queue's name) [default: random]
+    #[arg(long, env = "BATON_INSTANCE", value_parser = parse_prefix)]
+    pub instance: Option<String>,
+}
+
+/// Options of `baton pay`.
+#[derive(Debug, Args)]
+pub struct PayArgs {
+    /// A JSON request file; when given, the flags below are ignored
+    #[arg(long)]
+    pub file: Option<PathBuf>,
+    /// Card number
+    #[arg(long, default_value = "4242424242424242")]
+    pub card: String,
+    /// Card expiry, MM/YY
+    #[arg(long, default_value = "12/30")]
+    pub expiry: String,
+    /// Amount in minor units (cents)
+    #[arg(long, default_value_t = 1999)]
+    pub amount: u64,
+    /// Currency of the amount
+    #[arg(long, default_value = "EUR")]
+    pub currency: String,
+    /// Currency the merchant settles in [default: the amount's currency]
+    #[arg(long)]
+    pub merchant_currency: Option<String>,
+    /// Merchant id
+    #[arg(long, default_value = "m-1001")]
+    pub merchant: String,
+    /// Customer id
+    #[arg(long, default_value = "c-42")]
+    pub customer: String,
+    /// Payment id [default: a new UUID]
+    #[arg(long)]
+    pub payment_id: Option<Uuid>,
+    /// Seconds to wait for the result
+    #[arg(long, default_value_t = 60)]
+    pub timeout: u64,
+}
+
+/// Options of `baton demo`.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// How many payments to send (a mix of every test card)
+    #[arg(long, default_value_t = 1000)]
+    pub payments: usize,
+    /// Ledger database for the services [default: a temporary SQLite file]
+    #[arg(long, env = "BATON_LEDGER_URL", hide_env_values = true)]
+    pub ledger_url: Option<String>,
+    /// Keep the demo's queues and ledger instead of deleting them at the end
+    #[arg(long)]
+    pub keep: bool,
+}
+
+/// `baton workflow …`.
+#[derive(Debug, Subcommand)]
+pub enum WorkflowCommand {
+    /// Validate a workflow file and print its steps
+    Check {
+        /// The file [default: the built-in workflow]
+        file: Option<PathBuf>,
+    },
+}
+
+/// Accepts prefixes (and instance ids) that are safe in queue names.
+pub fn parse_prefix(text: &str) -> Result<String, String> {
+    let ok = !text.is_empty()
+        && text.len() <= 64
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if ok {
+        Ok(text.to_owned())
+    } else {
+        Err("use 1-64 characters of A-Z, a-z, 0-9, '.', '_' or '-'".into())
+    }
+}
+
+/// Exit code for "the broker is unreachable".
+pub const EXIT_BROKER_UNREACHABLE: i32 = 2;
+
+/// Maps an error to the process exit code: 2 when RabbitMQ could not be reached.
+pub fn exit_code_for(error: &anyhow::Error) -> i32 {
+    let unreachable = error.chain().any(|cause| {
+        matches!(
+            cause.downcast_ref::<BrokerError>(),
+            Some(BrokerError::Connect { .. } | BrokerError::BadUrl { .. })
+        ) || matches!(
+            cause.downcast_ref::<orchestrator::OrchestratorError>(),
+            Some(orchestrator::OrchestratorError::Broker(
+                BrokerError::Connect { .. } | BrokerError::BadUrl { .. }
+            ))
+        )
+    });
+    if unreachable {
+        EXIT_BROKER_UNREACHABLE
+    } else {
+        1
+    }
+}
+
+/// Runs a parsed command line; returns the process exit code.
+pub async fn run(cli: Cli) -> anyhow::Result<i32> {
+    let names = Names::new(cli.common.prefix.clone());
+    match cli.command {
+        Command::Run(args) => run_orchestrator(&cli.common, names, args).await,
+        Command::Pay(args) => pay(&cli.common, names, args).await,
+        Command::Demo(args) => crate::demo::run(&cli.common.amqp_url, args).await,
+        Command::Workflow(WorkflowCommand::Check { file }) => {
+            let workflow = load_workflow(file.as_deref())?;
+            for step in workflow.steps() {
+                println!(
+                    "{:<16} queue {:<28} timeout {:>6} ms  card_number={}  compensate={}",
+                    step.name,
+                    names.command_queue(&step.service),
+                    step.timeout.as_millis(),
+                    step.card_number,
+                    step.compensate
+                );
+            }
+            println!("ok: {} steps", workflow.steps().len());
+            Ok(0)
+        }
+    }
+}
+
+fn load_workflow(file: Option<&std::path::Path>) -> anyhow::Result<Workflow> {
+    Ok(match file {
+        Some(path) => Workflow::load(path)?,
+        None => Workflow::builtin(),
+    })
+}
+
+async fn run_orchestrator(common: &Common, names: Names, args: RunArgs) -> anyhow::Result<i32> {
+    let mut settings = Settings::new(common.amqp_url.clone(), names.prefix());
+    settings.concurrency = args.concurrency;
+    settings.workflow = load_workflow(args.workflow.as_deref())?;
+    settings.limits = Limits {
+        max_body_bytes: args.max_body_bytes,
+        max_amount_minor: args.max_amount_minor,
+    };
+    settings.shutdown_timeout = Duration::from_secs(args.shutdown_timeout);
+    if let Some(instance) = args.instance {
+        settings.instance = instance;
+    }
+    let running = orchestrator::start(settings).await?;
+    let stopper = running.stopper();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutdown requested");
+        let _ = stopper.send(true);
+    });
+    running.wait().await?;
+    Ok(0)
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+async fn pay(common: &Common, names: Names, args: PayArgs) -> anyhow::Result<i32> {
+    let body = match &args.file {
+        Some(path) => std::fs::read(path)
+            .with_context(|| format!("cannot read the request file {}", path.display()))?,
+        None => {
+            let mut request = serde_json::json!({
+                "payment_id": args.payment_id.unwrap_or_else(Uuid::new_v4).to_string(),
+                "merchant_id": args.merchant,
+                "customer_id": args.customer,
+                "amount": {"minor": args.amount, "currency": args.currency},
+                "card": {"number": args.card, "expiry": args.expiry},
+            });
+            if let Some(currency) = args.merchant_currency {
+                request["merchant_currency"] = currency.into();
+            }
+            serde_json::to_vec(&request)?
+        }
+    };
+    let mut client = Client::connect(&common.amqp_url, names).await?;
+    let correlation = Uuid::new_v4().to_string();
+    client.publisher().publish(&body, &correlation).await?;
+    let timeout = Duration::from_secs(args.timeout);
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let Some(received) = client.next_result(left).await else {
+            anyhow::bail!(
+                "no result within {} s: is an orchestrator (`baton run`) and every service running on prefix {:?}?",
+                args.timeout,
+                common.prefix
+            );
+        };
+        if received.correlation_id.as_deref() != Some(correlation.as_str()) {
+            continue;
+        }
+        let value: serde_json::Value = serde_json::from_slice(&received.body)?;
+        println!("{}", serde_json::to_string_pretty(&value)?);
+        client.close().await;
+        let completed = received.result.map(|r| r.status) == Some(Status::Completed);
+        return Ok(if completed { 0 } else { 1 });
+    }
+}

@@ -1,0 +1,239 @@
+//! `spawn_app()`: four reference services and an orchestrator in this process, on a fresh
+//! prefix against the real broker, plus a client to talk to them.
+
+use baton::client::{Client, Received};
+use baton::orchestrator::{self, Running, Settings};
+use baton::testcards::TestCard;
+use baton_contract::{amqp, Names, PaymentResult};
+use baton_services::ledger::Ledger;
+use baton_services::{RunningService, ServiceConfig, ServiceKind};
+use lapin::options::QueueDeclareOptions;
+use lapin::types::FieldTable;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+use uuid::Uuid;
+
+pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+pub const POSTGRES_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+/// How long a test waits for a result before calling it missing.
+pub const RESULT_WAIT: Duration = Duration::from_secs(60);
+
+pub fn amqp_url() -> String {
+    std::env::var("AMQP_URL").unwrap_or_else(|_| AMQP_URL.to_owned())
+}
+
+fn init_logs() {
+    if std::env::var_os("TEST_LOG").is_some() {
+        baton::telemetry::init(baton::cli::LogFormat::Text, "info");
+    }
+}
+
+/// Which ledger database the services use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Store {
+    Sqlite,
+    Postgres,
+}
+
+pub struct TestApp {
+    pub names: Names,
+    pub ledger_url: String,
+    pub ledger: Ledger,
+    pub orchestrator: Option<Running>,
+    pub services: Vec<RunningService>,
+    pub client: Client,
+    /// Results that arrived while a test waited for another one.
+    early: HashMap<String, Received>,
+    sqlite_file: Option<PathBuf>,
+    postgres_db: Option<String>,
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(Store::Sqlite, &ServiceKind::ALL).await
+}
+
+/// Starts the given services (the others stay down: their commands wait in their queues)
+/// and an orchestrator.
+pub async fn spawn_app_with(store: Store, kinds: &[ServiceKind]) -> TestApp {
+    init_logs();
+    let id = Uuid::new_v4().simple().to_string();
+    let names = Names::new(format!("test-{}", &id[..12]));
+    let (ledger_url, sqlite_file, postgres_db) = match store {
+        Store::Sqlite => {
+            let file = std::env::temp_dir().join(format!("baton-test-{id}.db"));
+            (format!("sqlite://{}", file.display()), Some(file), None)
+        }
+        Store::Postgres => {
+            let db = format!("baton_test_{}", &id[..16]);
+            create_postgres_db(&db).await;
+            (
+                format!("postgres://postgres@127.0.0.1:5432/{db}"),
+                None,
+                Some(db),
+            )
+        }
+    };
+    let mut app = TestApp {
+        ledger: Ledger::open(&ledger_url)
+            .await
+            .expect("open the test ledger"),
+        orchestrator: None,
+        services: Vec::new(),
+        client: Client::connect(&amqp_url(), names.clone())
+            .await
+            .expect("RabbitMQ must run at 127.0.0.1:5672 for the integration tests"),
+        early: HashMap::new(),
+        names,
+        ledger_url,
+        sqlite_file,
+        postgres_db,
+    };
+    for kind in kinds {
+        app.start_service(*kind).await;
+    }
+    app.start_orchestrator(Settings::new(amqp_url(), app.names.prefix()))
+        .await;
+    app
+}
+
+async fn create_postgres_db(name: &str) {
+    use sqlx::Connection;
+    let mut admin = sqlx::PgConnection::connect(POSTGRES_ADMIN_URL)
+        .await
+        .expect("PostgreSQL must run at 127.0.0.1:5432 for the shared-store tests");
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut admin)
+        .await
+        .expect("create the test database");
+}
+
+impl TestApp {
+    pub fn service_config(&self) -> ServiceConfig {
+        ServiceConfig {
+            amqp_url: amqp_url(),
+            prefix: self.names.prefix().to_owned(),
+            concurrency: 32,
+            ledger_url: self.ledger_url.clone(),
+        }
+    }
+
+    pub async fn start_service(&mut self, kind: ServiceKind) {
+        let service = baton_services::start(kind, self.service_config())
+            .await
+            .expect("start a service");
+        self.services.push(service);
+    }
+
+    pub async fn start_orchestrator(&mut self, settings: Settings) {
+        let running = orchestrator::start(settings)
+            .await
+            .expect("start the orchestrator");
+        self.orchestrator = Some(running);
+    }
+
+    pub fn orchestrator(&self) -> &Running {
+        self.orchestrator.as_ref().expect("orchestrator running")
+    }
+
+    /// Publishes a request body with `correlation` and waits for the result carrying it.
+    pub async fn send(&mut self, body: &[u8], correlation: &str) {
+        self.client
+            .publisher()
+            .publish(body, correlation)
+            .await
+            .expect("publish a request");
+    }
+
+    /// The result for `correlation`; others that arrive first are kept for later calls.
+    pub async fn result_for(&mut self, correlation: &str) -> Received {
+        if let Some(received) = self.early.remove(correlation) {
+            return received;
+        }
+        let deadline = tokio::time::Instant::now() + RESULT_WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let received =
+                self.client.next_result(left).await.unwrap_or_else(|| {
+                    panic!("no result for {correlation} within {RESULT_WAIT:?}")
+                });
+            match received.correlation_id.clone() {
+                Some(id) if id == correlation => return received,
+                Some(id) => {
+                    self.early.insert(id, received);
+                }
+                None => {}
+            }
+        }
+    }
+
+    /// Pays with a test card and returns the decoded result and its raw body.
+    pub async fn pay(&mut self, card: TestCard) -> (PaymentResult, String) {
+        let payment_id = Uuid::new_v4();
+        let body = serde_json::to_vec(&card.request_with_id(payment_id)).unwrap();
+        let correlation = payment_id.to_string();
+        self.send(&body, &correlation).await;
+        let received = self.result_for(&correlation).await;
+        let text = String::from_utf8(received.body).unwrap();
+        (received.result.expect("a well-formed result"), text)
+    }
+
+    /// Messages ready in `queue` (waits up to 10 s for at least `at_least`).
+    pub async fn queue_depth(&self, queue: &str, at_least: u32) -> u32 {
+        let channel = self.client.publisher().channel().clone();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let declared = channel
+                .queue_declare(
+                    queue.into(),
+                    QueueDeclareOptions {
+                        passive: true,
+                        ..QueueDeclareOptions::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await
+                .expect("queue exists");
+            let count = declared.message_count();
+            if count >= at_least || tokio::time::Instant::now() > deadline {
+                return count;
+            }
+            // The broker offers no event for "queue length changed": poll, bounded.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Stops everything and deletes the prefix's queues and the test database.
+    pub async fn cleanup(mut self) {
+        if let Some(orchestrator) = self.orchestrator.take() {
+            orchestrator
+                .shutdown()
+                .await
+                .expect("orchestrator stops cleanly");
+        }
+        for service in self.services.drain(..) {
+            service.shutdown().await.expect("service stops cleanly");
+        }
+        let channel = self.client.publisher().channel().clone();
+        let services: Vec<&str> = ServiceKind::ALL.iter().map(|k| k.name()).collect();
+        amqp::delete_topology(&channel, &self.names, &services)
+            .await
+            .expect("delete the test topology");
+        self.client.close().await;
+        drop(self.ledger);
+        if let Some(file) = self.sqlite_file {
+            for suffix in ["", "-wal", "-shm"] {
+                let _ = std::fs::remove_file(format!("{}{suffix}", file.display()));
+            }
+        }
+        if let Some(db) = self.postgres_db {
+            use sqlx::Connection;
+            if let Ok(mut admin) = sqlx::PgConnection::connect(POSTGRES_ADMIN_URL).await {
+                let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
+                    .execute(&mut admin)
+                    .await;
+            }
+        }
+    }
+}
