@@ -15,8 +15,8 @@ use std::process::ExitCode;
 pub enum LogFormat {
     /// Human-readable lines.
     Text,
-    // `json` needs tracing-subscriber's `json` feature (tracing-serde), not in the
-    // dependency tree yet.
+    /// One JSON object per line.
+    Json,
 }
 
 /// Flags every service has.
@@ -149,6 +149,12 @@ fn init_logging(format: LogFormat) {
             // Colour codes only on a terminal, never in a log file or a collector.
             .with_ansi(std::io::stderr().is_terminal())
             .with_writer(std::io::stderr)
+            .init(),
+        LogFormat::Json => tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .json()
+            .flatten_event(true)
             .init(),
     }
 }
