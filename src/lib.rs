@@ -11,6 +11,7 @@
 pub mod cli;
 pub mod client;
 pub mod demo;
+pub mod journal;
 pub mod orchestrator;
 pub mod saga;
 pub mod telemetry;

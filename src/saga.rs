@@ -105,13 +105,7 @@ pub async fn run<T: Transport>(
             .instrument(span.clone())
             .await;
         let duration_ms = millis(started.elapsed());
-        let mut record = StepRecord {
-            step: step.name.clone(),
-            outcome: StepOutcome::Approved,
-            attempts: 1,
-            duration_ms,
-            reason: None,
-        };
+        let mut record = StepRecord::new(step.name.clone(), StepOutcome::Approved, 1, duration_ms);
         let _entered = span.enter();
         match answer {
             Answer::Reply(reply) => match reply.outcome {
@@ -234,13 +228,12 @@ async fn compensate<T: Transport>(
     let answer = attempt(transport, step, command)
         .instrument(span.clone())
         .await;
-    let mut record = StepRecord {
-        step: step.name.clone(),
-        outcome: StepOutcome::Compensated,
-        attempts: 1,
-        duration_ms: millis(started.elapsed()),
-        reason: None,
-    };
+    let mut record = StepRecord::new(
+        step.name.clone(),
+        StepOutcome::Compensated,
+        1,
+        millis(started.elapsed()),
+    );
     let _entered = span.enter();
     let failure = match answer {
         Answer::Reply(reply) if reply.outcome == ReplyOutcome::Approved => None,

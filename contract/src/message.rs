@@ -218,6 +218,32 @@ pub struct StepRecord {
     /// Reason code of a decline or failure.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// The decision was a declared degraded fallback, not the service's answer.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub degraded: bool,
+    /// The service that answered, when it was a fallback rather than the step's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via: Option<String>,
+}
+
+impl StepRecord {
+    /// A record with no reason, not degraded, answered by the step's own service.
+    pub fn new(
+        step: impl Into<String>,
+        outcome: StepOutcome,
+        attempts: u32,
+        duration_ms: u64,
+    ) -> Self {
+        Self {
+            step: step.into(),
+            outcome,
+            attempts,
+            duration_ms,
+            reason: None,
+            degraded: false,
+            via: None,
+        }
+    }
 }
 
 /// The one final answer for a payment.
@@ -277,13 +303,12 @@ mod tests {
             status: Status::Declined,
             reason: Some("high_risk".into()),
             detail: Some("risk declined".into()),
-            steps: vec![StepRecord {
-                step: "authorization".into(),
-                outcome: StepOutcome::Compensated,
-                attempts: 1,
-                duration_ms: 3,
-                reason: None,
-            }],
+            steps: vec![StepRecord::new(
+                "authorization",
+                StepOutcome::Compensated,
+                1,
+                3,
+            )],
             settlement: None,
             finished_at: "2026-11-26T04:00:00.000Z".into(),
         };
