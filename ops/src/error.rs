@@ -1,0 +1,32 @@
+//! Errors the HTTP port reports to the binary that starts it.
+
+use std::io;
+
+/// Why the HTTP port could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OpsError {
+    /// The listening socket could not be bound. Not transient in practice: the address is
+    /// taken, privileged or malformed, and the operator has to pick another one.
+    #[error(
+        "cannot listen on {addr}: {}; choose another with --http-addr / BATON_HTTP_ADDR",
+        describe(source)
+    )]
+    Bind {
+        /// The address as given (`host:port`).
+        addr: String,
+        /// What the operating system said.
+        source: io::Error,
+    },
+}
+
+/// A short, stable wording for the bind failures operators meet, instead of the
+/// platform's message with its OS error number.
+fn describe(e: &io::Error) -> String {
+    match e.kind() {
+        io::ErrorKind::AddrInUse => "address in use".to_owned(),
+        io::ErrorKind::PermissionDenied => "permission denied".to_owned(),
+        io::ErrorKind::AddrNotAvailable => "address not available on this host".to_owned(),
+        _ => e.to_string(),
+    }
+}

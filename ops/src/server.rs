@@ -1,0 +1,364 @@
+//! The HTTP port: an HTTP/1 server over a [`tokio::net::TcpListener`], one task per
+//! connection, serving `/metrics`, `/healthz`, `/readyz` and an optional application
+//! handler for any other `GET` path.
+//!
+//! Routing, in order:
+//!
+//! | request | answer |
+//! |---|---|
+//! | not `GET` | 405, `Allow: GET` |
+//! | `GET /metrics` | 200, Prometheus text format of the registry |
+//! | `GET /healthz` | 200 `ok` |
+//! | `GET /readyz` | 200 `ready`, or 503 `not ready: <reason>` |
+//! | other `GET` | the [`Handler`]'s [`Response`], or 404 when it returns `None` or there is none |
+//!
+//! Shutdown is a future handed to [`HttpServer::start`] (or [`HttpServer::stop`]): the
+//! listener closes at once, open connections finish the response in progress and close,
+//! and any still open after [`DRAIN_TIMEOUT`] are dropped.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{oneshot, watch, Semaphore};
+use tokio::task::{JoinHandle, JoinSet};
+
+use crate::{Health, OpsError};
+
+/// At most this many connections are served at once; further ones wait in the listen
+/// backlog. A scrape port needs few, and a bound keeps a misbehaving client from
+/// exhausting file descriptors the broker connection needs.
+const MAX_CONNECTIONS: usize = 64;
+
+/// A client must send its request headers within this time, so idle or slow connections
+/// do not hold one of the [`MAX_CONNECTIONS`] slots.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long shutdown waits for open connections to finish before dropping them.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What the application handler answers for one path.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Response {
+    /// HTTP status code; an invalid code is answered as 500.
+    pub status: u16,
+    /// `Content-Type` header value.
+    pub content_type: &'static str,
+    /// The body, sent as is.
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    /// A JSON response (`application/json`) with an already serialised body.
+    pub fn json(status: u16, body: Vec<u8>) -> Self {
+        Self {
+            status,
+            content_type: "application/json",
+            body,
+        }
+    }
+
+    /// A plain-text response (`text/plain; charset=utf-8`).
+    pub fn text(status: u16, body: impl Into<String>) -> Self {
+        Self {
+            status,
+            content_type: "text/plain; charset=utf-8",
+            body: body.into().into_bytes(),
+        }
+    }
+}
+
+/// The application's handler for `GET` paths other than the built-in ones.
+///
+/// It receives the request path without the query string (`/payments/p-1`) and returns
+/// `None` for "no such resource" (answered 404). Build one from an `async` closure with
+/// [`handler`].
+pub type Handler =
+    Arc<dyn Fn(String) -> Pin<Box<dyn Future<Output = Option<Response>> + Send>> + Send + Sync>;
+
+/// Wraps an `async` function of the path into a [`Handler`], so callers do not have to
+/// box futures themselves:
+///
+/// ```
+/// let h = baton_ops::handler(|path: String| async move {
+///     path.strip_prefix("/payments/")
+///         .map(|id| baton_ops::Response::json(200, format!("{{\"id\":\"{id}\"}}").into_bytes()))
+/// });
+/// # let _ = h;
+/// ```
+pub fn handler<F, Fut>(f: F) -> Handler
+where
+    F: Fn(String) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Option<Response>> + Send + 'static,
+{
+    Arc::new(move |path| Box::pin(f(path)))
+}
+
+/// A running HTTP port.
+///
+/// Dropping it does **not** stop the server: it runs until the shutdown future given to
+/// [`HttpServer::start`] resolves, or [`HttpServer::stop`] is called.
+#[derive(Debug)]
+pub struct HttpServer {
+    /// The address actually bound, which differs from the requested one with port 0.
+    local_addr: SocketAddr,
+    /// Lets [`HttpServer::stop`] end the server without the shutdown future. Kept (not
+    /// sent) while the handle lives; the accept loop ignores its being dropped.
+    stop: oneshot::Sender<()>,
+    /// The accept loop; it returns once connections are drained.
+    task: JoinHandle<()>,
+}
+
+/// What every connection needs to answer requests.
+struct State {
+    /// The application's metrics, gathered on each scrape.
+    registry: prometheus::Registry,
+    /// Readiness, as the application last set it.
+    health: Health,
+    /// Paths beyond the built-in ones.
+    handler: Option<Handler>,
+}
+
+impl HttpServer {
+    /// Binds `addr` (`"127.0.0.1:0"` picks a free port), logs the bound address at info,
+    /// and serves in a background task until `shutdown` resolves.
+    ///
+    /// Must be called within a Tokio runtime.
+    ///
+    /// # Errors
+    ///
+    /// [`OpsError::Bind`] when the address cannot be bound (taken, privileged, unknown
+    /// host); its message names the address and the `--http-addr` / `BATON_HTTP_ADDR`
+    /// setting.
+    pub async fn start(
+        addr: &str,
+        registry: prometheus::Registry,
+        health: Health,
+        handler: Option<Handler>,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<HttpServer, OpsError> {
+        let bind_error = |source| OpsError::Bind {
+            addr: addr.to_owned(),
+            source,
+        };
+        let listener = TcpListener::bind(addr).await.map_err(bind_error)?;
+        let local_addr = listener.local_addr().map_err(bind_error)?;
+        tracing::info!(addr = %local_addr, "HTTP port listening (/metrics, /healthz, /readyz)");
+
+        let state = Arc::new(State {
+            registry,
+            health,
+            handler,
+        });
+        let (stop, stop_rx) = oneshot::channel();
+        let stopped = async move {
+            tokio::select! {
+                () = shutdown => {}
+                // A dropped handle is not a stop request: keep serving until `shutdown`.
+                Ok(()) = stop_rx => {}
+            }
+        };
+        let task = tokio::spawn(accept_loop(listener, state, stopped));
+        Ok(HttpServer {
+            local_addr,
+            stop,
+            task,
+        })
+    }
+
+    /// The address the server listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Stops accepting, lets open connections finish (up to [`DRAIN_TIMEOUT`]) and
+    /// returns when the server is gone.
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        join(self.task).await;
+    }
+
+    /// Waits until the server has stopped because the shutdown future resolved, and its
+    /// connections are drained. For `main`: start, mark ready, run, then `wait()`.
+    pub async fn wait(self) {
+        let HttpServer { stop, task, .. } = self;
+        let _keep_running = stop;
+        join(task).await;
+    }
+}
+
+async fn join(task: JoinHandle<()>) {
+    if let Err(e) = task.await {
+        tracing::error!(error = %e, "HTTP port task failed");
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    state: Arc<State>,
+    stopped: impl Future<Output = ()> + Send,
+) {
+    tokio::pin!(stopped);
+    // Tells connections to finish their current response and close.
+    let (closing_tx, closing_rx) = watch::channel(false);
+    let mut connections = JoinSet::new();
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+
+    loop {
+        // Reap finished connection tasks so the set does not grow without bound.
+        while connections.try_join_next().is_some() {}
+
+        let slot = tokio::select! {
+            biased;
+            () = &mut stopped => break,
+            slot = Arc::clone(&slots).acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => break, // never closed; stop rather than spin
+            },
+        };
+        let stream = tokio::select! {
+            biased;
+            () = &mut stopped => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _peer)) => stream,
+                Err(e) => {
+                    // Typically EMFILE: back off instead of spinning on the error.
+                    tracing::warn!(error = %e, "HTTP port cannot accept a connection");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let state = Arc::clone(&state);
+        let closing = closing_rx.clone();
+        connections.spawn(async move {
+            serve_connection(stream, state, closing).await;
+            drop(slot);
+        });
+    }
+
+    drop(listener);
+    let _ = closing_tx.send(true);
+    let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            open = connections.len(),
+            "HTTP port closing connections that did not finish in time"
+        );
+        connections.shutdown().await;
+    }
+    tracing::info!("HTTP port stopped");
+}
+
+async fn serve_connection(
+    stream: TcpStream,
+    state: Arc<State>,
+    mut closing: watch::Receiver<bool>,
+) {
+    let service = service_fn(move |request| {
+        let state = Arc::clone(&state);
+        async move { Ok::<_, Infallible>(route(&state, request).await) }
+    });
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    let connection = builder.serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(connection);
+
+    let finished = tokio::select! {
+        result = connection.as_mut() => Some(result),
+        // Mapped to `()` at once: the watch guard must not live across the await below.
+        _ = async { closing.wait_for(|closing| *closing).await.map(|_| ()) } => None,
+    };
+    let result = match finished {
+        Some(result) => result,
+        None => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(e) = result {
+        // Client resets and header timeouts are routine; not worth more than debug.
+        tracing::debug!(error = %e, "HTTP port connection ended with an error");
+    }
+}
+
+type HttpResponse = hyper::Response<Full<Bytes>>;
+
+async fn route(state: &State, request: Request<Incoming>) -> HttpResponse {
+    if request.method() != Method::GET {
+        let mut response = reply(StatusCode::METHOD_NOT_ALLOWED, TEXT, "method not allowed");
+        response
+            .headers_mut()
+            .insert(ALLOW, HeaderValue::from_static("GET"));
+        return response;
+    }
+    match request.uri().path() {
+        "/metrics" => metrics(&state.registry),
+        "/healthz" => reply(StatusCode::OK, TEXT, "ok"),
+        "/readyz" => match state.health.reason() {
+            None => reply(StatusCode::OK, TEXT, "ready"),
+            Some(reason) => reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                TEXT,
+                format!("not ready: {reason}"),
+            ),
+        },
+        path => {
+            let answer = match &state.handler {
+                Some(handler) => handler(path.to_owned()).await,
+                None => None,
+            };
+            match answer {
+                Some(r) => reply(
+                    StatusCode::from_u16(r.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                    r.content_type,
+                    r.body,
+                ),
+                None => reply(StatusCode::NOT_FOUND, TEXT, "not found"),
+            }
+        }
+    }
+}
+
+const TEXT: &str = "text/plain; charset=utf-8";
+
+fn metrics(registry: &prometheus::Registry) -> HttpResponse {
+    let encoder = prometheus::TextEncoder::new();
+    match encoder.encode_to_string(&registry.gather()) {
+        Ok(text) => reply(StatusCode::OK, prometheus::TEXT_FORMAT, text),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot encode metrics");
+            reply(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                TEXT,
+                "cannot encode metrics",
+            )
+        }
+    }
+}
+
+fn reply(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> HttpResponse {
+    let mut response = hyper::Response::new(Full::new(body.into()));
+    *response.status_mut() = status;
+    // The handler chooses the content type; a malformed one must not panic the task.
+    let content_type = HeaderValue::from_str(content_type)
+        .unwrap_or(HeaderValue::from_static("application/octet-stream"));
+    response.headers_mut().insert(CONTENT_TYPE, content_type);
+    response
+}
