@@ -195,6 +195,7 @@ pub async fn run(amqp_url: &str, args: DemoArgs) -> anyhow::Result<i32> {
             prefix: names.prefix().to_owned(),
             concurrency: 64,
             ledger_url: ledger_url.clone(),
+            ..ServiceConfig::default()
         };
         services.push(
             baton_services::start(kind, config)

@@ -1,14 +1,20 @@
 //! The command line shared by the four service binaries: parse flags (with environment
-//! fallbacks), set up logging, start the service, run until SIGTERM or Ctrl-C.
+//! fallbacks), set up logging, start the service, run until SIGTERM or Ctrl-C. Also the
+//! `baton-transaction audit` subcommand ([`crate::audit`]).
 //!
-//! Exit codes: 0 after a graceful shutdown, 2 when RabbitMQ is unreachable (one line on
-//! stderr, naming the redacted URL and how to start it), 1 for any other failure. clap
-//! itself exits 2 on a usage error.
+//! Exit codes of a service: 0 after a graceful shutdown, 2 when RabbitMQ is unreachable
+//! at start (one line on stderr, naming the redacted URL and how to start it), 1 for any
+//! other start-up failure (ledger, HTTP port taken). A connection lost later is not an
+//! exit: the service reconnects. clap itself exits 2 on a usage error. The audit exits 0
+//! (sound), 1 (duplicate transfer or imbalance) or 2 (ledger cannot be opened).
 
+use crate::audit;
+use crate::faults::Faults;
 use crate::kit::{self, ServiceConfig, ServiceKind};
 use baton_contract::amqp::{BrokerError, DEFAULT_AMQP_URL};
-use clap::{Args, CommandFactory, FromArgMatches, Parser, ValueEnum};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use std::process::ExitCode;
+use std::time::Duration;
 
 /// Log output format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -48,6 +54,63 @@ struct Common {
     /// Log format (filter with RUST_LOG, default `info`)
     #[arg(long, env = "BATON_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+
+    /// HTTP port serving /metrics, /healthz and /readyz (host:port; port 0 picks a free
+    /// port, and the bound address is logged)
+    #[arg(long, env = "BATON_HTTP_ADDR")]
+    http_addr: Option<String>,
+}
+
+/// Fault injection, to test the orchestrator's failure handling. All off by default.
+#[derive(Args)]
+#[command(next_help_heading = "Fault injection (testing only)")]
+struct FaultArgs {
+    /// Share of commands, 0 to 1, answered with a transient `error` reply (reason
+    /// `injected_fault`) without any effect
+    #[arg(
+        long,
+        env = "BATON_FAIL_RATE",
+        default_value_t = 0.0,
+        value_parser = parse_fail_rate,
+        allow_negative_numbers = true
+    )]
+    fail_rate: f64,
+
+    /// Milliseconds to wait before handling each command
+    #[arg(long, env = "BATON_LATENCY_MS", default_value_t = 0)]
+    latency_ms: u64,
+
+    /// Ack every command and never answer: the orchestrator sees only timeouts
+    /// (BATON_BLACKHOLE=true or 1)
+    #[arg(
+        long,
+        env = "BATON_BLACKHOLE",
+        action = clap::ArgAction::SetTrue,
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    blackhole: bool,
+}
+
+impl FaultArgs {
+    fn faults(&self) -> Faults {
+        Faults {
+            fail_rate: self.fail_rate,
+            latency: Duration::from_millis(self.latency_ms),
+            blackhole: self.blackhole,
+        }
+    }
+}
+
+/// `--fail-rate`: a number from 0 to 1.
+fn parse_fail_rate(text: &str) -> Result<f64, String> {
+    let problem = || format!("{text:?} is not a number from 0 to 1 (e.g. 0.25)");
+    let rate: f64 = text.trim().parse().map_err(|_| problem())?;
+    let faults = Faults {
+        fail_rate: rate,
+        ..Faults::default()
+    };
+    faults.validate().map_err(|_| problem())?;
+    Ok(rate)
 }
 
 /// Flags of a stateless service (risk, PCI).
@@ -55,6 +118,10 @@ struct Common {
 struct StatelessCli {
     #[command(flatten)]
     common: Common,
+
+    // Last: its help heading applies to every flag after it.
+    #[command(flatten)]
+    faults: FaultArgs,
 }
 
 /// Flags of a service with a ledger (authorization, transaction).
@@ -69,9 +136,41 @@ struct LedgerCli {
         long,
         env = "BATON_LEDGER_URL",
         default_value = "sqlite://baton-ledger.db",
-        hide_env_values = true
+        hide_env_values = true,
+        // Also after a subcommand: `baton-transaction audit --ledger-url …`.
+        global = true
     )]
     ledger_url: String,
+
+    // Last: its help heading applies to every flag after it.
+    #[command(flatten)]
+    faults: FaultArgs,
+}
+
+/// Tools of `baton-transaction`; without one, the binary runs the service.
+#[derive(Subcommand)]
+enum TransactionTool {
+    /// Check the ledger: totals per currency, transfers, payments with more than one
+    /// transfer, open holds, and whether debits equal credits. Exit code 0 when sound, 1
+    /// on a duplicate transfer or unbalanced books, 2 when the ledger cannot be opened
+    Audit {
+        /// Print one JSON object instead of text
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// What the command line asks for.
+enum Invocation {
+    /// Run the service.
+    Serve(ServiceConfig, LogFormat),
+    /// `baton-transaction audit`.
+    Audit {
+        /// The ledger to audit.
+        ledger_url: String,
+        /// JSON instead of text.
+        json: bool,
+    },
 }
 
 /// A prefix is part of every queue name: keep it short and free of separators RabbitMQ or
@@ -87,7 +186,7 @@ pub fn parse_prefix(prefix: &str) -> Result<String, String> {
     }
 }
 
-fn parse(kind: ServiceKind) -> (ServiceConfig, LogFormat) {
+fn parse(kind: ServiceKind) -> Invocation {
     // clap (without its `string` feature) wants a static name.
     let name = match kind {
         ServiceKind::Authorization => "baton-authorization",
@@ -101,40 +200,56 @@ fn parse(kind: ServiceKind) -> (ServiceConfig, LogFormat) {
         kind.name()
     );
     if kind.uses_ledger() {
-        let matches = LedgerCli::command().name(name).about(about).get_matches();
+        let mut command = for_kind(LedgerCli::command(), kind);
+        if kind == ServiceKind::Transaction {
+            command = TransactionTool::augment_subcommands(command);
+        }
+        // After the subcommands, which would otherwise replace the about text.
+        let matches = command.name(name).about(about).get_matches();
         let cli = LedgerCli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
-        let config = config(
-            cli.common.amqp_url,
-            cli.common.prefix,
-            cli.common.concurrency,
-        );
-        (
-            ServiceConfig {
+        if matches.subcommand().is_some() {
+            let TransactionTool::Audit { json } =
+                TransactionTool::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+            return Invocation::Audit {
                 ledger_url: cli.ledger_url,
-                ..config
-            },
-            cli.common.log_format,
-        )
+                json,
+            };
+        }
+        let log_format = cli.common.log_format;
+        let config = ServiceConfig {
+            ledger_url: cli.ledger_url,
+            ..config(kind, cli.common, &cli.faults)
+        };
+        Invocation::Serve(config, log_format)
     } else {
-        let matches = StatelessCli::command()
+        let matches = for_kind(StatelessCli::command(), kind)
             .name(name)
             .about(about)
             .get_matches();
         let cli = StatelessCli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
-        let config = config(
-            cli.common.amqp_url,
-            cli.common.prefix,
-            cli.common.concurrency,
-        );
-        (config, cli.common.log_format)
+        let log_format = cli.common.log_format;
+        Invocation::Serve(config(kind, cli.common, &cli.faults), log_format)
     }
 }
 
-fn config(amqp_url: String, prefix: String, concurrency: u16) -> ServiceConfig {
+/// The parts of a binary's command line that depend on which service it is.
+fn for_kind(command: clap::Command, kind: ServiceKind) -> clap::Command {
+    // Shown by --help; `config` applies the same default when the flag is absent.
+    command.mut_arg("http_addr", |arg| {
+        arg.default_value(kind.default_http_addr())
+    })
+}
+
+fn config(kind: ServiceKind, common: Common, faults: &FaultArgs) -> ServiceConfig {
+    let http_addr = common
+        .http_addr
+        .unwrap_or_else(|| kind.default_http_addr().to_owned());
     ServiceConfig {
-        amqp_url,
-        prefix,
-        concurrency,
+        http_addr: Some(http_addr),
+        faults: faults.faults(),
+        amqp_url: common.amqp_url,
+        prefix: common.prefix,
+        concurrency: common.concurrency,
         ..ServiceConfig::default()
     }
 }
@@ -192,7 +307,11 @@ fn report(error: &anyhow::Error) -> ExitCode {
 
 /// The whole `main` of a service binary.
 pub fn main(kind: ServiceKind) -> ExitCode {
-    let (config, log_format) = parse(kind);
+    let (config, log_format) = match parse(kind) {
+        Invocation::Serve(config, log_format) => (config, log_format),
+        // No logging set up: the report is the output.
+        Invocation::Audit { ledger_url, json } => return audit::run(&ledger_url, json),
+    };
     init_logging(log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -250,5 +369,82 @@ mod tests {
         assert!(StatelessCli::try_parse_from(["baton-risk", "--prefix", "a b"]).is_err());
         assert!(StatelessCli::try_parse_from(["baton-risk", "--concurrency", "0"]).is_err());
         assert!(StatelessCli::try_parse_from(["baton-risk", "--ledger-url", "x"]).is_err());
+    }
+
+    #[test]
+    fn each_binary_has_its_own_http_port() {
+        let cli = StatelessCli::try_parse_from(["baton-pci"]).unwrap();
+        let config = config(ServiceKind::Pci, cli.common, &cli.faults);
+        assert_eq!(config.http_addr.as_deref(), Some("127.0.0.1:9463"));
+        let cli = StatelessCli::try_parse_from(["baton-risk", "--http-addr", "0.0.0.0:0"]).unwrap();
+        let config = super::config(ServiceKind::Risk, cli.common, &cli.faults);
+        assert_eq!(config.http_addr.as_deref(), Some("0.0.0.0:0"));
+        let help = for_kind(LedgerCli::command(), ServiceKind::Transaction)
+            .render_long_help()
+            .to_string();
+        assert!(help.contains("[default: 127.0.0.1:9464]"), "{help}");
+        // The fault heading comes last and holds only the fault flags.
+        let faults = help.split("Fault injection").nth(1).unwrap();
+        assert!(!faults.contains("--ledger-url"), "{help}");
+    }
+
+    #[test]
+    fn only_the_transaction_binary_has_the_audit() {
+        let transaction = || TransactionTool::augment_subcommands(LedgerCli::command());
+        let matches = transaction()
+            .try_get_matches_from(["baton-transaction", "audit", "--json", "--ledger-url", "x"])
+            .unwrap();
+        assert_eq!(
+            LedgerCli::from_arg_matches(&matches).unwrap().ledger_url,
+            "x"
+        );
+        assert!(matches!(
+            TransactionTool::from_arg_matches(&matches).unwrap(),
+            TransactionTool::Audit { json: true }
+        ));
+        let matches = transaction()
+            .try_get_matches_from(["baton-transaction", "--prefix", "p2"])
+            .unwrap();
+        assert!(
+            matches.subcommand().is_none(),
+            "no subcommand: run the service"
+        );
+        assert!(LedgerCli::try_parse_from(["baton-authorization", "audit"]).is_err());
+    }
+
+    #[test]
+    fn fault_flags_parse_and_the_fail_rate_is_validated() {
+        let cli = StatelessCli::try_parse_from([
+            "baton-risk",
+            "--fail-rate",
+            "0.25",
+            "--latency-ms",
+            "150",
+            "--blackhole",
+        ])
+        .unwrap();
+        let faults = cli.faults.faults();
+        assert_eq!(faults.fail_rate, 0.25);
+        assert_eq!(faults.latency, Duration::from_millis(150));
+        assert!(faults.blackhole);
+        for bad in ["1.5", "-0.1", "half", "NaN"] {
+            let e = StatelessCli::try_parse_from(["baton-risk", "--fail-rate", bad])
+                .err()
+                .unwrap_or_else(|| panic!("{bad} accepted"));
+            assert!(e.to_string().contains("not a number from 0 to 1"), "{e}");
+        }
+        let help = StatelessCli::command().render_long_help().to_string();
+        assert!(help.contains("Fault injection") && help.contains("BATON_FAIL_RATE"));
+    }
+
+    #[test]
+    fn the_blackhole_takes_true_or_1_from_the_environment() {
+        // The only test that reads BATON_BLACKHOLE, so setting it races with nothing.
+        for (value, on) in [("true", true), ("1", true), ("false", false), ("0", false)] {
+            std::env::set_var("BATON_BLACKHOLE", value);
+            let cli = StatelessCli::try_parse_from(["baton-risk"]).unwrap();
+            assert_eq!(cli.faults.blackhole, on, "BATON_BLACKHOLE={value}");
+        }
+        std::env::remove_var("BATON_BLACKHOLE");
     }
 }

@@ -3,7 +3,7 @@
 //! handlers are tested without a broker.
 
 use crate::kit::ServiceKind;
-use crate::ledger::{Capture, Ledger, LedgerError};
+use crate::ledger::{Answer, Capture, Ledger, LedgerError};
 use crate::rules::{self, Decline, YearMonth};
 use baton_contract::{Action, Command, Reply};
 use serde_json::{Map, Value};
@@ -21,7 +21,7 @@ pub enum Handler {
     Transaction(Ledger),
 }
 
-fn answer(command: &Command, decision: Result<(), Decline>) -> Reply {
+fn decided(command: &Command, decision: Result<(), Decline>) -> Reply {
     match decision {
         Ok(()) => Reply::approved(&command.command_id, Map::new()),
         Err(d) => Reply::declined(&command.command_id, d.reason, d.detail),
@@ -52,25 +52,34 @@ impl Handler {
     /// Handles one command. Never fails: a store error becomes a transient `error`
     /// reply (nothing was stored, so the orchestrator's retry may act).
     pub async fn handle(&self, command: &Command) -> Reply {
+        self.answer(command).await.reply
+    }
+
+    /// [`Handler::handle`], also saying whether the reply was replayed from the store
+    /// (a repeated command: nothing was done now).
+    pub async fn answer(&self, command: &Command) -> Answer {
         let stored = match (self, command.action) {
             (Handler::Risk, Action::Execute) => {
-                return answer(
+                return Answer::fresh(decided(
                     command,
                     rules::assess_risk(&command.step, &command.payment.card),
-                )
+                ))
             }
             (Handler::Pci, Action::Execute) => {
-                return answer(command, rules::check_pci(&command.payment.merchant_id))
+                return Answer::fresh(decided(
+                    command,
+                    rules::check_pci(&command.payment.merchant_id),
+                ))
             }
             // Risk and PCI have no effect to undo.
             (Handler::Risk | Handler::Pci, Action::Compensate) => {
-                return Reply::approved(&command.command_id, Map::new())
+                return Answer::fresh(Reply::approved(&command.command_id, Map::new()))
             }
             (Handler::Authorization(ledger), Action::Execute) => {
                 let decision =
                     rules::authorize(&command.step, &command.payment.card, YearMonth::now_utc());
                 ledger
-                    .place_hold(
+                    .place_hold_answer(
                         &command.command_id,
                         command.payment_id,
                         &command.payment.customer_id,
@@ -83,17 +92,17 @@ impl Handler {
                 let execute_id =
                     Command::id_for(command.payment_id, &command.step, Action::Execute);
                 ledger
-                    .void_hold(&command.command_id, &execute_id, command.payment_id)
+                    .void_hold_answer(&command.command_id, &execute_id, command.payment_id)
                     .await
             }
             (Handler::Transaction(ledger), Action::Execute) => {
                 let Some(hold_id) = hold_id(&command.context) else {
-                    return Reply::declined(
+                    return Answer::fresh(Reply::declined(
                         &command.command_id,
                         "hold_missing",
                         "the command's context has no authorization.hold_id: the \
                          authorization step must run (and approve) before transaction",
-                    );
+                    ));
                 };
                 let capture = Capture {
                     payment_id: command.payment_id,
@@ -103,19 +112,23 @@ impl Handler {
                     amount: command.payment.amount,
                     settlement_currency: command.payment.merchant_currency,
                 };
-                ledger.capture(&command.command_id, &capture).await
+                ledger.capture_answer(&command.command_id, &capture).await
             }
             (Handler::Transaction(_), Action::Compensate) => {
-                return Reply::declined(
+                return Answer::fresh(Reply::declined(
                     &command.command_id,
                     "not_compensable",
                     "a transfer cannot be compensated: refund it instead",
-                )
+                ))
             }
         };
         stored.unwrap_or_else(|e: LedgerError| {
             tracing::warn!(error = %e, command_id = %command.command_id, "ledger unavailable");
-            Reply::error(&command.command_id, "ledger_unavailable", e.to_string())
+            Answer::fresh(Reply::error(
+                &command.command_id,
+                "ledger_unavailable",
+                e.to_string(),
+            ))
         })
     }
 

@@ -9,15 +9,32 @@
 //! so it never loops. A transient publish failure nacks with requeue; the quorum queue's
 //! delivery limit dead-letters a command that keeps failing.
 //!
+//! Connection recovery: when the broker connection or a channel drops, the service stops
+//! being ready, reconnects with capped exponential backoff and jitter (forever: only a
+//! shutdown ends it), declares its queue again and resumes consuming. A command being
+//! handled when its channel dies still finishes in the store, but its reply and ack fail:
+//! the broker redelivers it (to this or another instance) and the store answers the
+//! repeat without acting twice.
+//!
+//! Observability: each command's span carries `payment_id`, `step`, `command_id` and the
+//! `trace_id` of its `traceparent` header, so one payment can be followed across the
+//! services' logs. Metrics live in a registry of the running service
+//! ([`RunningService::registry`]); with an HTTP port they are served at `/metrics`, and
+//! `/readyz` is ready only while connected, declared and consuming.
+//!
+//! Faults ([`crate::faults`]) are injected here, between decoding and handling.
+//!
 //! Not here: business rules ([`crate::rules`]), storage ([`crate::ledger`]), CLI parsing
-//! ([`crate::cli`]). Reconnecting is left to the process supervisor: when the connection
-//! drops, [`RunningService::wait`] returns the error and the binary exits non-zero.
+//! ([`crate::cli`]).
 
+use crate::faults::{Dice, Faults, InvalidFailRate, INJECTED_FAULT};
 use crate::handler::Handler;
-use crate::ledger::Ledger;
+use crate::ledger::{Answer, Ledger};
+use crate::metrics::{Metrics, Outcome};
 use anyhow::Context as _;
 use baton_contract::amqp::{self, BrokerError};
-use baton_contract::{headers, Command, Names};
+use baton_contract::{headers, Command, Names, Reply};
+use baton_ops::HttpServer;
 use futures_lite::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{
@@ -27,9 +44,12 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection, Consumer};
 use std::fmt;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
-use tokio::sync::watch;
+use std::time::{Duration, Instant};
+use tokio::sync::{watch, Notify};
 use tokio::task::{JoinHandle, JoinSet};
+use tokio_retry::strategy::{jitter, ExponentialBackoff};
 use tracing::Instrument as _;
 
 /// W3C trace context header, copied from command to reply so a payment can be followed
@@ -68,6 +88,17 @@ impl ServiceKind {
         }
     }
 
+    /// The binary's default HTTP address (`/metrics`, `/healthz`, `/readyz`): one port
+    /// per service, so all four run side by side on one machine.
+    pub fn default_http_addr(self) -> &'static str {
+        match self {
+            ServiceKind::Authorization => "127.0.0.1:9461",
+            ServiceKind::Risk => "127.0.0.1:9462",
+            ServiceKind::Pci => "127.0.0.1:9463",
+            ServiceKind::Transaction => "127.0.0.1:9464",
+        }
+    }
+
     /// Whether the service keeps state in the ledger (and so needs `ledger_url`).
     pub fn uses_ledger(self) -> bool {
         matches!(self, ServiceKind::Authorization | ServiceKind::Transaction)
@@ -91,16 +122,26 @@ pub struct ServiceConfig {
     pub concurrency: u16,
     /// Ledger database for authorization and transaction; ignored by risk and PCI.
     pub ledger_url: String,
+    /// Faults injected from the start (none by default); change them while running with
+    /// [`RunningService::set_faults`].
+    pub faults: Faults,
+    /// Where to serve `/metrics`, `/healthz` and `/readyz` (`host:port`, port 0 = any free
+    /// port); `None` = no HTTP port (in-process tests that don't need one). The binaries
+    /// default to [`ServiceKind::default_http_addr`].
+    pub http_addr: Option<String>,
 }
 
 impl Default for ServiceConfig {
-    /// Local broker, prefix `baton`, 64 at once, `sqlite://baton-ledger.db`.
+    /// Local broker, prefix `baton`, 64 at once, `sqlite://baton-ledger.db`, no faults,
+    /// no HTTP port.
     fn default() -> Self {
         Self {
             amqp_url: amqp::DEFAULT_AMQP_URL.into(),
             prefix: "baton".into(),
             concurrency: 64,
             ledger_url: "sqlite://baton-ledger.db".into(),
+            faults: Faults::default(),
+            http_addr: None,
         }
     }
 }
@@ -112,8 +153,20 @@ impl fmt::Debug for ServiceConfig {
             .field("prefix", &self.prefix)
             .field("concurrency", &self.concurrency)
             .field("ledger_url", &amqp::redact_url(&self.ledger_url))
+            .field("faults", &self.faults)
+            .field("http_addr", &self.http_addr)
             .finish()
     }
+}
+
+/// Whether a service is taking commands, and how often it had to reconnect.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Health {
+    /// Connected, command queue declared and consuming. False while reconnecting and
+    /// after shutdown began.
+    pub ready: bool,
+    /// Times the broker connection (or a channel) was lost and opened again.
+    pub reconnects: u64,
 }
 
 /// A service consuming its queue. Stop it with [`RunningService::shutdown`].
@@ -122,9 +175,20 @@ pub struct RunningService {
     kind: ServiceKind,
     /// The command queue consumed.
     queue: String,
+    /// The name the broker shows for the connection (unique per running service).
+    connection_name: String,
     /// Set to `true` to stop consuming; the run loop watches it.
     stop: watch::Sender<bool>,
-    /// The run loop: ends on shutdown (Ok) or when the broker connection fails (Err).
+    /// The faults in force; each delivery reads them when it starts.
+    faults: watch::Sender<Faults>,
+    /// Readiness and reconnects, published by the run loop.
+    health: watch::Receiver<Health>,
+    /// The service's own metrics (served at `/metrics` when there is an HTTP port).
+    registry: prometheus::Registry,
+    /// The HTTP port, if configured; stopped after the run loop.
+    http: Option<HttpServer>,
+    /// The run loop: ends on shutdown. It survives a lost broker connection (it
+    /// reconnects), so an `Err` means a bug (a panic), not an outage.
     task: JoinHandle<anyhow::Result<()>>,
 }
 
@@ -133,6 +197,7 @@ impl fmt::Debug for RunningService {
         f.debug_struct("RunningService")
             .field("kind", &self.kind)
             .field("queue", &self.queue)
+            .field("connection_name", &self.connection_name)
             .finish_non_exhaustive()
     }
 }
@@ -148,29 +213,91 @@ impl RunningService {
         &self.queue
     }
 
+    /// The connection name the broker shows (`baton-<service> <prefix> <id>`), unique per
+    /// running service: find its connection in the management UI or `rabbitmqctl`.
+    pub fn connection_name(&self) -> &str {
+        &self.connection_name
+    }
+
+    /// The faults in force.
+    pub fn faults(&self) -> Faults {
+        *self.faults.borrow()
+    }
+
+    /// Changes the faults from the next command on (commands already being handled keep
+    /// the faults they started with). E.g. a black hole, then `Faults::default()` to come
+    /// back.
+    pub fn set_faults(&self, faults: Faults) -> Result<(), InvalidFailRate> {
+        faults.validate()?;
+        if faults != self.faults() {
+            tracing::info!(service = self.kind.name(), ?faults, "faults changed");
+        }
+        self.faults.send_replace(faults);
+        Ok(())
+    }
+
+    /// The address the HTTP port is bound to (the real port when 0 was asked for), or
+    /// `None` without an HTTP port.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http.as_ref().map(HttpServer::local_addr)
+    }
+
+    /// The registry of this service's metrics (the one `/metrics` serves).
+    pub fn registry(&self) -> &prometheus::Registry {
+        &self.registry
+    }
+
+    /// Readiness and reconnect count now.
+    pub fn health(&self) -> Health {
+        *self.health.borrow()
+    }
+
+    /// A receiver that sees every change of [`Health`]: wait on it instead of polling
+    /// (`wait_for(|h| h.ready && h.reconnects > 0)`).
+    pub fn watch_health(&self) -> watch::Receiver<Health> {
+        self.health.clone()
+    }
+
     /// Stops consuming, finishes the commands in flight (their replies are published and
     /// acked), then closes the channels, the connection and the ledger.
     pub async fn shutdown(self) -> anyhow::Result<()> {
         // The receiver is gone only if the run loop already ended; its result is below.
         let _ = self.stop.send(true);
-        join(self.task).await
+        let result = join(self.task).await;
+        stop_http(self.http).await;
+        result
     }
 
-    /// Runs until the service fails (e.g. the broker connection is lost).
+    /// Runs until the run loop ends (it does not end on a lost connection: it
+    /// reconnects).
     pub async fn wait(self) -> anyhow::Result<()> {
         self.run_until(std::future::pending()).await
     }
 
-    /// Runs until `signal` completes (then shuts down gracefully) or the service fails.
+    /// Runs until `signal` completes, then shuts down gracefully.
     pub async fn run_until(self, signal: impl Future<Output = ()>) -> anyhow::Result<()> {
-        let RunningService { stop, mut task, .. } = self;
-        tokio::select! {
+        let RunningService {
+            stop,
+            mut task,
+            http,
+            ..
+        } = self;
+        let result = tokio::select! {
             result = &mut task => flatten(result),
             () = signal => {
                 let _ = stop.send(true);
                 join(task).await
             }
-        }
+        };
+        stop_http(http).await;
+        result
+    }
+}
+
+/// Stopped last, so `/metrics` can be scraped while commands in flight finish.
+async fn stop_http(http: Option<HttpServer>) {
+    if let Some(http) = http {
+        http.stop().await;
     }
 }
 
@@ -182,63 +309,93 @@ fn flatten(result: Result<anyhow::Result<()>, tokio::task::JoinError>) -> anyhow
     result.context("the service's run loop panicked")?
 }
 
-/// What every delivery task shares.
-struct Worker {
+/// Reconnect delays: 200 ms doubling to [`RECONNECT_CAP`], each drawn uniformly below
+/// that ("full jitter") so services cut off together do not come back together.
+fn reconnect_delays() -> impl Iterator<Item = Duration> {
+    ExponentialBackoff::from_millis(2)
+        .factor(100)
+        .max_delay(RECONNECT_CAP)
+        .map(jitter)
+}
+
+/// The longest wait between two reconnect attempts.
+const RECONNECT_CAP: Duration = Duration::from_secs(5);
+
+/// What outlives a broker connection: shared by the run loop and every delivery task.
+struct Shared {
+    /// Which service.
+    kind: ServiceKind,
     /// The service's handler and store.
     handler: Handler,
+    /// Broker URL, for reconnecting.
+    amqp_url: String,
+    /// The broker-visible connection name, the same after a reconnect.
+    connection_name: String,
+    /// Topology names under the prefix.
+    names: Names,
+    /// The consumer's prefetch.
+    concurrency: u16,
+    /// `<prefix>.cmd.<service>`.
+    queue: String,
+    /// `<prefix>.dead`.
+    dead_queue: String,
+    /// The faults in force, set through [`RunningService::set_faults`].
+    faults: watch::Receiver<Faults>,
+    /// Decides which commands an injected fail rate hits.
+    dice: Dice,
+    /// Readiness and reconnects, read by [`RunningService::health`].
+    health: watch::Sender<Health>,
+    /// Readiness as `/readyz` reports it, with the reason when not ready.
+    readiness: baton_ops::Health,
+    /// The service's metrics.
+    metrics: Metrics,
+}
+
+impl Shared {
+    /// Ready: consuming. `/readyz` and [`RunningService::health`] follow.
+    fn set_ready(&self) {
+        self.readiness.set_ready();
+        self.health.send_modify(|h| h.ready = true);
+    }
+
+    /// Not ready, and why (shown by `/readyz`).
+    fn set_not_ready(&self, reason: &str) {
+        self.readiness.set_not_ready(reason);
+        self.health.send_modify(|h| h.ready = false);
+    }
+}
+
+/// One broker connection's worth of state; replaced whole on a reconnect.
+struct Session {
+    /// Kept to close it on shutdown (dropping it would not say goodbye to the broker).
+    connection: Connection,
+    /// The consuming channel (prefetch = concurrency).
+    consume: Channel,
+    /// Deliveries of `<prefix>.cmd.<service>`.
+    consumer: Consumer,
+    /// What delivery tasks publish on.
+    link: Arc<Link>,
+}
+
+/// The part of a [`Session`] each delivery task holds. A task started on a session that
+/// has since died still holds it: its publish and ack fail, and the broker redelivers
+/// the command (the handler is idempotent), so such tasks simply end.
+struct Link {
     /// Confirm-mode channel for replies and dead letters: separate from the consuming
     /// channel so a publish never waits behind deliveries (lapin's advice).
     publish: Channel,
-    /// `<prefix>.dead`.
-    dead_queue: String,
-    /// The queue consumed, recorded on dead letters.
-    queue: String,
+    /// Signalled by a task whose publish found this channel closed, so the run loop
+    /// reconnects even while the consuming channel still looks healthy.
+    broken: Notify,
 }
 
 /// Starts `kind`: connects, opens the ledger if the service has one, declares its command
 /// queue and starts consuming. Returns once it is consuming. When the broker cannot be
-/// reached, the error's root is [`BrokerError::Connect`].
+/// reached at start, the error's root is [`BrokerError::Connect`]; once started, a lost
+/// connection is re-established in the background.
 pub async fn start(kind: ServiceKind, config: ServiceConfig) -> anyhow::Result<RunningService> {
     anyhow::ensure!(config.concurrency > 0, "concurrency must be at least 1");
-    let connection_name = format!("baton-{}", kind.name());
-    let connection = amqp::connect(&config.amqp_url, &connection_name).await?;
-    match setup(kind, &config, &connection).await {
-        Ok((worker, consume, consumer)) => {
-            let (stop, stopped) = watch::channel(false);
-            let queue = worker.queue.clone();
-            tracing::info!(
-                service = kind.name(),
-                queue = %queue,
-                concurrency = config.concurrency,
-                "consuming commands"
-            );
-            let task = tokio::spawn(run(
-                Arc::new(worker),
-                connection,
-                consume,
-                consumer,
-                stopped,
-            ));
-            Ok(RunningService {
-                kind,
-                queue,
-                stop,
-                task,
-            })
-        }
-        Err(e) => {
-            // Don't leave a half-set-up connection behind.
-            let _ = connection.close(200, "start-up failed".into()).await;
-            Err(e)
-        }
-    }
-}
-
-async fn setup(
-    kind: ServiceKind,
-    config: &ServiceConfig,
-    connection: &Connection,
-) -> anyhow::Result<(Worker, Channel, Consumer)> {
+    config.faults.validate()?;
     let ledger = if kind.uses_ledger() {
         let ledger = Ledger::open(&config.ledger_url).await?;
         tracing::info!(ledger = %amqp::redact_url(&config.ledger_url), "ledger open");
@@ -247,97 +404,274 @@ async fn setup(
         None
     };
     let handler = Handler::new(kind, ledger).context("the service needs a ledger")?;
+    let metrics = Metrics::new(kind.name()).context("registering the metrics")?;
+    let readiness = baton_ops::Health::new();
+    let (stop, stopped) = watch::channel(false);
+    // The HTTP port first: a taken port fails the start before anything connects, and
+    // `/readyz` answers "starting" while the broker connection is made.
+    let http = match &config.http_addr {
+        None => None,
+        Some(addr) => {
+            let mut stopped = stopped.clone();
+            // Also ends the port when the RunningService is dropped without a shutdown.
+            let stop_or_drop = async move {
+                let _ = stopped.wait_for(|stop| *stop).await;
+            };
+            let started = HttpServer::start(
+                addr,
+                metrics.registry.clone(),
+                readiness.clone(),
+                None,
+                stop_or_drop,
+            )
+            .await;
+            match started {
+                Ok(http) => Some(http),
+                Err(e) => {
+                    handler.close().await;
+                    return Err(e.into());
+                }
+            }
+        }
+    };
+    let names = Names::new(config.prefix.as_str());
+    let (faults_tx, faults_rx) = watch::channel(config.faults);
+    let (health_tx, health_rx) = watch::channel(Health::default());
+    let shared = Arc::new(Shared {
+        kind,
+        handler,
+        amqp_url: config.amqp_url,
+        // Unique, so a test (or an operator) can find and close exactly this connection.
+        connection_name: format!(
+            "baton-{} {} {}",
+            kind.name(),
+            config.prefix,
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        ),
+        queue: names.command_queue(kind.name()),
+        dead_queue: names.dead_queue(),
+        names,
+        concurrency: config.concurrency,
+        faults: faults_rx,
+        dice: Dice::new(),
+        health: health_tx,
+        readiness,
+        metrics,
+    });
+    let session = match open_session(&shared).await {
+        Ok(session) => session,
+        Err(e) => {
+            stop_http(http).await;
+            shared.handler.close().await;
+            return Err(e);
+        }
+    };
+    shared.set_ready();
+    if config.faults.any() {
+        tracing::warn!(service = kind.name(), faults = ?config.faults, "fault injection on");
+    }
+    tracing::info!(
+        service = kind.name(),
+        queue = %shared.queue,
+        concurrency = config.concurrency,
+        connection = %shared.connection_name,
+        "consuming commands"
+    );
+    Ok(RunningService {
+        kind,
+        queue: shared.queue.clone(),
+        connection_name: shared.connection_name.clone(),
+        stop,
+        faults: faults_tx,
+        health: health_rx,
+        registry: shared.metrics.registry.clone(),
+        http,
+        task: tokio::spawn(run(shared, session, stopped)),
+    })
+}
+
+/// Connects, declares the command queue (again, after a reconnect: the topology function
+/// is idempotent) and starts consuming.
+async fn open_session(shared: &Shared) -> anyhow::Result<Session> {
+    let connection = amqp::connect(&shared.amqp_url, &shared.connection_name).await?;
     let result = async {
-        let names = Names::new(config.prefix.as_str());
         let consume = connection
             .create_channel()
             .await
             .map_err(BrokerError::from)?;
-        let queue = amqp::declare_command_queue(&consume, &names, kind.name()).await?;
+        amqp::declare_command_queue(&consume, &shared.names, shared.kind.name()).await?;
         // Prefetch = concurrency: the broker never hands us more than we work on at once,
         // which also bounds the delivery tasks.
         consume
-            .basic_qos(config.concurrency, BasicQosOptions::default())
+            .basic_qos(shared.concurrency, BasicQosOptions::default())
             .await
             .map_err(BrokerError::from)?;
-        let publish = amqp::confirm_channel(connection).await?;
-        let tag = format!("baton-{}-{}", kind.name(), uuid::Uuid::new_v4().simple());
+        let publish = amqp::confirm_channel(&connection).await?;
+        let tag = format!(
+            "baton-{}-{}",
+            shared.kind.name(),
+            uuid::Uuid::new_v4().simple()
+        );
         let consumer = consume
             .basic_consume(
-                queue.as_str().into(),
+                shared.queue.as_str().into(),
                 tag.as_str().into(),
                 BasicConsumeOptions::default(),
                 FieldTable::default(),
             )
             .await
             .map_err(BrokerError::from)?;
-        let worker = Worker {
-            handler: handler.clone(),
+        let link = Arc::new(Link {
             publish,
-            dead_queue: names.dead_queue(),
-            queue,
-        };
-        anyhow::Ok((worker, consume, consumer))
+            broken: Notify::new(),
+        });
+        anyhow::Ok((consume, consumer, link))
     }
     .await;
-    if result.is_err() {
-        handler.close().await;
+    match result {
+        Ok((consume, consumer, link)) => Ok(Session {
+            connection,
+            consume,
+            consumer,
+            link,
+        }),
+        Err(e) => {
+            // Don't leave a half-set-up connection behind.
+            let _ = connection.close(200, "set-up failed".into()).await;
+            Err(e)
+        }
     }
-    result
 }
 
-/// The consume loop: one task per delivery (bounded by the prefetch), until stopped or
-/// the consumer fails; then drains the tasks and closes everything.
+/// The service's life: consume until stopped; when the connection or a channel is lost,
+/// reconnect (forever, with backoff) and consume again. Ends only on shutdown.
 async fn run(
-    worker: Arc<Worker>,
-    connection: Connection,
-    consume: Channel,
-    mut consumer: Consumer,
+    shared: Arc<Shared>,
+    mut session: Session,
     mut stopped: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
+    // One set across sessions: tasks of a dead session still finish (or fail) on their own.
     let mut tasks = JoinSet::new();
-    let outcome = loop {
-        tokio::select! {
+    loop {
+        let lost = tokio::select! {
             // `Err` means the RunningService was dropped: stop as well.
-            _ = stopped.changed() => break Ok(()),
-            next = consumer.next() => match next {
-                Some(Ok(delivery)) => {
-                    tasks.spawn(process(worker.clone(), delivery));
-                }
-                Some(Err(e)) => {
-                    break Err(anyhow::Error::from(BrokerError::from(e))
-                        .context(format!("consuming {} failed", worker.queue)));
-                }
-                None => break Err(anyhow::anyhow!(
-                    "the broker cancelled the consumer of {} (queue deleted?)", worker.queue
-                )),
-            },
-            Some(done) = tasks.join_next(), if !tasks.is_empty() => log_task_end(done),
-        }
-    };
-    if outcome.is_ok() {
-        tracing::info!(queue = %worker.queue, in_flight = tasks.len(), "stopping: finishing commands in flight");
-        // Deliveries buffered but not started stay unacked and return to the queue when
-        // the channel closes below.
-        if let Err(e) = consume
-            .basic_cancel(consumer.tag(), BasicCancelOptions::default())
-            .await
-        {
-            tracing::warn!(error = %e, "cancelling the consumer failed");
+            _ = stopped.changed() => break,
+            lost = consume(&shared, &mut session, &mut tasks) => lost,
+        };
+        shared.set_not_ready("reconnecting to the broker");
+        tracing::warn!(
+            service = shared.kind.name(),
+            error = %format!("{lost:#}"),
+            "broker connection lost: reconnecting"
+        );
+        // The connection may be half alive (only a channel died): close it so the broker
+        // requeues what it still holds for us. Bounded: a dead socket must not hang here.
+        let _ = tokio::time::timeout(
+            Duration::from_secs(1),
+            session.connection.close(200, "reconnecting".into()),
+        )
+        .await;
+        match reconnect(&shared, &mut stopped).await {
+            Some(next) => {
+                session = next;
+                shared.metrics.reconnected();
+                shared.health.send_modify(|h| h.reconnects += 1);
+                shared.set_ready();
+                tracing::info!(service = shared.kind.name(), queue = %shared.queue, "reconnected: consuming again");
+            }
+            None => {
+                drain(&mut tasks).await;
+                shared.handler.close().await;
+                tracing::info!(queue = %shared.queue, "stopped while reconnecting");
+                return Ok(());
+            }
         }
     }
+    shared.set_not_ready("shutting down");
+    tracing::info!(queue = %shared.queue, in_flight = tasks.len(), "stopping: finishing commands in flight");
+    // Deliveries buffered but not started stay unacked and return to the queue when the
+    // channel closes below.
+    if let Err(e) = session
+        .consume
+        .basic_cancel(session.consumer.tag(), BasicCancelOptions::default())
+        .await
+    {
+        tracing::warn!(error = %e, "cancelling the consumer failed");
+    }
+    drain(&mut tasks).await;
+    let Session {
+        connection,
+        consume,
+        consumer,
+        link,
+    } = session;
+    drop(consumer);
+    let _ = consume.close(200, "shutdown".into()).await;
+    let _ = link.publish.close(200, "shutdown".into()).await;
+    let _ = connection.close(200, "shutdown".into()).await;
+    shared.handler.close().await;
+    tracing::info!(queue = %shared.queue, "stopped");
+    Ok(())
+}
+
+/// Spawns a task per delivery until the session fails; returns why it failed.
+async fn consume(
+    shared: &Arc<Shared>,
+    session: &mut Session,
+    tasks: &mut JoinSet<()>,
+) -> anyhow::Error {
+    loop {
+        tokio::select! {
+            next = session.consumer.next() => match next {
+                Some(Ok(delivery)) => {
+                    tasks.spawn(process(shared.clone(), session.link.clone(), delivery));
+                }
+                Some(Err(e)) => {
+                    return anyhow::Error::from(BrokerError::from(e))
+                        .context(format!("consuming {} failed", shared.queue));
+                }
+                // Also what a deleted queue looks like: the reconnect declares it again.
+                None => return anyhow::anyhow!(
+                    "the broker cancelled the consumer of {}", shared.queue
+                ),
+            },
+            () = session.link.broken.notified() => {
+                return anyhow::anyhow!("the reply channel of {} closed", shared.queue);
+            }
+            Some(done) = tasks.join_next(), if !tasks.is_empty() => log_task_end(done),
+        }
+    }
+}
+
+/// Opens a new session after [`reconnect_delays`], until it works or the service is
+/// stopped (then `None`).
+async fn reconnect(shared: &Shared, stopped: &mut watch::Receiver<bool>) -> Option<Session> {
+    for (attempt, delay) in (1u32..).zip(reconnect_delays()) {
+        let opened = async {
+            tokio::time::sleep(delay).await;
+            open_session(shared).await
+        };
+        tokio::select! {
+            _ = stopped.changed() => return None,
+            opened = opened => match opened {
+                Ok(session) => return Some(session),
+                Err(e) => tracing::warn!(
+                    service = shared.kind.name(),
+                    attempt,
+                    error = %format!("{e:#}"),
+                    "reconnecting failed: trying again"
+                ),
+            },
+        }
+    }
+    // The backoff never ends.
+    None
+}
+
+async fn drain(tasks: &mut JoinSet<()>) {
     while let Some(done) = tasks.join_next().await {
         log_task_end(done);
     }
-    drop(consumer);
-    if outcome.is_ok() {
-        let _ = consume.close(200, "shutdown".into()).await;
-        let _ = worker.publish.close(200, "shutdown".into()).await;
-        let _ = connection.close(200, "shutdown".into()).await;
-        tracing::info!(queue = %worker.queue, "stopped");
-    }
-    worker.handler.close().await;
-    outcome
 }
 
 fn log_task_end(done: Result<(), tokio::task::JoinError>) {
@@ -347,22 +681,87 @@ fn log_task_end(done: Result<(), tokio::task::JoinError>) {
     }
 }
 
+/// The trace id of a W3C `traceparent` (`00-<32 hex trace id>-<16 hex span id>-<2 hex
+/// flags>`), if the header is well formed; an all-zero id is invalid.
+pub fn trace_id(traceparent: &str) -> Option<&str> {
+    let hex = |s: &str, len: usize| {
+        s.len() == len && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    };
+    let mut parts = traceparent.trim().split('-');
+    let (version, id, parent, flags) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    // Version 00 has exactly four fields; later versions may append more.
+    let fields_ok = version != "00" || parts.next().is_none();
+    let valid = hex(version, 2)
+        && version != "ff"
+        && hex(id, 32)
+        && id.bytes().any(|b| b != b'0')
+        && hex(parent, 16)
+        && hex(flags, 2)
+        && fields_ok;
+    valid.then_some(id)
+}
+
 /// Handles one delivery end to end; never panics on bad input.
-async fn process(worker: Arc<Worker>, delivery: Delivery) {
+async fn process(shared: Arc<Shared>, link: Arc<Link>, delivery: Delivery) {
     let command: Command = match serde_json::from_slice(&delivery.data) {
         Ok(command) => command,
-        Err(e) => return worker.dead_letter(delivery, &decode_problem(&e)).await,
+        Err(e) => {
+            shared.metrics.command(None, Outcome::Malformed);
+            return link
+                .dead_letter(&shared, delivery, &decode_problem(&e))
+                .await;
+        }
     };
+    let traceparent = amqp::header_text(&delivery.properties, TRACEPARENT);
     let span = tracing::info_span!(
         "command",
         payment_id = %command.payment_id,
         step = %command.step,
         command_id = %command.command_id,
         action = ?command.action,
+        trace_id = tracing::field::Empty,
     );
+    if let Some(id) = traceparent.as_deref().and_then(trace_id) {
+        span.record("trace_id", tracing::field::display(id));
+    }
     async move {
-        let reply = worker.handler.handle(&command).await;
-        tracing::info!(outcome = ?reply.outcome, reason = reply.reason.as_deref(), "handled");
+        // Copied: a change of faults applies to the next command, not halfway through.
+        let faults = *shared.faults.borrow();
+        if faults.blackhole {
+            tracing::info!("blackhole fault: acked without a reply");
+            shared
+                .metrics
+                .command(Some(command.action), Outcome::Blackholed);
+            return ack(&delivery).await;
+        }
+        let started = Instant::now();
+        if !faults.latency.is_zero() {
+            tokio::time::sleep(faults.latency).await;
+        }
+        let answer = if shared.dice.roll(faults.fail_rate) {
+            // Before the handler: an injected fault has no effect and stores nothing, like
+            // a real transient failure the orchestrator may retry.
+            Answer::fresh(Reply::error(
+                &command.command_id,
+                INJECTED_FAULT,
+                "fault injection: this service fails a share of its commands on purpose",
+            ))
+        } else {
+            shared.handler.answer(&command).await
+        };
+        let reply = answer.reply;
+        let metrics = &shared.metrics;
+        metrics.handled_in(started.elapsed());
+        metrics.command(Some(command.action), Outcome::Replied(reply.outcome));
+        if answer.replayed {
+            metrics.duplicate();
+        }
+        tracing::info!(
+            outcome = ?reply.outcome,
+            reason = reply.reason.as_deref(),
+            replayed = answer.replayed,
+            "handled"
+        );
         let properties = &delivery.properties;
         let Some(reply_to) = properties
             .reply_to()
@@ -379,7 +778,6 @@ async fn process(worker: Arc<Worker>, delivery: Delivery) {
                 return ack(&delivery).await;
             }
         };
-        let traceparent = amqp::header_text(properties, TRACEPARENT);
         let mut extra = vec![(headers::COMMAND_ID, command.command_id.as_str())];
         if let Some(traceparent) = traceparent.as_deref() {
             extra.push((TRACEPARENT, traceparent));
@@ -388,8 +786,7 @@ async fn process(worker: Arc<Worker>, delivery: Delivery) {
         if let Some(correlation_id) = properties.correlation_id() {
             reply_properties = reply_properties.with_correlation_id(correlation_id.clone());
         }
-        match amqp::publish_confirmed(&worker.publish, "", &reply_to, &body, reply_properties).await
-        {
+        match amqp::publish_confirmed(&link.publish, "", &reply_to, &body, reply_properties).await {
             Ok(()) => ack(&delivery).await,
             Err(e @ BrokerError::Unroutable { .. }) => {
                 // The orchestrator instance is gone; it re-sends after it resumes and gets
@@ -399,6 +796,7 @@ async fn process(worker: Arc<Worker>, delivery: Delivery) {
             }
             Err(e) if e.is_transient() => {
                 tracing::warn!(error = %e, "publishing the reply failed: requeued");
+                link.check();
                 nack_requeue(&delivery).await
             }
             Err(e) => {
@@ -411,18 +809,26 @@ async fn process(worker: Arc<Worker>, delivery: Delivery) {
     .await
 }
 
-impl Worker {
+impl Link {
+    /// After a failed publish: if the channel itself is gone, tell the run loop to
+    /// reconnect (a closed publishing channel alone does not end the consumer).
+    fn check(&self) {
+        if !self.publish.status().connected() {
+            self.broken.notify_one();
+        }
+    }
+
     /// Moves an undecodable delivery to the dead-letter queue with the reason, then acks
     /// it; requeues only if the dead-letter publish itself failed transiently.
-    async fn dead_letter(&self, delivery: Delivery, detail: &str) {
-        tracing::warn!(queue = %self.queue, detail, "malformed command: dead-lettered");
+    async fn dead_letter(&self, shared: &Shared, delivery: Delivery, detail: &str) {
+        tracing::warn!(queue = %shared.queue, detail, "malformed command: dead-lettered");
         let mut table = FieldTable::default();
         let mut text = |key: &str, value: &str| {
             table.insert(key.into(), AMQPValue::LongString(value.into()));
         };
         text(headers::REASON, "malformed_command");
         text(headers::DETAIL, detail);
-        text("x-baton-queue", &self.queue);
+        text("x-baton-queue", &shared.queue);
         let mut properties = BasicProperties::default()
             .with_delivery_mode(2)
             .with_headers(table);
@@ -436,7 +842,7 @@ impl Worker {
         match amqp::publish_confirmed(
             &self.publish,
             "",
-            &self.dead_queue,
+            &shared.dead_queue,
             &delivery.data,
             properties,
         )
@@ -445,6 +851,7 @@ impl Worker {
             Ok(()) => ack(&delivery).await,
             Err(e) if e.is_transient() => {
                 tracing::warn!(error = %e, "dead-lettering failed: requeued");
+                self.check();
                 nack_requeue(&delivery).await
             }
             Err(e) => {
@@ -512,6 +919,30 @@ mod tests {
             serde_json::from_str::<Command>(r#"{"command_id": ["4242424242424242"]}"#).unwrap_err();
         assert!(!decode_problem(&e).contains("424242"));
         assert!(decode_problem(&e).starts_with("body is not a Baton command"));
+    }
+
+    #[test]
+    fn trace_ids_come_from_well_formed_traceparents_only() {
+        let id = "4bf92f3577b34da6a3ce929d0e0e4736";
+        assert_eq!(trace_id(&format!("00-{id}-00f067aa0ba902b7-01")), Some(id));
+        // A later version may append fields.
+        assert_eq!(
+            trace_id(&format!("01-{id}-00f067aa0ba902b7-01-x")),
+            Some(id)
+        );
+        for bad in [
+            "",
+            "garbage",
+            &format!("00-{id}-00f067aa0ba902b7"),
+            &format!("00-{id}-00f067aa0ba902b7-01-extra"),
+            &format!("ff-{id}-00f067aa0ba902b7-01"),
+            &format!("00-{}-00f067aa0ba902b7-01", id.to_uppercase()),
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            &format!("00-{}-00f067aa0ba902b7-01", &id[1..]),
+            &format!("00-{id}-00f067aa0ba902b-01"),
+        ] {
+            assert_eq!(trace_id(bad), None, "{bad}");
+        }
     }
 
     #[test]

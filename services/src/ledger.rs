@@ -76,6 +76,14 @@ pub struct Audit {
     pub open_holds: u64,
 }
 
+impl Audit {
+    /// No payment paid twice and debits equal to credits in every currency. Open holds
+    /// are normal (payments in flight) and do not count.
+    pub fn is_sound(&self) -> bool {
+        self.balanced && self.duplicate_transfers.is_empty()
+    }
+}
+
 /// What a transaction step needs to capture a hold and move the money.
 #[derive(Clone, Debug)]
 pub struct Capture {
@@ -147,7 +155,27 @@ enum Claim {
     /// First time: act inside this transaction, then [`Ledger::finish`].
     Fresh(Transaction<'static, Any>),
     /// Already answered: this is the stored reply.
-    Done(Reply),
+    Done(Answer),
+}
+
+/// A reply, and whether it was the stored answer to a repeated command (the service
+/// counts those: many repeats mean the orchestrator retries a lot).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Answer {
+    /// The reply to send.
+    pub reply: Reply,
+    /// True when the command had been processed before and nothing was done now.
+    pub replayed: bool,
+}
+
+impl Answer {
+    /// A reply computed now.
+    pub fn fresh(reply: Reply) -> Self {
+        Self {
+            reply,
+            replayed: false,
+        }
+    }
 }
 
 /// The ledger database. Cheap to clone (a connection pool).
@@ -279,7 +307,10 @@ impl Ledger {
         // A reply stored on behalf of another command (a compensation pre-empting an
         // execute) is answered under the id actually asked.
         reply.command_id = command_id.to_owned();
-        Ok(Claim::Done(reply))
+        Ok(Claim::Done(Answer {
+            reply,
+            replayed: true,
+        }))
     }
 
     /// Stores `reply` for the claimed command and commits the effect with it.
@@ -288,7 +319,7 @@ impl Ledger {
         mut tx: Transaction<'static, Any>,
         command_id: &str,
         reply: Reply,
-    ) -> Result<Reply, LedgerError> {
+    ) -> Result<Answer, LedgerError> {
         let text = serde_json::to_string(&reply).map_err(|e| LedgerError::CorruptReply {
             command_id: command_id.to_owned(),
             problem: e.to_string(),
@@ -299,7 +330,7 @@ impl Ledger {
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
-        Ok(reply)
+        Ok(Answer::fresh(reply))
     }
 
     /// Authorization, execute: if `decision` approves, places a hold for `amount` and
@@ -312,8 +343,22 @@ impl Ledger {
         amount: Money,
         decision: Result<(), Decline>,
     ) -> Result<Reply, LedgerError> {
+        self.place_hold_answer(command_id, payment_id, customer_id, amount, decision)
+            .await
+            .map(|answer| answer.reply)
+    }
+
+    /// [`Ledger::place_hold`], saying whether the reply was replayed from the store.
+    pub async fn place_hold_answer(
+        &self,
+        command_id: &str,
+        payment_id: Uuid,
+        customer_id: &str,
+        amount: Money,
+        decision: Result<(), Decline>,
+    ) -> Result<Answer, LedgerError> {
         let mut tx = match self.claim(command_id, "authorization").await? {
-            Claim::Done(reply) => return Ok(reply),
+            Claim::Done(answer) => return Ok(answer),
             Claim::Fresh(tx) => tx,
         };
         let amount_minor = match decision.and_then(|()| i64_of(amount.minor, "amount")) {
@@ -349,8 +394,20 @@ impl Ledger {
         execute_command_id: &str,
         payment_id: Uuid,
     ) -> Result<Reply, LedgerError> {
+        self.void_hold_answer(command_id, execute_command_id, payment_id)
+            .await
+            .map(|answer| answer.reply)
+    }
+
+    /// [`Ledger::void_hold`], saying whether the reply was replayed from the store.
+    pub async fn void_hold_answer(
+        &self,
+        command_id: &str,
+        execute_command_id: &str,
+        payment_id: Uuid,
+    ) -> Result<Answer, LedgerError> {
         let mut tx = match self.claim(command_id, "authorization").await? {
-            Claim::Done(reply) => return Ok(reply),
+            Claim::Done(answer) => return Ok(answer),
             Claim::Fresh(tx) => tx,
         };
         let pre_empt = Reply::declined(
@@ -407,8 +464,19 @@ impl Ledger {
     /// Transaction, execute: captures the hold, records one transfer and its balanced
     /// double-entry lines, and replies with the settlement. Idempotent by `command_id`.
     pub async fn capture(&self, command_id: &str, capture: &Capture) -> Result<Reply, LedgerError> {
+        self.capture_answer(command_id, capture)
+            .await
+            .map(|answer| answer.reply)
+    }
+
+    /// [`Ledger::capture`], saying whether the reply was replayed from the store.
+    pub async fn capture_answer(
+        &self,
+        command_id: &str,
+        capture: &Capture,
+    ) -> Result<Answer, LedgerError> {
         let mut tx = match self.claim(command_id, "transaction").await? {
-            Claim::Done(reply) => return Ok(reply),
+            Claim::Done(answer) => return Ok(answer),
             Claim::Fresh(tx) => tx,
         };
         let conversion = match rules::convert(capture.amount, capture.settlement_currency) {

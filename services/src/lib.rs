@@ -4,14 +4,23 @@
 //! The services know nothing about the workflow: each answers the commands on its own
 //! queue. The library runs them in-process (demos, tests); the binaries in `src/bin` are
 //! thin wrappers around [`cli::main`].
+//!
+//! Each running service reconnects by itself when the broker connection drops
+//! ([`kit`]), serves its own Prometheus metrics and readiness on an optional HTTP port,
+//! can inject faults to test the orchestrator ([`faults`]), and `baton-transaction
+//! audit` checks the ledger's books ([`audit`]).
 #![forbid(unsafe_code)]
 #![warn(missing_docs, clippy::dbg_macro, clippy::todo)]
 
+pub mod audit;
 pub mod cli;
+pub mod faults;
 pub mod handler;
 pub mod kit;
 pub mod ledger;
+mod metrics;
 pub mod rules;
 
-pub use kit::{start, RunningService, ServiceConfig, ServiceKind};
-pub use ledger::{Audit, CurrencyTotal, Ledger, LedgerError};
+pub use faults::Faults;
+pub use kit::{start, Health, RunningService, ServiceConfig, ServiceKind};
+pub use ledger::{Answer, Audit, CurrencyTotal, Ledger, LedgerError};

@@ -105,6 +105,7 @@ async fn authorization_replies_dedupes_and_dead_letters() {
         prefix: prefix.clone(),
         concurrency: 8,
         ledger_url: ledger_url.clone(),
+        ..ServiceConfig::default()
     };
     let service = start(ServiceKind::Authorization, config)
         .await

@@ -116,6 +116,7 @@ impl TestApp {
             prefix: self.names.prefix().to_owned(),
             concurrency: 32,
             ledger_url: self.ledger_url.clone(),
+            ..ServiceConfig::default()
         }
     }
 

@@ -1,0 +1,93 @@
+//! The HTTP port of an in-process service: `/metrics` counts its own commands (and
+//! duplicates), `/readyz` says whether it consumes.
+
+use crate::helpers::{command, Client, Scratch};
+use baton_contract::ReplyOutcome;
+use baton_services::{start, ServiceConfig, ServiceKind};
+use std::net::SocketAddr;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// `GET path` over a plain TCP connection: (status code, body).
+async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr)
+        .await
+        .expect("connect to the HTTP port");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP response: {response}"));
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// The value of the sample line `series` (name with labels) in a text exposition.
+fn sample(metrics: &str, series: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_commands_and_duplicates() {
+    let scratch = Scratch::new();
+    let config = ServiceConfig {
+        http_addr: Some("127.0.0.1:0".into()),
+        ..scratch.config()
+    };
+    let service = start(ServiceKind::Authorization, config).await.unwrap();
+    let addr = service.http_addr().expect("an HTTP port");
+    assert_ne!(addr.port(), 0, "the bound port, not the requested 0");
+    let queue = scratch.queue(ServiceKind::Authorization);
+    let mut client = Client::connect().await;
+
+    let first = command(ServiceKind::Authorization);
+    for sent in [&first, &first, &command(ServiceKind::Authorization)] {
+        let reply = client.ask(&queue, sent).await;
+        assert_eq!(reply.outcome, ReplyOutcome::Approved, "{reply:?}");
+    }
+
+    let (status, metrics) = get(addr, "/metrics").await;
+    assert_eq!(status, 200, "{metrics}");
+    let approved = r#"baton_service_commands_total{action="execute",outcome="approved",service="authorization"}"#;
+    assert_eq!(sample(&metrics, approved), Some(3.0), "{metrics}");
+    let duplicates = r#"baton_service_duplicate_commands_total{service="authorization"}"#;
+    assert_eq!(sample(&metrics, duplicates), Some(1.0), "{metrics}");
+    let handled = r#"baton_service_handle_duration_seconds_count{service="authorization"}"#;
+    assert_eq!(sample(&metrics, handled), Some(3.0), "{metrics}");
+    assert_eq!(sample(&metrics, "baton_broker_reconnects_total"), Some(0.0));
+    assert!(
+        !metrics.contains(&first.payment_id.to_string()),
+        "no payment ids in labels"
+    );
+
+    assert_eq!(get(addr, "/readyz").await.0, 200);
+    assert_eq!(get(addr, "/healthz").await.0, 200);
+
+    service.shutdown().await.unwrap();
+    assert!(
+        TcpStream::connect(addr).await.is_err(),
+        "the HTTP port closes with the service"
+    );
+    client.clean_up(&scratch.names, &["authorization"]).await;
+}
+
+#[tokio::test]
+async fn a_taken_http_port_fails_the_start() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let scratch = Scratch::new();
+    let config = ServiceConfig {
+        http_addr: Some(taken.local_addr().unwrap().to_string()),
+        ..scratch.config()
+    };
+    let error = start(ServiceKind::Risk, config).await.unwrap_err();
+    assert!(format!("{error:#}").contains("--http-addr"), "{error:#}");
+}
