@@ -67,9 +67,62 @@ pub enum Command {
     /// Run the whole pipeline locally (four services + orchestrator) on a fresh prefix and
     /// push a mixed batch of test payments through it
     Demo(DemoArgs),
+    /// Print the journal's record of one payment (steps, outcomes, attempts, times, result)
+    Status(StatusArgs),
+    /// Inspect and replay the dead-letter queue (<prefix>.dead)
+    #[command(subcommand)]
+    Dead(QueueCommand),
+    /// Inspect and replay the operators' attention queue (<prefix>.attention)
+    #[command(subcommand)]
+    Attention(QueueCommand),
     /// Workflow file tools
     #[command(subcommand)]
     Workflow(WorkflowCommand),
+}
+
+/// The journal option, shared by `run` and `status`.
+#[derive(Debug, Args)]
+pub struct JournalArgs {
+    /// Saga journal: sqlite://<file> (one machine) or postgres://… (shared by replicas)
+    #[arg(long, env = "BATON_JOURNAL_URL", default_value = orchestrator::DEFAULT_JOURNAL_URL, hide_env_values = true)]
+    pub journal_url: String,
+}
+
+/// Options of `baton status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The payment id
+    pub payment_id: Uuid,
+    /// Print JSON (the same document as GET /payments/<id>)
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub journal: JournalArgs,
+}
+
+/// `baton dead …` / `baton attention …`.
+#[derive(Debug, Subcommand)]
+pub enum QueueCommand {
+    /// List the messages (number, reason, payment id, detail) without removing them
+    List {
+        /// At most this many
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Print message number N of the listing, headers and body
+    Show {
+        /// The number from `list`
+        n: usize,
+    },
+    /// Move message N (or every message with --all) back to the request queue
+    Replay {
+        /// The number from `list`
+        n: Option<usize>,
+        /// Replay every message
+        #[arg(long, conflicts_with = "n")]
+        all: bool,
+    },
 }
 
 /// Options of `baton run`.
@@ -98,6 +151,15 @@ pub struct RunArgs {
     /// This replica's id (in its reply queue's name) [default: random]
     #[arg(long, env = "BATON_INSTANCE", value_parser = parse_prefix)]
     pub instance: Option<String>,
+
+    /// HTTP address for /metrics, /healthz, /readyz and /payments/<id> (port 0: any free
+    /// port, logged; "off": no HTTP port)
+    #[arg(long, env = "BATON_HTTP_ADDR", default_value = orchestrator::DEFAULT_HTTP_ADDR)]
+    pub http_addr: String,
+
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub journal: JournalArgs,
 }
 
 /// Options of `baton pay`.
@@ -203,6 +265,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Run(args) => run_orchestrator(&cli.common, names, args).await,
         Command::Pay(args) => pay(&cli.common, names, args).await,
         Command::Demo(args) => crate::demo::run(&cli.common.amqp_url, args).await,
+        Command::Status(args) => status(args).await,
+        Command::Dead(command) => {
+            crate::tools::run(&cli.common.amqp_url, &names, &names.dead_queue(), command).await
+        }
+        Command::Attention(command) => {
+            let queue = names.attention_queue();
+            crate::tools::run(&cli.common.amqp_url, &names, &queue, command).await
+        }
         Command::Workflow(WorkflowCommand::Check { file }) => {
             let workflow = load_workflow(file.as_deref())?;
             for step in workflow.steps() {
@@ -229,7 +299,12 @@ fn load_workflow(file: Option<&std::path::Path>) -> anyhow::Result<Workflow> {
 }
 
 async fn run_orchestrator(common: &Common, names: Names, args: RunArgs) -> anyhow::Result<i32> {
-    let mut settings = Settings::new(common.amqp_url.clone(), names.prefix());
+    let mut settings = Settings::new(
+        common.amqp_url.clone(),
+        names.prefix(),
+        args.journal.journal_url.clone(),
+    );
+    settings.http_addr = (args.http_addr != "off").then(|| args.http_addr.clone());
     settings.concurrency = args.concurrency;
     settings.workflow = load_workflow(args.workflow.as_deref())?;
     settings.limits = Limits {
@@ -248,6 +323,81 @@ async fn run_orchestrator(common: &Common, names: Names, args: RunArgs) -> anyho
         let _ = stopper.send(true);
     });
     running.wait().await?;
+    Ok(0)
+}
+
+async fn status(args: StatusArgs) -> anyhow::Result<i32> {
+    let journal = crate::journal::Journal::open(&args.journal.journal_url).await?;
+    let record = journal.load(args.payment_id).await?;
+    journal.close().await;
+    let Some(record) = record else {
+        eprintln!(
+            "payment {} is not in the journal {}",
+            args.payment_id,
+            baton_contract::amqp::redact_url(&args.journal.journal_url)
+        );
+        return Ok(1);
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&record)?);
+        return Ok(0);
+    }
+    println!("payment   {}", record.payment_id);
+    println!("status    {}", record.status());
+    println!(
+        "amount    {} {} (merchant {} settles in {}), card ****{}",
+        record.summary.amount.minor,
+        record.summary.amount.currency,
+        record.summary.merchant_id,
+        record.summary.merchant_currency,
+        record.summary.card_last4
+    );
+    println!(
+        "started   {}   updated {}   parked {} times",
+        record.started_at, record.updated_at, record.parked
+    );
+    println!();
+    println!(
+        "{:<16} {:<11} {:<20} {:>8} {:>9}  recorded at / reason",
+        "step", "action", "outcome", "attempts", "ms"
+    );
+    for entry in &record.entries {
+        let outcome = serde_json::to_value(entry.record.outcome)?;
+        let mut note = entry.recorded_at.clone();
+        if let Some(reason) = &entry.record.reason {
+            note.push_str(&format!("  {reason}"));
+        }
+        if entry.record.degraded {
+            note.push_str("  (degraded)");
+        }
+        if let Some(via) = &entry.record.via {
+            note.push_str(&format!("  via {via}"));
+        }
+        println!(
+            "{:<16} {:<11} {:<20} {:>8} {:>9}  {}",
+            entry.step,
+            serde_json::to_value(entry.action)?.as_str().unwrap_or("?"),
+            outcome.as_str().unwrap_or("?"),
+            entry.record.attempts,
+            entry.record.duration_ms,
+            note
+        );
+    }
+    if let Some(result) = &record.result {
+        println!();
+        println!(
+            "result    {} {} {}",
+            result.status.as_str(),
+            result.reason.as_deref().unwrap_or(""),
+            result.finished_at
+        );
+        if let Some(detail) = &result.detail {
+            println!("detail    {detail}");
+        }
+        if let Some(settlement) = &result.settlement {
+            println!("settled   {} {}", settlement.minor, settlement.currency);
+        }
+    }
     Ok(0)
 }
 

@@ -203,7 +203,13 @@ pub async fn run(amqp_url: &str, args: DemoArgs) -> anyhow::Result<i32> {
                 .with_context(|| format!("starting the {} service", kind.name()))?,
         );
     }
-    let orchestrator = orchestrator::start(Settings::new(amqp_url, names.prefix())).await?;
+    let journal_file = std::env::temp_dir().join(format!("baton-demo-{id}-journal.db"));
+    let orchestrator = orchestrator::start(Settings::new(
+        amqp_url,
+        names.prefix(),
+        format!("sqlite://{}", journal_file.display()),
+    ))
+    .await?;
     eprintln!("  four services and one orchestrator running; publishing...");
 
     let mut client = Client::connect(amqp_url, names.clone()).await?;
@@ -220,11 +226,21 @@ pub async fn run(amqp_url: &str, args: DemoArgs) -> anyhow::Result<i32> {
         let connection = amqp::connect(amqp_url, "baton demo cleanup").await?;
         let channel = connection.create_channel().await?;
         let service_names: Vec<&str> = ServiceKind::ALL.iter().map(|k| k.name()).collect();
-        amqp::delete_topology(&channel, &names, &service_names).await?;
+        let parking: Vec<u64> = crate::workflow::Workflow::builtin()
+            .parking()
+            .tiers
+            .iter()
+            .map(|d| d.as_millis() as u64)
+            .collect();
+        amqp::delete_topology_with_parking(&channel, &names, &service_names, &parking).await?;
         let _ = connection.close(200, "done".into()).await;
+        let mut files = vec![journal_file.clone()];
         if args.ledger_url.is_none() {
+            files.push(ledger_file.clone());
+        }
+        for file in files {
             for suffix in ["", "-wal", "-shm"] {
-                let _ = std::fs::remove_file(format!("{}{suffix}", ledger_file.display()));
+                let _ = std::fs::remove_file(format!("{}{suffix}", file.display()));
             }
         }
     } else {

@@ -8,12 +8,16 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs, clippy::dbg_macro, clippy::todo)]
 
+pub mod breaker;
 pub mod cli;
 pub mod client;
+pub mod crash;
 pub mod demo;
 pub mod journal;
+pub mod metrics;
 pub mod orchestrator;
 pub mod saga;
 pub mod telemetry;
 pub mod testcards;
+pub mod tools;
 pub mod workflow;

@@ -2,25 +2,34 @@
 //! saga in its own task, and publishes one result per request before acking it.
 //!
 //! The unacked request delivery is the orchestrator's lease on a payment: if the process
-//! dies, RabbitMQ hands the request to another replica. This module is the broker side
-//! only; what happens inside a payment is [`crate::saga`].
+//! dies, RabbitMQ hands the request to another replica, which resumes it from the shared
+//! journal. When the broker connection drops, the process reconnects with capped,
+//! jittered backoff, declares the topology again and goes on; the payments it was working
+//! on come back as redeliveries. This module is the broker side only; what happens inside
+//! a payment is [`crate::saga`].
 
-use crate::saga::{self, CallError, SagaOutcome, Transport};
-use crate::workflow::{Step, Workflow};
+use crate::crash;
+use crate::journal::Journal;
+use crate::metrics::Metrics;
+use crate::saga::{self, AttentionItem, CallError, SagaEnv, SagaEvent, SagaOutcome, Transport};
+use crate::workflow::Workflow;
 use baton_contract::amqp::{self, header_text, json_properties, publish_confirmed, BrokerError};
-use baton_contract::{headers, Command, Limits, Names, PaymentRequest, PaymentResult, Reply};
+use baton_contract::{
+    headers, Action, Command, Limits, Names, PaymentRequest, PaymentResult, Reply,
+};
+use baton_ops::{Health, HttpServer, Response};
 use futures_lite::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
     QueueDeclareOptions,
 };
-use lapin::types::FieldTable;
+use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinSet;
 use tracing::{debug, error, info, warn, Instrument};
@@ -35,7 +44,7 @@ pub struct Settings {
     pub names: Names,
     /// Payments in flight at once: the request consumer's prefetch.
     pub concurrency: u16,
-    /// The steps.
+    /// The steps and their policies.
     pub workflow: Workflow,
     /// Bounds on requests.
     pub limits: Limits,
@@ -43,11 +52,25 @@ pub struct Settings {
     pub shutdown_timeout: Duration,
     /// This replica's id, in its reply queue's name.
     pub instance: String,
+    /// The saga journal: `sqlite://file` or `postgres://…` (may hold a password).
+    pub journal_url: String,
+    /// Where to serve `/metrics`, `/healthz`, `/readyz`, `/payments/<id>`; `None`: nowhere.
+    pub http_addr: Option<String>,
 }
 
+/// Default journal: a SQLite file in the working directory.
+pub const DEFAULT_JOURNAL_URL: &str = "sqlite://baton-journal.db";
+
+/// Default HTTP address of the orchestrator.
+pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:9460";
+
 impl Settings {
-    /// Defaults for everything but the broker URL and prefix.
-    pub fn new(amqp_url: impl Into<String>, prefix: impl Into<String>) -> Self {
+    /// Defaults for everything but the broker URL, prefix and journal.
+    pub fn new(
+        amqp_url: impl Into<String>,
+        prefix: impl Into<String>,
+        journal_url: impl Into<String>,
+    ) -> Self {
         Self {
             amqp_url: amqp_url.into(),
             names: Names::new(prefix),
@@ -56,6 +79,8 @@ impl Settings {
             limits: Limits::default(),
             shutdown_timeout: Duration::from_secs(30),
             instance: new_instance_id(),
+            journal_url: journal_url.into(),
+            http_addr: None,
         }
     }
 }
@@ -63,17 +88,6 @@ impl Settings {
 /// A short random id for one orchestrator process.
 pub fn new_instance_id() -> String {
     Uuid::new_v4().simple().to_string()[..12].to_owned()
-}
-
-/// Counters a running orchestrator keeps (the metrics issue will export them).
-#[derive(Debug, Default)]
-pub struct Stats {
-    /// Replies whose correlation id matched no waiting command.
-    pub unknown_replies: AtomicU64,
-    /// Requests refused as invalid.
-    pub rejected: AtomicU64,
-    /// Results published.
-    pub results: AtomicU64,
 }
 
 /// Commands waiting for their reply, by correlation id.
@@ -94,17 +108,39 @@ impl Drop for PendingGuard {
     }
 }
 
+/// The broker objects of one connection; replaced after a reconnect.
+struct Session {
+    connection: Connection,
+    /// Confirm-mode channel for commands, results, parking and dead letters.
+    publish: Channel,
+}
+
 /// The saga's transport over RabbitMQ: commands to `<prefix>.cmd.<service>`, replies on
 /// this instance's exclusive reply queue, matched by a fresh correlation id per command.
-struct AmqpTransport {
-    channel: Channel,
+pub struct AmqpTransport {
     names: Names,
     reply_queue: String,
     pending: Pending,
+    session: RwLock<Option<Arc<Session>>>,
+    /// Saga events, in order, to the one task that publishes them.
+    events: tokio::sync::mpsc::Sender<SagaEvent>,
+    /// Events dropped because the publisher fell behind (never blocks a payment).
+    events_dropped: prometheus::IntCounter,
+}
+
+impl AmqpTransport {
+    fn channel(&self) -> Result<Channel, CallError> {
+        self.session
+            .read()
+            .ok()
+            .and_then(|s| s.as_ref().map(|s| s.publish.clone()))
+            .ok_or(CallError::ShuttingDown)
+    }
 }
 
 impl Transport for AmqpTransport {
-    async fn call(&self, step: &Step, command: Command) -> Result<Reply, CallError> {
+    async fn call(&self, service: &str, command: Command) -> Result<Reply, CallError> {
+        let channel = self.channel()?;
         let correlation_id = Uuid::new_v4().to_string();
         let (tx, rx) = oneshot::channel();
         self.pending
@@ -116,28 +152,119 @@ impl Transport for AmqpTransport {
             correlation_id: correlation_id.clone(),
         };
         let body = serde_json::to_vec(&command).map_err(|e| CallError::Send(e.to_string()))?;
-        let properties = json_properties(&[(headers::COMMAND_ID, &command.command_id)])
+        let mut properties = json_properties(&[(headers::COMMAND_ID, &command.command_id)])
             .with_correlation_id(correlation_id.as_str().into())
             .with_reply_to(self.reply_queue.as_str().into());
-        let queue = self.names.command_queue(&step.service);
+        if let Some(traceparent) = current_traceparent() {
+            properties = add_header(properties, "traceparent", &traceparent);
+        }
+        let queue = self.names.command_queue(service);
         debug!(command_id = %command.command_id, queue = %queue, "sending command");
-        match publish_confirmed(&self.channel, "", &queue, &body, properties).await {
+        match publish_confirmed(&channel, "", &queue, &body, properties).await {
             Ok(()) => {}
             // The connection is gone: this replica cannot finish the payment; another
             // one (or this one after reconnecting) will, from the unacked request.
             Err(BrokerError::Channel(_)) => return Err(CallError::ShuttingDown),
             Err(e) => return Err(CallError::Send(e.to_string())),
         }
+        crash::point(match command.action {
+            Action::Execute => "after_command_published",
+            Action::Compensate => "mid_compensation",
+        });
         // A dropped sender means the reply consumer stopped: interrupted, not failed.
         rx.await.map_err(|_| CallError::ShuttingDown)
     }
+
+    async fn attention(&self, item: AttentionItem) -> Result<(), CallError> {
+        let channel = self.channel()?;
+        let body = serde_json::to_vec(&item).map_err(|e| CallError::Send(e.to_string()))?;
+        let properties = json_properties(&[
+            (headers::REASON, &item.kind),
+            (headers::COMMAND_ID, &item.command_id),
+        ])
+        .with_message_id(item.payment_id.to_string().as_str().into());
+        match publish_confirmed(
+            &channel,
+            "",
+            &self.names.attention_queue(),
+            &body,
+            properties,
+        )
+        .await
+        {
+            Ok(()) => Ok(()),
+            Err(BrokerError::Channel(_)) => Err(CallError::ShuttingDown),
+            Err(e) => Err(CallError::Send(e.to_string())),
+        }
+    }
+
+    fn event(&self, event: SagaEvent) {
+        if self.events.try_send(event).is_err() {
+            self.events_dropped.inc();
+        }
+    }
+}
+
+/// Publishes saga events in the order they were taken, on the current session's
+/// channel, without waiting for confirms: audit events must never slow a payment.
+async fn publish_events(
+    mut events: tokio::sync::mpsc::Receiver<SagaEvent>,
+    shared: std::sync::Weak<Shared>,
+) {
+    while let Some(event) = events.recv().await {
+        let Some(shared) = shared.upgrade() else {
+            break;
+        };
+        let Ok(channel) = shared.env.transport.channel() else {
+            shared.env.transport.events_dropped.inc();
+            continue;
+        };
+        let Ok(body) = serde_json::to_vec(&event) else {
+            continue;
+        };
+        let exchange = shared.settings.names.payments_exchange();
+        let published = channel
+            .basic_publish(
+                exchange.as_str().into(),
+                event.routing_key().as_str().into(),
+                lapin::options::BasicPublishOptions::default(),
+                &body,
+                json_properties(&[]).with_message_id(event.payment_id.to_string().as_str().into()),
+            )
+            .await;
+        if published.is_err() {
+            shared.env.transport.events_dropped.inc();
+        }
+    }
+}
+
+tokio::task_local! {
+    /// The W3C `traceparent` of the request being handled, passed on to its commands.
+    static TRACEPARENT: Option<String>;
+}
+
+fn current_traceparent() -> Option<String> {
+    TRACEPARENT.try_with(|t| t.clone()).ok().flatten()
+}
+
+/// The trace id (second field) of a W3C traceparent `00-<trace_id>-<span_id>-<flags>`.
+pub fn trace_id_of(traceparent: &str) -> Option<&str> {
+    let mut parts = traceparent.split('-');
+    let (_version, trace_id) = (parts.next()?, parts.next()?);
+    (trace_id.len() == 32 && trace_id.bytes().all(|b| b.is_ascii_hexdigit())).then_some(trace_id)
+}
+
+fn add_header(properties: BasicProperties, key: &str, value: &str) -> BasicProperties {
+    let mut table = properties.headers().clone().unwrap_or_default();
+    table.insert(key.into(), AMQPValue::LongString(value.into()));
+    properties.with_headers(table)
 }
 
 /// What the request handlers share.
 struct Shared {
     settings: Settings,
-    transport: AmqpTransport,
-    stats: Arc<Stats>,
+    env: SagaEnv<AmqpTransport, Journal>,
+    health: Health,
 }
 
 /// Why the orchestrator could not start or stopped with an error.
@@ -146,7 +273,13 @@ pub enum OrchestratorError {
     /// Talking to RabbitMQ failed.
     #[error(transparent)]
     Broker(#[from] BrokerError),
-    /// The request consumer ended without being asked to (connection lost).
+    /// The journal could not be opened.
+    #[error(transparent)]
+    Journal(#[from] crate::journal::JournalError),
+    /// The HTTP port could not be opened.
+    #[error(transparent)]
+    Http(#[from] baton_ops::OpsError),
+    /// The request loop ended without being asked to.
     #[error("the request consumer stopped unexpectedly: {0}")]
     ConsumerLost(String),
 }
@@ -161,19 +294,34 @@ impl From<lapin::Error> for OrchestratorError {
 pub struct Running {
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<Result<(), OrchestratorError>>,
-    stats: Arc<Stats>,
-    reply_queue: String,
+    shared: Arc<Shared>,
+    http: Option<HttpServer>,
 }
 
 impl Running {
-    /// Its counters.
-    pub fn stats(&self) -> &Arc<Stats> {
-        &self.stats
+    /// Its metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.shared.env.metrics
+    }
+
+    /// Its readiness.
+    pub fn health(&self) -> &Health {
+        &self.shared.health
+    }
+
+    /// Its journal.
+    pub fn journal(&self) -> &Journal {
+        &self.shared.env.log
     }
 
     /// The name of its reply queue.
     pub fn reply_queue(&self) -> &str {
-        &self.reply_queue
+        &self.shared.env.transport.reply_queue
+    }
+
+    /// The address its HTTP port is bound to, if it has one.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http.as_ref().map(HttpServer::local_addr)
     }
 
     /// Stops taking requests, lets in-flight payments finish up to the shutdown timeout,
@@ -183,13 +331,18 @@ impl Running {
         self.wait().await
     }
 
-    /// Waits until the orchestrator stops (after [`Running::shutdown`] or a lost
-    /// connection).
+    /// Waits until the orchestrator stops (after [`Running::shutdown`] or a
+    /// [`Running::stopper`] signal).
     pub async fn wait(self) -> Result<(), OrchestratorError> {
-        match self.task.await {
+        let outcome = match self.task.await {
             Ok(result) => result,
             Err(e) => Err(OrchestratorError::ConsumerLost(e.to_string())),
+        };
+        if let Some(http) = self.http {
+            http.stop().await;
         }
+        self.shared.env.log.close().await;
+        outcome
     }
 
     /// A handle that can trigger the shutdown from elsewhere (a signal handler).
@@ -198,27 +351,134 @@ impl Running {
     }
 }
 
-/// Connects, declares the topology, and starts consuming. Returns once requests are being
-/// consumed.
+/// Opens the journal, connects, declares the topology, and starts consuming. Returns
+/// once requests are being consumed (and the HTTP port, if any, is listening).
 pub async fn start(settings: Settings) -> Result<Running, OrchestratorError> {
+    let journal = Journal::open(&settings.journal_url).await?;
+    let metrics = Metrics::new();
+    let health = Health::new();
+    let (events, event_queue) = tokio::sync::mpsc::channel(16_384);
+    let transport = AmqpTransport {
+        names: settings.names.clone(),
+        reply_queue: settings.names.reply_queue(&settings.instance),
+        pending: Arc::default(),
+        session: RwLock::new(None),
+        events,
+        events_dropped: metrics.events_dropped.clone(),
+    };
+    let env = SagaEnv::new(
+        settings.workflow.clone(),
+        transport,
+        journal.clone(),
+        metrics,
+    );
+    let shared = Arc::new(Shared {
+        settings,
+        env,
+        health,
+    });
+
+    tokio::spawn(publish_events(event_queue, Arc::downgrade(&shared)));
+    let (stop, stopped) = watch::channel(false);
+    let http = match &shared.settings.http_addr {
+        Some(addr) => {
+            let journal = journal.clone();
+            let handler = baton_ops::handler(move |path: String| {
+                let journal = journal.clone();
+                async move { payment_status(&journal, &path).await }
+            });
+            let mut stop_http = stopped.clone();
+            Some(
+                HttpServer::start(
+                    addr,
+                    shared.env.metrics.registry.clone(),
+                    shared.health.clone(),
+                    Some(handler),
+                    async move {
+                        let _ = stop_http.wait_for(|s| *s).await;
+                    },
+                )
+                .await?,
+            )
+        }
+        None => None,
+    };
+
+    // The first connection must succeed: an unreachable broker at start is a
+    // configuration problem to report, not to retry silently.
+    let session = open_session(&shared).await?;
+    let task = tokio::spawn(supervise(shared.clone(), session, stopped));
+    Ok(Running {
+        stop,
+        task,
+        shared,
+        http,
+    })
+}
+
+/// `GET /payments/<id>`: the journal's record as JSON.
+async fn payment_status(journal: &Journal, path: &str) -> Option<Response> {
+    let id = path.strip_prefix("/payments/")?;
+    let Ok(payment_id) = Uuid::try_parse(id) else {
+        return Some(Response::json(
+            400,
+            br#"{"error":"the payment id must be a UUID"}"#.to_vec(),
+        ));
+    };
+    Some(match journal.load(payment_id).await {
+        Ok(Some(record)) => match serde_json::to_vec(&record) {
+            Ok(body) => Response::json(200, body),
+            Err(e) => Response::json(500, error_json(&e.to_string())),
+        },
+        Ok(None) => Response::json(404, br#"{"error":"unknown payment"}"#.to_vec()),
+        Err(e) => Response::json(503, error_json(&format!("journal unavailable: {e}"))),
+    })
+}
+
+fn error_json(message: &str) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({ "error": message })).unwrap_or_default()
+}
+
+/// A connected session with its consumers.
+struct Live {
+    session: Arc<Session>,
+    consume: Channel,
+    requests: lapin::Consumer,
+    replies: lapin::Consumer,
+    consumer_tag: String,
+}
+
+/// Connects and declares everything; the session is installed in the transport.
+async fn open_session(shared: &Shared) -> Result<Live, OrchestratorError> {
+    let settings = &shared.settings;
+    let names = &settings.names;
     let connection = amqp::connect(
         &settings.amqp_url,
-        &format!("baton orchestrator {}", settings.instance),
+        &format!(
+            "baton orchestrator {} {}",
+            names.prefix(),
+            settings.instance
+        ),
     )
     .await?;
-    let names = settings.names.clone();
 
-    // Topology first: requests, results and dead letters, and every service queue the
-    // workflow sends to, so a command waits in its queue even before its service starts.
+    // Topology first: requests, results, dead letters, attention, parking, and every
+    // service queue the workflow sends to, so a command waits in its queue even before
+    // its service starts.
     let setup = connection.create_channel().await?;
-    amqp::declare_core(&setup, &names).await?;
-    for service in settings.workflow.services() {
-        amqp::declare_command_queue(&setup, &names, service).await?;
+    amqp::declare_core(&setup, names).await?;
+    amqp::declare_attention(&setup, names).await?;
+    for tier in &settings.workflow.parking().tiers {
+        amqp::declare_parking(&setup, names, tier.as_millis() as u64).await?;
     }
+    for service in settings.workflow.services() {
+        amqp::declare_command_queue(&setup, names, service).await?;
+    }
+    let _ = setup.close(200, "declared".into()).await;
 
-    // Replies: an exclusive queue that disappears with this process, consumed without
+    // Replies: an exclusive queue that disappears with this connection, consumed without
     // acks (a reply is only useful to the process that waits for it).
-    let reply_queue = names.reply_queue(&settings.instance);
+    let reply_queue = &shared.env.transport.reply_queue;
     let reply_channel = connection.create_channel().await?;
     reply_channel
         .queue_declare(
@@ -243,17 +503,13 @@ pub async fn start(settings: Settings) -> Result<Running, OrchestratorError> {
         )
         .await?;
 
-    let stats = Arc::new(Stats::default());
-    let pending: Pending = Arc::default();
-    tokio::spawn(route_replies(replies, pending.clone(), stats.clone()));
-
-    let publish_channel = amqp::confirm_channel(&connection).await?;
-    let consume_channel = connection.create_channel().await?;
-    consume_channel
+    let publish = amqp::confirm_channel(&connection).await?;
+    let consume = connection.create_channel().await?;
+    consume
         .basic_qos(settings.concurrency, BasicQosOptions::default())
         .await?;
     let consumer_tag = format!("baton-{}", settings.instance);
-    let requests = consume_channel
+    let requests = consume
         .basic_consume(
             names.requests_queue().as_str().into(),
             consumer_tag.as_str().into(),
@@ -261,6 +517,14 @@ pub async fn start(settings: Settings) -> Result<Running, OrchestratorError> {
             FieldTable::default(),
         )
         .await?;
+    let session = Arc::new(Session {
+        connection,
+        publish,
+    });
+    if let Ok(mut current) = shared.env.transport.session.write() {
+        *current = Some(session.clone());
+    }
+    shared.health.set_ready();
     info!(
         instance = %settings.instance,
         broker = %amqp::redact_url(&settings.amqp_url),
@@ -269,36 +533,135 @@ pub async fn start(settings: Settings) -> Result<Running, OrchestratorError> {
         steps = settings.workflow.steps().len(),
         "orchestrator consuming payment requests"
     );
-
-    let shared = Arc::new(Shared {
-        transport: AmqpTransport {
-            channel: publish_channel,
-            names,
-            reply_queue: reply_queue.clone(),
-            pending,
-        },
-        settings,
-        stats: stats.clone(),
-    });
-    let (stop, stopped) = watch::channel(false);
-    let task = tokio::spawn(consume_requests(
-        connection,
-        consume_channel,
-        consumer_tag,
+    Ok(Live {
+        session,
+        consume,
         requests,
-        shared,
-        stopped,
-    ));
-    Ok(Running {
-        stop,
-        task,
-        stats,
-        reply_queue,
+        replies,
+        consumer_tag,
     })
 }
 
+/// Runs sessions until asked to stop, reconnecting after every loss.
+async fn supervise(
+    shared: Arc<Shared>,
+    first: Live,
+    mut stopped: watch::Receiver<bool>,
+) -> Result<(), OrchestratorError> {
+    let mut live = first;
+    loop {
+        match serve(&shared, live, &mut stopped).await {
+            SessionEnd::Stopped => return Ok(()),
+            SessionEnd::Lost(why) => {
+                shared
+                    .health
+                    .set_not_ready("broker connection lost; reconnecting");
+                warn!(error = %why, "broker connection lost; reconnecting");
+            }
+        }
+        let mut delays = tokio_retry::strategy::ExponentialBackoff::from_millis(2)
+            .factor(50)
+            .max_delay(Duration::from_secs(5))
+            .map(tokio_retry::strategy::jitter);
+        live = loop {
+            let delay = delays.next().unwrap_or(Duration::from_secs(5));
+            tokio::select! {
+                _ = stopped.wait_for(|s| *s) => return Ok(()),
+                _ = tokio::time::sleep(delay) => {}
+            }
+            match open_session(&shared).await {
+                Ok(live) => {
+                    shared.env.metrics.reconnects.inc();
+                    info!("reconnected to the broker");
+                    break live;
+                }
+                Err(e) => warn!(error = %e, "reconnect failed; retrying"),
+            }
+        };
+    }
+}
+
+enum SessionEnd {
+    Stopped,
+    Lost(String),
+}
+
+/// One connection's life: route replies, take requests, one task each.
+async fn serve(
+    shared: &Arc<Shared>,
+    live: Live,
+    stopped: &mut watch::Receiver<bool>,
+) -> SessionEnd {
+    let Live {
+        session,
+        consume,
+        mut requests,
+        replies,
+        consumer_tag,
+    } = live;
+    let pending = shared.env.transport.pending.clone();
+    let metrics = shared.env.metrics.clone();
+    let mut router = tokio::spawn(route_replies(replies, pending, metrics));
+    let mut tasks = JoinSet::new();
+    let end = loop {
+        tokio::select! {
+            _ = stopped.wait_for(|s| *s) => break SessionEnd::Stopped,
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+            _ = &mut router => break SessionEnd::Lost("reply consumer ended".into()),
+            delivery = requests.next() => match delivery {
+                Some(Ok(delivery)) => {
+                    tasks.spawn(handle_request(delivery, shared.clone()));
+                }
+                Some(Err(e)) => break SessionEnd::Lost(e.to_string()),
+                None => break SessionEnd::Lost("request consumer cancelled by the broker".into()),
+            }
+        }
+    };
+
+    match end {
+        SessionEnd::Stopped => {
+            // Stop taking new requests; deliveries prefetched but not started go back to
+            // the queue when the channel closes.
+            let _ = consume
+                .basic_cancel(consumer_tag.as_str().into(), BasicCancelOptions::default())
+                .await;
+            shared.health.set_not_ready("shutting down");
+            info!(
+                in_flight = tasks.len(),
+                "shutting down: finishing in-flight payments"
+            );
+            let deadline = tokio::time::sleep(shared.settings.shutdown_timeout);
+            tokio::pin!(deadline);
+            while !tasks.is_empty() {
+                tokio::select! {
+                    _ = tasks.join_next() => {}
+                    _ = &mut deadline => {
+                        warn!(left = tasks.len(), "shutdown deadline reached; unfinished payments stay unacked for another replica");
+                        break;
+                    }
+                }
+            }
+        }
+        SessionEnd::Lost(_) => {}
+    }
+    tasks.abort_all();
+    while tasks.join_next().await.is_some() {}
+    router.abort();
+    if let Ok(mut current) = shared.env.transport.session.write() {
+        *current = None;
+    }
+    if let Ok(mut map) = shared.env.transport.pending.lock() {
+        map.clear();
+    }
+    let _ = session
+        .connection
+        .close(200, "baton orchestrator stopping".into())
+        .await;
+    end
+}
+
 /// Hands each reply to the command waiting for it; counts and drops the rest.
-async fn route_replies(mut replies: lapin::Consumer, pending: Pending, stats: Arc<Stats>) {
+async fn route_replies(mut replies: lapin::Consumer, pending: Pending, metrics: Metrics) {
     while let Some(delivery) = replies.next().await {
         let delivery = match delivery {
             Ok(d) => d,
@@ -318,7 +681,7 @@ async fn route_replies(mut replies: lapin::Consumer, pending: Pending, stats: Ar
             .ok()
             .and_then(|mut map| map.remove(&correlation_id));
         let Some(waiter) = waiter else {
-            stats.unknown_replies.fetch_add(1, Ordering::Relaxed);
+            metrics.unknown_replies.inc();
             warn!(correlation_id = %correlation_id, "reply with an unknown or expired correlation id dropped");
             continue;
         };
@@ -336,69 +699,28 @@ async fn route_replies(mut replies: lapin::Consumer, pending: Pending, stats: Ar
     }
 }
 
-/// The request loop: one task per delivery, until asked to stop or the consumer ends.
-async fn consume_requests(
-    connection: Connection,
-    channel: Channel,
-    consumer_tag: String,
-    mut requests: lapin::Consumer,
-    shared: Arc<Shared>,
-    mut stopped: watch::Receiver<bool>,
-) -> Result<(), OrchestratorError> {
-    let mut tasks = JoinSet::new();
-    let outcome = loop {
-        tokio::select! {
-            changed = stopped.changed() => {
-                if changed.is_err() || *stopped.borrow() {
-                    break Ok(());
-                }
-            }
-            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
-            delivery = requests.next() => match delivery {
-                Some(Ok(delivery)) => {
-                    let shared = shared.clone();
-                    tasks.spawn(handle_request(delivery, shared));
-                }
-                Some(Err(e)) => break Err(OrchestratorError::ConsumerLost(e.to_string())),
-                None => break Err(OrchestratorError::ConsumerLost("consumer cancelled".into())),
-            }
-        }
-    };
+/// Counts the payment as in flight while it lives.
+struct InFlight(prometheus::IntGauge);
 
-    // Stop taking new requests; deliveries already prefetched but not started go back
-    // to the queue when the channel closes.
-    if outcome.is_ok() {
-        let _ = channel
-            .basic_cancel(consumer_tag.as_str().into(), BasicCancelOptions::default())
-            .await;
-        info!(
-            in_flight = tasks.len(),
-            "shutting down: finishing in-flight payments"
-        );
-        let deadline = tokio::time::sleep(shared.settings.shutdown_timeout);
-        tokio::pin!(deadline);
-        while !tasks.is_empty() {
-            tokio::select! {
-                _ = tasks.join_next() => {}
-                _ = &mut deadline => {
-                    warn!(left = tasks.len(), "shutdown deadline reached; unfinished payments stay unacked for another replica");
-                    tasks.abort_all();
-                    break;
-                }
-            }
-        }
-    } else {
-        tasks.abort_all();
+impl InFlight {
+    fn new(gauge: &prometheus::IntGauge) -> Self {
+        gauge.inc();
+        Self(gauge.clone())
     }
-    while tasks.join_next().await.is_some() {}
-    let _ = connection
-        .close(200, "baton orchestrator stopping".into())
-        .await;
-    outcome
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 /// Runs one request from delivery to ack.
 async fn handle_request(delivery: Delivery, shared: Arc<Shared>) {
+    let metrics = &shared.env.metrics;
+    metrics.received.inc();
+    let _in_flight = InFlight::new(&metrics.inflight);
+    let started = Instant::now();
     let request = match check_content_type(&delivery.properties)
         .and_then(|()| PaymentRequest::parse(&delivery.data, &shared.settings.limits))
     {
@@ -408,8 +730,15 @@ async fn handle_request(delivery: Delivery, shared: Arc<Shared>) {
             return;
         }
     };
-    let span = tracing::info_span!("payment", payment_id = %request.payment_id);
-    async {
+    let traceparent = header_text(&delivery.properties, "traceparent");
+    let trace_id = traceparent
+        .as_deref()
+        .and_then(trace_id_of)
+        .unwrap_or("")
+        .to_owned();
+    let span =
+        tracing::info_span!("payment", payment_id = %request.payment_id, trace_id = %trace_id);
+    let work = async {
         info!(
             amount_minor = request.amount.minor,
             currency = %request.amount.currency,
@@ -417,10 +746,30 @@ async fn handle_request(delivery: Delivery, shared: Arc<Shared>) {
             redelivered = delivery.redelivered,
             "payment received"
         );
-        match saga::run(&request, &shared.settings.workflow, &shared.transport).await {
-            SagaOutcome::Finished(result) => {
+        match saga::run(&shared.env, &request).await {
+            SagaOutcome::Finished {
+                result,
+                dead_letter,
+            } => {
                 info!(status = result.status.as_str(), reason = ?result.reason, "payment finished");
-                finish(delivery, &result, &shared).await;
+                if finish(&delivery, &result, dead_letter.as_deref(), &shared).await {
+                    metrics
+                        .results
+                        .with_label_values(&[
+                            result.status.as_str(),
+                            result.reason.as_deref().unwrap_or(""),
+                        ])
+                        .inc();
+                    metrics
+                        .payment_duration
+                        .observe(started.elapsed().as_secs_f64());
+                }
+            }
+            SagaOutcome::Park { tier, step, reason } => {
+                park(&delivery, tier, &step, &reason, &shared).await;
+            }
+            SagaOutcome::JournalUnavailable(why) => {
+                park(&delivery, 0, "journal", &why, &shared).await;
             }
             SagaOutcome::Interrupted => {
                 // Leave it unacked: when the channel closes RabbitMQ redelivers it.
@@ -428,8 +777,8 @@ async fn handle_request(delivery: Delivery, shared: Arc<Shared>) {
             }
         }
     }
-    .instrument(span)
-    .await
+    .instrument(span);
+    TRACEPARENT.scope(traceparent, work).await
 }
 
 fn check_content_type(properties: &BasicProperties) -> Result<(), baton_contract::InvalidRequest> {
@@ -448,31 +797,51 @@ fn check_content_type(properties: &BasicProperties) -> Result<(), baton_contract
     }
 }
 
+async fn nack(delivery: &Delivery) {
+    let _ = delivery
+        .acker
+        .nack(BasicNackOptions {
+            requeue: true,
+            ..BasicNackOptions::default()
+        })
+        .await;
+}
+
 /// Publishes the result (to the client's `reply_to`, if any, and to the payments
-/// exchange), then acks the request. If the result cannot be published the request is
-/// returned to the queue, so the payment is decided again rather than lost.
-async fn finish(delivery: Delivery, result: &PaymentResult, shared: &Shared) {
-    match publish_result(result, &delivery.properties, shared).await {
-        Ok(()) => {
-            shared.stats.results.fetch_add(1, Ordering::Relaxed);
-            if let Err(e) = delivery.acker.ack(BasicAckOptions::default()).await {
-                warn!(error = %e, "could not ack the request after publishing its result");
-            }
-        }
-        Err(e) => {
-            error!(error = %e, "could not publish the result; returning the request to the queue");
-            let _ = delivery
-                .acker
-                .nack(BasicNackOptions {
-                    requeue: true,
-                    ..BasicNackOptions::default()
-                })
-                .await;
+/// exchange), copies the request to the dead-letter queue if asked, then acks. If
+/// publishing fails the request goes back to the queue: the journal answers it again.
+async fn finish(
+    delivery: &Delivery,
+    result: &PaymentResult,
+    dead_letter: Option<&str>,
+    shared: &Shared,
+) -> bool {
+    let Ok(channel) = shared.env.transport.channel() else {
+        return false;
+    };
+    if let Err(e) = publish_result(&channel, result, &delivery.properties, shared).await {
+        error!(error = %e, "could not publish the result; returning the request to the queue");
+        nack(delivery).await;
+        return false;
+    }
+    crash::point("after_result_published");
+    if let Some(reason) = dead_letter {
+        let detail = result.detail.clone().unwrap_or_default();
+        if let Err(e) = dead_letter_copy(&channel, delivery, reason, &detail, shared).await {
+            error!(error = %e, "could not copy the request to the dead-letter queue; returning it to the queue");
+            nack(delivery).await;
+            return false;
         }
     }
+    if let Err(e) = delivery.acker.ack(BasicAckOptions::default()).await {
+        warn!(error = %e, "could not ack the request after publishing its result");
+        return false;
+    }
+    true
 }
 
 async fn publish_result(
+    channel: &Channel,
     result: &PaymentResult,
     request: &BasicProperties,
     shared: &Shared,
@@ -483,7 +852,9 @@ async fn publish_result(
     if let Some(correlation_id) = request.correlation_id() {
         properties = properties.with_correlation_id(correlation_id.clone());
     }
-    let channel = &shared.transport.channel;
+    if let Some(traceparent) = header_text(request, "traceparent") {
+        properties = add_header(properties, "traceparent", &traceparent);
+    }
     let names = &shared.settings.names;
     let exchange = names.payments_exchange();
     let routing_key = names.result_routing_key(result.status.as_str());
@@ -506,20 +877,15 @@ async fn publish_result(
     to_exchange.and(to_client)
 }
 
-/// Sends an invalid request to the dead-letter queue with the reason, publishes a
-/// `rejected` result when the request has a readable payment id, and acks it.
-async fn reject(delivery: Delivery, invalid: baton_contract::InvalidRequest, shared: &Shared) {
-    let payment_id = invalid
-        .payment_id
-        .or_else(|| PaymentRequest::sniff_payment_id(&delivery.data));
-    shared.stats.rejected.fetch_add(1, Ordering::Relaxed);
-    warn!(payment_id = ?payment_id, field = %invalid.field, problem = %invalid.problem, "request rejected");
-
-    let detail = invalid.to_string();
-    let mut properties = json_properties(&[
-        (headers::REASON, "invalid_request"),
-        (headers::DETAIL, &detail),
-    ]);
+/// A copy of the request for operators, with the reason in headers.
+async fn dead_letter_copy(
+    channel: &Channel,
+    delivery: &Delivery,
+    reason: &str,
+    detail: &str,
+    shared: &Shared,
+) -> Result<(), BrokerError> {
+    let mut properties = json_properties(&[(headers::REASON, reason), (headers::DETAIL, detail)]);
     // Keep what the client sent, so an operator can see and replay it as it was.
     if let Some(ct) = delivery.properties.content_type() {
         properties = properties.with_content_type(ct.clone());
@@ -531,16 +897,84 @@ async fn reject(delivery: Delivery, invalid: baton_contract::InvalidRequest, sha
         properties = properties.with_correlation_id(correlation_id.clone());
     }
     let dead = shared.settings.names.dead_queue();
-    let dead_lettered = publish_confirmed(
-        &shared.transport.channel,
-        "",
-        &dead,
-        &delivery.data,
-        properties,
-    )
-    .await;
+    publish_confirmed(channel, "", &dead, &delivery.data, properties).await?;
+    shared
+        .env
+        .metrics
+        .dead_lettered
+        .with_label_values(&[reason])
+        .inc();
+    Ok(())
+}
+
+/// Moves the request to a parking queue (same body and properties, a parking count in
+/// its headers) and acks it; it comes back to the request queue after the tier's delay.
+async fn park(delivery: &Delivery, tier: usize, step: &str, reason: &str, shared: &Shared) {
+    let tiers = &shared.settings.workflow.parking().tiers;
+    let delay = tiers[tier.min(tiers.len() - 1)];
+    let Ok(channel) = shared.env.transport.channel() else {
+        return;
+    };
+    let parked = header_text(&delivery.properties, headers::PARKED)
+        .and_then(|n| n.parse::<u32>().ok())
+        .unwrap_or(0)
+        + 1;
+    let properties = add_header(
+        add_header(
+            delivery.properties.clone(),
+            headers::PARKED,
+            &parked.to_string(),
+        ),
+        headers::PARKED_AT,
+        step,
+    );
+    let queue = shared.settings.names.retry_queue(delay.as_millis() as u64);
+    match publish_confirmed(&channel, "", &queue, &delivery.data, properties).await {
+        Ok(()) => {
+            info!(
+                step,
+                delay_ms = delay.as_millis() as u64,
+                reason,
+                "payment parked"
+            );
+            if let Err(e) = delivery.acker.ack(BasicAckOptions::default()).await {
+                warn!(error = %e, "could not ack a parked request; it may run twice (safely)");
+            }
+        }
+        Err(e) => {
+            error!(error = %e, "could not park the payment; returning it to the queue");
+            nack(delivery).await;
+        }
+    }
+}
+
+/// Sends an invalid request to the dead-letter queue with the reason, publishes a
+/// `rejected` result when the request has a readable payment id, and acks it.
+async fn reject(delivery: Delivery, invalid: baton_contract::InvalidRequest, shared: &Shared) {
+    let payment_id = invalid
+        .payment_id
+        .or_else(|| PaymentRequest::sniff_payment_id(&delivery.data));
+    warn!(payment_id = ?payment_id, field = %invalid.field, problem = %invalid.problem, "request rejected");
+    let Ok(channel) = shared.env.transport.channel() else {
+        return;
+    };
+    let detail = invalid.to_string();
+    let dead_lettered =
+        dead_letter_copy(&channel, &delivery, "invalid_request", &detail, shared).await;
     let answered = match payment_id {
-        Some(id) => publish_result(&saga::rejected(id, detail), &delivery.properties, shared).await,
+        Some(id) => {
+            let result = saga::rejected(id, detail);
+            let published = publish_result(&channel, &result, &delivery.properties, shared).await;
+            if published.is_ok() {
+                shared
+                    .env
+                    .metrics
+                    .results
+                    .with_label_values(&["rejected", "invalid_request"])
+                    .inc();
+            }
+            published
+        }
         None => Ok(()),
     };
     match dead_lettered.and(answered) {
@@ -549,13 +983,7 @@ async fn reject(delivery: Delivery, invalid: baton_contract::InvalidRequest, sha
         }
         Err(e) => {
             error!(error = %e, "could not dead-letter an invalid request; returning it to the queue");
-            let _ = delivery
-                .acker
-                .nack(BasicNackOptions {
-                    requeue: true,
-                    ..BasicNackOptions::default()
-                })
-                .await;
+            nack(&delivery).await;
         }
     }
 }

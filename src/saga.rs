@@ -1,60 +1,273 @@
-//! The saga: runs one payment through the workflow's steps, compensates what was done when
-//! a step declines or fails, and decides the final result.
+//! The saga: runs one payment through the workflow's steps, resuming from the journal,
+//! applying each step's failure ladder, compensating what was done when a step declines
+//! or fails for good, and deciding the final result.
 //!
-//! It holds no business logic (services decide) and no broker code: it talks to services
-//! through the [`Transport`] trait, so the same logic runs against RabbitMQ in production
-//! and against a fake in unit tests with paused time.
+//! It holds no business logic (services decide) and no broker code: it reaches services
+//! through the [`Transport`] trait and remembers through the [`SagaLog`] trait, so the
+//! same logic runs against RabbitMQ and the journal in production and against fakes in
+//! unit tests with paused time.
+//!
+//! The ladder of one step (all per step in the workflow file):
+//! 1. the circuit breaker of the step's service: open → fail fast, nothing sent;
+//! 2. a timeout per attempt; transient failures (timeout, `error` reply) are retried with
+//!    exponential backoff and jitter, always with the same `command_id`; a `declined`
+//!    reply is final;
+//! 3. a fallback, for steps without side effects: another service's queue, or a declared
+//!    degraded approval under an amount;
+//! 4. parking: the payment waits in a delay queue and resumes here later;
+//! 5. past the parking limit: `failed` (`service_unavailable`), earlier steps compensated.
+//!
+//! Every decision is recorded before it is acted on, first writer wins: a replay, or a
+//! second replica racing on the same payment, continues with the recorded decision.
 
-use crate::workflow::{Step, Workflow};
+use crate::breaker::Breakers;
+use crate::crash;
+use crate::journal::{JournalEntry, JournalError, PaymentSummary, SagaRecord};
+use crate::metrics::Metrics;
+use crate::workflow::{Fallback, RetryPolicy, Step, Workflow};
 use baton_contract::{
     Action, Command, Money, PaymentRequest, PaymentResult, PaymentView, Reply, ReplyOutcome,
     Status, StepOutcome, StepRecord,
 };
 use serde_json::{Map, Value};
+use std::collections::HashMap;
 use std::future::Future;
 use std::time::Duration;
+use tokio::sync::Semaphore;
 use tokio::time::Instant;
-use tracing::{info, warn, Instrument};
+use tracing::{error, info, warn, Instrument};
+use uuid::Uuid;
 
 /// Why a command got no usable reply (other than a timeout, which the saga measures).
 #[derive(Debug, thiserror::Error)]
 pub enum CallError {
-    /// The command could not be published (broker down, queue missing).
+    /// The command could not be published (queue refused it, message nacked).
     #[error("could not send the command: {0}")]
     Send(String),
-    /// The orchestrator is stopping; the payment stays unacked for another replica.
-    #[error("the orchestrator is shutting down")]
+    /// The orchestrator is stopping or lost its connection; the payment stays unacked
+    /// and is redelivered.
+    #[error("the orchestrator is shutting down or lost its broker connection")]
     ShuttingDown,
 }
 
-/// How the saga reaches services: send one command to a step's service and wait for its
-/// reply. Timeouts are applied by the saga around this call.
+/// Something an operator must look at: a compensation that kept failing, or a step whose
+/// effect could not be learned.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct AttentionItem {
+    /// The payment.
+    pub payment_id: Uuid,
+    /// The step concerned.
+    pub step: String,
+    /// The service the step's commands go to.
+    pub service: String,
+    /// `compensation_failed` or `in_doubt`.
+    pub kind: String,
+    /// The command id the operator can look up in the service.
+    pub command_id: String,
+    /// What went wrong.
+    pub error: String,
+    /// When Baton gave up, RFC 3339.
+    pub at: String,
+    /// The command to send again to settle it (`baton attention replay`), card number
+    /// removed; absent when re-sending is not safe (in doubt).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<Command>,
+}
+
+/// How the saga reaches services.
 pub trait Transport: Send + Sync {
-    /// Sends `command` to `step.service` and resolves with the service's reply.
+    /// Sends `command` to `service`'s queue and resolves with its reply. The saga applies
+    /// timeouts around this call.
     fn call(
         &self,
-        step: &Step,
+        service: &str,
         command: Command,
     ) -> impl Future<Output = Result<Reply, CallError>> + Send;
+
+    /// Hands an item to operators (the attention queue). Must not lose it.
+    fn attention(&self, item: AttentionItem) -> impl Future<Output = Result<(), CallError>> + Send;
+
+    /// Publishes a saga event for audit consumers: fire and forget, in order, never
+    /// blocking or failing the payment.
+    fn event(&self, event: SagaEvent);
 }
 
-/// What one attempt at a step ended with.
-enum Answer {
-    Reply(Reply),
-    Timeout,
-    Error(CallError),
+/// What happened in a saga, published as `event.<step>.<outcome>` (and
+/// `event.payment.<status>` for the final result) on the payments exchange.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SagaEvent {
+    /// The payment.
+    pub payment_id: Uuid,
+    /// The step, or `payment` for the final result.
+    pub step: String,
+    /// `execute`, `compensate`, or `result`.
+    pub action: String,
+    /// The step outcome (`approved`, `declined`, `failed`, `compensated`,
+    /// `compensation_failed`) or the payment status.
+    pub outcome: String,
+    /// Reason code, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The step's result line (absent for the final event).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub record: Option<StepRecord>,
+    /// When, RFC 3339.
+    pub at: String,
 }
 
-async fn attempt<T: Transport>(transport: &T, step: &Step, command: Command) -> Answer {
-    match tokio::time::timeout(step.timeout, transport.call(step, command)).await {
-        Ok(Ok(reply)) => Answer::Reply(reply),
-        Ok(Err(e)) => Answer::Error(e),
-        Err(_) => Answer::Timeout,
+impl SagaEvent {
+    /// The routing key: `event.<step>.<outcome>`.
+    pub fn routing_key(&self) -> String {
+        format!("event.{}.{}", self.step, self.outcome)
+    }
+
+    fn of_entry(payment_id: Uuid, entry: &JournalEntry) -> Self {
+        Self {
+            payment_id,
+            step: entry.step.clone(),
+            action: match entry.action {
+                Action::Execute => "execute".into(),
+                Action::Compensate => "compensate".into(),
+            },
+            outcome: outcome_name(entry.record.outcome).into(),
+            reason: entry.record.reason.clone(),
+            record: Some(entry.record.clone()),
+            at: now_rfc3339(),
+        }
+    }
+
+    fn of_result(result: &PaymentResult) -> Self {
+        Self {
+            payment_id: result.payment_id,
+            step: "payment".into(),
+            action: "result".into(),
+            outcome: result.status.as_str().into(),
+            reason: result.reason.clone(),
+            record: None,
+            at: now_rfc3339(),
+        }
     }
 }
 
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+/// Where the saga records its decisions (the journal; an in-memory fake in tests).
+pub trait SagaLog: Send + Sync {
+    /// Creates the payment's record if absent and returns it as it stands.
+    fn begin(
+        &self,
+        payment_id: Uuid,
+        summary: &PaymentSummary,
+    ) -> impl Future<Output = Result<SagaRecord, JournalError>> + Send;
+    /// Records a decision; returns the one actually stored (an earlier one wins).
+    fn record(
+        &self,
+        payment_id: Uuid,
+        entry: &JournalEntry,
+    ) -> impl Future<Output = Result<JournalEntry, JournalError>> + Send;
+    /// Records the final result; returns the one actually stored.
+    fn finish(
+        &self,
+        payment_id: Uuid,
+        result: &PaymentResult,
+    ) -> impl Future<Output = Result<PaymentResult, JournalError>> + Send;
+    /// Counts one more parking and returns the new count.
+    fn park(&self, payment_id: Uuid) -> impl Future<Output = Result<u32, JournalError>> + Send;
+}
+
+impl SagaLog for crate::journal::Journal {
+    async fn begin(&self, id: Uuid, summary: &PaymentSummary) -> Result<SagaRecord, JournalError> {
+        crate::journal::Journal::begin(self, id, summary).await
+    }
+    async fn record(&self, id: Uuid, entry: &JournalEntry) -> Result<JournalEntry, JournalError> {
+        crate::journal::Journal::record(self, id, entry).await
+    }
+    async fn finish(
+        &self,
+        id: Uuid,
+        result: &PaymentResult,
+    ) -> Result<PaymentResult, JournalError> {
+        crate::journal::Journal::finish(self, id, result).await
+    }
+    async fn park(&self, id: Uuid) -> Result<u32, JournalError> {
+        crate::journal::Journal::park(self, id).await
+    }
+}
+
+/// What the saga runs with: the workflow and everything shared between payments.
+pub struct SagaEnv<T, L> {
+    /// The steps and their policies.
+    pub workflow: Workflow,
+    /// The way to the services.
+    pub transport: T,
+    /// The journal.
+    pub log: L,
+    /// One circuit breaker per service.
+    pub breakers: Breakers,
+    /// Bounds the commands in flight toward each service from this process, so a service
+    /// that recovers is not stampeded by every waiting payment at once.
+    gates: HashMap<String, Semaphore>,
+    /// Metrics.
+    pub metrics: Metrics,
+}
+
+impl<T: Transport, L: SagaLog> SagaEnv<T, L> {
+    /// An environment for `workflow`, with closed breakers whose state `metrics` exports.
+    pub fn new(workflow: Workflow, transport: T, log: L, metrics: Metrics) -> Self {
+        let gauge = metrics.breaker_state.clone();
+        for (service, _) in workflow.breakers() {
+            gauge.with_label_values(&[service]).set(0);
+        }
+        let breakers = Breakers::new(
+            workflow.breakers(),
+            Some(std::sync::Arc::new(move |service: &str, state| {
+                gauge.with_label_values(&[service]).set(state as i64);
+            })),
+        );
+        let gates = workflow
+            .services()
+            .into_iter()
+            .map(|s| {
+                (
+                    s.to_owned(),
+                    Semaphore::new(workflow.max_in_flight_per_service()),
+                )
+            })
+            .collect();
+        Self {
+            workflow,
+            transport,
+            log,
+            breakers,
+            gates,
+            metrics,
+        }
+    }
+}
+
+/// How a saga run ended.
+#[derive(Debug)]
+pub enum SagaOutcome {
+    /// The payment has its final result, to be published (again, if it was already
+    /// decided). `dead_letter` names the reason when operators must also get a copy.
+    Finished {
+        /// The recorded result.
+        result: PaymentResult,
+        /// `Some(reason)`: also copy the request to the dead-letter queue.
+        dead_letter: Option<String>,
+    },
+    /// A service is unavailable: park the request in delay tier `tier`, ack it, and let
+    /// it come back later.
+    Park {
+        /// Delay tier index.
+        tier: usize,
+        /// The step that waits.
+        step: String,
+        /// Why.
+        reason: String,
+    },
+    /// Stopping, or the broker connection was lost: leave the request unacked.
+    Interrupted,
+    /// The journal failed: the payment cannot safely go on now; try again later.
+    JournalUnavailable(String),
 }
 
 /// The final decision before it is stamped with a time.
@@ -64,197 +277,25 @@ struct Verdict {
     detail: Option<String>,
 }
 
-/// Outcome of running a saga that was not interrupted.
-#[derive(Debug)]
-pub enum SagaOutcome {
-    /// The payment reached a final result, to be published.
-    Finished(PaymentResult),
-    /// The orchestrator is stopping before the payment finished; leave it unacked.
+/// What trying a service through its ladder gave.
+enum Ladder {
+    /// A final answer (approved or declined).
+    Answer {
+        reply: Reply,
+        attempts: u32,
+    },
+    /// No final answer: retries spent or breaker open.
+    Unavailable {
+        attempts: u32,
+        /// Some attempt timed out on a side-effecting step: it may have happened.
+        in_doubt: bool,
+        last_error: String,
+    },
     Interrupted,
 }
 
-/// Runs `request` through `workflow` and returns its result.
-pub async fn run<T: Transport>(
-    request: &PaymentRequest,
-    workflow: &Workflow,
-    transport: &T,
-) -> SagaOutcome {
-    let mut context = Map::new();
-    let mut records = Vec::new();
-    let mut to_compensate: Vec<&Step> = Vec::new();
-    // The merchant's settlement: from the last approved step whose reply carried one.
-    let mut settlement: Option<Money> = None;
-    let mut verdict = Verdict {
-        status: Status::Completed,
-        reason: None,
-        detail: None,
-    };
-
-    for step in workflow.steps() {
-        let span = tracing::info_span!("step", step = %step.name);
-        let command = Command {
-            command_id: Command::id_for(request.payment_id, &step.name, Action::Execute),
-            payment_id: request.payment_id,
-            step: step.name.clone(),
-            action: Action::Execute,
-            payment: PaymentView::of(request, step.card_number),
-            context: context.clone(),
-        };
-        let started = Instant::now();
-        let answer = attempt(transport, step, command)
-            .instrument(span.clone())
-            .await;
-        let duration_ms = millis(started.elapsed());
-        let mut record = StepRecord::new(step.name.clone(), StepOutcome::Approved, 1, duration_ms);
-        let _entered = span.enter();
-        match answer {
-            Answer::Reply(reply) => match reply.outcome {
-                ReplyOutcome::Approved => {
-                    info!(duration_ms, "step approved");
-                    if let Some(money) = reply
-                        .data
-                        .get("settlement")
-                        .and_then(|s| serde_json::from_value::<Money>(s.clone()).ok())
-                    {
-                        settlement = Some(money);
-                    }
-                    context.insert(step.name.clone(), Value::Object(reply.data));
-                    if step.compensate {
-                        to_compensate.push(step);
-                    }
-                    records.push(record);
-                    continue;
-                }
-                ReplyOutcome::Declined => {
-                    let reason = reply.reason.unwrap_or_else(|| "declined".into());
-                    info!(reason = %reason, "step declined");
-                    record.outcome = StepOutcome::Declined;
-                    record.reason = Some(reason.clone());
-                    verdict = Verdict {
-                        status: Status::Declined,
-                        detail: Some(
-                            reply
-                                .detail
-                                .unwrap_or_else(|| format!("{} declined the payment", step.name)),
-                        ),
-                        reason: Some(reason),
-                    };
-                }
-                ReplyOutcome::Error => {
-                    let reason = reply.reason.unwrap_or_else(|| "error".into());
-                    warn!(reason = %reason, "step failed with a service error");
-                    record.outcome = StepOutcome::Failed;
-                    record.reason = Some("service_error".into());
-                    verdict = Verdict {
-                        status: Status::Failed,
-                        reason: Some("service_error".into()),
-                        detail: Some(format!(
-                            "{} reported an error: {}{}",
-                            step.name,
-                            reason,
-                            reply.detail.map(|d| format!(" ({d})")).unwrap_or_default()
-                        )),
-                    };
-                }
-            },
-            Answer::Timeout => {
-                warn!(timeout_ms = millis(step.timeout), "step timed out");
-                record.outcome = StepOutcome::Failed;
-                record.reason = Some("step_timeout".into());
-                verdict = Verdict {
-                    status: Status::Failed,
-                    reason: Some("step_timeout".into()),
-                    detail: Some(format!(
-                        "{} did not answer within {} ms",
-                        step.name,
-                        millis(step.timeout)
-                    )),
-                };
-            }
-            Answer::Error(CallError::ShuttingDown) => return SagaOutcome::Interrupted,
-            Answer::Error(e) => {
-                warn!(error = %e, "step could not be sent");
-                record.outcome = StepOutcome::Failed;
-                record.reason = Some("broker_error".into());
-                verdict = Verdict {
-                    status: Status::Failed,
-                    reason: Some("broker_error".into()),
-                    detail: Some(format!("{}: {e}", step.name)),
-                };
-            }
-        }
-        records.push(record);
-        break;
-    }
-
-    if verdict.status != Status::Completed {
-        for step in to_compensate.into_iter().rev() {
-            match compensate(request, step, &context, transport).await {
-                Some(record) => records.push(record),
-                None => return SagaOutcome::Interrupted,
-            }
-        }
-    }
-
-    let settlement = settlement.filter(|_| verdict.status == Status::Completed);
-    SagaOutcome::Finished(PaymentResult {
-        payment_id: request.payment_id,
-        status: verdict.status,
-        reason: verdict.reason,
-        detail: verdict.detail,
-        steps: records,
-        settlement,
-        finished_at: now_rfc3339(),
-    })
-}
-
-/// Undoes one approved step; `None` when interrupted by shutdown.
-async fn compensate<T: Transport>(
-    request: &PaymentRequest,
-    step: &Step,
-    context: &Map<String, Value>,
-    transport: &T,
-) -> Option<StepRecord> {
-    let span = tracing::info_span!("compensation", step = %step.name);
-    let command = Command {
-        command_id: Command::id_for(request.payment_id, &step.name, Action::Compensate),
-        payment_id: request.payment_id,
-        step: step.name.clone(),
-        action: Action::Compensate,
-        payment: PaymentView::of(request, step.card_number),
-        context: context.clone(),
-    };
-    let started = Instant::now();
-    let answer = attempt(transport, step, command)
-        .instrument(span.clone())
-        .await;
-    let mut record = StepRecord::new(
-        step.name.clone(),
-        StepOutcome::Compensated,
-        1,
-        millis(started.elapsed()),
-    );
-    let _entered = span.enter();
-    let failure = match answer {
-        Answer::Reply(reply) if reply.outcome == ReplyOutcome::Approved => None,
-        Answer::Reply(reply) => Some(
-            reply
-                .reason
-                .unwrap_or_else(|| "compensation_refused".into()),
-        ),
-        Answer::Timeout => Some("step_timeout".into()),
-        Answer::Error(CallError::ShuttingDown) => return None,
-        Answer::Error(_) => Some("broker_error".into()),
-    };
-    match failure {
-        None => info!("step compensated"),
-        Some(reason) => {
-            tracing::error!(reason = %reason, "compensation failed; an operator must check this step");
-            record.outcome = StepOutcome::CompensationFailed;
-            record.reason = Some(reason);
-        }
-    }
-    Some(record)
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// The current UTC time as RFC 3339 with milliseconds.
@@ -263,7 +304,7 @@ pub fn now_rfc3339() -> String {
 }
 
 /// A `rejected` result for a request that failed validation.
-pub fn rejected(payment_id: uuid::Uuid, detail: String) -> PaymentResult {
+pub fn rejected(payment_id: Uuid, detail: String) -> PaymentResult {
     PaymentResult {
         payment_id,
         status: Status::Rejected,
@@ -275,256 +316,669 @@ pub fn rejected(payment_id: uuid::Uuid, detail: String) -> PaymentResult {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use baton_contract::{Currency, Limits};
-    use std::collections::HashMap;
-    use std::sync::Mutex;
-
-    /// How a fake service answers a command: `None` means it never answers.
-    type Rule = Box<dyn Fn(&Command) -> Option<Reply> + Send + Sync>;
-
-    /// A fake service landscape: each service answers by a rule, and every command is
-    /// recorded so tests can check what was sent.
-    #[derive(Default)]
-    struct FakeServices {
-        rules: HashMap<String, Rule>,
-        sent: Mutex<Vec<Command>>,
-    }
-
-    impl FakeServices {
-        fn on(
-            mut self,
-            service: &str,
-            rule: impl Fn(&Command) -> Option<Reply> + Send + Sync + 'static,
-        ) -> Self {
-            self.rules.insert(service.into(), Box::new(rule));
-            self
-        }
-
-        fn sent(&self) -> Vec<Command> {
-            self.sent.lock().unwrap().clone()
-        }
-    }
-
-    impl Transport for FakeServices {
-        async fn call(&self, step: &Step, command: Command) -> Result<Reply, CallError> {
-            self.sent.lock().unwrap().push(command.clone());
-            let reply = match self.rules.get(&step.service) {
-                Some(rule) => rule(&command),
-                None => Some(Reply::approved(command.command_id.clone(), Map::new())),
-            };
-            match reply {
-                Some(reply) => Ok(reply),
-                // A service that never answers.
-                None => std::future::pending().await,
-            }
-        }
-    }
-
-    fn request() -> PaymentRequest {
-        let body = br#"{"payment_id":"6f1c3a52-3b1e-4f4e-9d7a-0c2b8e1f5a10","merchant_id":"m-1",
-            "customer_id":"c-1","amount":{"minor":1999,"currency":"EUR"},"merchant_currency":"USD",
-            "card":{"number":"4242424242424242","expiry":"12/30"}}"#;
-        PaymentRequest::parse(body, &Limits::default()).unwrap()
-    }
-
-    fn finished(outcome: SagaOutcome) -> PaymentResult {
-        match outcome {
-            SagaOutcome::Finished(result) => result,
-            SagaOutcome::Interrupted => panic!("saga was interrupted"),
-        }
-    }
-
-    fn data(json: serde_json::Value) -> Map<String, Value> {
-        json.as_object().unwrap().clone()
-    }
-
-    fn transaction_settles() -> impl Fn(&Command) -> Option<Reply> + Send + Sync {
-        |c: &Command| {
-            Some(Reply::approved(
-                c.command_id.clone(),
-                data(serde_json::json!({"settlement": {"minor": 2150, "currency": "USD"}})),
-            ))
-        }
-    }
-
-    fn outcomes(result: &PaymentResult) -> Vec<(String, StepOutcome)> {
-        result
-            .steps
-            .iter()
-            .map(|s| (s.step.clone(), s.outcome))
-            .collect()
-    }
-
-    #[tokio::test]
-    async fn every_step_approves_and_the_settlement_is_reported() {
-        let services = FakeServices::default()
-            .on("authorization", |c| {
-                Some(Reply::approved(
-                    c.command_id.clone(),
-                    data(serde_json::json!({"hold_id": "h-1"})),
-                ))
-            })
-            .on("transaction", transaction_settles());
-        let result = finished(run(&request(), &Workflow::builtin(), &services).await);
-        assert_eq!(result.status, Status::Completed);
-        assert_eq!(result.reason, None);
-        assert_eq!(
-            result.settlement,
-            Some(Money {
-                minor: 2150,
-                currency: Currency::parse("USD").unwrap()
-            })
-        );
-        assert_eq!(
-            outcomes(&result),
-            [
-                ("authorization".into(), StepOutcome::Approved),
-                ("risk".into(), StepOutcome::Approved),
-                ("pci".into(), StepOutcome::Approved),
-                ("transaction".into(), StepOutcome::Approved),
-            ]
-        );
-        let sent = services.sent();
-        let ids: Vec<_> = sent.iter().map(|c| c.command_id.as_str()).collect();
-        assert_eq!(
-            ids,
-            [
-                "6f1c3a52-3b1e-4f4e-9d7a-0c2b8e1f5a10:authorization",
-                "6f1c3a52-3b1e-4f4e-9d7a-0c2b8e1f5a10:risk",
-                "6f1c3a52-3b1e-4f4e-9d7a-0c2b8e1f5a10:pci",
-                "6f1c3a52-3b1e-4f4e-9d7a-0c2b8e1f5a10:transaction",
-            ]
-        );
-        // Later steps see earlier steps' output.
-        assert_eq!(sent[3].context["authorization"]["hold_id"], "h-1");
-    }
-
-    #[tokio::test]
-    async fn only_steps_trusted_with_the_card_number_receive_it() {
-        let services = FakeServices::default();
-        finished(run(&request(), &Workflow::builtin(), &services).await);
-        for command in services.sent() {
-            let json = serde_json::to_string(&command).unwrap();
-            let trusted = command.step == "authorization" || command.step == "risk";
-            assert_eq!(
-                json.contains("4242424242424242"),
-                trusted,
-                "{}",
-                command.step
-            );
-            assert_eq!(command.payment.card.last4, "4242");
-        }
-    }
-
-    #[tokio::test]
-    async fn a_decline_after_authorization_voids_the_hold() {
-        let services = FakeServices::default().on("risk", |c| {
-            Some(Reply::declined(
-                c.command_id.clone(),
-                "high_risk",
-                "too risky",
-            ))
-        });
-        let result = finished(run(&request(), &Workflow::builtin(), &services).await);
-        assert_eq!(result.status, Status::Declined);
-        assert_eq!(result.reason.as_deref(), Some("high_risk"));
-        assert_eq!(result.detail.as_deref(), Some("too risky"));
-        assert_eq!(result.settlement, None);
-        assert_eq!(
-            outcomes(&result),
-            [
-                ("authorization".into(), StepOutcome::Approved),
-                ("risk".into(), StepOutcome::Declined),
-                ("authorization".into(), StepOutcome::Compensated),
-            ]
-        );
-        let last = services.sent().pop().unwrap();
-        assert_eq!(last.action, Action::Compensate);
-        assert_eq!(
-            last.command_id,
-            "6f1c3a52-3b1e-4f4e-9d7a-0c2b8e1f5a10:authorization:compensate"
-        );
-    }
-
-    #[tokio::test]
-    async fn a_decline_at_the_first_step_compensates_nothing() {
-        let services = FakeServices::default().on("authorization", |c| {
-            Some(Reply::declined(c.command_id.clone(), "card_declined", "no"))
-        });
-        let result = finished(run(&request(), &Workflow::builtin(), &services).await);
-        assert_eq!(result.status, Status::Declined);
-        assert_eq!(result.steps.len(), 1);
-        assert_eq!(services.sent().len(), 1);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_silent_service_times_out_and_earlier_steps_are_compensated() {
-        let services = FakeServices::default().on("pci", |_| None);
-        let result = finished(run(&request(), &Workflow::builtin(), &services).await);
-        assert_eq!(result.status, Status::Failed);
-        assert_eq!(result.reason.as_deref(), Some("step_timeout"));
-        assert!(result
-            .detail
-            .unwrap()
-            .contains("pci did not answer within 10000 ms"));
-        let pci = &result.steps[2];
-        assert_eq!(
-            (pci.outcome, pci.duration_ms),
-            (StepOutcome::Failed, 10_000)
-        );
-        assert_eq!(result.steps[3].outcome, StepOutcome::Compensated);
-    }
-
-    #[tokio::test]
-    async fn a_service_error_fails_the_payment() {
-        let services = FakeServices::default().on("transaction", |c| {
-            Some(Reply::error(
-                c.command_id.clone(),
-                "ledger_unavailable",
-                "db down",
-            ))
-        });
-        let result = finished(run(&request(), &Workflow::builtin(), &services).await);
-        assert_eq!(result.status, Status::Failed);
-        assert_eq!(result.reason.as_deref(), Some("service_error"));
-        assert!(result.detail.unwrap().contains("ledger_unavailable"));
-        assert_eq!(
-            result.steps.last().unwrap().outcome,
-            StepOutcome::Compensated
-        );
-    }
-
-    #[tokio::test]
-    async fn a_refused_compensation_is_reported_not_hidden() {
-        let services = FakeServices::default()
-            .on("risk", |c| {
-                Some(Reply::declined(c.command_id.clone(), "high_risk", "x"))
-            })
-            .on("authorization", |c| match c.action {
-                Action::Execute => Some(Reply::approved(c.command_id.clone(), Map::new())),
-                Action::Compensate => {
-                    Some(Reply::error(c.command_id.clone(), "hold_store_down", "x"))
-                }
-            });
-        let result = finished(run(&request(), &Workflow::builtin(), &services).await);
-        assert_eq!(result.status, Status::Declined);
-        let last = result.steps.last().unwrap();
-        assert_eq!(last.outcome, StepOutcome::CompensationFailed);
-        assert_eq!(last.reason.as_deref(), Some("hold_store_down"));
-    }
-
-    #[tokio::test]
-    async fn shutdown_interrupts_without_a_result() {
-        struct Stopping;
-        impl Transport for Stopping {
-            async fn call(&self, _: &Step, _: Command) -> Result<Reply, CallError> {
-                Err(CallError::ShuttingDown)
-            }
-        }
-        let outcome = run(&request(), &Workflow::builtin(), &Stopping).await;
-        assert!(matches!(outcome, SagaOutcome::Interrupted));
+fn command(
+    request: &PaymentRequest,
+    step: &Step,
+    action: Action,
+    context: &Map<String, Value>,
+) -> Command {
+    Command {
+        command_id: Command::id_for(request.payment_id, &step.name, action),
+        payment_id: request.payment_id,
+        step: step.name.clone(),
+        action,
+        payment: PaymentView::of(request, step.card_number),
+        context: context.clone(),
     }
 }
+
+fn entry(
+    step: &Step,
+    action: Action,
+    record: StepRecord,
+    detail: Option<String>,
+    data: Map<String, Value>,
+) -> JournalEntry {
+    JournalEntry {
+        step: step.name.clone(),
+        action,
+        record,
+        detail,
+        data,
+        recorded_at: String::new(),
+    }
+}
+
+/// Runs `request` through the workflow, from wherever the journal says it stands.
+pub async fn run<T: Transport, L: SagaLog>(
+    env: &SagaEnv<T, L>,
+    request: &PaymentRequest,
+) -> SagaOutcome {
+    let payment_id = request.payment_id;
+    let saga = match env
+        .log
+        .begin(payment_id, &PaymentSummary::of(request))
+        .await
+    {
+        Ok(saga) => saga,
+        Err(e) => return journal_failed(env, e),
+    };
+    if let Some(result) = saga.result.clone() {
+        info!("payment already decided; publishing the recorded result again");
+        let dead_letter = dead_letter_reason(&result);
+        return SagaOutcome::Finished {
+            result,
+            dead_letter,
+        };
+    }
+
+    let mut context = Map::new();
+    let mut applied: Vec<JournalEntry> = Vec::new();
+    let mut to_compensate: Vec<&Step> = Vec::new();
+    let mut verdict = Verdict {
+        status: Status::Completed,
+        reason: None,
+        detail: None,
+    };
+
+    for step in env.workflow.steps() {
+        let span = tracing::info_span!("step", step = %step.name);
+        let decided = match saga.entry(&step.name, Action::Execute) {
+            Some(recorded) => recorded.clone(),
+            None => match execute(env, request, step, &context, &saga)
+                .instrument(span.clone())
+                .await
+            {
+                StepDecision::Recorded(entry) => entry,
+                StepDecision::Leave(outcome) => return outcome,
+            },
+        };
+        let _entered = span.enter();
+        let outcome = decided.record.outcome;
+        match outcome {
+            StepOutcome::Approved => {
+                context.insert(step.name.clone(), Value::Object(decided.data.clone()));
+                if step.compensate {
+                    to_compensate.push(step);
+                }
+            }
+            StepOutcome::Declined | StepOutcome::Failed => {
+                let reason = decided
+                    .record
+                    .reason
+                    .clone()
+                    .unwrap_or_else(|| outcome_name(outcome).into());
+                verdict = Verdict {
+                    status: if outcome == StepOutcome::Declined {
+                        Status::Declined
+                    } else {
+                        Status::Failed
+                    },
+                    detail: decided
+                        .detail
+                        .clone()
+                        .or_else(|| Some(format!("{} {}", step.name, outcome_name(outcome)))),
+                    reason: Some(reason),
+                };
+                // An in-doubt step that failed for good may still have acted: undo it
+                // too if it can be undone (its compensation is safe either way).
+                if outcome == StepOutcome::Failed && step.compensate {
+                    to_compensate.push(step);
+                }
+            }
+            StepOutcome::Compensated | StepOutcome::CompensationFailed => {}
+        }
+        applied.push(decided);
+        if verdict.status != Status::Completed {
+            break;
+        }
+    }
+
+    if verdict.status != Status::Completed {
+        for step in to_compensate.into_iter().rev() {
+            let span = tracing::info_span!("compensation", step = %step.name);
+            let decided = match saga.entry(&step.name, Action::Compensate) {
+                Some(recorded) => recorded.clone(),
+                None => match compensate(env, request, step, &context)
+                    .instrument(span)
+                    .await
+                {
+                    StepDecision::Recorded(entry) => entry,
+                    StepDecision::Leave(outcome) => return outcome,
+                },
+            };
+            applied.push(decided);
+        }
+    }
+
+    let settlement = if verdict.status == Status::Completed {
+        applied
+            .iter()
+            .filter_map(|e| e.data.get("settlement"))
+            .filter_map(|s| serde_json::from_value::<Money>(s.clone()).ok())
+            .next_back()
+    } else {
+        None
+    };
+    let result = PaymentResult {
+        payment_id,
+        status: verdict.status,
+        reason: verdict.reason,
+        detail: verdict.detail,
+        steps: applied.into_iter().map(|e| e.record).collect(),
+        settlement,
+        finished_at: now_rfc3339(),
+    };
+    match env.log.finish(payment_id, &result).await {
+        Ok(result) => {
+            env.transport.event(SagaEvent::of_result(&result));
+            let dead_letter = dead_letter_reason(&result);
+            SagaOutcome::Finished {
+                result,
+                dead_letter,
+            }
+        }
+        Err(e) => journal_failed(env, e),
+    }
+}
+
+fn dead_letter_reason(result: &PaymentResult) -> Option<String> {
+    (result.reason.as_deref() == Some("service_unavailable"))
+        .then(|| "service_unavailable".to_owned())
+}
+
+fn journal_failed<T, L>(env: &SagaEnv<T, L>, e: JournalError) -> SagaOutcome {
+    env.metrics.journal_errors.inc();
+    error!(error = %e, "saga journal unavailable");
+    SagaOutcome::JournalUnavailable(e.to_string())
+}
+
+fn outcome_name(outcome: StepOutcome) -> &'static str {
+    match outcome {
+        StepOutcome::Approved => "approved",
+        StepOutcome::Declined => "declined",
+        StepOutcome::Failed => "failed",
+        StepOutcome::Compensated => "compensated",
+        StepOutcome::CompensationFailed => "compensation_failed",
+    }
+}
+
+enum StepDecision {
+    /// The decision as stored in the journal.
+    Recorded(JournalEntry),
+    /// Stop here and let the orchestrator act (park, leave unacked, journal down).
+    Leave(SagaOutcome),
+}
+
+/// Records `entry`, returning the stored decision (or what to do if the journal fails).
+async fn record<T: Transport, L: SagaLog>(
+    env: &SagaEnv<T, L>,
+    payment_id: Uuid,
+    entry: JournalEntry,
+) -> StepDecision {
+    match env.log.record(payment_id, &entry).await {
+        Ok(stored) => {
+            crash::point("after_step_recorded");
+            env.transport
+                .event(SagaEvent::of_entry(payment_id, &stored));
+            StepDecision::Recorded(stored)
+        }
+        Err(e) => StepDecision::Leave(journal_failed(env, e)),
+    }
+}
+
+/// Runs one step's ladder and records the decision.
+async fn execute<T: Transport, L: SagaLog>(
+    env: &SagaEnv<T, L>,
+    request: &PaymentRequest,
+    step: &Step,
+    context: &Map<String, Value>,
+    saga: &SagaRecord,
+) -> StepDecision {
+    let started = Instant::now();
+    let cmd = command(request, step, Action::Execute, context);
+    let outcome = ladder(env, step, &step.service, &cmd, &step.retry, true).await;
+    let (mut attempts, mut in_doubt, mut last_error) = match outcome {
+        Ladder::Answer { reply, attempts } => {
+            return record(
+                env,
+                request.payment_id,
+                answered(env, step, reply, attempts, started, None),
+            )
+            .await;
+        }
+        Ladder::Interrupted => return StepDecision::Leave(SagaOutcome::Interrupted),
+        Ladder::Unavailable {
+            attempts,
+            in_doubt,
+            last_error,
+        } => (attempts, in_doubt, last_error),
+    };
+
+    // Fallbacks (never for side-effecting steps: the workflow refuses that).
+    match &step.fallback {
+        Some(Fallback::Service(alternate)) => {
+            env.metrics
+                .step_fallbacks
+                .with_label_values(&[&step.name, "service"])
+                .inc();
+            info!(alternate = %alternate, "step unavailable; trying its fallback service");
+            match ladder(env, step, alternate, &cmd, &step.retry, true).await {
+                Ladder::Answer {
+                    reply,
+                    attempts: more,
+                } => {
+                    let entry = answered(
+                        env,
+                        step,
+                        reply,
+                        attempts + more,
+                        started,
+                        Some(alternate.clone()),
+                    );
+                    return record(env, request.payment_id, entry).await;
+                }
+                Ladder::Interrupted => return StepDecision::Leave(SagaOutcome::Interrupted),
+                Ladder::Unavailable {
+                    attempts: more,
+                    in_doubt: doubt,
+                    last_error: e,
+                } => {
+                    attempts += more;
+                    in_doubt |= doubt;
+                    last_error = e;
+                }
+            }
+        }
+        Some(Fallback::Approve { max_amount_minor })
+            if request.amount.minor <= *max_amount_minor =>
+        {
+            env.metrics
+                .step_fallbacks
+                .with_label_values(&[&step.name, "degraded"])
+                .inc();
+            warn!(last_error = %last_error, "step unavailable; approving as a declared degraded decision");
+            let mut record_ = StepRecord::new(
+                step.name.clone(),
+                StepOutcome::Approved,
+                attempts,
+                millis(started.elapsed()),
+            );
+            record_.degraded = true;
+            record_.reason = Some("service_unavailable".into());
+            let detail = Some(format!(
+                "{} unavailable ({last_error}); approved as degraded: amount at most {max_amount_minor}",
+                step.name
+            ));
+            return record(
+                env,
+                request.payment_id,
+                entry(step, Action::Execute, record_, detail, Map::new()),
+            )
+            .await;
+        }
+        _ => {}
+    }
+
+    // Park, or give up past the limit.
+    let parking = env.workflow.parking();
+    if saga.parked < parking.max_parks {
+        return match env.log.park(request.payment_id).await {
+            Ok(count) => {
+                env.metrics.parked.with_label_values(&[&step.name]).inc();
+                let tier = parking.tier_for(count.saturating_sub(1));
+                warn!(parked = count, tier, last_error = %last_error, "step unavailable; parking the payment");
+                StepDecision::Leave(SagaOutcome::Park {
+                    tier,
+                    step: step.name.clone(),
+                    reason: last_error,
+                })
+            }
+            Err(e) => StepDecision::Leave(journal_failed(env, e)),
+        };
+    }
+
+    if in_doubt {
+        // It may have happened. Ask once more with the same command id: the service
+        // answers from its store if it acted. Only a definite answer is taken.
+        if let Ladder::Answer {
+            reply,
+            attempts: more,
+        } = ladder(
+            env,
+            step,
+            &step.service,
+            &cmd,
+            &RetryPolicy {
+                attempts: 1,
+                ..step.retry.clone()
+            },
+            false,
+        )
+        .await
+        {
+            return record(
+                env,
+                request.payment_id,
+                answered(env, step, reply, attempts + more, started, None),
+            )
+            .await;
+        }
+        if !step.compensate {
+            let item = AttentionItem {
+                payment_id: request.payment_id,
+                step: step.name.clone(),
+                service: step.service.clone(),
+                kind: "in_doubt".into(),
+                command_id: cmd.command_id.clone(),
+                error: format!("no answer after {attempts} attempts and {} parkings; the effect may have happened: {last_error}", saga.parked),
+                at: now_rfc3339(),
+                command: None,
+            };
+            if let Some(outcome) = send_attention(env, item).await {
+                return StepDecision::Leave(outcome);
+            }
+        }
+    }
+    error!(parked = saga.parked, last_error = %last_error, "step unavailable past the parking limit; failing the payment");
+    let mut record_ = StepRecord::new(
+        step.name.clone(),
+        StepOutcome::Failed,
+        attempts,
+        millis(started.elapsed()),
+    );
+    record_.reason = Some("service_unavailable".into());
+    let detail = Some(format!(
+        "{} stayed unavailable after {} parkings: {last_error}",
+        step.name, saga.parked
+    ));
+    record(
+        env,
+        request.payment_id,
+        entry(step, Action::Execute, record_, detail, Map::new()),
+    )
+    .await
+}
+
+/// The journal entry for a final answer.
+fn answered<T, L>(
+    env: &SagaEnv<T, L>,
+    step: &Step,
+    reply: Reply,
+    attempts: u32,
+    started: Instant,
+    via: Option<String>,
+) -> JournalEntry {
+    let duration = started.elapsed();
+    env.metrics
+        .step_duration
+        .with_label_values(&[&step.name])
+        .observe(duration.as_secs_f64());
+    let approved = reply.outcome == ReplyOutcome::Approved;
+    let mut record_ = StepRecord::new(
+        step.name.clone(),
+        if approved {
+            StepOutcome::Approved
+        } else {
+            StepOutcome::Declined
+        },
+        attempts,
+        millis(duration),
+    );
+    record_.via = via;
+    if approved {
+        info!(attempts, duration_ms = record_.duration_ms, "step approved");
+    } else {
+        record_.reason = Some(reply.reason.clone().unwrap_or_else(|| "declined".into()));
+        info!(reason = ?record_.reason, "step declined");
+    }
+    let detail = (!approved).then(|| {
+        reply
+            .detail
+            .clone()
+            .unwrap_or_else(|| format!("{} declined the payment", step.name))
+    });
+    entry(step, Action::Execute, record_, detail, reply.data)
+}
+
+/// Sends an attention item; `Some(outcome)` when the saga must stop (it could not).
+async fn send_attention<T: Transport, L: SagaLog>(
+    env: &SagaEnv<T, L>,
+    item: AttentionItem,
+) -> Option<SagaOutcome> {
+    let kind = item.kind.clone();
+    match env.transport.attention(item).await {
+        Ok(()) => {
+            env.metrics.attention.with_label_values(&[&kind]).inc();
+            None
+        }
+        Err(CallError::ShuttingDown) => Some(SagaOutcome::Interrupted),
+        Err(e) => {
+            error!(error = %e, "could not reach the attention queue; the payment will be retried");
+            Some(SagaOutcome::Interrupted)
+        }
+    }
+}
+
+/// Undoes one step, with its own retry policy; a compensation that keeps failing goes to
+/// the attention queue and is recorded as `compensation_failed`.
+async fn compensate<T: Transport, L: SagaLog>(
+    env: &SagaEnv<T, L>,
+    request: &PaymentRequest,
+    step: &Step,
+    context: &Map<String, Value>,
+) -> StepDecision {
+    let started = Instant::now();
+    let cmd = command(request, step, Action::Compensate, context);
+    let (failure, attempts) = match ladder(
+        env,
+        step,
+        &step.service,
+        &cmd,
+        &step.compensation_retry,
+        false,
+    )
+    .await
+    {
+        Ladder::Answer { reply, attempts } if reply.outcome == ReplyOutcome::Approved => {
+            (None, attempts)
+        }
+        Ladder::Answer { reply, attempts } => (
+            Some(
+                reply
+                    .reason
+                    .unwrap_or_else(|| "compensation_refused".into()),
+            ),
+            attempts,
+        ),
+        Ladder::Unavailable {
+            attempts,
+            last_error,
+            ..
+        } => (Some(last_error), attempts),
+        Ladder::Interrupted => return StepDecision::Leave(SagaOutcome::Interrupted),
+    };
+    let mut record_ = StepRecord::new(
+        step.name.clone(),
+        StepOutcome::Compensated,
+        attempts,
+        millis(started.elapsed()),
+    );
+    let mut detail = None;
+    match failure {
+        None => {
+            env.metrics
+                .compensations
+                .with_label_values(&[&step.name, "compensated"])
+                .inc();
+            info!(attempts, "step compensated");
+        }
+        Some(reason) => {
+            env.metrics
+                .compensations
+                .with_label_values(&[&step.name, "failed"])
+                .inc();
+            error!(reason = %reason, attempts, "compensation failed; handing it to operators");
+            let item = AttentionItem {
+                payment_id: request.payment_id,
+                step: step.name.clone(),
+                service: step.service.clone(),
+                kind: "compensation_failed".into(),
+                command_id: cmd.command_id.clone(),
+                error: reason.clone(),
+                at: now_rfc3339(),
+                command: Some(Command {
+                    payment: PaymentView {
+                        card: baton_contract::CardView {
+                            number: None,
+                            ..cmd.payment.card.clone()
+                        },
+                        ..cmd.payment.clone()
+                    },
+                    ..cmd.clone()
+                }),
+            };
+            if let Some(outcome) = send_attention(env, item).await {
+                return StepDecision::Leave(outcome);
+            }
+            record_.outcome = StepOutcome::CompensationFailed;
+            detail = Some(format!("compensating {} failed: {reason}", step.name));
+            record_.reason = Some(reason);
+        }
+    }
+    record(
+        env,
+        request.payment_id,
+        entry(step, Action::Compensate, record_, detail, Map::new()),
+    )
+    .await
+}
+
+/// Sends `cmd` to `service` with timeouts, retries and the breaker.
+async fn ladder<T: Transport, L: SagaLog>(
+    env: &SagaEnv<T, L>,
+    step: &Step,
+    service: &str,
+    cmd: &Command,
+    retry: &RetryPolicy,
+    respect_breaker: bool,
+) -> Ladder {
+    let mut delays = retry.delays();
+    let mut attempts = 0;
+    let mut in_doubt = false;
+    let breaker = env.breakers.get(service);
+    let gate = env.gates.get(service);
+    loop {
+        let permit = match breaker {
+            Some(b) => match b.try_acquire() {
+                Some(p) => Some(p),
+                None if respect_breaker => {
+                    env.metrics
+                        .step_attempts
+                        .with_label_values(&[&step.name, "breaker_open"])
+                        .inc();
+                    return Ladder::Unavailable {
+                        attempts,
+                        in_doubt,
+                        last_error: format!("circuit breaker of {service} is open"),
+                    };
+                }
+                // Compensations go through an open breaker: they must be tried.
+                None => None,
+            },
+            None => None,
+        };
+        let _slot = match gate {
+            Some(g) => Some(g.acquire().await.expect("gates are never closed")),
+            None => None,
+        };
+        attempts += 1;
+        if attempts > 1 {
+            env.metrics
+                .step_retries
+                .with_label_values(&[&step.name])
+                .inc();
+        }
+        let sent =
+            tokio::time::timeout(step.timeout, env.transport.call(service, cmd.clone())).await;
+        drop(_slot);
+        let last_error = match sent {
+            Ok(Ok(reply)) if reply.outcome != ReplyOutcome::Error => {
+                let label = if reply.outcome == ReplyOutcome::Approved {
+                    "approved"
+                } else {
+                    "declined"
+                };
+                env.metrics
+                    .step_attempts
+                    .with_label_values(&[&step.name, label])
+                    .inc();
+                if let Some(p) = permit {
+                    p.success();
+                }
+                return Ladder::Answer { reply, attempts };
+            }
+            Ok(Ok(reply)) => {
+                env.metrics
+                    .step_attempts
+                    .with_label_values(&[&step.name, "error"])
+                    .inc();
+                if let Some(p) = permit {
+                    p.failure();
+                }
+                let reason = reply.reason.unwrap_or_else(|| "error".into());
+                warn!(attempt = attempts, reason = %reason, "service reported an error");
+                format!(
+                    "{service} reported {reason}{}",
+                    reply.detail.map(|d| format!(" ({d})")).unwrap_or_default()
+                )
+            }
+            Ok(Err(CallError::ShuttingDown)) => return Ladder::Interrupted,
+            Ok(Err(e)) => {
+                env.metrics
+                    .step_attempts
+                    .with_label_values(&[&step.name, "broker_error"])
+                    .inc();
+                warn!(attempt = attempts, error = %e, "command not sent");
+                e.to_string()
+            }
+            Err(_) => {
+                env.metrics
+                    .step_attempts
+                    .with_label_values(&[&step.name, "timeout"])
+                    .inc();
+                env.metrics
+                    .step_timeouts
+                    .with_label_values(&[&step.name])
+                    .inc();
+                if let Some(p) = permit {
+                    p.failure();
+                }
+                in_doubt |= step.side_effects && cmd.action == Action::Execute;
+                warn!(
+                    attempt = attempts,
+                    timeout_ms = millis(step.timeout),
+                    "no reply in time"
+                );
+                format!(
+                    "{service} did not answer within {} ms",
+                    millis(step.timeout)
+                )
+            }
+        };
+        match delays.next() {
+            Some(delay) => tokio::time::sleep(delay).await,
+            None => {
+                return Ladder::Unavailable {
+                    attempts,
+                    in_doubt,
+                    last_error,
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "saga_tests.rs"]
+mod tests;

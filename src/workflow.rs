@@ -31,18 +31,113 @@ pub struct Step {
     pub card_number: bool,
     /// Whether a later decline or failure sends this step a compensate command.
     pub compensate: bool,
+    /// Whether the step changes something outside Baton (a hold, a transfer). A timed-out
+    /// attempt of such a step is *in doubt*: it may have happened, so it is only ever
+    /// retried with the same command id, never replaced by a fallback.
+    pub side_effects: bool,
+    /// Attempts and backoff for each visit of the step.
+    pub retry: RetryPolicy,
+    /// Attempts and backoff for the step's compensation.
+    pub compensation_retry: RetryPolicy,
+    /// What to do when the step's service is unavailable.
+    pub fallback: Option<Fallback>,
 }
 
-/// The ordered steps every payment runs through.
+/// How often and how patiently a command is re-sent after a timeout or a transient error.
+/// A `declined` reply is final and never retried.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Total attempts, first one included (1 = no retry).
+    pub attempts: u32,
+    /// Delay before the first retry; doubles each time, with full jitter.
+    pub initial_backoff: Duration,
+    /// Cap on one delay.
+    pub max_backoff: Duration,
+}
+
+impl RetryPolicy {
+    /// The delays between attempts: exponential from `initial_backoff`, capped at
+    /// `max_backoff`, each with full jitter (a random share of the delay) so that
+    /// payments retrying together do not hit a service in lockstep.
+    pub fn delays(&self) -> impl Iterator<Item = Duration> {
+        let initial = u64::try_from(self.initial_backoff.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        tokio_retry::strategy::ExponentialBackoff::from_millis(2)
+            .factor(initial.div_ceil(2))
+            .max_delay(self.max_backoff)
+            .map(tokio_retry::strategy::jitter)
+            .take(self.attempts.saturating_sub(1) as usize)
+    }
+}
+
+/// A step's fallback when its service is unavailable (breaker open or retries spent).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Fallback {
+    /// Send the command to another service's queue instead.
+    Service(String),
+    /// Approve without the service when the amount is at most `max_amount_minor`; the
+    /// step is marked `degraded` in the result.
+    Approve {
+        /// Largest amount (minor units) approved this way.
+        max_amount_minor: u64,
+    },
+}
+
+/// A circuit breaker's thresholds, per service.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BreakerPolicy {
+    /// Failures (timeouts, errors) within `window` that open the breaker.
+    pub failure_threshold: u32,
+    /// The window failures are counted in.
+    pub window: Duration,
+    /// How long the breaker stays open before letting one probe through (half-open).
+    pub open_for: Duration,
+}
+
+/// Where a payment waits when a service stays unavailable.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParkingPolicy {
+    /// Delay of each tier; the n-th parking of a payment uses tier min(n, last).
+    pub tiers: Vec<Duration>,
+    /// Parkings after which the payment fails (`service_unavailable`).
+    pub max_parks: u32,
+}
+
+impl ParkingPolicy {
+    /// The tier index for the `parked`-th parking (0-based count of earlier parkings).
+    pub fn tier_for(&self, parked: u32) -> usize {
+        (parked as usize).min(self.tiers.len().saturating_sub(1))
+    }
+}
+
+/// The ordered steps every payment runs through, and the policies around them.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Workflow {
     steps: Vec<Step>,
+    /// Circuit-breaker thresholds by service (every service the workflow uses has one).
+    breakers: Vec<(String, BreakerPolicy)>,
+    /// Commands in flight at once toward one service, from this orchestrator.
+    max_in_flight_per_service: usize,
+    parking: ParkingPolicy,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct File {
     steps: Vec<Entry>,
+    #[serde(default)]
+    defaults: Defaults,
+    #[serde(default)]
+    parking: Option<ParkingEntry>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Defaults {
+    retry: Option<RetryEntry>,
+    breaker: Option<BreakerEntry>,
+    max_in_flight_per_service: Option<usize>,
 }
 
 #[derive(Deserialize)]
@@ -55,6 +150,128 @@ struct Entry {
     card_number: bool,
     #[serde(default)]
     compensate: bool,
+    side_effects: Option<bool>,
+    retry: Option<RetryEntry>,
+    compensation_retry: Option<RetryEntry>,
+    breaker: Option<BreakerEntry>,
+    fallback: Option<FallbackEntry>,
+}
+
+#[derive(Deserialize, Clone, Copy)]
+#[serde(deny_unknown_fields)]
+struct RetryEntry {
+    attempts: Option<u32>,
+    initial_backoff_ms: Option<u64>,
+    max_backoff_ms: Option<u64>,
+}
+
+#[derive(Deserialize, Clone, Copy)]
+#[serde(deny_unknown_fields)]
+struct BreakerEntry {
+    failure_threshold: Option<u32>,
+    window_ms: Option<u64>,
+    open_ms: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FallbackEntry {
+    service: Option<String>,
+    approve_below_minor: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ParkingEntry {
+    tiers_ms: Vec<u64>,
+    max_parks: u32,
+}
+
+/// Defaults of the policies, when neither the step nor `[defaults]` sets them.
+const DEFAULT_RETRY: RetryPolicy = RetryPolicy {
+    attempts: 3,
+    initial_backoff: Duration::from_millis(100),
+    max_backoff: Duration::from_millis(2_000),
+};
+const DEFAULT_COMPENSATION_RETRY: RetryPolicy = RetryPolicy {
+    attempts: 5,
+    initial_backoff: Duration::from_millis(200),
+    max_backoff: Duration::from_millis(5_000),
+};
+const DEFAULT_BREAKER: BreakerPolicy = BreakerPolicy {
+    failure_threshold: 5,
+    window: Duration::from_secs(10),
+    open_for: Duration::from_secs(5),
+};
+const DEFAULT_MAX_IN_FLIGHT: usize = 64;
+
+fn default_parking() -> ParkingPolicy {
+    ParkingPolicy {
+        tiers: vec![
+            Duration::from_secs(1),
+            Duration::from_secs(5),
+            Duration::from_secs(30),
+        ],
+        max_parks: 5,
+    }
+}
+
+fn retry_policy(
+    base: &RetryPolicy,
+    entry: Option<RetryEntry>,
+    at: &str,
+    key: &str,
+) -> Result<RetryPolicy, String> {
+    let Some(e) = entry else {
+        return Ok(base.clone());
+    };
+    let policy = RetryPolicy {
+        attempts: e.attempts.unwrap_or(base.attempts),
+        initial_backoff: e
+            .initial_backoff_ms
+            .map(Duration::from_millis)
+            .unwrap_or(base.initial_backoff),
+        max_backoff: e
+            .max_backoff_ms
+            .map(Duration::from_millis)
+            .unwrap_or(base.max_backoff),
+    };
+    if !(1..=100).contains(&policy.attempts) {
+        return Err(format!("{at}: {key}.attempts must be between 1 and 100"));
+    }
+    if policy.max_backoff < policy.initial_backoff {
+        return Err(format!(
+            "{at}: {key}.max_backoff_ms must not be below initial_backoff_ms"
+        ));
+    }
+    Ok(policy)
+}
+
+fn breaker_policy(
+    base: &BreakerPolicy,
+    entry: Option<BreakerEntry>,
+    at: &str,
+) -> Result<BreakerPolicy, String> {
+    let Some(e) = entry else {
+        return Ok(base.clone());
+    };
+    let policy = BreakerPolicy {
+        failure_threshold: e.failure_threshold.unwrap_or(base.failure_threshold),
+        window: e
+            .window_ms
+            .map(Duration::from_millis)
+            .unwrap_or(base.window),
+        open_for: e
+            .open_ms
+            .map(Duration::from_millis)
+            .unwrap_or(base.open_for),
+    };
+    if policy.failure_threshold == 0 || policy.window.is_zero() || policy.open_for.is_zero() {
+        return Err(format!(
+            "{at}: breaker.failure_threshold, window_ms and open_ms must be positive"
+        ));
+    }
+    Ok(policy)
 }
 
 /// Longest accepted timeout: a reply later than this is an outage, not latency.
@@ -95,6 +312,35 @@ impl Workflow {
         if file.steps.is_empty() {
             return Err(fail("it has no [[steps]] entry; add at least one".into()));
         }
+        let default_retry =
+            retry_policy(&DEFAULT_RETRY, file.defaults.retry, "[defaults]", "retry")
+                .map_err(fail)?;
+        let default_breaker =
+            breaker_policy(&DEFAULT_BREAKER, file.defaults.breaker, "[defaults]").map_err(fail)?;
+        let max_in_flight_per_service = file
+            .defaults
+            .max_in_flight_per_service
+            .unwrap_or(DEFAULT_MAX_IN_FLIGHT);
+        if max_in_flight_per_service == 0 {
+            return Err(fail(
+                "[defaults]: max_in_flight_per_service must be at least 1".into(),
+            ));
+        }
+        let parking = match file.parking {
+            None => default_parking(),
+            Some(p) => {
+                if p.tiers_ms.is_empty() || p.tiers_ms.contains(&0) {
+                    return Err(fail(
+                        "[parking]: tiers_ms must list at least one positive delay".into(),
+                    ));
+                }
+                ParkingPolicy {
+                    tiers: p.tiers_ms.into_iter().map(Duration::from_millis).collect(),
+                    max_parks: p.max_parks,
+                }
+            }
+        };
+        let mut breakers: Vec<(String, BreakerPolicy)> = Vec::new();
         let mut steps: Vec<Step> = Vec::with_capacity(file.steps.len());
         for (i, entry) in file.steps.into_iter().enumerate() {
             let at = format!("steps[{i}] ({:?})", entry.name);
@@ -121,15 +367,81 @@ impl Workflow {
                     entry.timeout_ms
                 )));
             }
+            let side_effects = entry.side_effects.unwrap_or(entry.compensate);
+            let retry = retry_policy(&default_retry, entry.retry, &at, "retry").map_err(fail)?;
+            let compensation_retry = retry_policy(
+                &DEFAULT_COMPENSATION_RETRY,
+                entry.compensation_retry,
+                &at,
+                "compensation_retry",
+            )
+            .map_err(fail)?;
+            let fallback = match entry.fallback {
+                None => None,
+                Some(_) if side_effects => {
+                    return Err(fail(format!(
+                        "{at}: a step with side effects cannot have a fallback: a timed-out \
+                         attempt may have happened, and a second service could act again"
+                    )))
+                }
+                Some(FallbackEntry {
+                    service: Some(alternate),
+                    approve_below_minor: None,
+                }) => {
+                    if !valid_name(&alternate) || alternate == service {
+                        return Err(fail(format!(
+                            "{at}: fallback.service must be another service name of a-z, 0-9, '_' or '-'"
+                        )));
+                    }
+                    Some(Fallback::Service(alternate))
+                }
+                Some(FallbackEntry {
+                    service: None,
+                    approve_below_minor: Some(limit),
+                }) => Some(Fallback::Approve {
+                    max_amount_minor: limit,
+                }),
+                Some(_) => {
+                    return Err(fail(format!(
+                        "{at}: fallback takes exactly one of `service` or `approve_below_minor`"
+                    )))
+                }
+            };
+            let breaker = breaker_policy(&default_breaker, entry.breaker, &at).map_err(fail)?;
+            let mut with_breaker = vec![service.clone()];
+            if let Some(Fallback::Service(alternate)) = &fallback {
+                with_breaker.push(alternate.clone());
+            }
+            for name in with_breaker {
+                match breakers.iter().find(|(s, _)| *s == name) {
+                    Some((_, existing)) if *existing != breaker && entry.breaker.is_some() => {
+                        return Err(fail(format!(
+                            "{at}: service {name:?} already has different breaker settings; \
+                             a breaker is per service"
+                        )))
+                    }
+                    Some(_) => {}
+                    None => breakers.push((name, breaker.clone())),
+                }
+            }
             steps.push(Step {
                 name: entry.name,
                 service,
                 timeout: Duration::from_millis(entry.timeout_ms),
                 card_number: entry.card_number,
                 compensate: entry.compensate,
+                side_effects,
+                retry,
+                compensation_retry,
+                fallback,
             });
         }
-        Ok(Self { steps })
+        Ok(Self {
+            steps,
+            breakers,
+            max_in_flight_per_service,
+            parking,
+        })
     }
 
     /// The steps, in order.
@@ -137,20 +449,25 @@ impl Workflow {
         &self.steps
     }
 
-    /// Every service the workflow sends commands to, without repeats.
+    /// Every service the workflow sends commands to (fallbacks included), without
+    /// repeats.
     pub fn services(&self) -> Vec<&str> {
-        let mut services: Vec<&str> = Vec::new();
-        for step in &self.steps {
-            if !services.contains(&step.service.as_str()) {
-                services.push(&step.service);
-            }
-        }
-        services
+        self.breakers.iter().map(|(s, _)| s.as_str()).collect()
     }
 
-    /// Builds a workflow from steps directly (tests and embedders).
-    pub fn from_steps(steps: Vec<Step>) -> Self {
-        Self { steps }
+    /// The breaker thresholds of each service.
+    pub fn breakers(&self) -> &[(String, BreakerPolicy)] {
+        &self.breakers
+    }
+
+    /// Commands in flight at once toward one service from one orchestrator.
+    pub fn max_in_flight_per_service(&self) -> usize {
+        self.max_in_flight_per_service
+    }
+
+    /// Where payments wait while a service is unavailable.
+    pub fn parking(&self) -> &ParkingPolicy {
+        &self.parking
     }
 }
 
@@ -179,6 +496,8 @@ mod tests {
         assert_eq!(last.service, "sanctions-v2");
         assert_eq!(last.timeout, Duration::from_millis(500));
         assert_eq!(wf.services().len(), 5);
+        assert_eq!(last.retry, DEFAULT_RETRY);
+        assert!(!last.side_effects);
     }
 
     fn error_of(text: &str) -> String {
@@ -209,5 +528,106 @@ mod tests {
 
         let empty = error_of("steps = []\n");
         assert!(empty.contains("no [[steps]]"), "{empty}");
+    }
+
+    #[test]
+    fn policies_have_defaults_and_can_be_set_per_step() {
+        let wf = Workflow::parse(
+            r#"
+            [defaults]
+            retry = { attempts = 4, initial_backoff_ms = 10, max_backoff_ms = 40 }
+            max_in_flight_per_service = 8
+            [parking]
+            tiers_ms = [100, 1000]
+            max_parks = 2
+            [[steps]]
+            name = "authorization"
+            timeout_ms = 100
+            compensate = true
+            [[steps]]
+            name = "risk"
+            timeout_ms = 100
+            retry = { attempts = 1 }
+            breaker = { failure_threshold = 2, window_ms = 1000, open_ms = 500 }
+            fallback = { approve_below_minor = 5000 }
+            [[steps]]
+            name = "pci"
+            timeout_ms = 100
+            fallback = { service = "pci-backup" }
+            "#,
+            "t",
+        )
+        .unwrap();
+        let [auth, risk, pci] = wf.steps() else {
+            panic!("three steps")
+        };
+        assert!(auth.side_effects, "compensable steps have side effects");
+        assert_eq!(auth.retry.attempts, 4);
+        assert_eq!(auth.compensation_retry, DEFAULT_COMPENSATION_RETRY);
+        assert_eq!(risk.retry.attempts, 1);
+        assert_eq!(
+            risk.fallback,
+            Some(Fallback::Approve {
+                max_amount_minor: 5000
+            })
+        );
+        assert_eq!(pci.fallback, Some(Fallback::Service("pci-backup".into())));
+        assert_eq!(
+            wf.services(),
+            ["authorization", "risk", "pci", "pci-backup"]
+        );
+        let risk_breaker = &wf.breakers()[1].1;
+        assert_eq!(risk_breaker.failure_threshold, 2);
+        assert_eq!(wf.breakers()[0].1, DEFAULT_BREAKER);
+        assert_eq!(wf.max_in_flight_per_service(), 8);
+        assert_eq!(wf.parking().max_parks, 2);
+        assert_eq!(wf.parking().tier_for(0), 0);
+        assert_eq!(wf.parking().tier_for(7), 1);
+    }
+
+    #[test]
+    fn retry_delays_grow_are_capped_and_jittered() {
+        let policy = RetryPolicy {
+            attempts: 6,
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_millis(300),
+        };
+        let delays: Vec<Duration> = policy.delays().collect();
+        assert_eq!(delays.len(), 5, "attempts - 1 delays");
+        assert!(
+            delays.iter().all(|d| *d <= Duration::from_millis(300)),
+            "{delays:?}"
+        );
+        let one = RetryPolicy {
+            attempts: 1,
+            ..policy
+        };
+        assert_eq!(one.delays().count(), 0);
+    }
+
+    #[test]
+    fn unsafe_or_contradictory_policies_are_refused() {
+        let side_effect_fallback = error_of(
+            "[[steps]]\nname = \"transaction\"\ntimeout_ms = 5\nside_effects = true\nfallback = { service = \"tx2\" }\n",
+        );
+        assert!(
+            side_effect_fallback.contains("steps[0]")
+                && side_effect_fallback.contains("side effects"),
+            "{side_effect_fallback}"
+        );
+        let both = error_of(
+            "[[steps]]\nname = \"risk\"\ntimeout_ms = 5\nfallback = { service = \"r2\", approve_below_minor = 5 }\n",
+        );
+        assert!(both.contains("exactly one"), "{both}");
+        let zero =
+            error_of("[[steps]]\nname = \"risk\"\ntimeout_ms = 5\nretry = { attempts = 0 }\n");
+        assert!(zero.contains("retry.attempts"), "{zero}");
+        let typo =
+            error_of("[[steps]]\nname = \"risk\"\ntimeout_ms = 5\nretry = { atempts = 2 }\n");
+        assert!(typo.contains("atempts"), "{typo}");
+        let parking = error_of(
+            "[parking]\ntiers_ms = []\nmax_parks = 1\n[[steps]]\nname = \"risk\"\ntimeout_ms = 5\n",
+        );
+        assert!(parking.contains("tiers_ms"), "{parking}");
     }
 }

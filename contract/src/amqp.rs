@@ -211,6 +211,43 @@ pub async fn declare_core(channel: &Channel, names: &Names) -> Result<(), Broker
     Ok(())
 }
 
+/// Declares the operators' attention queue. Idempotent.
+pub async fn declare_attention(channel: &Channel, names: &Names) -> Result<String, BrokerError> {
+    let queue = names.attention_queue();
+    channel
+        .queue_declare(queue.as_str().into(), durable(), quorum_args(None))
+        .await?;
+    Ok(queue)
+}
+
+/// Declares a parking queue: messages wait `delay_ms`, then RabbitMQ dead-letters them
+/// back to the request queue. Plain TTL and dead-lettering: no plugin needed.
+/// Idempotent.
+pub async fn declare_parking(
+    channel: &Channel,
+    names: &Names,
+    delay_ms: u64,
+) -> Result<String, BrokerError> {
+    let queue = names.retry_queue(delay_ms);
+    let mut args = quorum_args(None);
+    args.insert(
+        "x-message-ttl".into(),
+        AMQPValue::LongLongInt(i64::try_from(delay_ms).unwrap_or(i64::MAX)),
+    );
+    args.insert(
+        "x-dead-letter-exchange".into(),
+        AMQPValue::LongString("".into()),
+    );
+    args.insert(
+        "x-dead-letter-routing-key".into(),
+        AMQPValue::LongString(names.requests_queue().as_str().into()),
+    );
+    channel
+        .queue_declare(queue.as_str().into(), durable(), args)
+        .await?;
+    Ok(queue)
+}
+
 /// Declares one service's command queue (and the dead-letter queue it overflows to).
 /// Idempotent.
 pub async fn declare_command_queue(
@@ -236,12 +273,24 @@ pub async fn delete_topology(
     names: &Names,
     services: &[&str],
 ) -> Result<(), BrokerError> {
+    delete_topology_with_parking(channel, names, services, &[]).await
+}
+
+/// [`delete_topology`], plus the parking queues of the given delays.
+pub async fn delete_topology_with_parking(
+    channel: &Channel,
+    names: &Names,
+    services: &[&str],
+    parking_delays_ms: &[u64],
+) -> Result<(), BrokerError> {
     let mut queues = vec![
         names.requests_queue(),
         names.results_queue(),
         names.dead_queue(),
+        names.attention_queue(),
     ];
     queues.extend(services.iter().map(|s| names.command_queue(s)));
+    queues.extend(parking_delays_ms.iter().map(|d| names.retry_queue(*d)));
     for queue in queues {
         channel
             .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())

@@ -17,6 +17,11 @@ pub mod headers {
     pub const SCHEMA: &str = "baton-schema";
     /// The command id a command or reply belongs to.
     pub const COMMAND_ID: &str = "baton-command-id";
+    /// How many times a request has been parked (on requests coming back from a retry
+    /// queue).
+    pub const PARKED: &str = "x-baton-parked";
+    /// The step a parked request waits for.
+    pub const PARKED_AT: &str = "x-baton-parked-at";
 }
 
 /// The names of every exchange and queue of one Baton deployment.
@@ -69,6 +74,18 @@ impl Names {
         format!("{}.replies.{}", self.prefix, instance)
     }
 
+    /// Quorum queue where a payment waits `delay_ms` while a service is unavailable,
+    /// then dead-letters back to the request queue.
+    pub fn retry_queue(&self, delay_ms: u64) -> String {
+        format!("{}.retry.{}ms", self.prefix, delay_ms)
+    }
+
+    /// Quorum queue of items operators must act on (compensations that kept failing,
+    /// steps whose effect could not be learned).
+    pub fn attention_queue(&self) -> String {
+        format!("{}.attention", self.prefix)
+    }
+
     /// Routing key of requests on the payments exchange.
     pub fn request_routing_key(&self) -> &'static str {
         "request"
@@ -100,5 +117,7 @@ mod tests {
         assert_eq!(names.command_queue("risk"), "acme.cmd.risk");
         assert_eq!(names.reply_queue("x1"), "acme.replies.x1");
         assert_eq!(names.result_routing_key("declined"), "result.declined");
+        assert_eq!(names.retry_queue(5000), "acme.retry.5000ms");
+        assert_eq!(names.attention_queue(), "acme.attention");
     }
 }

@@ -40,13 +40,14 @@ pub enum Store {
 pub struct TestApp {
     pub names: Names,
     pub ledger_url: String,
+    pub journal_url: String,
     pub ledger: Ledger,
     pub orchestrator: Option<Running>,
     pub services: Vec<RunningService>,
     pub client: Client,
     /// Results that arrived while a test waited for another one.
     early: HashMap<String, Received>,
-    sqlite_file: Option<PathBuf>,
+    sqlite_files: Vec<PathBuf>,
     postgres_db: Option<String>,
 }
 
@@ -60,19 +61,22 @@ pub async fn spawn_app_with(store: Store, kinds: &[ServiceKind]) -> TestApp {
     init_logs();
     let id = Uuid::new_v4().simple().to_string();
     let names = Names::new(format!("test-{}", &id[..12]));
-    let (ledger_url, sqlite_file, postgres_db) = match store {
+    let (ledger_url, journal_url, sqlite_files, postgres_db) = match store {
         Store::Sqlite => {
-            let file = std::env::temp_dir().join(format!("baton-test-{id}.db"));
-            (format!("sqlite://{}", file.display()), Some(file), None)
+            let ledger = std::env::temp_dir().join(format!("baton-test-{id}.db"));
+            let journal = std::env::temp_dir().join(format!("baton-test-{id}-journal.db"));
+            (
+                format!("sqlite://{}", ledger.display()),
+                format!("sqlite://{}", journal.display()),
+                vec![ledger, journal],
+                None,
+            )
         }
         Store::Postgres => {
             let db = format!("baton_test_{}", &id[..16]);
             create_postgres_db(&db).await;
-            (
-                format!("postgres://postgres@127.0.0.1:5432/{db}"),
-                None,
-                Some(db),
-            )
+            let url = format!("postgres://postgres@127.0.0.1:5432/{db}");
+            (url.clone(), url, Vec::new(), Some(db))
         }
     };
     let mut app = TestApp {
@@ -87,14 +91,15 @@ pub async fn spawn_app_with(store: Store, kinds: &[ServiceKind]) -> TestApp {
         early: HashMap::new(),
         names,
         ledger_url,
-        sqlite_file,
+        journal_url,
+        sqlite_files,
         postgres_db,
     };
     for kind in kinds {
         app.start_service(*kind).await;
     }
-    app.start_orchestrator(Settings::new(amqp_url(), app.names.prefix()))
-        .await;
+    let settings = app.orchestrator_settings();
+    app.start_orchestrator(settings).await;
     app
 }
 
@@ -118,6 +123,14 @@ impl TestApp {
             ledger_url: self.ledger_url.clone(),
             ..ServiceConfig::default()
         }
+    }
+
+    /// Settings for an orchestrator on this app's prefix and journal, with an HTTP port
+    /// on a free port.
+    pub fn orchestrator_settings(&self) -> Settings {
+        let mut settings = Settings::new(amqp_url(), self.names.prefix(), self.journal_url.clone());
+        settings.http_addr = Some("127.0.0.1:0".into());
+        settings
     }
 
     pub async fn start_service(&mut self, kind: ServiceKind) {
@@ -218,12 +231,18 @@ impl TestApp {
         }
         let channel = self.client.publisher().channel().clone();
         let services: Vec<&str> = ServiceKind::ALL.iter().map(|k| k.name()).collect();
-        amqp::delete_topology(&channel, &self.names, &services)
+        let parking: Vec<u64> = baton::workflow::Workflow::builtin()
+            .parking()
+            .tiers
+            .iter()
+            .map(|d| d.as_millis() as u64)
+            .collect();
+        amqp::delete_topology_with_parking(&channel, &self.names, &services, &parking)
             .await
             .expect("delete the test topology");
         self.client.close().await;
         drop(self.ledger);
-        if let Some(file) = self.sqlite_file {
+        for file in self.sqlite_files {
             for suffix in ["", "-wal", "-shm"] {
                 let _ = std::fs::remove_file(format!("{}{suffix}", file.display()));
             }

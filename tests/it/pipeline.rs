@@ -163,12 +163,6 @@ async fn a_reply_with_an_unknown_correlation_id_changes_nothing() {
     app.start_service(ServiceKind::Risk).await;
     let result = app.result_for("stray").await.result.unwrap();
     assert_eq!(result.status, Status::Completed, "{result:?}");
-    assert_eq!(
-        app.orchestrator()
-            .stats()
-            .unknown_replies
-            .load(std::sync::atomic::Ordering::Relaxed),
-        1
-    );
+    assert_eq!(app.orchestrator().metrics().unknown_replies.get(), 1);
     app.cleanup().await;
 }

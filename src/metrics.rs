@@ -1,0 +1,210 @@
+//! The orchestrator's Prometheus metrics, on a registry the application owns (several
+//! orchestrators can run in one test process). Labels are bounded — step, service,
+//! status, reason, outcome — never a payment id or card data.
+
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
+};
+
+/// Every metric the orchestrator exports. The README lists them with their meaning.
+#[derive(Clone)]
+pub struct Metrics {
+    /// The registry they are registered in.
+    pub registry: Registry,
+    /// `baton_payments_received_total`: requests taken from the queue (valid or not).
+    pub received: IntCounter,
+    /// `baton_payment_results_total{status,reason}`: results published.
+    pub results: IntCounterVec,
+    /// `baton_payment_duration_seconds`: from taking a request to publishing its result.
+    pub payment_duration: Histogram,
+    /// `baton_step_duration_seconds{step}`: from first command to final answer of a step.
+    pub step_duration: HistogramVec,
+    /// `baton_step_attempts_total{step,outcome}`: commands sent, by how each ended
+    /// (approved, declined, error, timeout, breaker_open, broker_error).
+    pub step_attempts: IntCounterVec,
+    /// `baton_step_retries_total{step}`: attempts after the first.
+    pub step_retries: IntCounterVec,
+    /// `baton_step_timeouts_total{step}`: attempts that got no reply in time.
+    pub step_timeouts: IntCounterVec,
+    /// `baton_step_fallbacks_total{step,kind}`: fallbacks taken (service, degraded).
+    pub step_fallbacks: IntCounterVec,
+    /// `baton_circuit_breaker_state{service}`: 0 closed, 1 half-open, 2 open.
+    pub breaker_state: IntGaugeVec,
+    /// `baton_inflight_payments`: payments being worked on by this process.
+    pub inflight: IntGauge,
+    /// `baton_parked_total{step}`: payments parked because a step's service was down.
+    pub parked: IntCounterVec,
+    /// `baton_dead_lettered_total{reason}`: messages copied to the dead-letter queue.
+    pub dead_lettered: IntCounterVec,
+    /// `baton_compensations_total{step,result}`: compensations (compensated, failed).
+    pub compensations: IntCounterVec,
+    /// `baton_attention_total{kind}`: items sent to the operators' attention queue.
+    pub attention: IntCounterVec,
+    /// `baton_broker_reconnects_total`: connections re-established after a loss.
+    pub reconnects: IntCounter,
+    /// `baton_unknown_replies_total`: replies whose correlation id matched nothing.
+    pub unknown_replies: IntCounter,
+    /// `baton_journal_errors_total`: journal reads or writes that failed.
+    pub journal_errors: IntCounter,
+    /// `baton_events_dropped_total`: saga events not published (publisher behind or
+    /// disconnected); payments are never held up for them.
+    pub events_dropped: IntCounter,
+}
+
+fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).expect("valid metric name");
+    registry
+        .register(Box::new(c.clone()))
+        .expect("registered once");
+    c
+}
+
+fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric name");
+    registry
+        .register(Box::new(c.clone()))
+        .expect("registered once");
+    c
+}
+
+impl Metrics {
+    /// A fresh registry with every metric registered.
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let payment_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "baton_payment_duration_seconds",
+                "Time from taking a payment request to publishing its result",
+            )
+            .buckets(baton_ops::histogram_buckets_seconds()),
+        )
+        .expect("valid histogram");
+        registry
+            .register(Box::new(payment_duration.clone()))
+            .expect("registered once");
+        let step_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "baton_step_duration_seconds",
+                "Time from a step's first command to its final answer",
+            )
+            .buckets(baton_ops::histogram_buckets_seconds()),
+            &["step"],
+        )
+        .expect("valid histogram");
+        registry
+            .register(Box::new(step_duration.clone()))
+            .expect("registered once");
+        let breaker_state = IntGaugeVec::new(
+            Opts::new(
+                "baton_circuit_breaker_state",
+                "Circuit breaker state per service: 0 closed, 1 half-open, 2 open",
+            ),
+            &["service"],
+        )
+        .expect("valid gauge");
+        registry
+            .register(Box::new(breaker_state.clone()))
+            .expect("registered once");
+        let inflight = IntGauge::new(
+            "baton_inflight_payments",
+            "Payments this orchestrator is working on",
+        )
+        .expect("valid gauge");
+        registry
+            .register(Box::new(inflight.clone()))
+            .expect("registered once");
+        Self {
+            received: counter(
+                &registry,
+                "baton_payments_received_total",
+                "Payment requests taken from the request queue",
+            ),
+            results: counter_vec(
+                &registry,
+                "baton_payment_results_total",
+                "Payment results published, by status and reason",
+                &["status", "reason"],
+            ),
+            payment_duration,
+            step_duration,
+            step_attempts: counter_vec(
+                &registry,
+                "baton_step_attempts_total",
+                "Commands sent to a step's service, by how the attempt ended",
+                &["step", "outcome"],
+            ),
+            step_retries: counter_vec(
+                &registry,
+                "baton_step_retries_total",
+                "Attempts after the first one of a step",
+                &["step"],
+            ),
+            step_timeouts: counter_vec(
+                &registry,
+                "baton_step_timeouts_total",
+                "Attempts that got no reply within the step's timeout",
+                &["step"],
+            ),
+            step_fallbacks: counter_vec(
+                &registry,
+                "baton_step_fallbacks_total",
+                "Fallbacks taken when a step's service was unavailable",
+                &["step", "kind"],
+            ),
+            breaker_state,
+            inflight,
+            parked: counter_vec(
+                &registry,
+                "baton_parked_total",
+                "Payments parked in a retry queue because a step's service was unavailable",
+                &["step"],
+            ),
+            dead_lettered: counter_vec(
+                &registry,
+                "baton_dead_lettered_total",
+                "Messages copied to the dead-letter queue, by reason",
+                &["reason"],
+            ),
+            compensations: counter_vec(
+                &registry,
+                "baton_compensations_total",
+                "Compensations run, by step and result (compensated, failed)",
+                &["step", "result"],
+            ),
+            attention: counter_vec(
+                &registry,
+                "baton_attention_total",
+                "Items sent to the operators' attention queue, by kind",
+                &["kind"],
+            ),
+            reconnects: counter(
+                &registry,
+                "baton_broker_reconnects_total",
+                "Broker connections re-established after a loss",
+            ),
+            unknown_replies: counter(
+                &registry,
+                "baton_unknown_replies_total",
+                "Replies whose correlation id matched no waiting command (late, duplicate or forged)",
+            ),
+            journal_errors: counter(
+                &registry,
+                "baton_journal_errors_total",
+                "Saga journal reads or writes that failed",
+            ),
+            events_dropped: counter(
+                &registry,
+                "baton_events_dropped_total",
+                "Saga events not published because the publisher fell behind or was disconnected",
+            ),
+            registry,
+        }
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,682 @@
+//! Unit tests of the saga with a fake transport and an in-memory journal: no broker, no
+//! database, paused time.
+
+use super::*;
+use baton_contract::{Currency, Limits};
+use std::sync::Mutex;
+
+/// What a fake service does with a command.
+enum Behaviour {
+    Answer(Reply),
+    /// Takes the command and never answers.
+    Silent,
+}
+
+/// How a fake service answers: by command and by how many commands it has seen.
+type Rule = Box<dyn Fn(&Command, usize) -> Behaviour + Send + Sync>;
+
+#[derive(Default)]
+struct FakeServices {
+    rules: HashMap<String, Rule>,
+    sent: Mutex<Vec<(String, Command)>>,
+    attention: Mutex<Vec<AttentionItem>>,
+    events: Mutex<Vec<SagaEvent>>,
+    stopping: bool,
+}
+
+impl FakeServices {
+    fn on(
+        mut self,
+        service: &str,
+        rule: impl Fn(&Command, usize) -> Behaviour + Send + Sync + 'static,
+    ) -> Self {
+        self.rules.insert(service.into(), Box::new(rule));
+        self
+    }
+
+    fn sent_to(&self, service: &str) -> Vec<Command> {
+        self.sent
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(s, _)| s == service)
+            .map(|(_, c)| c.clone())
+            .collect()
+    }
+}
+
+impl Transport for FakeServices {
+    async fn call(&self, service: &str, command: Command) -> Result<Reply, CallError> {
+        if self.stopping {
+            return Err(CallError::ShuttingDown);
+        }
+        let seen = {
+            let mut sent = self.sent.lock().unwrap();
+            sent.push((service.to_owned(), command.clone()));
+            sent.iter().filter(|(s, _)| s == service).count()
+        };
+        let behaviour = match self.rules.get(service) {
+            Some(rule) => rule(&command, seen),
+            None => Behaviour::Answer(Reply::approved(command.command_id.clone(), Map::new())),
+        };
+        match behaviour {
+            Behaviour::Answer(reply) => Ok(reply),
+            Behaviour::Silent => std::future::pending().await,
+        }
+    }
+
+    async fn attention(&self, item: AttentionItem) -> Result<(), CallError> {
+        self.attention.lock().unwrap().push(item);
+        Ok(())
+    }
+
+    fn event(&self, event: SagaEvent) {
+        self.events.lock().unwrap().push(event);
+    }
+}
+
+/// The journal's contract in memory: first writer wins.
+#[derive(Default)]
+struct MemoryLog {
+    sagas: Mutex<HashMap<Uuid, SagaRecord>>,
+}
+
+impl SagaLog for MemoryLog {
+    async fn begin(&self, id: Uuid, summary: &PaymentSummary) -> Result<SagaRecord, JournalError> {
+        let mut sagas = self.sagas.lock().unwrap();
+        Ok(sagas
+            .entry(id)
+            .or_insert_with(|| SagaRecord {
+                payment_id: id,
+                summary: summary.clone(),
+                started_at: now_rfc3339(),
+                updated_at: now_rfc3339(),
+                entries: Vec::new(),
+                result: None,
+                parked: 0,
+            })
+            .clone())
+    }
+
+    async fn record(&self, id: Uuid, entry: &JournalEntry) -> Result<JournalEntry, JournalError> {
+        let mut sagas = self.sagas.lock().unwrap();
+        let saga = sagas.get_mut(&id).expect("begun");
+        if let Some(existing) = saga.entry(&entry.step, entry.action) {
+            return Ok(existing.clone());
+        }
+        saga.entries.push(entry.clone());
+        Ok(entry.clone())
+    }
+
+    async fn finish(
+        &self,
+        id: Uuid,
+        result: &PaymentResult,
+    ) -> Result<PaymentResult, JournalError> {
+        let mut sagas = self.sagas.lock().unwrap();
+        let saga = sagas.get_mut(&id).expect("begun");
+        Ok(saga.result.get_or_insert_with(|| result.clone()).clone())
+    }
+
+    async fn park(&self, id: Uuid) -> Result<u32, JournalError> {
+        let mut sagas = self.sagas.lock().unwrap();
+        let saga = sagas.get_mut(&id).expect("begun");
+        saga.parked += 1;
+        Ok(saga.parked)
+    }
+}
+
+const PAYMENT_ID: &str = "6f1c3a52-3b1e-4f4e-9d7a-0c2b8e1f5a10";
+
+fn request_of(minor: u64) -> PaymentRequest {
+    let body = format!(
+        r#"{{"payment_id":"{PAYMENT_ID}","merchant_id":"m-1","customer_id":"c-1",
+        "amount":{{"minor":{minor},"currency":"EUR"}},"merchant_currency":"USD",
+        "card":{{"number":"4242424242424242","expiry":"12/30"}}}}"#
+    );
+    PaymentRequest::parse(body.as_bytes(), &Limits::default()).unwrap()
+}
+
+fn request() -> PaymentRequest {
+    request_of(1999)
+}
+
+/// The default four steps with short timeouts and small, fast policies.
+fn workflow(extra_risk: &str) -> Workflow {
+    Workflow::parse(
+        &format!(
+            r#"
+            [defaults]
+            retry = {{ attempts = 3, initial_backoff_ms = 10, max_backoff_ms = 40 }}
+            breaker = {{ failure_threshold = 100, window_ms = 1000, open_ms = 1000 }}
+            [parking]
+            tiers_ms = [100, 1000]
+            max_parks = 2
+            [[steps]]
+            name = "authorization"
+            timeout_ms = 100
+            card_number = true
+            compensate = true
+            compensation_retry = {{ attempts = 2, initial_backoff_ms = 10, max_backoff_ms = 10 }}
+            [[steps]]
+            name = "risk"
+            timeout_ms = 100
+            card_number = true
+            {extra_risk}
+            [[steps]]
+            name = "pci"
+            timeout_ms = 100
+            [[steps]]
+            name = "transaction"
+            timeout_ms = 100
+            side_effects = true
+            "#
+        ),
+        "test",
+    )
+    .unwrap()
+}
+
+fn env(workflow: Workflow, services: FakeServices) -> SagaEnv<FakeServices, MemoryLog> {
+    SagaEnv::new(workflow, services, MemoryLog::default(), Metrics::new())
+}
+
+fn finished(outcome: SagaOutcome) -> (PaymentResult, Option<String>) {
+    match outcome {
+        SagaOutcome::Finished {
+            result,
+            dead_letter,
+        } => (result, dead_letter),
+        other => panic!("expected a result, got {other:?}"),
+    }
+}
+
+fn data(json: Value) -> Map<String, Value> {
+    json.as_object().unwrap().clone()
+}
+
+fn approve_with(json: Value) -> impl Fn(&Command, usize) -> Behaviour + Send + Sync {
+    move |c: &Command, _| {
+        Behaviour::Answer(Reply::approved(c.command_id.clone(), data(json.clone())))
+    }
+}
+
+fn decline(reason: &'static str) -> impl Fn(&Command, usize) -> Behaviour + Send + Sync {
+    move |c: &Command, _| Behaviour::Answer(Reply::declined(c.command_id.clone(), reason, "no"))
+}
+
+fn outcomes(result: &PaymentResult) -> Vec<(&str, StepOutcome)> {
+    result
+        .steps
+        .iter()
+        .map(|s| (s.step.as_str(), s.outcome))
+        .collect()
+}
+
+fn happy_services() -> FakeServices {
+    FakeServices::default()
+        .on(
+            "authorization",
+            approve_with(serde_json::json!({"hold_id": "h-1"})),
+        )
+        .on(
+            "transaction",
+            approve_with(serde_json::json!({"settlement": {"minor": 2150, "currency": "USD"}})),
+        )
+}
+
+#[tokio::test]
+async fn every_step_approves_and_the_settlement_is_reported() {
+    let env = env(workflow(""), happy_services());
+    let (result, dead) = finished(run(&env, &request()).await);
+    assert_eq!(result.status, Status::Completed);
+    assert_eq!(dead, None);
+    assert_eq!(
+        result.settlement,
+        Some(Money {
+            minor: 2150,
+            currency: Currency::parse("USD").unwrap()
+        })
+    );
+    assert_eq!(
+        outcomes(&result),
+        [
+            ("authorization", StepOutcome::Approved),
+            ("risk", StepOutcome::Approved),
+            ("pci", StepOutcome::Approved),
+            ("transaction", StepOutcome::Approved),
+        ]
+    );
+    let tx = env.transport.sent_to("transaction");
+    assert_eq!(tx[0].command_id, format!("{PAYMENT_ID}:transaction"));
+    assert_eq!(
+        tx[0].context["authorization"]["hold_id"], "h-1",
+        "later steps see earlier output"
+    );
+    // The decision and result are in the journal.
+    let saga = env.log.sagas.lock().unwrap()[&request().payment_id].clone();
+    assert_eq!(saga.entries.len(), 4);
+    assert_eq!(saga.result.unwrap(), result);
+}
+
+#[tokio::test]
+async fn only_steps_trusted_with_the_card_number_receive_it() {
+    let env = env(workflow(""), happy_services());
+    finished(run(&env, &request()).await);
+    for (_, command) in env.transport.sent.lock().unwrap().iter() {
+        let json = serde_json::to_string(command).unwrap();
+        let trusted = command.step == "authorization" || command.step == "risk";
+        assert_eq!(
+            json.contains("4242424242424242"),
+            trusted,
+            "{}",
+            command.step
+        );
+    }
+    let journal = format!("{:?}", env.log.sagas.lock().unwrap());
+    assert!(
+        !journal.contains("4242424242424242"),
+        "the journal never holds the card number"
+    );
+}
+
+#[tokio::test]
+async fn a_decline_after_authorization_voids_the_hold() {
+    let env = env(
+        workflow(""),
+        happy_services().on("risk", decline("high_risk")),
+    );
+    let (result, _) = finished(run(&env, &request()).await);
+    assert_eq!(result.status, Status::Declined);
+    assert_eq!(result.reason.as_deref(), Some("high_risk"));
+    assert_eq!(result.settlement, None);
+    assert_eq!(
+        outcomes(&result),
+        [
+            ("authorization", StepOutcome::Approved),
+            ("risk", StepOutcome::Declined),
+            ("authorization", StepOutcome::Compensated),
+        ]
+    );
+    let keys: Vec<String> = env
+        .transport
+        .events
+        .lock()
+        .unwrap()
+        .iter()
+        .map(SagaEvent::routing_key)
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            "event.authorization.approved",
+            "event.risk.declined",
+            "event.authorization.compensated",
+            "event.payment.declined",
+        ],
+        "one event per decision, in order"
+    );
+    let auth = env.transport.sent_to("authorization");
+    assert_eq!(
+        auth[1].command_id,
+        format!("{PAYMENT_ID}:authorization:compensate")
+    );
+    assert_eq!(auth[1].action, Action::Compensate);
+    assert_eq!(
+        env.transport.sent_to("risk").len(),
+        1,
+        "a decline is never retried"
+    );
+}
+
+#[tokio::test]
+async fn a_decline_at_the_first_step_compensates_nothing() {
+    let env = env(
+        workflow(""),
+        FakeServices::default().on("authorization", decline("card_declined")),
+    );
+    let (result, _) = finished(run(&env, &request()).await);
+    assert_eq!(result.status, Status::Declined);
+    assert_eq!(result.steps.len(), 1);
+    assert_eq!(env.transport.sent.lock().unwrap().len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn transient_errors_are_retried_with_the_same_command_id() {
+    let services = happy_services().on("pci", |c, seen| {
+        if seen < 3 {
+            Behaviour::Answer(Reply::error(c.command_id.clone(), "db_busy", "try again"))
+        } else {
+            Behaviour::Answer(Reply::approved(c.command_id.clone(), Map::new()))
+        }
+    });
+    let env = env(workflow(""), services);
+    let (result, _) = finished(run(&env, &request()).await);
+    assert_eq!(result.status, Status::Completed);
+    assert_eq!(result.steps[2].attempts, 3);
+    let ids: Vec<String> = env
+        .transport
+        .sent_to("pci")
+        .into_iter()
+        .map(|c| c.command_id)
+        .collect();
+    assert_eq!(ids, vec![format!("{PAYMENT_ID}:pci"); 3]);
+    assert_eq!(
+        env.metrics.step_retries.with_label_values(&["pci"]).get(),
+        2
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_silent_service_parks_the_payment_and_it_resumes_where_it_stopped() {
+    let services = happy_services().on("pci", |c, seen| {
+        if seen <= 3 {
+            Behaviour::Silent
+        } else {
+            Behaviour::Answer(Reply::approved(c.command_id.clone(), Map::new()))
+        }
+    });
+    let env = env(workflow(""), services);
+    match run(&env, &request()).await {
+        SagaOutcome::Park { tier, step, reason } => {
+            assert_eq!((tier, step.as_str()), (0, "pci"));
+            assert!(reason.contains("did not answer within 100 ms"), "{reason}");
+        }
+        other => panic!("expected parking, got {other:?}"),
+    }
+    assert_eq!(
+        env.transport.sent_to("pci").len(),
+        3,
+        "three attempts before parking"
+    );
+    assert_eq!(
+        env.metrics.step_timeouts.with_label_values(&["pci"]).get(),
+        3
+    );
+
+    // It comes back: authorization and risk are not sent again.
+    let (result, _) = finished(run(&env, &request()).await);
+    assert_eq!(result.status, Status::Completed);
+    assert_eq!(env.transport.sent_to("authorization").len(), 1);
+    assert_eq!(env.transport.sent_to("risk").len(), 1);
+    assert_eq!(
+        env.log.sagas.lock().unwrap()[&request().payment_id].parked,
+        1
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn past_the_parking_limit_the_payment_fails_and_is_compensated() {
+    let env = env(
+        workflow(""),
+        happy_services().on("pci", |_, _| Behaviour::Silent),
+    );
+    for expected_tier in [0, 1] {
+        match run(&env, &request()).await {
+            SagaOutcome::Park { tier, .. } => assert_eq!(tier, expected_tier),
+            other => panic!("expected parking, got {other:?}"),
+        }
+    }
+    let (result, dead) = finished(run(&env, &request()).await);
+    assert_eq!(result.status, Status::Failed);
+    assert_eq!(result.reason.as_deref(), Some("service_unavailable"));
+    assert!(
+        result.detail.as_deref().unwrap().contains("pci"),
+        "{:?}",
+        result.detail
+    );
+    assert_eq!(dead.as_deref(), Some("service_unavailable"));
+    assert_eq!(
+        outcomes(&result),
+        [
+            ("authorization", StepOutcome::Approved),
+            ("risk", StepOutcome::Approved),
+            ("pci", StepOutcome::Failed),
+            ("authorization", StepOutcome::Compensated),
+        ]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_open_breaker_fails_fast_without_sending() {
+    let wf = workflow("breaker = { failure_threshold = 2, window_ms = 10000, open_ms = 60000 }\nretry = { attempts = 1 }");
+    let env = env(wf, happy_services().on("risk", |_, _| Behaviour::Silent));
+    // Two timeouts open risk's breaker...
+    for _ in 0..2 {
+        assert!(matches!(
+            run(&env, &request_of(100)).await,
+            SagaOutcome::Park { .. }
+        ));
+    }
+    assert_eq!(
+        env.breakers.get("risk").unwrap().state(),
+        crate::breaker::BreakerState::Open
+    );
+    assert_eq!(
+        env.metrics.breaker_state.with_label_values(&["risk"]).get(),
+        2
+    );
+    // ...so the next payment parks without a command reaching risk.
+    let before = env.transport.sent_to("risk").len();
+    let mut other = request();
+    other.payment_id = Uuid::new_v4();
+    match run(&env, &other).await {
+        SagaOutcome::Park { reason, .. } => assert!(reason.contains("breaker"), "{reason}"),
+        o => panic!("expected parking, got {o:?}"),
+    }
+    assert_eq!(env.transport.sent_to("risk").len(), before);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_fallback_service_answers_when_the_step_service_is_down() {
+    let wf = workflow("fallback = { service = \"risk-lite\" }\nretry = { attempts = 2 }");
+    let services = happy_services().on("risk", |_, _| Behaviour::Silent);
+    let env = env(wf, services);
+    let (result, _) = finished(run(&env, &request()).await);
+    assert_eq!(result.status, Status::Completed);
+    let risk = &result.steps[1];
+    assert_eq!(risk.via.as_deref(), Some("risk-lite"));
+    assert_eq!(risk.attempts, 3, "two to risk, one to risk-lite");
+    assert!(!risk.degraded);
+    assert_eq!(env.transport.sent_to("risk-lite").len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_degraded_decision_applies_only_under_its_limit() {
+    let wf = workflow("fallback = { approve_below_minor = 5000 }\nretry = { attempts = 1 }");
+    let env = env(wf, happy_services().on("risk", |_, _| Behaviour::Silent));
+    let (result, _) = finished(run(&env, &request_of(1999)).await);
+    assert_eq!(result.status, Status::Completed);
+    assert!(result.steps[1].degraded);
+    assert_eq!(result.steps[1].outcome, StepOutcome::Approved);
+
+    let mut big = request_of(9999);
+    big.payment_id = Uuid::new_v4();
+    assert!(
+        matches!(run(&env, &big).await, SagaOutcome::Park { .. }),
+        "over the limit it parks"
+    );
+}
+
+#[tokio::test]
+async fn a_recorded_decision_is_never_taken_differently() {
+    let env = env(workflow(""), happy_services());
+    let req = request();
+    // Another replica recorded that risk declined; risk would now approve.
+    env.log
+        .begin(req.payment_id, &PaymentSummary::of(&req))
+        .await
+        .unwrap();
+    let mut declined = StepRecord::new("risk", StepOutcome::Declined, 1, 5);
+    declined.reason = Some("high_risk".into());
+    for e in [
+        JournalEntry {
+            step: "authorization".into(),
+            action: Action::Execute,
+            record: StepRecord::new("authorization", StepOutcome::Approved, 1, 5),
+            detail: None,
+            data: data(serde_json::json!({"hold_id": "h-9"})),
+            recorded_at: now_rfc3339(),
+        },
+        JournalEntry {
+            step: "risk".into(),
+            action: Action::Execute,
+            record: declined,
+            detail: Some("recorded earlier".into()),
+            data: Map::new(),
+            recorded_at: now_rfc3339(),
+        },
+    ] {
+        env.log.record(req.payment_id, &e).await.unwrap();
+    }
+    let (result, _) = finished(run(&env, &req).await);
+    assert_eq!(result.status, Status::Declined);
+    assert_eq!(result.detail.as_deref(), Some("recorded earlier"));
+    assert!(
+        env.transport.sent_to("risk").is_empty(),
+        "risk is not asked again"
+    );
+    let auth = env.transport.sent_to("authorization");
+    assert_eq!(auth.len(), 1, "only the compensation is sent");
+    assert_eq!(auth[0].action, Action::Compensate);
+    assert_eq!(auth[0].context["authorization"]["hold_id"], "h-9");
+}
+
+#[tokio::test]
+async fn a_decided_payment_is_answered_from_the_journal() {
+    let env = env(workflow(""), happy_services());
+    let (first, _) = finished(run(&env, &request()).await);
+    let sent = env.transport.sent.lock().unwrap().len();
+    let (again, _) = finished(run(&env, &request()).await);
+    assert_eq!(again, first, "the same result, finished_at included");
+    assert_eq!(
+        env.transport.sent.lock().unwrap().len(),
+        sent,
+        "nothing sent again"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_compensation_that_keeps_failing_goes_to_the_attention_queue() {
+    let services = FakeServices::default().on("risk", decline("high_risk")).on(
+        "authorization",
+        |c, _| match c.action {
+            Action::Execute => Behaviour::Answer(Reply::approved(c.command_id.clone(), Map::new())),
+            Action::Compensate => {
+                Behaviour::Answer(Reply::error(c.command_id.clone(), "hold_store_down", "x"))
+            }
+        },
+    );
+    let env = env(workflow(""), services);
+    let (result, _) = finished(run(&env, &request()).await);
+    assert_eq!(result.status, Status::Declined);
+    let last = result.steps.last().unwrap();
+    assert_eq!(
+        (last.outcome, last.attempts),
+        (StepOutcome::CompensationFailed, 2)
+    );
+    let attention = env.transport.attention.lock().unwrap().clone();
+    assert_eq!(attention.len(), 1);
+    assert_eq!(attention[0].kind, "compensation_failed");
+    let replayable = attention[0]
+        .command
+        .as_ref()
+        .expect("a compensation can be re-sent");
+    assert_eq!(replayable.action, Action::Compensate);
+    assert!(
+        !serde_json::to_string(&attention[0])
+            .unwrap()
+            .contains("4242424242424242"),
+        "no card number in the attention queue"
+    );
+    assert_eq!(
+        attention[0].command_id,
+        format!("{PAYMENT_ID}:authorization:compensate")
+    );
+    assert!(attention[0].error.contains("hold_store_down"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_in_doubt_step_is_asked_again_and_handed_to_operators_if_it_never_answers() {
+    let env = env(
+        workflow(""),
+        happy_services().on("transaction", |_, _| Behaviour::Silent),
+    );
+    for _ in 0..2 {
+        assert!(matches!(
+            run(&env, &request()).await,
+            SagaOutcome::Park { .. }
+        ));
+    }
+    let (result, _) = finished(run(&env, &request()).await);
+    assert_eq!(result.status, Status::Failed);
+    let ids: Vec<String> = env
+        .transport
+        .sent_to("transaction")
+        .into_iter()
+        .map(|c| c.command_id)
+        .collect();
+    assert_eq!(
+        ids.len(),
+        3 * 3 + 1,
+        "three visits of three attempts, then one last question"
+    );
+    assert!(
+        ids.iter()
+            .all(|id| *id == format!("{PAYMENT_ID}:transaction")),
+        "never a new command id"
+    );
+    let attention = env.transport.attention.lock().unwrap().clone();
+    assert_eq!(attention.len(), 1);
+    assert_eq!(attention[0].kind, "in_doubt");
+    assert_eq!(
+        result.steps.last().unwrap().outcome,
+        StepOutcome::Compensated,
+        "the hold is voided"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_in_doubt_step_that_answers_late_is_taken_as_answered() {
+    // The transaction acted (its store has the reply) but answers only on the last ask.
+    let services = happy_services().on("transaction", |c, seen| {
+        if seen <= 9 {
+            Behaviour::Silent
+        } else {
+            Behaviour::Answer(Reply::approved(
+                c.command_id.clone(),
+                data(serde_json::json!({"settlement": {"minor": 2150, "currency": "USD"}})),
+            ))
+        }
+    });
+    let env = env(workflow(""), services);
+    for _ in 0..2 {
+        assert!(matches!(
+            run(&env, &request()).await,
+            SagaOutcome::Park { .. }
+        ));
+    }
+    let (result, _) = finished(run(&env, &request()).await);
+    assert_eq!(result.status, Status::Completed, "{result:?}");
+    assert_eq!(
+        result.steps[3].attempts, 4,
+        "three attempts and the last question of the deciding visit"
+    );
+    assert!(env.transport.attention.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn shutdown_interrupts_without_a_result() {
+    let services = FakeServices {
+        stopping: true,
+        ..FakeServices::default()
+    };
+    let env = env(workflow(""), services);
+    assert!(matches!(
+        run(&env, &request()).await,
+        SagaOutcome::Interrupted
+    ));
+    assert!(env.log.sagas.lock().unwrap()[&request().payment_id]
+        .result
+        .is_none());
+}

@@ -1,0 +1,316 @@
+//! Operators' tools for the dead-letter and attention queues: list, show, replay.
+//!
+//! Listing takes the messages without acknowledging them and then closes the channel, so
+//! RabbitMQ puts them back: nothing is removed by looking. Numbers are positions in that
+//! listing; `show` and `replay` list again and pick by number, and print the payment id
+//! they acted on so the operator can check it was the intended one.
+//!
+//! Replay: a dead letter (a request) goes back to `<prefix>.requests` as it was sent; an
+//! attention item that carries a command (a compensation that kept failing) is sent to
+//! its service again and removed only when the service approves; an `in_doubt` item is
+//! never re-sent (that could move money for a payment reported failed): it is settled
+//! by hand against the service's ledger.
+
+use crate::cli::QueueCommand;
+use crate::saga::AttentionItem;
+use baton_contract::amqp::{self, header_text, json_properties, publish_confirmed};
+use baton_contract::{headers, Names, Reply, ReplyOutcome};
+use futures_lite::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Channel, Connection};
+use std::time::Duration;
+use uuid::Uuid;
+
+/// Headers Baton or RabbitMQ added on the way to the dead-letter queue, dropped on replay.
+const ADDED_HEADERS: [&str; 7] = [
+    headers::REASON,
+    headers::DETAIL,
+    headers::PARKED,
+    headers::PARKED_AT,
+    "x-death",
+    "x-first-death-reason",
+    "x-first-death-queue",
+];
+
+/// Runs `baton dead …` or `baton attention …` on `queue`.
+pub async fn run(
+    amqp_url: &str,
+    names: &Names,
+    queue: &str,
+    command: QueueCommand,
+) -> anyhow::Result<i32> {
+    let connection = amqp::connect(amqp_url, "baton operator tool").await?;
+    let code = match command {
+        QueueCommand::List { limit } => {
+            let (channel, messages) = take(&connection, queue, limit).await?;
+            if messages.is_empty() {
+                println!("{queue} is empty");
+            }
+            for (i, m) in messages.iter().enumerate() {
+                println!(
+                    "{:>4}  {:<24} {:<38} {}",
+                    i + 1,
+                    reason_of(&m.properties),
+                    payment_id_of(m)
+                        .map(|id| id.to_string())
+                        .unwrap_or_else(|| "-".into()),
+                    detail_of(m).chars().take(100).collect::<String>()
+                );
+            }
+            let _ = channel.close(200, "listed".into()).await;
+            0
+        }
+        QueueCommand::Show { n } => {
+            let (channel, messages) = take(&connection, queue, n).await?;
+            let code = match messages.get(n.wrapping_sub(1)) {
+                None => {
+                    eprintln!(
+                        "{queue} has {} messages; there is no number {n}",
+                        messages.len()
+                    );
+                    1
+                }
+                Some(m) => {
+                    println!("reason      {}", reason_of(&m.properties));
+                    if let Some(id) = payment_id_of(m) {
+                        println!("payment_id  {id}");
+                    }
+                    println!("detail      {}", detail_of(m));
+                    if let Some(table) = m.properties.headers() {
+                        for (key, value) in table.inner() {
+                            println!("header      {key} = {}", show_value(value));
+                        }
+                    }
+                    println!();
+                    match serde_json::from_slice::<serde_json::Value>(&m.data) {
+                        Ok(json) => println!("{}", serde_json::to_string_pretty(&json)?),
+                        Err(_) => println!("{}", String::from_utf8_lossy(&m.data)),
+                    }
+                    0
+                }
+            };
+            let _ = channel.close(200, "shown".into()).await;
+            code
+        }
+        QueueCommand::Replay { n, all } => {
+            let wanted = if all { usize::MAX } else { n.unwrap_or(0) };
+            if wanted == 0 {
+                anyhow::bail!("say which message to replay (a number from `list`) or --all");
+            }
+            let (channel, messages) = take(&connection, queue, wanted).await?;
+            let chosen: Vec<&Delivery> = if all {
+                messages.iter().collect()
+            } else {
+                messages.get(wanted - 1).into_iter().collect()
+            };
+            if chosen.is_empty() {
+                eprintln!("{queue} has {} messages; nothing to replay", messages.len());
+                let _ = channel.close(200, "nothing".into()).await;
+                return Ok(1);
+            }
+            let publish = amqp::confirm_channel(&connection).await?;
+            let mut failures = 0;
+            for m in chosen {
+                let id = payment_id_of(m)
+                    .map(|i| i.to_string())
+                    .unwrap_or_else(|| "-".into());
+                let replayed = if queue == names.attention_queue() {
+                    replay_attention(&connection, &publish, names, m).await
+                } else {
+                    replay_request(&publish, names, m).await
+                };
+                match replayed {
+                    Ok(what) => {
+                        m.acker.ack(BasicAckOptions::default()).await?;
+                        println!("replayed {id}: {what}");
+                    }
+                    Err(e) => {
+                        failures += 1;
+                        eprintln!("not replayed {id}: {e:#}");
+                    }
+                }
+            }
+            let _ = channel.close(200, "replayed".into()).await;
+            i32::from(failures > 0)
+        }
+    };
+    let _ = connection.close(200, "done".into()).await;
+    Ok(code)
+}
+
+/// Takes up to `limit` messages of `queue` without acking them.
+async fn take(
+    connection: &Connection,
+    queue: &str,
+    limit: usize,
+) -> anyhow::Result<(Channel, Vec<Delivery>)> {
+    let channel = connection.create_channel().await?;
+    let declared = channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("queue {queue} cannot be read ({e}); is the prefix right?"))?;
+    let wanted = limit.min(declared.message_count() as usize);
+    let mut messages = Vec::with_capacity(wanted);
+    if wanted == 0 {
+        return Ok((channel, messages));
+    }
+    channel
+        .basic_qos(
+            u16::try_from(wanted).unwrap_or(u16::MAX),
+            BasicQosOptions::default(),
+        )
+        .await?;
+    let mut consumer = channel
+        .basic_consume(
+            queue.into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    while messages.len() < wanted {
+        match tokio::time::timeout(Duration::from_secs(5), consumer.next()).await {
+            Ok(Some(Ok(delivery))) => messages.push(delivery),
+            Ok(Some(Err(e))) => return Err(e.into()),
+            // Fewer than counted (another consumer took some): list what came.
+            Ok(None) | Err(_) => break,
+        }
+    }
+    Ok((channel, messages))
+}
+
+fn reason_of(properties: &BasicProperties) -> String {
+    header_text(properties, headers::REASON)
+        .or_else(|| header_text(properties, "x-first-death-reason"))
+        .unwrap_or_else(|| "-".into())
+}
+
+fn detail_of(m: &Delivery) -> String {
+    if let Some(detail) = header_text(&m.properties, headers::DETAIL) {
+        return detail;
+    }
+    match serde_json::from_slice::<AttentionItem>(&m.data) {
+        Ok(item) => format!("{} {}: {}", item.step, item.kind, item.error),
+        Err(_) => String::new(),
+    }
+}
+
+fn payment_id_of(m: &Delivery) -> Option<Uuid> {
+    m.properties
+        .message_id()
+        .as_ref()
+        .and_then(|id| Uuid::try_parse(id.as_str()).ok())
+        .or_else(|| baton_contract::PaymentRequest::sniff_payment_id(&m.data))
+}
+
+fn show_value(value: &AMQPValue) -> String {
+    match value {
+        AMQPValue::LongString(s) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+        AMQPValue::ShortString(s) => s.to_string(),
+        other => format!("{other:?}"),
+    }
+}
+
+/// Sends a dead-lettered request back to the request queue, as the client sent it.
+async fn replay_request(publish: &Channel, names: &Names, m: &Delivery) -> anyhow::Result<String> {
+    let mut properties = m.properties.clone();
+    if let Some(table) = m.properties.headers() {
+        let kept: std::collections::BTreeMap<_, _> = table
+            .inner()
+            .iter()
+            .filter(|(k, _)| !ADDED_HEADERS.contains(&k.as_str()))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        properties = properties.with_headers(FieldTable::from(kept));
+    }
+    publish_confirmed(publish, "", &names.requests_queue(), &m.data, properties).await?;
+    Ok(format!("back in {}", names.requests_queue()))
+}
+
+/// Sends an attention item's command to its service again and waits for the answer.
+async fn replay_attention(
+    connection: &Connection,
+    publish: &Channel,
+    names: &Names,
+    m: &Delivery,
+) -> anyhow::Result<String> {
+    let item: AttentionItem = serde_json::from_slice(&m.data)
+        .map_err(|e| anyhow::anyhow!("not an attention item ({e})"))?;
+    let Some(command) = item.command else {
+        anyhow::bail!(
+            "a {} item is settled by hand: check command {} in the {} service's ledger, then remove the item",
+            item.kind,
+            item.command_id,
+            item.step
+        );
+    };
+    let listen = connection.create_channel().await?;
+    let reply_queue = listen
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    let mut replies = listen
+        .basic_consume(
+            reply_queue.name().clone(),
+            "".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..BasicConsumeOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    let correlation = Uuid::new_v4().to_string();
+    let properties = json_properties(&[(headers::COMMAND_ID, &command.command_id)])
+        .with_correlation_id(correlation.as_str().into())
+        .with_reply_to(reply_queue.name().clone());
+    let target = names.command_queue(&item.service);
+    publish_confirmed(
+        publish,
+        "",
+        &target,
+        &serde_json::to_vec(&command)?,
+        properties,
+    )
+    .await?;
+    let reply = loop {
+        match tokio::time::timeout(Duration::from_secs(30), replies.next()).await {
+            Ok(Some(Ok(d)))
+                if d.properties.correlation_id().as_ref().map(|c| c.as_str())
+                    == Some(correlation.as_str()) =>
+            {
+                break serde_json::from_slice::<Reply>(&d.data)?;
+            }
+            Ok(Some(Ok(_))) => continue,
+            _ => anyhow::bail!("{} did not answer within 30 s; the item stays", target),
+        }
+    };
+    let _ = listen.close(200, "done".into()).await;
+    match reply.outcome {
+        ReplyOutcome::Approved => Ok(format!(
+            "{} {:?} approved by {target}",
+            item.step, command.action
+        )),
+        _ => anyhow::bail!(
+            "{target} answered {:?} {}; the item stays",
+            reply.outcome,
+            reply.reason.unwrap_or_default()
+        ),
+    }
+}

@@ -1,0 +1,403 @@
+//! A cluster on a fresh prefix: in-process services, orchestrator processes, a client,
+//! and the checks every test ends with.
+
+use baton::client::Client;
+use baton::testcards::{mixed_batch, TestCard};
+use baton_contract::{amqp, Names, PaymentResult, Status};
+use baton_services::ledger::Ledger;
+use baton_services::{RunningService, ServiceConfig, ServiceKind};
+use futures_lite::StreamExt;
+use lapin::options::BasicConsumeOptions;
+use lapin::types::FieldTable;
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::LazyLock;
+use std::time::{Duration, Instant};
+use uuid::Uuid;
+
+pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+const POSTGRES_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+/// Shared by tests that keep the broker up; taken exclusively by tests that stop it.
+pub static BROKER: LazyLock<tokio::sync::RwLock<()>> =
+    LazyLock::new(|| tokio::sync::RwLock::new(()));
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum JournalStore {
+    Sqlite,
+    Postgres,
+}
+
+/// An orchestrator process.
+pub struct Orchestrator {
+    pub child: Child,
+    pub http: u16,
+    pub log: PathBuf,
+}
+
+impl Orchestrator {
+    /// GET a path on its HTTP port: (status, body), or `None` if it does not answer.
+    pub fn get(&self, path: &str) -> Option<(u16, String)> {
+        http_get(self.http, path)
+    }
+
+    /// Waits until `/readyz` says ready (bounded: there is no event across processes).
+    pub fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!(
+                    "orchestrator exited with {status} before being ready; log: {}",
+                    self.log_text()
+                );
+            }
+            if let Some((200, _)) = self.get("/readyz") {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!(
+            "orchestrator not ready within 60 s; log: {}",
+            self.log_text()
+        );
+    }
+
+    /// Waits for the process to exit, up to `limit`.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([format!("-{signal}"), self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    pub fn log_contains(&self, needle: &str) -> bool {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .contains(needle)
+    }
+
+    pub fn log_text(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let start = text.len().saturating_sub(4000);
+        text[start..].to_owned()
+    }
+}
+
+impl Drop for Orchestrator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let status = response.split(' ').nth(1)?.parse().ok()?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Some((status, body))
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub struct Cluster {
+    pub names: Names,
+    pub journal_url: String,
+    pub ledger: Ledger,
+    pub services: Vec<RunningService>,
+    pub client: Client,
+    dir: PathBuf,
+    postgres_db: Option<String>,
+    /// Every result seen, by payment id.
+    pub results: HashMap<Uuid, Vec<PaymentResult>>,
+    spawned: usize,
+}
+
+impl Cluster {
+    pub async fn new(journal: JournalStore) -> Self {
+        let id = Uuid::new_v4().simple().to_string();
+        let names = Names::new(format!("chaos-{}", &id[..12]));
+        let dir = std::env::temp_dir().join(format!("baton-chaos-{}", &id[..12]));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ledger_url = format!("sqlite://{}", dir.join("ledger.db").display());
+        let (journal_url, postgres_db) = match journal {
+            JournalStore::Sqlite => (
+                format!("sqlite://{}", dir.join("journal.db").display()),
+                None,
+            ),
+            JournalStore::Postgres => {
+                use sqlx::Connection;
+                let db = format!("baton_chaos_{}", &id[..16]);
+                let mut admin = sqlx::PgConnection::connect(POSTGRES_ADMIN_URL)
+                    .await
+                    .expect("PostgreSQL at 127.0.0.1:5432");
+                sqlx::query(&format!("CREATE DATABASE {db}"))
+                    .execute(&mut admin)
+                    .await
+                    .unwrap();
+                (format!("postgres://postgres@127.0.0.1:5432/{db}"), Some(db))
+            }
+        };
+        let mut services = Vec::new();
+        for kind in ServiceKind::ALL {
+            let config = ServiceConfig {
+                amqp_url: AMQP_URL.into(),
+                prefix: names.prefix().into(),
+                concurrency: 64,
+                ledger_url: ledger_url.clone(),
+                ..ServiceConfig::default()
+            };
+            services.push(
+                baton_services::start(kind, config)
+                    .await
+                    .expect("start a service"),
+            );
+        }
+        Self {
+            ledger: Ledger::open(&ledger_url).await.unwrap(),
+            client: Client::connect(AMQP_URL, names.clone())
+                .await
+                .expect("RabbitMQ at 127.0.0.1:5672"),
+            names,
+            journal_url,
+            services,
+            dir,
+            postgres_db,
+            results: HashMap::new(),
+            spawned: 0,
+        }
+    }
+
+    /// Starts an orchestrator process (optionally with a crash point) and waits until
+    /// it is ready.
+    pub fn orchestrator(
+        &mut self,
+        crash_at: Option<&str>,
+        shutdown_timeout_s: u64,
+    ) -> Orchestrator {
+        self.spawned += 1;
+        let log = self.dir.join(format!("orchestrator-{}.log", self.spawned));
+        let http = free_port();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_baton"));
+        command
+            .args(["run", "--prefix", self.names.prefix()])
+            .args(["--journal-url", &self.journal_url])
+            .args(["--http-addr", &format!("127.0.0.1:{http}")])
+            .args([
+                "--instance",
+                &format!(
+                    "o{}-{}",
+                    self.spawned,
+                    &Uuid::new_v4().simple().to_string()[..6]
+                ),
+            ])
+            .args(["--shutdown-timeout", &shutdown_timeout_s.to_string()])
+            .env("AMQP_URL", AMQP_URL)
+            .env("RUST_LOG", "info,lapin=warn,sqlx=warn")
+            .env_remove("BATON_CRASH_AT")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap());
+        if let Some(point) = crash_at {
+            command.env("BATON_CRASH_AT", point);
+        }
+        let mut orchestrator = Orchestrator {
+            child: command.spawn().expect("spawn baton run"),
+            http,
+            log,
+        };
+        orchestrator.wait_ready();
+        orchestrator
+    }
+
+    /// Publishes `cards` (correlation id = payment id) and returns the payment ids.
+    pub async fn publish(&self, cards: &[TestCard]) -> Vec<(Uuid, TestCard)> {
+        let publisher = self.client.publisher();
+        let mut sent = Vec::with_capacity(cards.len());
+        let mut tasks = tokio::task::JoinSet::new();
+        for card in cards {
+            let id = Uuid::new_v4();
+            let body = serde_json::to_vec(&card.request_with_id(id)).unwrap();
+            let publisher = publisher.clone();
+            tasks.spawn(async move { publisher.publish(&body, &id.to_string()).await });
+            while tasks.len() >= 64 {
+                tasks
+                    .join_next()
+                    .await
+                    .unwrap()
+                    .unwrap()
+                    .expect("published");
+            }
+            sent.push((id, *card));
+        }
+        while let Some(done) = tasks.join_next().await {
+            done.unwrap().expect("published");
+        }
+        sent
+    }
+
+    pub async fn publish_mixed(&self, n: usize) -> Vec<(Uuid, TestCard)> {
+        self.publish(&mixed_batch(n)).await
+    }
+
+    /// Collects results from the client's reply queue until every payment has one.
+    pub async fn collect(&mut self, ids: &[(Uuid, TestCard)], limit: Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        while !ids.iter().all(|(id, _)| self.results.contains_key(id)) {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let Some(received) = self.client.next_result(left).await else {
+                let missing = ids
+                    .iter()
+                    .filter(|(id, _)| !self.results.contains_key(id))
+                    .count();
+                panic!(
+                    "{missing} of {} payments without a result after {limit:?}",
+                    ids.len()
+                );
+            };
+            if let Some(result) = received.result {
+                self.results
+                    .entry(result.payment_id)
+                    .or_default()
+                    .push(result);
+            }
+        }
+    }
+
+    /// Collects results from the durable `<prefix>.results` queue (which survives the
+    /// client's connection), reconnecting if the broker goes away.
+    pub async fn collect_from_results_queue(&mut self, ids: &[(Uuid, TestCard)], limit: Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        while !ids.iter().all(|(id, _)| self.results.contains_key(id)) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "results missing after {limit:?}"
+            );
+            let Ok(connection) = amqp::connect(AMQP_URL, "chaos results reader").await else {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            };
+            let channel = connection.create_channel().await.unwrap();
+            let mut consumer = channel
+                .basic_consume(
+                    self.names.results_queue().as_str().into(),
+                    "".into(),
+                    BasicConsumeOptions {
+                        no_ack: true,
+                        ..Default::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await
+                .unwrap();
+            while !ids.iter().all(|(id, _)| self.results.contains_key(id)) {
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                match tokio::time::timeout(left, consumer.next()).await {
+                    Ok(Some(Ok(delivery))) => {
+                        if let Ok(result) = serde_json::from_slice::<PaymentResult>(&delivery.data)
+                        {
+                            self.results
+                                .entry(result.payment_id)
+                                .or_default()
+                                .push(result);
+                        }
+                    }
+                    Ok(_) => break,
+                    Err(_) => panic!("results missing after {limit:?}"),
+                }
+            }
+            let _ = connection.close(200, "done".into()).await;
+        }
+    }
+
+    /// Every payment has one outcome (every copy of its result is the same), the one its
+    /// test card documents; funds moved once per completed payment and never otherwise;
+    /// the ledger balances; no hold is left open.
+    pub async fn verify(&self, ids: &[(Uuid, TestCard)]) {
+        let mut completed = 0u64;
+        for (id, card) in ids {
+            let results = &self.results[id];
+            assert!(
+                results.iter().all(|r| *r == results[0]),
+                "payment {id} got different results: {results:?}"
+            );
+            let result = &results[0];
+            let want = card.expected();
+            assert_eq!(
+                (result.status, result.reason.as_deref()),
+                (want.status, want.reason),
+                "{card:?} {id}"
+            );
+            let transfers = self.ledger.transfers_for(*id).await.unwrap();
+            let expected = u64::from(result.status == Status::Completed);
+            assert_eq!(
+                transfers, expected,
+                "payment {id} ({card:?}) moved funds {transfers} times"
+            );
+            completed += expected;
+        }
+        let audit = self.ledger.audit().await.unwrap();
+        assert_eq!(audit.transfers, completed, "{audit:?}");
+        assert!(audit.duplicate_transfers.is_empty(), "{audit:?}");
+        assert!(audit.balanced, "{audit:?}");
+        assert_eq!(audit.open_holds, 0, "{audit:?}");
+    }
+
+    pub async fn cleanup(mut self) {
+        for service in self.services.drain(..) {
+            let _ = service.shutdown().await;
+        }
+        let channel = self.client.publisher().channel().clone();
+        let services: Vec<&str> = ServiceKind::ALL.iter().map(|k| k.name()).collect();
+        let parking: Vec<u64> = baton::workflow::Workflow::builtin()
+            .parking()
+            .tiers
+            .iter()
+            .map(|d| d.as_millis() as u64)
+            .collect();
+        let _ =
+            amqp::delete_topology_with_parking(&channel, &self.names, &services, &parking).await;
+        self.client.close().await;
+        self.ledger.close().await;
+        let _ = std::fs::remove_dir_all(&self.dir);
+        if let Some(db) = self.postgres_db {
+            use sqlx::Connection;
+            if let Ok(mut admin) = sqlx::PgConnection::connect(POSTGRES_ADMIN_URL).await {
+                let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
+                    .execute(&mut admin)
+                    .await;
+            }
+        }
+    }
+}

@@ -1,0 +1,139 @@
+//! Several orchestrator processes on one PostgreSQL journal; requests that wait for an
+//! orchestrator; graceful shutdown; one payment delivered to two replicas at once.
+
+use crate::harness::{Cluster, JournalStore, BROKER};
+use baton::testcards::TestCard;
+use std::time::{Duration, Instant};
+use uuid::Uuid;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn three_replicas_one_killed_mid_run_every_payment_completes_once() {
+    let _broker = BROKER.read().await;
+    let mut cluster = Cluster::new(JournalStore::Postgres).await;
+    let mut replicas: Vec<_> = (0..3).map(|_| cluster.orchestrator(None, 30)).collect();
+    let ids = cluster.publish_mixed(2000).await;
+
+    // Kill one with SIGKILL once results are flowing.
+    let (first, rest) = ids.split_at(300);
+    cluster.collect(first, Duration::from_secs(120)).await;
+    replicas[0].child.kill().unwrap();
+    replicas[0].child.wait().unwrap();
+    let _ = rest;
+
+    cluster.collect(&ids, Duration::from_secs(300)).await;
+    cluster.verify(&ids).await;
+    // The two survivors both took part.
+    for survivor in &replicas[1..] {
+        let (_, metrics) = survivor.get("/metrics").expect("metrics");
+        let received = metrics
+            .lines()
+            .find(|l| l.starts_with("baton_payments_received_total"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0);
+        assert!(received > 0.0, "every replica takes its share");
+    }
+    drop(replicas);
+    cluster.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn requests_wait_in_the_queue_while_no_orchestrator_runs() {
+    let _broker = BROKER.read().await;
+    let mut cluster = Cluster::new(JournalStore::Sqlite).await;
+    let ids = cluster.publish_mixed(1000).await;
+    let waiting = cluster
+        .client
+        .publisher()
+        .channel()
+        .queue_declare(
+            cluster.names.requests_queue().as_str().into(),
+            lapin::options::QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            lapin::types::FieldTable::default(),
+        )
+        .await
+        .unwrap()
+        .message_count();
+    assert_eq!(waiting, 1000, "all requests wait, none lost");
+    let _orchestrator = cluster.orchestrator(None, 30);
+    cluster.collect(&ids, Duration::from_secs(300)).await;
+    cluster.verify(&ids).await;
+    cluster.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_finishes_in_flight_payments_and_exits_zero() {
+    let _broker = BROKER.read().await;
+    let mut cluster = Cluster::new(JournalStore::Sqlite).await;
+    let mut first = cluster.orchestrator(None, 10);
+    let ids = cluster.publish_mixed(400).await;
+    cluster.collect(&ids[..20], Duration::from_secs(60)).await;
+
+    let signalled = Instant::now();
+    first.signal("TERM");
+    let status = first
+        .wait_exit(Duration::from_secs(25))
+        .expect("exits within the deadline");
+    assert!(
+        status.success(),
+        "exit 0 after SIGTERM, got {status}; log: {}",
+        first.log_text()
+    );
+    assert!(
+        signalled.elapsed() < Duration::from_secs(15),
+        "within the 10 s deadline (plus start-up slack)"
+    );
+    assert!(first.log_contains("shutting down"), "{}", first.log_text());
+
+    // Whatever it did not take or finish is still in the queue for the next one.
+    let _next = cluster.orchestrator(None, 10);
+    cluster.collect(&ids, Duration::from_secs(180)).await;
+    cluster.verify(&ids).await;
+    cluster.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_same_payment_at_two_replicas_at_once_has_one_effect() {
+    let _broker = BROKER.read().await;
+    let mut cluster = Cluster::new(JournalStore::Postgres).await;
+    let _a = cluster.orchestrator(None, 30);
+    let _b = cluster.orchestrator(None, 30);
+    let publisher = cluster.client.publisher();
+    let mut ids = Vec::new();
+    // Many pairs, so that some pairs really are taken by both replicas at once.
+    for _ in 0..50 {
+        let id = Uuid::new_v4();
+        let body = serde_json::to_vec(&TestCard::Good.request_with_id(id)).unwrap();
+        let correlation = id.to_string();
+        let (x, y) = tokio::join!(
+            publisher.publish(&body, &correlation),
+            publisher.publish(&body, &correlation)
+        );
+        x.unwrap();
+        y.unwrap();
+        ids.push((id, TestCard::Good));
+    }
+    cluster.collect(&ids, Duration::from_secs(120)).await;
+    // Both deliveries of each payment are answered, with the same recorded result.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while ids.iter().any(|(id, _)| cluster.results[id].len() < 2) {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let received = cluster
+            .client
+            .next_result(left)
+            .await
+            .expect("a second result for each");
+        if let Some(result) = received.result {
+            cluster
+                .results
+                .entry(result.payment_id)
+                .or_default()
+                .push(result);
+        }
+    }
+    cluster.verify(&ids).await;
+    cluster.cleanup().await;
+}
