@@ -59,6 +59,21 @@ struct Common {
     /// port, and the bound address is logged)
     #[arg(long, env = "BATON_HTTP_ADDR")]
     http_addr: Option<String>,
+
+    /// Consume <prefix>.cmd.<QUEUE> instead of the service's own queue (e.g. a second risk
+    /// instance serving as a workflow's fallback `risk-lite`); 1-64 of a-z 0-9 _ -
+    #[arg(long, env = "BATON_QUEUE", value_parser = parse_queue)]
+    queue: Option<String>,
+}
+
+/// `--queue`: a service name as a workflow accepts it.
+fn parse_queue(text: &str) -> Result<String, String> {
+    let config = ServiceConfig {
+        queue: Some(text.to_owned()),
+        ..ServiceConfig::default()
+    };
+    config.validate_queue()?;
+    Ok(text.to_owned())
 }
 
 /// Fault injection, to test the orchestrator's failure handling. All off by default.
@@ -89,6 +104,17 @@ struct FaultArgs {
         value_parser = clap::builder::BoolishValueParser::new()
     )]
     blackhole: bool,
+
+    /// Answer every `compensate` command with a transient `error` (reason
+    /// `injected_fault`) while `execute` commands work normally
+    /// (BATON_FAIL_COMPENSATIONS=true or 1)
+    #[arg(
+        long,
+        env = "BATON_FAIL_COMPENSATIONS",
+        action = clap::ArgAction::SetTrue,
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    fail_compensations: bool,
 }
 
 impl FaultArgs {
@@ -97,6 +123,7 @@ impl FaultArgs {
             fail_rate: self.fail_rate,
             latency: Duration::from_millis(self.latency_ms),
             blackhole: self.blackhole,
+            fail_compensations: self.fail_compensations,
         }
     }
 }
@@ -250,6 +277,7 @@ fn config(kind: ServiceKind, common: Common, faults: &FaultArgs) -> ServiceConfi
         amqp_url: common.amqp_url,
         prefix: common.prefix,
         concurrency: common.concurrency,
+        queue: common.queue,
         ..ServiceConfig::default()
     }
 }
@@ -435,6 +463,34 @@ mod tests {
         }
         let help = StatelessCli::command().render_long_help().to_string();
         assert!(help.contains("Fault injection") && help.contains("BATON_FAIL_RATE"));
+    }
+
+    #[test]
+    fn the_queue_and_fail_compensations_flags_parse() {
+        let cli = StatelessCli::try_parse_from([
+            "baton-risk",
+            "--queue",
+            "risk-lite",
+            "--fail-compensations",
+        ])
+        .unwrap();
+        assert!(cli.faults.faults().fail_compensations);
+        let config = config(ServiceKind::Risk, cli.common, &cli.faults);
+        assert_eq!(config.queue.as_deref(), Some("risk-lite"));
+        assert_eq!(config.queue_service(ServiceKind::Risk), "risk-lite");
+        assert!(config.faults.fail_compensations);
+
+        let cli = LedgerCli::try_parse_from(["baton-authorization"]).unwrap();
+        assert_eq!(cli.common.queue, None);
+        assert!(!cli.faults.faults().fail_compensations);
+        for bad in ["", "Risk", "a b", "a.b"] {
+            assert!(
+                StatelessCli::try_parse_from(["baton-risk", "--queue", bad]).is_err(),
+                "{bad:?}"
+            );
+        }
+        let help = StatelessCli::command().render_long_help().to_string();
+        assert!(help.contains("BATON_QUEUE") && help.contains("BATON_FAIL_COMPENSATIONS"));
     }
 
     #[test]

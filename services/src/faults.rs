@@ -1,7 +1,8 @@
 //! Fault injection, to test how the orchestrator handles failing services: a share of
-//! commands answered with a transient `error`, added latency, or a black hole that takes
-//! commands and never answers. Off by default; set per process by flags
-//! (`--fail-rate`, `--latency-ms`, `--blackhole`) and per in-process service by
+//! commands answered with a transient `error`, added latency, a black hole that takes
+//! commands and never answers, or compensations that always fail. Off by default; set per
+//! process by flags (`--fail-rate`, `--latency-ms`, `--blackhole`,
+//! `--fail-compensations`) and per in-process service by
 //! [`crate::RunningService::set_faults`], which applies from the next command on.
 //!
 //! Not for production: an injected fault is indistinguishable, to the orchestrator, from a
@@ -24,6 +25,11 @@ pub struct Faults {
     pub latency: Duration,
     /// Ack every command and never answer: the orchestrator sees only timeouts.
     pub blackhole: bool,
+    /// Answer every `compensate` command with a transient `error` reply, reason
+    /// [`INJECTED_FAULT`], without touching the handler or its store; `execute` commands
+    /// are handled normally. Tests a compensation that keeps failing (it ends in the
+    /// attention queue) and its replay once the fault is off.
+    pub fail_compensations: bool,
 }
 
 /// A fault setting that makes no sense.
@@ -43,7 +49,19 @@ impl Faults {
 
     /// Whether any fault is on.
     pub fn any(&self) -> bool {
-        self.fail_rate > 0.0 || !self.latency.is_zero() || self.blackhole
+        self.fail_rate > 0.0 || !self.latency.is_zero() || self.blackhole || self.fail_compensations
+    }
+
+    /// Whether a command with `action` gets an injected `error` instead of being handled:
+    /// always for a compensation under [`Faults::fail_compensations`], otherwise when
+    /// `roll` (the dice at the fail rate) says so. `roll` is only called when needed.
+    pub(crate) fn injects_error(
+        &self,
+        action: baton_contract::Action,
+        roll: impl FnOnce(f64) -> bool,
+    ) -> bool {
+        (self.fail_compensations && action == baton_contract::Action::Compensate)
+            || roll(self.fail_rate)
     }
 }
 
@@ -116,6 +134,31 @@ mod tests {
         }
         assert!(!Faults::default().any());
         assert_eq!(Faults::default().latency, Duration::ZERO);
+    }
+
+    #[test]
+    fn fail_compensations_fails_every_compensation_and_no_execute() {
+        use baton_contract::Action;
+        let faults = Faults {
+            fail_compensations: true,
+            ..Faults::default()
+        };
+        assert!(faults.any());
+        assert!(faults.validate().is_ok());
+        let dice = Dice::seeded(7);
+        // Every compensation fails, whatever the dice say; executes follow the fail rate
+        // (0 here: never).
+        assert!((0..1000).all(|_| faults.injects_error(Action::Compensate, |r| dice.roll(r))));
+        assert!((0..1000).all(|_| !faults.injects_error(Action::Execute, |r| dice.roll(r))));
+        // Off by default: a compensation is handled.
+        let none = Faults::default();
+        assert!(!none.injects_error(Action::Compensate, |r| dice.roll(r)));
+        // With a fail rate too, executes still fail at that rate only.
+        let both = Faults {
+            fail_rate: 1.0,
+            ..faults
+        };
+        assert!(both.injects_error(Action::Execute, |r| dice.roll(r)));
     }
 
     #[test]

@@ -129,6 +129,38 @@ pub struct ServiceConfig {
     /// port); `None` = no HTTP port (in-process tests that don't need one). The binaries
     /// default to [`ServiceKind::default_http_addr`].
     pub http_addr: Option<String>,
+    /// Consume `<prefix>.cmd.<queue>` instead of the kind's own queue: e.g. a second risk
+    /// instance serving as the fallback `risk-lite` of a workflow
+    /// (`fallback = { service = "risk-lite" }`). `None` (the default): the kind's name.
+    /// Same rules as a workflow's service names: 1-64 of `a-z 0-9 _ -`.
+    pub queue: Option<String>,
+}
+
+impl ServiceConfig {
+    /// The service name whose queue `kind` consumes with this configuration:
+    /// [`ServiceConfig::queue`] if set, else the kind's own name.
+    pub fn queue_service(&self, kind: ServiceKind) -> &str {
+        self.queue.as_deref().unwrap_or(kind.name())
+    }
+
+    /// Checks [`ServiceConfig::queue`]: 1-64 characters of `a-z`, `0-9`, `_` or `-` (the
+    /// names a workflow accepts for services).
+    pub fn validate_queue(&self) -> Result<(), String> {
+        let Some(queue) = &self.queue else {
+            return Ok(());
+        };
+        let ok = (1..=64).contains(&queue.len())
+            && queue
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+        if ok {
+            Ok(())
+        } else {
+            Err(format!(
+                "queue {queue:?} must be 1-64 characters of a-z, 0-9, '_' or '-'"
+            ))
+        }
+    }
 }
 
 impl Default for ServiceConfig {
@@ -142,6 +174,7 @@ impl Default for ServiceConfig {
             ledger_url: "sqlite://baton-ledger.db".into(),
             faults: Faults::default(),
             http_addr: None,
+            queue: None,
         }
     }
 }
@@ -155,6 +188,7 @@ impl fmt::Debug for ServiceConfig {
             .field("ledger_url", &amqp::redact_url(&self.ledger_url))
             .field("faults", &self.faults)
             .field("http_addr", &self.http_addr)
+            .field("queue", &self.queue)
             .finish()
     }
 }
@@ -335,7 +369,10 @@ struct Shared {
     names: Names,
     /// The consumer's prefetch.
     concurrency: u16,
-    /// `<prefix>.cmd.<service>`.
+    /// The service name of the queue consumed: the kind's name or
+    /// [`ServiceConfig::queue`].
+    queue_service: String,
+    /// `<prefix>.cmd.<queue_service>`.
     queue: String,
     /// `<prefix>.dead`.
     dead_queue: String,
@@ -396,6 +433,7 @@ struct Link {
 pub async fn start(kind: ServiceKind, config: ServiceConfig) -> anyhow::Result<RunningService> {
     anyhow::ensure!(config.concurrency > 0, "concurrency must be at least 1");
     config.faults.validate()?;
+    config.validate_queue().map_err(anyhow::Error::msg)?;
     let ledger = if kind.uses_ledger() {
         let ledger = Ledger::open(&config.ledger_url).await?;
         tracing::info!(ledger = %amqp::redact_url(&config.ledger_url), "ledger open");
@@ -435,6 +473,7 @@ pub async fn start(kind: ServiceKind, config: ServiceConfig) -> anyhow::Result<R
         }
     };
     let names = Names::new(config.prefix.as_str());
+    let queue_service = config.queue_service(kind).to_owned();
     let (faults_tx, faults_rx) = watch::channel(config.faults);
     let (health_tx, health_rx) = watch::channel(Health::default());
     let shared = Arc::new(Shared {
@@ -448,7 +487,8 @@ pub async fn start(kind: ServiceKind, config: ServiceConfig) -> anyhow::Result<R
             config.prefix,
             &uuid::Uuid::new_v4().simple().to_string()[..8]
         ),
-        queue: names.command_queue(kind.name()),
+        queue: names.command_queue(&queue_service),
+        queue_service,
         dead_queue: names.dead_queue(),
         names,
         concurrency: config.concurrency,
@@ -499,7 +539,7 @@ async fn open_session(shared: &Shared) -> anyhow::Result<Session> {
             .create_channel()
             .await
             .map_err(BrokerError::from)?;
-        amqp::declare_command_queue(&consume, &shared.names, shared.kind.name()).await?;
+        amqp::declare_command_queue(&consume, &shared.names, &shared.queue_service).await?;
         // Prefetch = concurrency: the broker never hands us more than we work on at once,
         // which also bounds the delivery tasks.
         consume
@@ -738,7 +778,7 @@ async fn process(shared: Arc<Shared>, link: Arc<Link>, delivery: Delivery) {
         if !faults.latency.is_zero() {
             tokio::time::sleep(faults.latency).await;
         }
-        let answer = if shared.dice.roll(faults.fail_rate) {
+        let answer = if faults.injects_error(command.action, |rate| shared.dice.roll(rate)) {
             // Before the handler: an injected fault has no effect and stores nothing, like
             // a real transient failure the orchestrator may retry.
             Answer::fresh(Reply::error(
@@ -951,6 +991,43 @@ mod tests {
         assert_eq!(names, ["authorization", "risk", "pci", "transaction"]);
         assert!(ServiceKind::Authorization.uses_ledger() && ServiceKind::Transaction.uses_ledger());
         assert!(!ServiceKind::Risk.uses_ledger() && !ServiceKind::Pci.uses_ledger());
+    }
+
+    #[test]
+    fn the_queue_option_names_the_consumed_queue() {
+        let config = ServiceConfig::default();
+        assert_eq!(config.queue_service(ServiceKind::Risk), "risk");
+        assert!(config.validate_queue().is_ok());
+        let lite = ServiceConfig {
+            queue: Some("risk-lite".into()),
+            ..ServiceConfig::default()
+        };
+        assert_eq!(lite.queue_service(ServiceKind::Risk), "risk-lite");
+        assert_eq!(
+            Names::new("p").command_queue(lite.queue_service(ServiceKind::Risk)),
+            "p.cmd.risk-lite"
+        );
+        assert!(lite.validate_queue().is_ok());
+        assert!(format!("{lite:?}").contains("risk-lite"));
+        for bad in ["", "Risk", "a b", "a.b", "é", &"x".repeat(65)] {
+            let config = ServiceConfig {
+                queue: Some(bad.into()),
+                ..ServiceConfig::default()
+            };
+            assert!(config.validate_queue().is_err(), "{bad:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_bad_queue_name_is_refused_before_connecting() {
+        let config = ServiceConfig {
+            // Nothing listens here: the check must come first.
+            amqp_url: "amqp://guest:guest@127.0.0.1:1/%2f".into(),
+            queue: Some("no spaces".into()),
+            ..ServiceConfig::default()
+        };
+        let e = start(ServiceKind::Risk, config).await.unwrap_err();
+        assert!(format!("{e:#}").contains("no spaces"), "{e:#}");
     }
 
     #[test]
