@@ -18,9 +18,13 @@
 //! has no card number (the last four digits at most), so the full request cannot be
 //! rebuilt from it. It does not lease payments to replicas; the broker's delivery does.
 //!
-//! **Backends.** `sqlite://path` (created if missing; WAL, `synchronous=FULL`; one
-//! connection per process, so local writers queue in the pool rather than in SQLite's
-//! busy handler) for one machine, or `postgres://…` shared by many replicas. Both run the
+//! **Backends.** `sqlite://path` (created if missing; WAL, `synchronous=FULL`) for one
+//! machine, or `postgres://…` shared by many replicas. On SQLite every write goes through
+//! one writer task that commits the writes waiting at that moment together, in one
+//! transaction with one fsync (group commit): each caller still gets its answer only
+//! after the commit that made its write durable, but hundreds of sagas share an fsync
+//! instead of queueing for one each. PostgreSQL does its own group commit across its
+//! connections. Both run the
 //! same SQL through sqlx's `Any` driver: `$1` placeholders, `TEXT` for ids and JSON,
 //! `BIGINT` for numbers. Each entry's [`StepRecord`], detail and data are stored as one
 //! JSON text column, so the schema stays stable as the contract grows.
@@ -29,8 +33,9 @@ use baton_contract::{Action, Currency, Money, PaymentRequest, PaymentResult, Ste
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use sqlx::any::{AnyPoolOptions, AnyRow};
-use sqlx::{Any, AnyPool, Row};
+use sqlx::{Any, AnyConnection, AnyPool, Connection as _, Row};
 use std::fmt;
+use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 /// Errors of the journal.
@@ -233,10 +238,231 @@ enum Backend {
 /// without its password.
 #[derive(Clone)]
 pub struct Journal {
-    /// Pool of `Any` connections: the same code runs on SQLite and PostgreSQL.
+    /// Pool of `Any` connections: the same code runs on SQLite and PostgreSQL. On SQLite
+    /// it serves reads only; writes go to `writer`.
     pool: AnyPool,
+    /// SQLite's group-commit writer; `None` on PostgreSQL.
+    writer: Option<mpsc::Sender<(Job, Done)>>,
     /// The URL, password removed.
     url: String,
+}
+
+/// A write for the SQLite writer task.
+enum Job {
+    Begin {
+        id: String,
+        summary: String,
+        now: String,
+    },
+    Record {
+        payment_id: Uuid,
+        entry: JournalEntry,
+        body: String,
+    },
+    Finish {
+        payment_id: Uuid,
+        text: String,
+    },
+    Park {
+        payment_id: Uuid,
+    },
+}
+
+/// What a write gave, sent back once its batch is committed.
+enum Written {
+    /// `true` if this write created the saga.
+    Begun(bool),
+    Recorded(JournalEntry),
+    Finished(PaymentResult),
+    Parked(u32),
+}
+
+type Done = oneshot::Sender<Result<Written, JournalError>>;
+
+/// The record of a saga just created.
+fn fresh(payment_id: Uuid, summary: &PaymentSummary, now: &str) -> SagaRecord {
+    SagaRecord {
+        payment_id,
+        summary: summary.clone(),
+        started_at: now.to_owned(),
+        updated_at: now.to_owned(),
+        entries: Vec::new(),
+        result: None,
+        parked: 0,
+    }
+}
+
+/// Largest number of writes committed together.
+const MAX_BATCH: usize = 512;
+
+/// The SQLite writer: takes every write waiting, runs them in one `BEGIN IMMEDIATE`
+/// transaction (the write lock from the first statement, so another process writing the
+/// same file cannot slip in between a check and an insert), commits, then answers each
+/// caller. A failed statement rolls the whole batch back and every caller gets the error
+/// (and retries or parks its payment); a decision that only concerns one write (not
+/// begun, already decided) is that write's answer and does not disturb the others.
+async fn write_batches(mut connection: AnyConnection, mut jobs: mpsc::Receiver<(Job, Done)>) {
+    while let Some(first) = jobs.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match jobs.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let (work, answers): (Vec<Job>, Vec<Done>) = batch.into_iter().unzip();
+        match run_batch(&mut connection, &work).await {
+            Ok(results) => {
+                for (answer, result) in answers.into_iter().zip(results) {
+                    let _ = answer.send(result);
+                }
+            }
+            Err(e) => {
+                let _ = sqlx::query("ROLLBACK").execute(&mut connection).await;
+                let message = e.to_string();
+                for answer in answers {
+                    let _ = answer.send(Err(JournalError::Database(sqlx::Error::Protocol(
+                        message.clone(),
+                    ))));
+                }
+            }
+        }
+    }
+    let _ = connection.close().await;
+}
+
+async fn run_batch(
+    connection: &mut AnyConnection,
+    work: &[Job],
+) -> Result<Vec<Result<Written, JournalError>>, sqlx::Error> {
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut *connection)
+        .await?;
+    let mut results = Vec::with_capacity(work.len());
+    for job in work {
+        results.push(run_job(connection, job).await?);
+    }
+    sqlx::query("COMMIT").execute(&mut *connection).await?;
+    Ok(results)
+}
+
+/// One write inside the writer's transaction. `Err` aborts the batch (a database
+/// error); `Ok(Err(_))` is this write's own answer.
+async fn run_job(
+    connection: &mut AnyConnection,
+    job: &Job,
+) -> Result<Result<Written, JournalError>, sqlx::Error> {
+    let now = now();
+    Ok(match job {
+        Job::Begin {
+            id,
+            summary,
+            now: started,
+        } => {
+            let inserted = sqlx::query(
+                "INSERT INTO journal_sagas
+                    (payment_id, summary, started_at, updated_at, result, parked, last_seq)
+                 VALUES ($1, $2, $3, $4, NULL, 0, 0)
+                 ON CONFLICT (payment_id) DO NOTHING",
+            )
+            .bind(id)
+            .bind(summary)
+            .bind(started)
+            .bind(started)
+            .execute(&mut *connection)
+            .await?
+            .rows_affected();
+            Ok(Written::Begun(inserted == 1))
+        }
+        Job::Record {
+            payment_id,
+            entry,
+            body,
+        } => {
+            // One statement in the common case. The writer holds SQLite's write lock for
+            // the whole batch (BEGIN IMMEDIATE), so the next sequence number can be taken
+            // as MAX + 1 inside the insert; HAVING keeps a payment that was never begun
+            // from getting entries.
+            let id = payment_id.to_string();
+            let action = action_name(entry.action);
+            let inserted = sqlx::query(
+                "INSERT INTO journal_entries (payment_id, step, action, seq, recorded_at, body)
+                 SELECT $1, $2, $3, COALESCE(MAX(seq), 0) + 1, $4, $5
+                 FROM journal_entries WHERE payment_id = $1
+                 HAVING EXISTS (SELECT 1 FROM journal_sagas WHERE payment_id = $1)
+                 ON CONFLICT (payment_id, step, action) DO NOTHING",
+            )
+            .bind(&id)
+            .bind(&entry.step)
+            .bind(action)
+            .bind(&entry.recorded_at)
+            .bind(body)
+            .execute(&mut *connection)
+            .await?
+            .rows_affected();
+            if inserted == 1 {
+                return Ok(Ok(Written::Recorded(entry.clone())));
+            }
+            // Not inserted: a decision was there first, or the saga was never begun.
+            let stored = sqlx::query(&format!(
+                "SELECT {ENTRY_COLUMNS} FROM journal_entries
+                 WHERE payment_id = $1 AND step = $2 AND action = $3"
+            ))
+            .bind(&id)
+            .bind(&entry.step)
+            .bind(action)
+            .fetch_optional(&mut *connection)
+            .await?;
+            match stored {
+                Some(row) => entry_of(*payment_id, &row).map(Written::Recorded),
+                None => Err(not_begun(*payment_id)),
+            }
+        }
+        Job::Finish { payment_id, text } => {
+            let id = payment_id.to_string();
+            sqlx::query(
+                "UPDATE journal_sagas SET result = $1, updated_at = $2
+                 WHERE payment_id = $3 AND result IS NULL",
+            )
+            .bind(text)
+            .bind(&now)
+            .bind(&id)
+            .execute(&mut *connection)
+            .await?;
+            let Some(row) = sqlx::query("SELECT result FROM journal_sagas WHERE payment_id = $1")
+                .bind(&id)
+                .fetch_optional(&mut *connection)
+                .await?
+            else {
+                return Ok(Err(not_begun(*payment_id)));
+            };
+            let stored: Option<String> = row.try_get(0)?;
+            match stored {
+                None => Err(corrupt(*payment_id, "result written but not found")),
+                Some(stored) => serde_json::from_str::<PaymentResult>(&stored)
+                    .map(Written::Finished)
+                    .map_err(|e| corrupt(*payment_id, format!("result: {e}"))),
+            }
+        }
+        Job::Park { payment_id } => {
+            let Some(row) = sqlx::query(
+                "UPDATE journal_sagas SET parked = parked + 1, updated_at = $1
+                 WHERE payment_id = $2
+                 RETURNING parked",
+            )
+            .bind(&now)
+            .bind(payment_id.to_string())
+            .fetch_optional(&mut *connection)
+            .await?
+            else {
+                return Ok(Err(not_begun(*payment_id)));
+            };
+            let parked: i64 = row.try_get(0)?;
+            u32::try_from(parked)
+                .map(Written::Parked)
+                .map_err(|_| corrupt(*payment_id, format!("parked count {parked}")))
+        }
+    })
 }
 
 impl fmt::Debug for Journal {
@@ -354,12 +580,10 @@ impl Journal {
             })
         });
         let options = match backend {
-            // SQLite admits one writer at a time. Several connections in one process
-            // would only wait on each other in SQLite's busy handler, which sleeps in
-            // steps of up to 100 ms; one connection queues them fairly in the pool. It
-            // is kept open for the journal's lifetime (no idle or age recycling).
+            // Reads only (writes go to the writer task): WAL readers do not block each
+            // other or the writer.
             Backend::Sqlite => options
-                .max_connections(1)
+                .max_connections(4)
                 .idle_timeout(None)
                 .max_lifetime(None),
             Backend::Postgres => options.max_connections(16),
@@ -369,10 +593,37 @@ impl Journal {
             pool.close().await;
             return Err(open_error(e));
         }
+        let writer = match backend {
+            Backend::Postgres => None,
+            Backend::Sqlite => {
+                let mut connection = AnyConnection::connect(&connect_url)
+                    .await
+                    .map_err(open_error)?;
+                for pragma in SQLITE_PRAGMAS {
+                    sqlx::query(pragma)
+                        .execute(&mut connection)
+                        .await
+                        .map_err(open_error)?;
+                }
+                let (jobs, queue) = mpsc::channel(4 * MAX_BATCH);
+                tokio::spawn(write_batches(connection, queue));
+                Some(jobs)
+            }
+        };
         Ok(Self {
             pool,
+            writer,
             url: redact(url),
         })
+    }
+
+    /// Hands a write to the SQLite writer and waits until it is committed.
+    async fn write(&self, job: Job) -> Result<Written, JournalError> {
+        let writer = self.writer.as_ref().expect("only called on SQLite");
+        let (done, answer) = oneshot::channel();
+        let closed = || JournalError::Database(sqlx::Error::PoolClosed);
+        writer.send((job, done)).await.map_err(|_| closed())?;
+        answer.await.map_err(|_| closed())?
     }
 
     /// Closes every connection (waits for checked-out ones to come back).
@@ -393,7 +644,24 @@ impl Journal {
         let text = serde_json::to_string(summary)
             .map_err(|e| corrupt(payment_id, format!("summary: {e}")))?;
         let now = now();
-        sqlx::query(
+        if self.writer.is_some() {
+            let created = self
+                .write(Job::Begin {
+                    id: payment_id.to_string(),
+                    summary: text,
+                    now: now.clone(),
+                })
+                .await?;
+            if matches!(created, Written::Begun(true)) {
+                // A new saga has nothing to read back.
+                return Ok(fresh(payment_id, summary, &now));
+            }
+            return self
+                .load(payment_id)
+                .await?
+                .ok_or_else(|| not_begun(payment_id));
+        }
+        let inserted = sqlx::query(
             "INSERT INTO journal_sagas
                 (payment_id, summary, started_at, updated_at, result, parked, last_seq)
              VALUES ($1, $2, $3, $4, NULL, 0, 0)
@@ -404,7 +672,11 @@ impl Journal {
         .bind(&now)
         .bind(&now)
         .execute(&self.pool)
-        .await?;
+        .await?
+        .rows_affected();
+        if inserted == 1 {
+            return Ok(fresh(payment_id, summary, &now));
+        }
         self.load(payment_id)
             .await?
             // Saga rows are never deleted, so the row inserted or found is still there.
@@ -439,12 +711,15 @@ impl Journal {
     ) -> Result<JournalEntry, JournalError> {
         let id = payment_id.to_string();
         let action = action_name(entry.action);
-        // Fast path for a redelivery: the decision is already there; no write lock.
-        if let Some(stored) = self
-            .stored_entry(&self.pool, payment_id, &entry.step, action)
-            .await?
-        {
-            return Ok(stored);
+        // Fast path for a redelivery: the decision is already there; no write lock. (The
+        // SQLite writer makes the same check inside its single statement.)
+        if self.writer.is_none() {
+            if let Some(stored) = self
+                .stored_entry(&self.pool, payment_id, &entry.step, action)
+                .await?
+            {
+                return Ok(stored);
+            }
         }
 
         let mut entry = entry.clone();
@@ -457,6 +732,19 @@ impl Journal {
             data: entry.data.clone(),
         })
         .map_err(|e| corrupt(payment_id, format!("step {}: {e}", entry.step)))?;
+        if self.writer.is_some() {
+            return match self
+                .write(Job::Record {
+                    payment_id,
+                    entry,
+                    body,
+                })
+                .await?
+            {
+                Written::Recorded(stored) => Ok(stored),
+                _ => Err(corrupt(payment_id, "the writer answered another write")),
+            };
+        }
 
         let mut tx = self.pool.begin().await?;
         let seq: i64 = match sqlx::query(
@@ -552,6 +840,12 @@ impl Journal {
         }
         let text = serde_json::to_string(result)
             .map_err(|e| corrupt(payment_id, format!("result: {e}")))?;
+        if self.writer.is_some() {
+            return match self.write(Job::Finish { payment_id, text }).await? {
+                Written::Finished(stored) => Ok(stored),
+                _ => Err(corrupt(payment_id, "the writer answered another write")),
+            };
+        }
         let id = payment_id.to_string();
         sqlx::query(
             "UPDATE journal_sagas SET result = $1, updated_at = $2
@@ -576,6 +870,12 @@ impl Journal {
     /// instance because a step's service is unavailable) and returns the new count. The
     /// saga must have been begun.
     pub async fn park(&self, payment_id: Uuid) -> Result<u32, JournalError> {
+        if self.writer.is_some() {
+            return match self.write(Job::Park { payment_id }).await? {
+                Written::Parked(count) => Ok(count),
+                _ => Err(corrupt(payment_id, "the writer answered another write")),
+            };
+        }
         let row = sqlx::query(
             "UPDATE journal_sagas SET parked = parked + 1, updated_at = $1
              WHERE payment_id = $2
@@ -628,11 +928,19 @@ impl Journal {
             .map(|row| entry_of(payment_id, row))
             .collect::<Result<Vec<_>, _>>()?;
 
+        // The SQLite writer records entries without touching the saga row: the last
+        // change is the later of the row's time and the newest entry's.
+        let mut updated_at: String = row.try_get(2)?;
+        if let Some(newest) = entries.iter().map(|e| &e.recorded_at).max() {
+            if *newest > updated_at {
+                updated_at = newest.clone();
+            }
+        }
         Ok(Some(SagaRecord {
             payment_id,
             summary,
             started_at: row.try_get(1)?,
-            updated_at: row.try_get(2)?,
+            updated_at,
             entries,
             result,
             parked,
@@ -668,7 +976,6 @@ mod tests {
     use super::*;
     use baton_contract::{Limits, Status, StepOutcome};
     use serde_json::json;
-    use sqlx::Connection as _;
     use std::path::PathBuf;
     use std::sync::Arc;
     use tokio::sync::Barrier;
