@@ -67,6 +67,21 @@ pub enum Command {
     /// Run the whole pipeline locally (four services + orchestrator) on a fresh prefix and
     /// push a mixed batch of test payments through it
     Demo(DemoArgs),
+    /// Load generator: publish N payments to a running Baton at a fixed number in flight
+    /// or a fixed rate, and report throughput, latency and exactly-once delivery
+    Load(LoadArgs),
+    /// Benchmark Baton against a bare pipeline with the same message flow, on this broker
+    Bench(BenchArgs),
+    /// (bench internals) answer every command at once
+    #[command(hide = true)]
+    BenchEcho,
+    /// (bench internals) relay requests through four commands without any orchestration
+    #[command(hide = true)]
+    BenchRelay {
+        /// Requests in flight
+        #[arg(long, default_value_t = 1024)]
+        concurrency: u16,
+    },
     /// Print the journal's record of one payment (steps, outcomes, attempts, times, result)
     Status(StatusArgs),
     /// Inspect and replay the dead-letter queue (<prefix>.dead)
@@ -99,6 +114,65 @@ pub struct StatusArgs {
     #[command(flatten)]
     #[allow(missing_docs)]
     pub journal: JournalArgs,
+}
+
+/// Which test cards a load run uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum CardMix {
+    /// The documented mix: four in five good, the rest every other row of the table.
+    Mixed,
+    /// Only `4242424242424242`: every payment completes.
+    Good,
+}
+
+/// Options of `baton load`.
+#[derive(Debug, Args)]
+pub struct LoadArgs {
+    /// How many payments
+    #[arg(long, default_value_t = 1000)]
+    pub payments: usize,
+    /// Keep this many payments in flight [default: 64]
+    #[arg(long, conflicts_with = "rate")]
+    pub in_flight: Option<usize>,
+    /// Publish this many payments per second instead
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Which test cards
+    #[arg(long, value_enum, default_value_t = CardMix::Mixed)]
+    pub cards: CardMix,
+    /// Seconds to wait for results after the last publish
+    #[arg(long, default_value_t = 60)]
+    pub wait: u64,
+    /// Print one JSON object instead of the table
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Options of `baton bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// In-flight levels, comma-separated
+    #[arg(long, value_delimiter = ',', default_value = "1,16,128,512")]
+    pub levels: Vec<usize>,
+    /// Payments per level (the level of 1 runs a tenth, at least 100)
+    #[arg(long, default_value_t = 3000)]
+    pub payments: usize,
+    /// Measure Baton only, without the baseline
+    #[arg(long)]
+    pub baton_only: bool,
+    /// Orchestrator processes in the Baton runs (more than one needs a shared
+    /// --journal-url, i.e. postgres://…)
+    #[arg(long, default_value_t = 1)]
+    pub replicas: usize,
+    /// Journal of the Baton runs [default: a fresh SQLite file]
+    #[arg(long, env = "BATON_JOURNAL_URL", hide_env_values = true)]
+    pub journal_url: Option<String>,
+    /// Concurrency (prefetch) of each orchestrator
+    #[arg(long, default_value_t = 1024)]
+    pub concurrency: u16,
+    /// Print the rows as JSON too
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `baton dead …` / `baton attention …`.
@@ -266,6 +340,43 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Pay(args) => pay(&cli.common, names, args).await,
         Command::Demo(args) => crate::demo::run(&cli.common.amqp_url, args).await,
         Command::Status(args) => status(args).await,
+        Command::Load(args) => load(&cli.common, names, args).await,
+        Command::Bench(args) => {
+            let options = crate::bench::BenchOptions {
+                amqp_url: cli.common.amqp_url.clone(),
+                levels: args.levels,
+                payments: args.payments,
+                baton_only: args.baton_only,
+                replicas: args.replicas,
+                journal_url: args.journal_url,
+                concurrency: args.concurrency,
+            };
+            if options.replicas > 1
+                && !options
+                    .journal_url
+                    .as_deref()
+                    .unwrap_or("")
+                    .starts_with("postgres")
+            {
+                anyhow::bail!(
+                    "--replicas above 1 needs a shared journal: --journal-url postgres://…"
+                );
+            }
+            let rows = crate::bench::run(&options).await?;
+            crate::bench::print_table(&rows);
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            }
+            Ok(i32::from(!rows.iter().all(|r| r.exactly_once)))
+        }
+        Command::BenchEcho => {
+            crate::bench::echo(&cli.common.amqp_url, &names).await?;
+            Ok(0)
+        }
+        Command::BenchRelay { concurrency } => {
+            crate::bench::relay(&cli.common.amqp_url, &names, concurrency).await?;
+            Ok(0)
+        }
         Command::Dead(command) => {
             crate::tools::run(&cli.common.amqp_url, &names, &names.dead_queue(), command).await
         }
@@ -323,6 +434,40 @@ async fn run_orchestrator(common: &Common, names: Names, args: RunArgs) -> anyho
         let _ = stopper.send(true);
     });
     running.wait().await?;
+    Ok(0)
+}
+
+async fn load(common: &Common, names: Names, args: LoadArgs) -> anyhow::Result<i32> {
+    let pace = match (args.rate, args.in_flight) {
+        (Some(rate), _) if rate > 0.0 => crate::load::Pace::Rate(rate),
+        (Some(_), _) => anyhow::bail!("--rate must be a positive number of payments per second"),
+        (None, Some(0)) => anyhow::bail!("--in-flight must be at least 1"),
+        (None, k) => crate::load::Pace::InFlight(k.unwrap_or(64)),
+    };
+    let mut client = Client::connect(&common.amqp_url, names).await?;
+    let cards = crate::load::cards(args.payments, args.cards == CardMix::Mixed);
+    let report = crate::load::run(
+        &mut client,
+        &cards,
+        pace,
+        Duration::from_secs(args.wait),
+        Duration::from_millis(500),
+        !args.json,
+    )
+    .await?;
+    client.close().await;
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        crate::load::print_report(&report);
+    }
+    if !report.exactly_once() {
+        eprintln!(
+            "not exactly once: {} missing, {} duplicates, {} unexpected outcomes",
+            report.missing, report.duplicates, report.unexpected
+        );
+        return Ok(1);
+    }
     Ok(0)
 }
 

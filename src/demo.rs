@@ -4,172 +4,29 @@
 //! came back. It is a tool for people, not part of the orchestrator.
 
 use crate::cli::DemoArgs;
-use crate::client::{Client, Received};
+use crate::client::Client;
 use crate::orchestrator::{self, Settings};
 use crate::testcards::{mixed_batch, TestCard};
 use anyhow::Context;
 use baton_contract::{amqp, Names, Status};
 use baton_services::{ServiceConfig, ServiceKind};
-use std::collections::{BTreeMap, HashMap};
-use std::io::Write;
-use std::time::{Duration, Instant};
+
+use std::time::Duration;
 use uuid::Uuid;
 
-/// What a batch of payments gave.
-#[derive(Debug, Default)]
-pub struct BatchReport {
-    /// Requests published (and confirmed by the broker).
-    pub sent: usize,
-    /// Results received, one per payment at most.
-    pub results: usize,
-    /// Payments without a result when the wait ended.
-    pub missing: usize,
-    /// Results received for a payment that already had one.
-    pub duplicates: usize,
-    /// Results whose status or reason differ from the test card's documented outcome.
-    pub unexpected: usize,
-    /// Count of results by `(status, reason)`.
-    pub by_outcome: BTreeMap<(String, String), usize>,
-    /// End-to-end latencies (publish → result), sorted.
-    pub latencies: Vec<Duration>,
-    /// Wall time from first publish to last result.
-    pub elapsed: Duration,
-}
+/// What a batch gave (the load generator's report).
+pub type BatchReport = crate::load::LoadReport;
 
-impl BatchReport {
-    /// The `q` quantile (0–1) of the end-to-end latency.
-    pub fn latency_quantile(&self, q: f64) -> Duration {
-        if self.latencies.is_empty() {
-            return Duration::ZERO;
-        }
-        let rank = (q * (self.latencies.len() - 1) as f64).round() as usize;
-        self.latencies[rank.min(self.latencies.len() - 1)]
-    }
-}
-
-/// Publishes one request per test card in `cards` (with at most `in_flight` unconfirmed
-/// publishes at once), waits up to `wait` for every result, and checks each against the
-/// card's documented outcome. `progress` prints a live counter on stderr.
+/// Publishes one request per test card in `cards` all at once, waits up to `wait` for
+/// every result, and checks each against the card's documented outcome.
 pub async fn run_batch(
     client: &mut Client,
     cards: &[TestCard],
     wait: Duration,
     progress: bool,
 ) -> anyhow::Result<BatchReport> {
-    let mut expected: HashMap<String, TestCard> = HashMap::with_capacity(cards.len());
-    let mut bodies = Vec::with_capacity(cards.len());
-    for card in cards {
-        let id = Uuid::new_v4().to_string();
-        bodies.push((
-            id.clone(),
-            serde_json::to_vec(&card.request_with_id(id.parse()?))?,
-        ));
-        expected.insert(id, *card);
-    }
-
-    let started = Instant::now();
-    let mut sent_at: HashMap<String, Instant> = HashMap::with_capacity(cards.len());
-    let publisher = client.publisher();
-    let mut publishes = tokio::task::JoinSet::new();
-    for (id, body) in bodies {
-        sent_at.insert(id.clone(), Instant::now());
-        let publisher = publisher.clone();
-        publishes.spawn(async move { publisher.publish(&body, &id).await });
-        // Keep a bounded number of publishes awaiting their confirm.
-        while publishes.len() >= 128 {
-            publishes.join_next().await.expect("not empty")??;
-        }
-    }
-    while let Some(done) = publishes.join_next().await {
-        done??;
-    }
-
-    let mut report = BatchReport {
-        sent: cards.len(),
-        ..BatchReport::default()
-    };
-    let mut seen: HashMap<String, ()> = HashMap::with_capacity(cards.len());
-    let deadline = tokio::time::Instant::now() + wait;
-    let mut last_print = Instant::now();
-    while seen.len() < cards.len() {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let Some(Received {
-            result,
-            correlation_id,
-            at,
-            ..
-        }) = client.next_result(left).await
-        else {
-            break;
-        };
-        let Some(id) = correlation_id.filter(|id| expected.contains_key(id)) else {
-            continue;
-        };
-        if seen.insert(id.clone(), ()).is_some() {
-            report.duplicates += 1;
-            continue;
-        }
-        report.results += 1;
-        if let Some(sent) = sent_at.get(&id) {
-            report.latencies.push(at.duration_since(*sent));
-        }
-        let card = expected[&id];
-        let want = card.expected();
-        match result {
-            Some(result) => {
-                let reason = result.reason.clone().unwrap_or_else(|| "-".into());
-                *report
-                    .by_outcome
-                    .entry((result.status.as_str().to_owned(), reason))
-                    .or_default() += 1;
-                if result.status != want.status || result.reason.as_deref() != want.reason {
-                    report.unexpected += 1;
-                }
-            }
-            None => report.unexpected += 1,
-        }
-        if progress
-            && (last_print.elapsed() > Duration::from_millis(100) || seen.len() == cards.len())
-        {
-            last_print = Instant::now();
-            eprint!("\r  results: {:>6} / {}", seen.len(), cards.len());
-            let _ = std::io::stderr().flush();
-        }
-    }
-    if progress {
-        eprintln!();
-    }
-    report.elapsed = started.elapsed();
-    report.missing = cards.len() - seen.len();
-    report.latencies.sort();
-    Ok(report)
-}
-
-/// Prints a report as a table.
-pub fn print_report(report: &BatchReport) {
-    println!("{:<12} {:<26} {:>8}", "status", "reason", "payments");
-    println!("{}", "-".repeat(48));
-    for ((status, reason), count) in &report.by_outcome {
-        println!("{status:<12} {reason:<26} {count:>8}");
-    }
-    println!("{}", "-".repeat(48));
-    let secs = report.elapsed.as_secs_f64().max(1e-9);
-    println!(
-        "sent {}  results {}  missing {}  duplicates {}  unexpected {}",
-        report.sent, report.results, report.missing, report.duplicates, report.unexpected
-    );
-    println!(
-        "throughput {:.0} payments/s   end-to-end p50 {} ms   p99 {} ms   max {} ms",
-        report.results as f64 / secs,
-        report.latency_quantile(0.50).as_millis(),
-        report.latency_quantile(0.99).as_millis(),
-        report
-            .latencies
-            .last()
-            .copied()
-            .unwrap_or_default()
-            .as_millis(),
-    );
+    let all = crate::load::Pace::InFlight(cards.len());
+    crate::load::run(client, cards, all, wait, Duration::ZERO, progress).await
 }
 
 /// `baton demo`.
@@ -215,7 +72,7 @@ pub async fn run(amqp_url: &str, args: DemoArgs) -> anyhow::Result<i32> {
     let mut client = Client::connect(amqp_url, names.clone()).await?;
     let cards = mixed_batch(args.payments);
     let report = run_batch(&mut client, &cards, Duration::from_secs(120), true).await?;
-    print_report(&report);
+    crate::load::print_report(&report);
 
     client.close().await;
     orchestrator.shutdown().await?;
@@ -250,7 +107,7 @@ pub async fn run(amqp_url: &str, args: DemoArgs) -> anyhow::Result<i32> {
             amqp::redact_url(&ledger_url)
         );
     }
-    let all_good = report.missing == 0 && report.duplicates == 0 && report.unexpected == 0;
+    let all_good = report.exactly_once();
     let completed = report
         .by_outcome
         .iter()

@@ -8,12 +8,14 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs, clippy::dbg_macro, clippy::todo)]
 
+pub mod bench;
 pub mod breaker;
 pub mod cli;
 pub mod client;
 pub mod crash;
 pub mod demo;
 pub mod journal;
+pub mod load;
 pub mod metrics;
 pub mod orchestrator;
 pub mod saga;

@@ -113,6 +113,9 @@ struct Session {
     connection: Connection,
     /// Confirm-mode channel for commands, results, parking and dead letters.
     publish: Channel,
+    /// Plain channel for saga events: no confirms, so audit events cost the broker and
+    /// this process as little as possible and never wait.
+    events: Channel,
 }
 
 /// The saga's transport over RabbitMQ: commands to `<prefix>.cmd.<service>`, replies on
@@ -135,6 +138,13 @@ impl AmqpTransport {
             .ok()
             .and_then(|s| s.as_ref().map(|s| s.publish.clone()))
             .ok_or(CallError::ShuttingDown)
+    }
+
+    fn events_channel(&self) -> Option<Channel> {
+        self.session
+            .read()
+            .ok()
+            .and_then(|s| s.as_ref().map(|s| s.events.clone()))
     }
 }
 
@@ -215,7 +225,7 @@ async fn publish_events(
         let Some(shared) = shared.upgrade() else {
             break;
         };
-        let Ok(channel) = shared.env.transport.channel() else {
+        let Some(channel) = shared.env.transport.events_channel() else {
             shared.env.transport.events_dropped.inc();
             continue;
         };
@@ -504,6 +514,7 @@ async fn open_session(shared: &Shared) -> Result<Live, OrchestratorError> {
         .await?;
 
     let publish = amqp::confirm_channel(&connection).await?;
+    let events = connection.create_channel().await?;
     let consume = connection.create_channel().await?;
     consume
         .basic_qos(settings.concurrency, BasicQosOptions::default())
@@ -520,6 +531,7 @@ async fn open_session(shared: &Shared) -> Result<Live, OrchestratorError> {
     let session = Arc::new(Session {
         connection,
         publish,
+        events,
     });
     if let Ok(mut current) = shared.env.transport.session.write() {
         *current = Some(session.clone());
@@ -782,19 +794,23 @@ async fn handle_request(delivery: Delivery, shared: Arc<Shared>) {
 }
 
 fn check_content_type(properties: &BasicProperties) -> Result<(), baton_contract::InvalidRequest> {
-    match properties.content_type() {
-        Some(ct) if !ct.as_str().trim().starts_with("application/json") => {
-            Err(baton_contract::InvalidRequest {
-                payment_id: None,
-                field: "content_type".into(),
-                problem: format!(
-                    "must be application/json, got {:?}",
-                    ct.as_str().chars().take(64).collect::<String>()
-                ),
-            })
-        }
-        _ => Ok(()),
+    let Some(content_type) = properties.content_type() else {
+        return Ok(());
+    };
+    // The media type before any parameter (`; charset=utf-8`), compared case-insensitively
+    // as RFC 9110 says.
+    let media_type = content_type.as_str().split(';').next().unwrap_or("").trim();
+    if media_type.eq_ignore_ascii_case("application/json") {
+        return Ok(());
     }
+    Err(baton_contract::InvalidRequest {
+        payment_id: None,
+        field: "content_type".into(),
+        problem: format!(
+            "must be application/json, got {:?}",
+            content_type.as_str().chars().take(64).collect::<String>()
+        ),
+    })
 }
 
 async fn nack(delivery: &Delivery) {
@@ -966,6 +982,7 @@ async fn reject(delivery: Delivery, invalid: baton_contract::InvalidRequest, sha
             let result = saga::rejected(id, detail);
             let published = publish_result(&channel, &result, &delivery.properties, shared).await;
             if published.is_ok() {
+                shared.env.transport.event(SagaEvent::of_result(&result));
                 shared
                     .env
                     .metrics
@@ -985,5 +1002,45 @@ async fn reject(delivery: Delivery, invalid: baton_contract::InvalidRequest, sha
             error!(error = %e, "could not dead-letter an invalid request; returning it to the queue");
             nack(&delivery).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_types_are_compared_as_media_types() {
+        let with = |ct: &str| BasicProperties::default().with_content_type(ct.into());
+        assert!(
+            check_content_type(&BasicProperties::default()).is_ok(),
+            "absent is accepted"
+        );
+        for ok in [
+            "application/json",
+            "Application/JSON",
+            "application/json; charset=utf-8",
+        ] {
+            assert!(check_content_type(&with(ok)).is_ok(), "{ok}");
+        }
+        for bad in [
+            "text/plain",
+            "application/jsonx",
+            "application/json-seq",
+            "",
+        ] {
+            let e = check_content_type(&with(bad)).unwrap_err();
+            assert_eq!(e.field, "content_type", "{bad}");
+        }
+    }
+
+    #[test]
+    fn trace_ids_are_read_from_w3c_traceparent() {
+        assert_eq!(
+            trace_id_of("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+            Some("4bf92f3577b34da6a3ce929d0e0e4736")
+        );
+        assert_eq!(trace_id_of("00-xyz-00f067aa0ba902b7-01"), None);
+        assert_eq!(trace_id_of("garbage"), None);
     }
 }

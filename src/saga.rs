@@ -136,7 +136,7 @@ impl SagaEvent {
         }
     }
 
-    fn of_result(result: &PaymentResult) -> Self {
+    pub(crate) fn of_result(result: &PaymentResult) -> Self {
         Self {
             payment_id: result.payment_id,
             step: "payment".into(),

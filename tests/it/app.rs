@@ -4,12 +4,15 @@
 use baton::client::{Client, Received};
 use baton::orchestrator::{self, Running, Settings};
 use baton::testcards::TestCard;
+use baton::workflow::Workflow;
 use baton_contract::{amqp, Names, PaymentResult};
 use baton_services::ledger::Ledger;
 use baton_services::{RunningService, ServiceConfig, ServiceKind};
-use lapin::options::QueueDeclareOptions;
+use lapin::options::{BasicAckOptions, BasicGetOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
+use lapin::BasicProperties;
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 use uuid::Uuid;
@@ -49,6 +52,9 @@ pub struct TestApp {
     early: HashMap<String, Received>,
     sqlite_files: Vec<PathBuf>,
     postgres_db: Option<String>,
+    /// Workflows of the orchestrators started: their service and parking queues are
+    /// deleted at clean-up too.
+    workflows: Vec<Workflow>,
 }
 
 pub async fn spawn_app() -> TestApp {
@@ -58,6 +64,15 @@ pub async fn spawn_app() -> TestApp {
 /// Starts the given services (the others stay down: their commands wait in their queues)
 /// and an orchestrator.
 pub async fn spawn_app_with(store: Store, kinds: &[ServiceKind]) -> TestApp {
+    let mut app = spawn_services(store, kinds).await;
+    let settings = app.orchestrator_settings();
+    app.start_orchestrator(settings).await;
+    app
+}
+
+/// Like [`spawn_app_with`] but without an orchestrator: start one with
+/// [`TestApp::start_orchestrator`] (say, with other settings), or none at all (processes).
+pub async fn spawn_services(store: Store, kinds: &[ServiceKind]) -> TestApp {
     init_logs();
     let id = Uuid::new_v4().simple().to_string();
     let names = Names::new(format!("test-{}", &id[..12]));
@@ -94,12 +109,11 @@ pub async fn spawn_app_with(store: Store, kinds: &[ServiceKind]) -> TestApp {
         journal_url,
         sqlite_files,
         postgres_db,
+        workflows: Vec::new(),
     };
     for kind in kinds {
         app.start_service(*kind).await;
     }
-    let settings = app.orchestrator_settings();
-    app.start_orchestrator(settings).await;
     app
 }
 
@@ -140,7 +154,43 @@ impl TestApp {
         self.services.push(service);
     }
 
+    /// Starts `kind` with an HTTP port on a free port (`/metrics`, `/healthz`, `/readyz`)
+    /// and returns the address it is bound to.
+    pub async fn start_service_with_http(&mut self, kind: ServiceKind) -> SocketAddr {
+        let config = ServiceConfig {
+            http_addr: Some("127.0.0.1:0".into()),
+            ..self.service_config()
+        };
+        let service = baton_services::start(kind, config)
+            .await
+            .expect("start a service");
+        let addr = service.http_addr().expect("the service has an HTTP port");
+        self.services.push(service);
+        addr
+    }
+
+    /// Starts a service with its own configuration (faults from the start, another
+    /// queue); build it from [`TestApp::service_config`] to keep the app's prefix and
+    /// ledger.
+    pub async fn start_service_with(&mut self, kind: ServiceKind, config: ServiceConfig) {
+        let service = baton_services::start(kind, config)
+            .await
+            .expect("start a service");
+        self.services.push(service);
+    }
+
+    /// The running service consuming `<prefix>.cmd.<queue_service>` (the first one, if
+    /// several do).
+    pub fn service(&self, queue_service: &str) -> &RunningService {
+        let queue = self.names.command_queue(queue_service);
+        self.services
+            .iter()
+            .find(|s| s.queue() == queue)
+            .unwrap_or_else(|| panic!("no service consumes {queue}"))
+    }
+
     pub async fn start_orchestrator(&mut self, settings: Settings) {
+        self.workflows.push(settings.workflow.clone());
         let running = orchestrator::start(settings)
             .await
             .expect("start the orchestrator");
@@ -218,6 +268,29 @@ impl TestApp {
         }
     }
 
+    /// Takes every message ready in `queue` (acking them): (properties, body) each.
+    pub async fn take_all(&self, queue: &str) -> Vec<(BasicProperties, Vec<u8>)> {
+        let channel = self.client.publisher().channel().clone();
+        let mut taken = Vec::new();
+        while let Some(message) = channel
+            .basic_get(queue.into(), BasicGetOptions::default())
+            .await
+            .expect("basic.get")
+        {
+            message
+                .delivery
+                .acker
+                .ack(BasicAckOptions::default())
+                .await
+                .expect("ack");
+            taken.push((
+                message.delivery.properties.clone(),
+                message.delivery.data.clone(),
+            ));
+        }
+        taken
+    }
+
     /// Stops everything and deletes the prefix's queues and the test database.
     pub async fn cleanup(mut self) {
         if let Some(orchestrator) = self.orchestrator.take() {
@@ -230,13 +303,26 @@ impl TestApp {
             service.shutdown().await.expect("service stops cleanly");
         }
         let channel = self.client.publisher().channel().clone();
-        let services: Vec<&str> = ServiceKind::ALL.iter().map(|k| k.name()).collect();
-        let parking: Vec<u64> = baton::workflow::Workflow::builtin()
-            .parking()
-            .tiers
-            .iter()
-            .map(|d| d.as_millis() as u64)
-            .collect();
+        // The reference services' queues and the built-in parking tiers, plus every queue
+        // the workflows of this app's orchestrators named (fallback services, their
+        // parking tiers).
+        let builtin = Workflow::builtin();
+        let mut services: Vec<&str> = ServiceKind::ALL.iter().map(|k| k.name()).collect();
+        let mut parking: Vec<u64> = Vec::new();
+        for workflow in std::iter::once(&builtin).chain(&self.workflows) {
+            services.extend(workflow.services());
+            parking.extend(
+                workflow
+                    .parking()
+                    .tiers
+                    .iter()
+                    .map(|d| d.as_millis() as u64),
+            );
+        }
+        services.sort_unstable();
+        services.dedup();
+        parking.sort_unstable();
+        parking.dedup();
         amqp::delete_topology_with_parking(&channel, &self.names, &services, &parking)
             .await
             .expect("delete the test topology");
@@ -255,5 +341,99 @@ impl TestApp {
                     .await;
             }
         }
+    }
+}
+
+/// `GET path` on an HTTP port: (status, body). HTTP/1.0, so the server closes the
+/// connection after the answer (a chunked body is decoded all the same). Errors when
+/// nothing answers within 10 s.
+pub async fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    use std::io::{Error, ErrorKind};
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await?;
+        let request = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await?;
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).await?;
+        Ok::<_, Error>(raw)
+    };
+    let raw = tokio::time::timeout(Duration::from_secs(10), exchange)
+        .await
+        .map_err(|_| Error::new(ErrorKind::TimedOut, format!("GET {path} on {addr}")))??;
+    let text = String::from_utf8_lossy(&raw);
+    let bad = || {
+        Error::new(
+            ErrorKind::InvalidData,
+            format!("not an HTTP response: {text}"),
+        )
+    };
+    let (head, body) = text.split_once("\r\n\r\n").ok_or_else(bad)?;
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(bad)?;
+    let chunked = head
+        .lines()
+        .any(|l| l.to_ascii_lowercase().replace(' ', "") == "transfer-encoding:chunked");
+    let body = if chunked {
+        dechunk(body).ok_or_else(bad)?
+    } else {
+        body.to_owned()
+    };
+    Ok((status, body))
+}
+
+fn dechunk(mut body: &str) -> Option<String> {
+    let mut out = String::new();
+    loop {
+        let (size, rest) = body.split_once("\r\n")?;
+        let size = usize::from_str_radix(size.split(';').next()?.trim(), 16).ok()?;
+        if size == 0 {
+            return Some(out);
+        }
+        out.push_str(rest.get(..size)?);
+        body = rest.get(size + 2..)?;
+    }
+}
+
+/// The value of a metric in `registry`: the sum over the series whose labels include
+/// every `(name, value)` of `labels` (0 when there is none). Read from the text
+/// exposition, as Prometheus would scrape it.
+pub fn metric_value(registry: &prometheus::Registry, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let text = prometheus::TextEncoder::new()
+        .encode_to_string(&registry.gather())
+        .expect("metrics encode");
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (metric, label_text) = match series.split_once('{') {
+                Some((metric, rest)) => (metric, rest.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            let matches = metric == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| label_text.split(',').any(|l| l == format!("{k}=\"{v}\"")));
+            matches.then(|| value.parse::<f64>().ok()).flatten()
+        })
+        .sum()
+}
+
+/// Waits until `condition` holds, checking every 20 ms, for at most `within`; returns
+/// whether it held. For states that announce themselves by no event (a metric, a queue
+/// depth): never a fixed sleep in place of an event.
+pub async fn eventually(within: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if condition() {
+            return true;
+        }
+        if tokio::time::Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

@@ -1,9 +1,13 @@
 //! Integration tests against the real RabbitMQ (and PostgreSQL for the shared-store
-//! cases). One test binary; each test gets its own prefix, ledger and reply queues, so
-//! tests run in parallel on one broker without seeing each other.
+//! cases). One test binary; each test gets its own prefix, ledger, journal and reply
+//! queues, so tests run in parallel on one broker without seeing each other.
 
 mod app;
 mod bad_input;
 mod binaries;
 mod idempotency;
+mod ladder;
+mod load;
+mod observability;
+mod operator;
 mod pipeline;

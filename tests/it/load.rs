@@ -1,0 +1,73 @@
+//! `baton load` against a running Baton: a fast smoke test of the load generator's
+//! exactly-once report (the benchmark itself is not a test).
+
+use crate::app::{amqp_url, spawn_app};
+use std::process::Command;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn baton_load_reports_every_payment_exactly_once() {
+    let app = spawn_app().await;
+    let prefix = app.names.prefix().to_owned();
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_baton"))
+            .args(["load", "--prefix", &prefix, "--amqp-url", &amqp_url()])
+            .args(["--payments", "40", "--in-flight", "8", "--json"])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "exit {:?}: {stdout} {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_str(stdout.trim()).expect("one JSON object");
+    assert_eq!(report["sent"], 40);
+    assert_eq!(report["results"], 40);
+    assert_eq!(report["missing"], 0);
+    assert_eq!(report["duplicates"], 0);
+    assert_eq!(report["unexpected"], 0);
+    assert_eq!(
+        report["by_outcome"]["completed"], 32,
+        "the mix: four in five good"
+    );
+    assert!(report["payments_per_s"].as_f64().unwrap() > 0.0);
+    assert!(report["p99_ms"].as_f64().unwrap() >= report["p50_ms"].as_f64().unwrap());
+    app.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn baton_load_exits_1_when_payments_go_unanswered() {
+    // No orchestrator answers on this prefix: every payment is missing.
+    let prefix = format!(
+        "test-noone-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
+    let for_cleanup = prefix.clone();
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_baton"))
+            .args(["load", "--prefix", &prefix, "--amqp-url", &amqp_url()])
+            .args(["--payments", "3", "--rate", "50", "--wait", "1", "--json"])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let report: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&output.stdout).trim()).unwrap();
+    assert_eq!(
+        (report["sent"].as_u64(), report["missing"].as_u64()),
+        (Some(3), Some(3))
+    );
+    let connection = baton_contract::amqp::connect(&amqp_url(), "test cleanup")
+        .await
+        .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    baton_contract::amqp::delete_topology(&channel, &baton_contract::Names::new(for_cleanup), &[])
+        .await
+        .unwrap();
+}

@@ -1,0 +1,380 @@
+//! The operators' tools through the real `baton` binary, against the real broker and an
+//! in-process pipeline: `baton dead list|show|replay`, `baton attention list|show|replay`,
+//! `baton status` (text and `--json`), and `GET /payments/<id>` on the orchestrator's
+//! HTTP port.
+
+use crate::app::{amqp_url, http_get, spawn_app, spawn_services, Store, TestApp};
+use baton::testcards::TestCard;
+use baton::workflow::Workflow;
+use baton_contract::{amqp, headers, Status, StepOutcome};
+use baton_services::{Faults, ServiceConfig, ServiceKind};
+use serde_json::Value;
+use uuid::Uuid;
+
+/// What a run of the binary gave.
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs `baton --amqp-url … --prefix <app's> <args>`. On a blocking thread: the
+/// in-process services must keep answering while the tool waits (attention replay).
+async fn baton(app: &TestApp, args: &[&str]) -> Run {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_baton"));
+    command
+        .args(["--amqp-url", &amqp_url(), "--prefix", app.names.prefix()])
+        .args(args)
+        .env("RUST_LOG", "warn");
+    let output = tokio::task::spawn_blocking(move || command.output())
+        .await
+        .unwrap()
+        .expect("run the baton binary");
+    Run {
+        code: output.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+/// Short timeouts, backoffs and parking, so failures play out in about a second.
+const FAST_WORKFLOW: &str = r#"
+[defaults]
+retry = { attempts = 2, initial_backoff_ms = 20, max_backoff_ms = 80 }
+breaker = { failure_threshold = 5, window_ms = 10000, open_ms = 500 }
+
+[parking]
+tiers_ms = [300]
+max_parks = 1
+
+[[steps]]
+name = "authorization"
+timeout_ms = 5000
+card_number = true
+compensate = true
+compensation_retry = { attempts = 2, initial_backoff_ms = 20, max_backoff_ms = 80 }
+
+[[steps]]
+name = "risk"
+timeout_ms = 300
+card_number = true
+
+[[steps]]
+name = "pci"
+timeout_ms = 5000
+
+[[steps]]
+name = "transaction"
+timeout_ms = 5000
+side_effects = true
+"#;
+
+/// The four services (with `faults` on `faulty`) and an orchestrator on FAST_WORKFLOW.
+async fn fast_app(faulty: ServiceKind, faults: Faults) -> TestApp {
+    let mut app = spawn_services(Store::Sqlite, &[]).await;
+    for kind in ServiceKind::ALL {
+        let config = ServiceConfig {
+            faults: if kind == faulty {
+                faults
+            } else {
+                Faults::default()
+            },
+            ..app.service_config()
+        };
+        app.start_service_with(kind, config).await;
+    }
+    let mut settings = app.orchestrator_settings();
+    settings.workflow = Workflow::parse(FAST_WORKFLOW, "operator test").unwrap();
+    app.start_orchestrator(settings).await;
+    app
+}
+
+/// The lines of a listing that start with number `n`.
+fn numbered(stdout: &str, n: usize) -> Vec<&str> {
+    stdout
+        .lines()
+        .filter(|l| l.trim_start().starts_with(&format!("{n} ")))
+        .collect()
+}
+
+#[tokio::test]
+async fn dead_letters_are_listed_without_removing_them_shown_and_replayed_as_sent() {
+    let mut app = spawn_app().await;
+    let dead = app.names.dead_queue();
+    let payment_id = Uuid::new_v4();
+    let mut request = TestCard::Good.request_with_id(payment_id);
+    request["amount"]["minor"] = serde_json::json!(-5);
+    let body = serde_json::to_vec(&request).unwrap();
+    app.send(&body, "bad").await;
+    let first = app.result_for("bad").await.result.unwrap();
+    assert_eq!(first.status, Status::Rejected);
+    assert_eq!(app.queue_depth(&dead, 1).await, 1);
+
+    // list: number 1, the reason, the payment id, the detail; nothing removed.
+    let run = baton(&app, &["dead", "list"]).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let lines = numbered(&run.stdout, 1);
+    assert_eq!(lines.len(), 1, "{}", run.stdout);
+    for part in [
+        "invalid_request",
+        &payment_id.to_string(),
+        "amount.minor: must be a positive integer",
+    ] {
+        assert!(lines[0].contains(part), "{part} missing: {}", run.stdout);
+    }
+    assert!(numbered(&run.stdout, 2).is_empty(), "{}", run.stdout);
+    assert_eq!(
+        app.queue_depth(&dead, 1).await,
+        1,
+        "list removed the message"
+    );
+
+    // show: reason, detail, headers and the body.
+    let run = baton(&app, &["dead", "show", "1"]).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    for part in [
+        "reason      invalid_request",
+        &format!("payment_id  {payment_id}"),
+        "header      x-baton-reason = invalid_request",
+        "header      x-baton-detail = amount.minor:",
+        "\"minor\": -5",
+        "\"merchant_id\": \"m-1001\"",
+    ] {
+        assert!(run.stdout.contains(part), "{part} missing: {}", run.stdout);
+    }
+    assert_eq!(
+        app.queue_depth(&dead, 1).await,
+        1,
+        "show removed the message"
+    );
+    let run = baton(&app, &["dead", "show", "2"]).await;
+    assert_eq!(run.code, 1, "there is no number 2: {}", run.stdout);
+
+    // replay: back to the request queue as it was sent (reply_to and correlation id
+    // included), so it is rejected again and answered to the same client.
+    let run = baton(&app, &["dead", "replay", "1"]).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(
+        run.stdout.contains(&format!(
+            "replayed {payment_id}: back in {}",
+            app.names.requests_queue()
+        )),
+        "{}",
+        run.stdout
+    );
+    let again = app.result_for("bad").await.result.unwrap();
+    assert_eq!(again.payment_id, payment_id);
+    assert_eq!(again.status, Status::Rejected);
+    assert_eq!(again.detail, first.detail);
+    // The replayed message left the dead queue; its new rejection is the one there.
+    assert_eq!(app.queue_depth(&dead, 1).await, 1);
+    let letters = app.take_all(&dead).await;
+    assert_eq!(letters.len(), 1);
+    let (properties, dead_body) = &letters[0];
+    assert_eq!(*dead_body, body, "replayed byte for byte");
+    assert_eq!(
+        amqp::header_text(properties, headers::REASON).as_deref(),
+        Some("invalid_request")
+    );
+    app.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_request_dead_lettered_for_service_unavailable_replays_to_its_recorded_result() {
+    let hole = Faults {
+        blackhole: true,
+        ..Faults::default()
+    };
+    let mut app = fast_app(ServiceKind::Risk, hole).await;
+    let dead = app.names.dead_queue();
+    let payment_id = Uuid::new_v4();
+    let body = serde_json::to_vec(&TestCard::Good.request_with_id(payment_id)).unwrap();
+    app.send(&body, "unavailable").await;
+    let failed = app.result_for("unavailable").await.result.unwrap();
+    assert_eq!(failed.status, Status::Failed, "{failed:?}");
+    assert_eq!(failed.reason.as_deref(), Some("service_unavailable"));
+    assert_eq!(app.queue_depth(&dead, 1).await, 1);
+    let run = baton(&app, &["dead", "list"]).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let lines = numbered(&run.stdout, 1);
+    assert_eq!(lines.len(), 1, "{}", run.stdout);
+    assert!(
+        lines[0].contains("service_unavailable") && lines[0].contains(&payment_id.to_string()),
+        "{}",
+        run.stdout
+    );
+
+    // Risk is back; the replayed request reaches the orchestrator again. The payment was
+    // decided (its client got `failed`, its hold was voided): the journal's first
+    // decision wins, so the replay publishes the recorded result again and moves no
+    // money — a payment never gets two different results.
+    app.service("risk").set_faults(Faults::default()).unwrap();
+    let run = baton(&app, &["dead", "replay", "1"]).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let replayed = app.result_for("unavailable").await.result.unwrap();
+    assert_eq!(replayed, failed, "the recorded result, unchanged");
+    assert_eq!(app.ledger.transfers_for(payment_id).await.unwrap(), 0);
+    assert_eq!(
+        app.ledger.hold_status(payment_id).await.unwrap().as_deref(),
+        Some("voided")
+    );
+    // The replay took the original out of the dead queue; republishing a recorded
+    // `service_unavailable` failure copies the request there again (after the result).
+    assert_eq!(app.queue_depth(&dead, 1).await, 1);
+    let letters = app.take_all(&dead).await;
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].1, body);
+    app.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_failed_compensation_is_listed_and_replayed_once_the_service_recovers() {
+    let failing = Faults {
+        fail_compensations: true,
+        ..Faults::default()
+    };
+    let mut app = fast_app(ServiceKind::Authorization, failing).await;
+    let attention = app.names.attention_queue();
+    let payment_id = Uuid::new_v4();
+    let body = serde_json::to_vec(&TestCard::HighRisk.request_with_id(payment_id)).unwrap();
+    app.send(&body, "risky").await;
+    let result = app.result_for("risky").await.result.unwrap();
+    assert_eq!(result.status, Status::Declined);
+    assert_eq!(
+        result.steps.last().map(|s| s.outcome),
+        Some(StepOutcome::CompensationFailed)
+    );
+    assert_eq!(app.queue_depth(&attention, 1).await, 1);
+
+    let run = baton(&app, &["attention", "list"]).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let lines = numbered(&run.stdout, 1);
+    assert_eq!(lines.len(), 1, "{}", run.stdout);
+    for part in [
+        "compensation_failed",
+        &payment_id.to_string(),
+        "authorization compensation_failed",
+    ] {
+        assert!(lines[0].contains(part), "{part} missing: {}", run.stdout);
+    }
+    assert_eq!(
+        app.queue_depth(&attention, 1).await,
+        1,
+        "list removed the item"
+    );
+
+    let run = baton(&app, &["attention", "show", "1"]).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let command_id = format!("{payment_id}:authorization:compensate");
+    assert!(run.stdout.contains(&command_id), "{}", run.stdout);
+    assert!(!run.stdout.contains("4100000000000019"), "{}", run.stdout);
+
+    // While the service still fails, a replay fails and the item stays.
+    let run = baton(&app, &["attention", "replay", "1"]).await;
+    assert_eq!(run.code, 1, "{}", run.stdout);
+    assert!(run.stderr.contains("the item stays"), "{}", run.stderr);
+    assert_eq!(app.queue_depth(&attention, 1).await, 1);
+    assert_eq!(
+        app.ledger.hold_status(payment_id).await.unwrap().as_deref(),
+        Some("held")
+    );
+
+    // The service recovers: the replay voids the hold and removes the item.
+    app.service("authorization")
+        .set_faults(Faults::default())
+        .unwrap();
+    let run = baton(&app, &["attention", "replay", "1"]).await;
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    assert!(
+        run.stdout.contains(&format!("replayed {payment_id}")),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(
+        app.ledger.hold_status(payment_id).await.unwrap().as_deref(),
+        Some("voided")
+    );
+    let run = baton(&app, &["attention", "list"]).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(run.stdout.contains("is empty"), "{}", run.stdout);
+    assert_eq!(app.queue_depth(&attention, 0).await, 0);
+    app.cleanup().await;
+}
+
+#[tokio::test]
+async fn status_and_the_http_port_show_the_journal_of_a_payment() {
+    let mut app = spawn_app().await;
+    let (result, _) = app.pay(TestCard::Good).await;
+    assert_eq!(result.status, Status::Completed);
+    let id = result.payment_id.to_string();
+    let journal = ["--journal-url", app.journal_url.as_str()];
+    let record = app
+        .orchestrator()
+        .journal()
+        .load(result.payment_id)
+        .await
+        .unwrap()
+        .expect("in the journal");
+    let want = serde_json::to_value(&record).unwrap();
+
+    // Text: every step with its action and outcome, and the result.
+    let run = baton(&app, &[&["status", id.as_str()][..], &journal].concat()).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert!(
+        run.stdout.contains(&format!("payment   {id}")),
+        "{}",
+        run.stdout
+    );
+    assert!(run.stdout.contains("status    completed"), "{}", run.stdout);
+    assert!(run.stdout.contains("****4242"), "{}", run.stdout);
+    assert!(!run.stdout.contains("4242424242424242"), "{}", run.stdout);
+    for step in ["authorization", "risk", "pci", "transaction"] {
+        let line = run
+            .stdout
+            .lines()
+            .find(|l| l.starts_with(step))
+            .unwrap_or_else(|| panic!("no {step} line: {}", run.stdout));
+        assert!(
+            line.contains("execute") && line.contains("approved"),
+            "{line}"
+        );
+    }
+    assert!(run.stdout.contains("result    completed"), "{}", run.stdout);
+    assert!(run.stdout.contains("settled   2150 USD"), "{}", run.stdout);
+
+    // JSON: the journal's record, exactly.
+    let run = baton(
+        &app,
+        &[&["status", id.as_str(), "--json"][..], &journal].concat(),
+    )
+    .await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let printed: Value = serde_json::from_str(&run.stdout).expect("--json prints JSON");
+    assert_eq!(printed, want);
+    assert_eq!(printed["result"]["status"], "completed");
+    assert_eq!(printed["entries"].as_array().unwrap().len(), 4);
+
+    // An unknown payment: exit 1, said on stderr.
+    let unknown = Uuid::new_v4().to_string();
+    let run = baton(
+        &app,
+        &[&["status", unknown.as_str()][..], &journal].concat(),
+    )
+    .await;
+    assert_eq!(run.code, 1, "{}", run.stdout);
+    assert!(run.stderr.contains("not in the journal"), "{}", run.stderr);
+
+    // The HTTP port serves the same document.
+    let addr = app.orchestrator().http_addr().expect("an HTTP port");
+    let (status, body) = http_get(addr, &format!("/payments/{id}")).await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    let served: Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(served, want);
+    let (status, body) = http_get(addr, &format!("/payments/{unknown}"))
+        .await
+        .unwrap();
+    assert_eq!(status, 404, "{body}");
+    let (status, body) = http_get(addr, "/payments/not-a-uuid").await.unwrap();
+    assert_eq!(status, 400, "{body}");
+    app.cleanup().await;
+}
