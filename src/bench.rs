@@ -17,7 +17,7 @@ use crate::load::{self, Pace};
 use baton_contract::amqp::{self, json_properties, publish_confirmed};
 use baton_contract::{headers, Names, Reply};
 use futures_lite::StreamExt;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueDeclareOptions};
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use serde::Serialize;
 use std::collections::HashMap;
@@ -377,12 +377,7 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<Vec<Row>> {
         drop(processes);
         let connection = amqp::connect(&options.amqp_url, "baton bench cleanup").await?;
         let channel = connection.create_channel().await?;
-        let parking: Vec<u64> = crate::workflow::Workflow::builtin()
-            .parking()
-            .tiers
-            .iter()
-            .map(|d| d.as_millis() as u64)
-            .collect();
+        let parking: Vec<u64> = crate::workflow::Workflow::builtin().parking().delays_ms();
         amqp::delete_topology_with_parking(&channel, &names, &SERVICES, &parking).await?;
         let _ = connection.close(200, "done".into()).await;
     }
@@ -516,28 +511,7 @@ pub async fn relay(amqp_url: &str, names: &Names, concurrency: u16) -> anyhow::R
         &Uuid::new_v4().simple().to_string()[..8]
     ));
     let replies_channel = connection.create_channel().await?;
-    replies_channel
-        .queue_declare(
-            reply_queue.as_str().into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
-    let mut replies = replies_channel
-        .basic_consume(
-            reply_queue.as_str().into(),
-            "".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
+    let (_, mut replies) = amqp::consume_exclusive(&replies_channel, &reply_queue).await?;
     let waiting: Waiting = Arc::default();
     let router = waiting.clone();
     tokio::spawn(async move {

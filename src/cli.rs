@@ -231,9 +231,22 @@ pub struct RunArgs {
     #[arg(long, env = "BATON_HTTP_ADDR", default_value = orchestrator::DEFAULT_HTTP_ADDR)]
     pub http_addr: String,
 
+    /// Publish saga events (event.<step>.<outcome>) on the payments exchange
+    #[arg(long, env = "BATON_EVENTS", value_enum, default_value_t = Switch::On)]
+    pub events: Switch,
+
     #[command(flatten)]
     #[allow(missing_docs)]
     pub journal: JournalArgs,
+}
+
+/// On or off.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Switch {
+    /// Enabled.
+    On,
+    /// Disabled.
+    Off,
 }
 
 /// Options of `baton pay`.
@@ -416,6 +429,7 @@ async fn run_orchestrator(common: &Common, names: Names, args: RunArgs) -> anyho
         args.journal.journal_url.clone(),
     );
     settings.http_addr = (args.http_addr != "off").then(|| args.http_addr.clone());
+    settings.events = args.events == Switch::On;
     settings.concurrency = args.concurrency;
     settings.workflow = load_workflow(args.workflow.as_deref())?;
     settings.limits = Limits {

@@ -7,8 +7,6 @@
 use baton_contract::amqp::{self, json_properties, publish_confirmed, BrokerError};
 use baton_contract::{Names, PaymentResult};
 use futures_lite::StreamExt;
-use lapin::options::{BasicConsumeOptions, QueueDeclareOptions};
-use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -52,28 +50,7 @@ impl Client {
         amqp::declare_core(&channel, &names).await?;
         let reply_queue = format!("{}.client.{}", names.prefix(), Uuid::new_v4().simple());
         let listen = connection.create_channel().await?;
-        listen
-            .queue_declare(
-                reply_queue.as_str().into(),
-                QueueDeclareOptions {
-                    exclusive: true,
-                    auto_delete: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
-        let mut consumer = listen
-            .basic_consume(
-                reply_queue.as_str().into(),
-                "".into(),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..BasicConsumeOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
+        let (_, mut consumer) = amqp::consume_exclusive(&listen, &reply_queue).await?;
         let (tx, results) = mpsc::unbounded_channel();
         tokio::spawn(async move {
             // Keeps the listening channel alive as long as the consumer runs.

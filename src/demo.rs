@@ -83,12 +83,7 @@ pub async fn run(amqp_url: &str, args: DemoArgs) -> anyhow::Result<i32> {
         let connection = amqp::connect(amqp_url, "baton demo cleanup").await?;
         let channel = connection.create_channel().await?;
         let service_names: Vec<&str> = ServiceKind::ALL.iter().map(|k| k.name()).collect();
-        let parking: Vec<u64> = crate::workflow::Workflow::builtin()
-            .parking()
-            .tiers
-            .iter()
-            .map(|d| d.as_millis() as u64)
-            .collect();
+        let parking: Vec<u64> = crate::workflow::Workflow::builtin().parking().delays_ms();
         amqp::delete_topology_with_parking(&channel, &names, &service_names, &parking).await?;
         let _ = connection.close(200, "done".into()).await;
         let mut files = vec![journal_file.clone()];

@@ -254,32 +254,11 @@ async fn replay_attention(
         );
     };
     let listen = connection.create_channel().await?;
-    let reply_queue = listen
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
-    let mut replies = listen
-        .basic_consume(
-            reply_queue.name().clone(),
-            "".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..BasicConsumeOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
+    let (reply_queue, mut replies) = amqp::consume_exclusive(&listen, "").await?;
     let correlation = Uuid::new_v4().to_string();
     let properties = json_properties(&[(headers::COMMAND_ID, &command.command_id)])
         .with_correlation_id(correlation.as_str().into())
-        .with_reply_to(reply_queue.name().clone());
+        .with_reply_to(reply_queue.as_str().into());
     let target = names.command_queue(&item.service);
     publish_confirmed(
         publish,

@@ -105,6 +105,14 @@ pub struct ParkingPolicy {
 }
 
 impl ParkingPolicy {
+    /// Each tier's delay in milliseconds (the parking queues are named after them).
+    pub fn delays_ms(&self) -> Vec<u64> {
+        self.tiers
+            .iter()
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+            .collect()
+    }
+
     /// The tier index for the `parked`-th parking (0-based count of earlier parkings).
     pub fn tier_for(&self, parked: u32) -> usize {
         (parked as usize).min(self.tiers.len().saturating_sub(1))

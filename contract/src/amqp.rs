@@ -305,6 +305,39 @@ pub async fn delete_topology_with_parking(
     Ok(())
 }
 
+/// Declares an exclusive, auto-deleted queue named `name` (the broker picks a name when
+/// `name` is empty) and consumes it without acks: the reply queue of one process, which
+/// disappears with its connection. Returns the queue's name and the consumer.
+pub async fn consume_exclusive(
+    channel: &Channel,
+    name: &str,
+) -> Result<(String, lapin::Consumer), BrokerError> {
+    let queue = channel
+        .queue_declare(
+            name.into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    let name = queue.name().as_str().to_owned();
+    let consumer = channel
+        .basic_consume(
+            name.as_str().into(),
+            "".into(),
+            lapin::options::BasicConsumeOptions {
+                no_ack: true,
+                ..lapin::options::BasicConsumeOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    Ok((name, consumer))
+}
+
 /// Properties of a persistent JSON message with Baton's schema header and `extra` headers.
 pub fn json_properties(extra: &[(&str, &str)]) -> BasicProperties {
     let mut table = FieldTable::default();

@@ -380,12 +380,7 @@ impl Cluster {
         }
         let channel = self.client.publisher().channel().clone();
         let services: Vec<&str> = ServiceKind::ALL.iter().map(|k| k.name()).collect();
-        let parking: Vec<u64> = baton::workflow::Workflow::builtin()
-            .parking()
-            .tiers
-            .iter()
-            .map(|d| d.as_millis() as u64)
-            .collect();
+        let parking: Vec<u64> = baton::workflow::Workflow::builtin().parking().delays_ms();
         let _ =
             amqp::delete_topology_with_parking(&channel, &self.names, &services, &parking).await;
         self.client.close().await;

@@ -311,13 +311,7 @@ impl TestApp {
         let mut parking: Vec<u64> = Vec::new();
         for workflow in std::iter::once(&builtin).chain(&self.workflows) {
             services.extend(workflow.services());
-            parking.extend(
-                workflow
-                    .parking()
-                    .tiers
-                    .iter()
-                    .map(|d| d.as_millis() as u64),
-            );
+            parking.extend(workflow.parking().delays_ms());
         }
         services.sort_unstable();
         services.dedup();
