@@ -135,6 +135,10 @@ pub struct AmqpTransport {
     events_dropped: prometheus::IntCounter,
     /// Whether saga events are published at all.
     events_enabled: bool,
+    /// Signalled when a publish finds the channel closed while the connection may still
+    /// be up (the broker closes a channel on some errors): the session is then torn down
+    /// and reopened, so unacked requests are redelivered instead of waiting forever.
+    broken: watch::Sender<u64>,
 }
 
 impl AmqpTransport {
@@ -144,6 +148,15 @@ impl AmqpTransport {
             .ok()
             .and_then(|s| s.as_ref().map(|s| s.publish.clone()))
             .ok_or(CallError::ShuttingDown)
+    }
+
+    /// Passes a publish outcome through, noting a dead channel.
+    fn watch(&self, outcome: Result<(), BrokerError>) -> Result<(), BrokerError> {
+        if let Err(BrokerError::Channel(e)) = &outcome {
+            warn!(error = %e, "publish channel failed; the session will be reopened");
+            self.broken.send_modify(|failures| *failures += 1);
+        }
+        outcome
     }
 
     fn events_channel(&self) -> Option<Channel> {
@@ -176,7 +189,7 @@ impl Transport for AmqpTransport {
         }
         let queue = self.names.command_queue(service);
         debug!(command_id = %command.command_id, queue = %queue, "sending command");
-        match publish_confirmed(&channel, "", &queue, &body, properties).await {
+        match self.watch(publish_confirmed(&channel, "", &queue, &body, properties).await) {
             Ok(()) => {}
             // The connection is gone: this replica cannot finish the payment; another
             // one (or this one after reconnecting) will, from the unacked request.
@@ -199,15 +212,8 @@ impl Transport for AmqpTransport {
             (headers::COMMAND_ID, &item.command_id),
         ])
         .with_message_id(item.payment_id.to_string().as_str().into());
-        match publish_confirmed(
-            &channel,
-            "",
-            &self.names.attention_queue(),
-            &body,
-            properties,
-        )
-        .await
-        {
+        let queue = self.names.attention_queue();
+        match self.watch(publish_confirmed(&channel, "", &queue, &body, properties).await) {
             Ok(()) => Ok(()),
             Err(BrokerError::Channel(_)) => Err(CallError::ShuttingDown),
             Err(e) => Err(CallError::Send(e.to_string())),
@@ -385,6 +391,7 @@ pub async fn start(settings: Settings) -> Result<Running, OrchestratorError> {
         events,
         events_dropped: metrics.events_dropped.clone(),
         events_enabled: settings.events,
+        broken: watch::Sender::new(0),
     };
     let env = SagaEnv::new(
         settings.workflow.clone(),
@@ -603,12 +610,18 @@ async fn serve(
     let pending = shared.env.transport.pending.clone();
     let metrics = shared.env.metrics.clone();
     let mut router = tokio::spawn(route_replies(replies, pending, metrics));
+    // Failures seen from here on concern this session's channels only.
+    let mut broken = shared.env.transport.broken.subscribe();
+    broken.mark_unchanged();
     let mut tasks = JoinSet::new();
     let end = loop {
         tokio::select! {
             _ = stopped.wait_for(|s| *s) => break SessionEnd::Stopped,
             Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
             _ = &mut router => break SessionEnd::Lost("reply consumer ended".into()),
+            _ = broken.changed() => {
+                break SessionEnd::Lost("the publish channel was closed by the broker".into())
+            }
             delivery = requests.next() => match delivery {
                 Some(Ok(delivery)) => {
                     tasks.spawn(handle_request(delivery, shared.clone()));
@@ -879,7 +892,7 @@ async fn publish_result(
         }
     };
     let (to_exchange, to_client) = tokio::join!(to_exchange, to_client);
-    to_exchange.and(to_client)
+    shared.env.transport.watch(to_exchange.and(to_client))
 }
 
 /// A copy of the request for operators, with the reason in headers.
@@ -902,7 +915,10 @@ async fn dead_letter_copy(
         properties = properties.with_correlation_id(correlation_id.clone());
     }
     let dead = shared.settings.names.dead_queue();
-    publish_confirmed(channel, "", &dead, &delivery.data, properties).await?;
+    shared
+        .env
+        .transport
+        .watch(publish_confirmed(channel, "", &dead, &delivery.data, properties).await)?;
     shared
         .env
         .metrics
@@ -934,7 +950,8 @@ async fn park(delivery: &Delivery, tier: usize, step: &str, reason: &str, shared
         step,
     );
     let queue = shared.settings.names.retry_queue(delay.as_millis() as u64);
-    match publish_confirmed(&channel, "", &queue, &delivery.data, properties).await {
+    let parked_copy = publish_confirmed(&channel, "", &queue, &delivery.data, properties).await;
+    match shared.env.transport.watch(parked_copy) {
         Ok(()) => {
             info!(
                 step,

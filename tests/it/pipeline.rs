@@ -166,3 +166,33 @@ async fn a_reply_with_an_unknown_correlation_id_changes_nothing() {
     assert_eq!(app.orchestrator().metrics().unknown_replies.get(), 1);
     app.cleanup().await;
 }
+
+#[tokio::test]
+async fn a_channel_closed_by_the_broker_is_reopened_and_the_payment_completes() {
+    let mut app = spawn_app().await;
+    // Deleting the payments exchange makes the broker close the orchestrator's publish
+    // channel (404) when it publishes the result; the connection itself stays up.
+    let channel = app.client.publisher().channel().clone();
+    channel
+        .exchange_delete(
+            app.names.payments_exchange().as_str().into(),
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    let payment_id = Uuid::new_v4();
+    let body = serde_json::to_vec(&TestCard::Good.request_with_id(payment_id)).unwrap();
+    app.client
+        .publisher()
+        .publish_to_queue(&body, "reopened")
+        .await
+        .unwrap();
+    let result = app.result_for("reopened").await.result.unwrap();
+    assert_eq!(result.status, Status::Completed);
+    assert!(
+        app.orchestrator().metrics().reconnects.get() >= 1,
+        "the session was reopened"
+    );
+    assert_eq!(app.ledger.transfers_for(payment_id).await.unwrap(), 1);
+    app.cleanup().await;
+}
