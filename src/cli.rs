@@ -40,11 +40,11 @@ pub struct Common {
     pub amqp_url: String,
 
     /// Prefix of every exchange and queue name (1-64 of A-Z a-z 0-9 . _ -)
-    #[arg(long, env = "BATON_PREFIX", default_value = "baton", value_parser = parse_prefix, global = true)]
+    #[arg(long, env = "BATON_PREFIX", default_value = "baton", value_parser = parse_prefix, global = true, hide_env_values = true)]
     pub prefix: String,
 
     /// Log format
-    #[arg(long, env = "BATON_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    #[arg(long, env = "BATON_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true, hide_env_values = true)]
     pub log_format: LogFormat,
 }
 
@@ -203,36 +203,41 @@ pub enum QueueCommand {
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// Payments in flight at once (the request queue prefetch)
-    #[arg(long, env = "BATON_CONCURRENCY", default_value_t = 256, value_parser = clap::value_parser!(u16).range(1..))]
+    #[arg(long, env = "BATON_CONCURRENCY", default_value_t = 256, value_parser = clap::value_parser!(u16).range(1..), hide_env_values = true)]
     pub concurrency: u16,
 
     /// Workflow file (TOML) [default: the built-in workflows/default.toml]
-    #[arg(long, env = "BATON_WORKFLOW")]
+    #[arg(long, env = "BATON_WORKFLOW", hide_env_values = true)]
     pub workflow: Option<PathBuf>,
 
     /// Largest accepted amount, in minor units
-    #[arg(long, env = "BATON_MAX_AMOUNT_MINOR", default_value_t = Limits::default().max_amount_minor)]
+    #[arg(long, env = "BATON_MAX_AMOUNT_MINOR", default_value_t = Limits::default().max_amount_minor, hide_env_values = true)]
     pub max_amount_minor: u64,
 
     /// Largest accepted request body, in bytes
-    #[arg(long, env = "BATON_MAX_BODY_BYTES", default_value_t = Limits::default().max_body_bytes)]
+    #[arg(long, env = "BATON_MAX_BODY_BYTES", default_value_t = Limits::default().max_body_bytes, hide_env_values = true)]
     pub max_body_bytes: usize,
 
     /// Seconds a shutdown waits for in-flight payments before leaving them to another replica
-    #[arg(long, env = "BATON_SHUTDOWN_TIMEOUT", default_value_t = 30)]
+    #[arg(
+        long,
+        env = "BATON_SHUTDOWN_TIMEOUT",
+        default_value_t = 30,
+        hide_env_values = true
+    )]
     pub shutdown_timeout: u64,
 
     /// This replica's id (in its reply queue's name) [default: random]
-    #[arg(long, env = "BATON_INSTANCE", value_parser = parse_prefix)]
+    #[arg(long, env = "BATON_INSTANCE", value_parser = parse_prefix, hide_env_values = true)]
     pub instance: Option<String>,
 
     /// HTTP address for /metrics, /healthz, /readyz and /payments/<id> (port 0: any free
     /// port, logged; "off": no HTTP port)
-    #[arg(long, env = "BATON_HTTP_ADDR", default_value = orchestrator::DEFAULT_HTTP_ADDR)]
+    #[arg(long, env = "BATON_HTTP_ADDR", default_value = orchestrator::DEFAULT_HTTP_ADDR, hide_env_values = true)]
     pub http_addr: String,
 
     /// Publish saga events (event.<step>.<outcome>) on the payments exchange
-    #[arg(long, env = "BATON_EVENTS", value_enum, default_value_t = Switch::On)]
+    #[arg(long, env = "BATON_EVENTS", value_enum, default_value_t = Switch::On, hide_env_values = true)]
     pub events: Switch,
 
     #[command(flatten)]

@@ -39,7 +39,7 @@ struct Common {
     amqp_url: String,
 
     /// Topology prefix: the service consumes <prefix>.cmd.<service>
-    #[arg(long, env = "BATON_PREFIX", default_value = "baton", value_parser = parse_prefix)]
+    #[arg(long, env = "BATON_PREFIX", default_value = "baton", value_parser = parse_prefix, hide_env_values = true)]
     prefix: String,
 
     /// Commands handled at once (the consumer's prefetch)
@@ -47,22 +47,21 @@ struct Common {
         long,
         env = "BATON_CONCURRENCY",
         default_value_t = 64,
-        value_parser = clap::value_parser!(u16).range(1..)
-    )]
+        value_parser = clap::value_parser!(u16).range(1..), hide_env_values = true)]
     concurrency: u16,
 
     /// Log format (filter with RUST_LOG, default `info`)
-    #[arg(long, env = "BATON_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    #[arg(long, env = "BATON_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, hide_env_values = true)]
     log_format: LogFormat,
 
     /// HTTP port serving /metrics, /healthz and /readyz (host:port; port 0 picks a free
     /// port, and the bound address is logged)
-    #[arg(long, env = "BATON_HTTP_ADDR")]
+    #[arg(long, env = "BATON_HTTP_ADDR", hide_env_values = true)]
     http_addr: Option<String>,
 
     /// Consume <prefix>.cmd.<QUEUE> instead of the service's own queue (e.g. a second risk
     /// instance serving as a workflow's fallback `risk-lite`); 1-64 of a-z 0-9 _ -
-    #[arg(long, env = "BATON_QUEUE", value_parser = parse_queue)]
+    #[arg(long, env = "BATON_QUEUE", value_parser = parse_queue, hide_env_values = true)]
     queue: Option<String>,
 }
 
@@ -87,12 +86,16 @@ struct FaultArgs {
         env = "BATON_FAIL_RATE",
         default_value_t = 0.0,
         value_parser = parse_fail_rate,
-        allow_negative_numbers = true
-    )]
+        allow_negative_numbers = true, hide_env_values = true)]
     fail_rate: f64,
 
     /// Milliseconds to wait before handling each command
-    #[arg(long, env = "BATON_LATENCY_MS", default_value_t = 0)]
+    #[arg(
+        long,
+        env = "BATON_LATENCY_MS",
+        default_value_t = 0,
+        hide_env_values = true
+    )]
     latency_ms: u64,
 
     /// Ack every command and never answer: the orchestrator sees only timeouts
@@ -101,8 +104,7 @@ struct FaultArgs {
         long,
         env = "BATON_BLACKHOLE",
         action = clap::ArgAction::SetTrue,
-        value_parser = clap::builder::BoolishValueParser::new()
-    )]
+        value_parser = clap::builder::BoolishValueParser::new(), hide_env_values = true)]
     blackhole: bool,
 
     /// Answer every `compensate` command with a transient `error` (reason
@@ -112,8 +114,7 @@ struct FaultArgs {
         long,
         env = "BATON_FAIL_COMPENSATIONS",
         action = clap::ArgAction::SetTrue,
-        value_parser = clap::builder::BoolishValueParser::new()
-    )]
+        value_parser = clap::builder::BoolishValueParser::new(), hide_env_values = true)]
     fail_compensations: bool,
 }
 
