@@ -703,13 +703,40 @@ async fn route_replies(mut replies: lapin::Consumer, pending: Pending, metrics: 
             // A garbled reply is the service's fault and may be transient.
             let command_id =
                 header_text(&delivery.properties, headers::COMMAND_ID).unwrap_or_default();
-            Reply::error(command_id, "malformed_reply", e.to_string())
+            // The parser's message can quote the offending value: keep only where it was.
+            Reply::error(
+                command_id,
+                "malformed_reply",
+                format!(
+                    "not a valid reply (line {}, column {})",
+                    e.line(),
+                    e.column()
+                ),
+            )
         });
         let _ = waiter.send(reply);
     }
     // Dropping every waiter tells in-flight sagas the replies are gone.
     if let Ok(mut map) = pending.lock() {
         map.clear();
+    }
+}
+
+/// A reason code as a metric label: the code itself when it looks like one (services
+/// choose their codes), `other` otherwise, so a service cannot make the label set grow
+/// without bound.
+fn reason_label(reason: Option<&str>) -> &str {
+    match reason {
+        None => "",
+        Some(r)
+            if !r.is_empty()
+                && r.len() <= 48
+                && r.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_') =>
+        {
+            r
+        }
+        Some(_) => "other",
     }
 }
 
@@ -771,7 +798,7 @@ async fn handle_request(delivery: Delivery, shared: Arc<Shared>) {
                         .results
                         .with_label_values(&[
                             result.status.as_str(),
-                            result.reason.as_deref().unwrap_or(""),
+                            reason_label(result.reason.as_deref()),
                         ])
                         .inc();
                     metrics
@@ -782,8 +809,27 @@ async fn handle_request(delivery: Delivery, shared: Arc<Shared>) {
             SagaOutcome::Park { tier, step, reason } => {
                 park(&delivery, tier, &step, &reason, &shared).await;
             }
-            SagaOutcome::JournalUnavailable(why) => {
-                park(&delivery, 0, "journal", &why, &shared).await;
+            SagaOutcome::JournalUnavailable {
+                error,
+                transient: true,
+            } => {
+                park(&delivery, 0, "journal", &error, &shared).await;
+            }
+            SagaOutcome::JournalUnavailable {
+                error,
+                transient: false,
+            } => {
+                // Parking would bring it back forever: an operator must look.
+                set_aside(&delivery, "journal_corrupt", &error, &shared).await;
+            }
+            SagaOutcome::Reused(detail) => {
+                // Answer this client only: the payments exchange carries the real
+                // payment's one result, not this request's.
+                let result = saga::rejected(request.payment_id, detail.clone());
+                if let Ok(channel) = shared.env.transport.channel() {
+                    let _ = publish_to_client(&channel, &result, &delivery.properties).await;
+                }
+                set_aside(&delivery, "payment_id_reused", &detail, &shared).await;
             }
             SagaOutcome::Interrupted => {
                 // Leave it unacked: when the channel closes RabbitMQ redelivers it.
@@ -815,7 +861,11 @@ fn check_content_type(properties: &BasicProperties) -> Result<(), baton_contract
     })
 }
 
+/// Returns a delivery to its queue after a pause, so that a failure that persists for a
+/// while (a result that cannot be published) does not spin through the queue's delivery
+/// limit in milliseconds.
 async fn nack(delivery: &Delivery) {
+    tokio::time::sleep(Duration::from_secs(1)).await;
     let _ = delivery
         .acker
         .nack(BasicNackOptions {
@@ -893,6 +943,41 @@ async fn publish_result(
     };
     let (to_exchange, to_client) = tokio::join!(to_exchange, to_client);
     shared.env.transport.watch(to_exchange.and(to_client))
+}
+
+/// Moves a request that cannot go on to the dead-letter queue with the reason and acks
+/// it; returns it to the queue (after a pause) if even that fails.
+async fn set_aside(delivery: &Delivery, reason: &str, detail: &str, shared: &Shared) {
+    let Ok(channel) = shared.env.transport.channel() else {
+        return;
+    };
+    match dead_letter_copy(&channel, delivery, reason, detail, shared).await {
+        Ok(()) => {
+            let _ = delivery.acker.ack(BasicAckOptions::default()).await;
+        }
+        Err(e) => {
+            error!(error = %e, "could not dead-letter a request; returning it to the queue");
+            nack(delivery).await;
+        }
+    }
+}
+
+/// Publishes a result to the request's `reply_to` only (not to the payments exchange).
+async fn publish_to_client(
+    channel: &Channel,
+    result: &PaymentResult,
+    request: &BasicProperties,
+) -> Result<(), BrokerError> {
+    let Some(reply_to) = request.reply_to() else {
+        return Ok(());
+    };
+    let body = serde_json::to_vec(result).expect("a PaymentResult always serialises");
+    let mut properties =
+        json_properties(&[]).with_message_id(result.payment_id.to_string().as_str().into());
+    if let Some(correlation_id) = request.correlation_id() {
+        properties = properties.with_correlation_id(correlation_id.clone());
+    }
+    publish_confirmed(channel, "", reply_to.as_str(), &body, properties).await
 }
 
 /// A copy of the request for operators, with the reason in headers.
@@ -983,7 +1068,25 @@ async fn reject(delivery: Delivery, invalid: baton_contract::InvalidRequest, sha
     let detail = invalid.to_string();
     let dead_lettered =
         dead_letter_copy(&channel, &delivery, "invalid_request", &detail, shared).await;
+    // An invalid request carrying the id of a payment the journal knows (a client
+    // re-sending it with a broken field, a limit lowered while it was parked) must not
+    // give that payment a second result: answer this client only. If the journal cannot
+    // be read, assume it knows the payment.
+    let known = match payment_id {
+        Some(id) => shared
+            .env
+            .log
+            .load(id)
+            .await
+            .map(|record| record.is_some())
+            .unwrap_or(true),
+        None => false,
+    };
     let answered = match payment_id {
+        Some(id) if known => {
+            let result = saga::rejected(id, detail);
+            publish_to_client(&channel, &result, &delivery.properties).await
+        }
         Some(id) => {
             let result = saga::rejected(id, detail);
             let published = publish_result(&channel, &result, &delivery.properties, shared).await;
@@ -1038,6 +1141,17 @@ mod tests {
             let e = check_content_type(&with(bad)).unwrap_err();
             assert_eq!(e.field, "content_type", "{bad}");
         }
+    }
+
+    #[test]
+    fn reason_labels_stay_bounded() {
+        assert_eq!(reason_label(None), "");
+        assert_eq!(reason_label(Some("card_declined")), "card_declined");
+        assert_eq!(
+            reason_label(Some("Card declined: 4242424242424242")),
+            "other"
+        );
+        assert_eq!(reason_label(Some(&"x".repeat(100))), "other");
     }
 
     #[test]

@@ -266,8 +266,16 @@ pub enum SagaOutcome {
     },
     /// Stopping, or the broker connection was lost: leave the request unacked.
     Interrupted,
-    /// The journal failed: the payment cannot safely go on now; try again later.
-    JournalUnavailable(String),
+    /// The journal failed: the payment cannot safely go on now.
+    JournalUnavailable {
+        /// What failed.
+        error: String,
+        /// Worth trying again later (a database error), or not (a corrupt record).
+        transient: bool,
+    },
+    /// The payment id is already in the journal for a payment with other content
+    /// (amount, parties, card): this request must not touch that payment.
+    Reused(String),
 }
 
 /// The final decision before it is stamped with a time.
@@ -355,14 +363,18 @@ pub async fn run<T: Transport, L: SagaLog>(
     request: &PaymentRequest,
 ) -> SagaOutcome {
     let payment_id = request.payment_id;
-    let saga = match env
-        .log
-        .begin(payment_id, &PaymentSummary::of(request))
-        .await
-    {
+    let summary = PaymentSummary::of(request);
+    let saga = match env.log.begin(payment_id, &summary).await {
         Ok(saga) => saga,
         Err(e) => return journal_failed(env, e),
     };
+    if saga.summary != summary {
+        warn!("payment id reused for a different payment; refusing it");
+        return SagaOutcome::Reused(format!(
+            "payment_id: {payment_id} is already used by a payment with another amount, \
+             merchant, customer or card; use a new payment_id"
+        ));
+    }
     if let Some(result) = saga.result.clone() {
         info!("payment already decided; publishing the recorded result again");
         let dead_letter = dead_letter_reason(&result);
@@ -490,7 +502,10 @@ fn dead_letter_reason(result: &PaymentResult) -> Option<String> {
 fn journal_failed<T, L>(env: &SagaEnv<T, L>, e: JournalError) -> SagaOutcome {
     env.metrics.journal_errors.inc();
     error!(error = %e, "saga journal unavailable");
-    SagaOutcome::JournalUnavailable(e.to_string())
+    SagaOutcome::JournalUnavailable {
+        transient: e.is_transient(),
+        error: e.to_string(),
+    }
 }
 
 fn outcome_name(outcome: StepOutcome) -> &'static str {
@@ -638,6 +653,10 @@ async fn execute<T: Transport, L: SagaLog>(
         };
     }
 
+    // An earlier visit that ended in parking may have sent the command too (its timeouts
+    // are not in this visit's count, and an open breaker may have kept this visit from
+    // sending at all): a side-effecting step of a payment parked before stays in doubt.
+    let in_doubt = in_doubt || (step.side_effects && saga.parked > 0);
     if in_doubt {
         // It may have happened. Ask once more with the same command id: the service
         // answers from its store if it acted. Only a definite answer is taken.
@@ -754,8 +773,14 @@ async fn send_attention<T: Transport, L: SagaLog>(
         }
         Err(CallError::ShuttingDown) => Some(SagaOutcome::Interrupted),
         Err(e) => {
-            error!(error = %e, "could not reach the attention queue; the payment will be retried");
-            Some(SagaOutcome::Interrupted)
+            // The channel is alive but the item was refused: park the payment (it comes
+            // back and tries again) rather than hold its delivery unacked.
+            error!(error = %e, "could not reach the attention queue; parking the payment");
+            Some(SagaOutcome::Park {
+                tier: 0,
+                step: "attention".into(),
+                reason: e.to_string(),
+            })
         }
     }
 }

@@ -680,3 +680,71 @@ async fn shutdown_interrupts_without_a_result() {
         .result
         .is_none());
 }
+
+#[tokio::test]
+async fn a_payment_id_reused_with_other_content_is_refused_before_any_step() {
+    let env = env(workflow(""), happy_services());
+    finished(run(&env, &request_of(1999)).await);
+    let sent = env.transport.sent.lock().unwrap().len();
+    match run(&env, &request_of(500_000)).await {
+        SagaOutcome::Reused(detail) => assert!(detail.contains("already used"), "{detail}"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert_eq!(
+        env.transport.sent.lock().unwrap().len(),
+        sent,
+        "no command for it"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_side_effecting_step_parked_behind_an_open_breaker_is_still_in_doubt() {
+    // The transaction's breaker opens during the first visit; later visits fail fast
+    // without sending, but the first visit's commands may have been acted on.
+    let mut wf_text = String::from(
+        r#"
+        [defaults]
+        retry = { attempts = 3, initial_backoff_ms = 10, max_backoff_ms = 40 }
+        [parking]
+        tiers_ms = [100]
+        max_parks = 2
+        [[steps]]
+        name = "authorization"
+        timeout_ms = 100
+        card_number = true
+        compensate = true
+        [[steps]]
+        name = "transaction"
+        timeout_ms = 100
+        side_effects = true
+        breaker = { failure_threshold = 3, window_ms = 60000, open_ms = 600000 }
+        "#,
+    );
+    wf_text.push('\n');
+    let wf = Workflow::parse(&wf_text, "test").unwrap();
+    let env = env(
+        wf,
+        happy_services().on("transaction", |_, _| Behaviour::Silent),
+    );
+    for _ in 0..2 {
+        assert!(matches!(
+            run(&env, &request()).await,
+            SagaOutcome::Park { .. }
+        ));
+    }
+    assert_eq!(
+        env.transport.sent_to("transaction").len(),
+        3,
+        "only the first visit sent"
+    );
+    let (result, _) = finished(run(&env, &request()).await);
+    assert_eq!(result.status, Status::Failed);
+    let attention = env.transport.attention.lock().unwrap().clone();
+    assert_eq!(attention.len(), 1, "{attention:?}");
+    assert_eq!(attention[0].kind, "in_doubt");
+    assert_eq!(
+        env.transport.sent_to("transaction").len(),
+        4,
+        "one last question, through the open breaker"
+    );
+}

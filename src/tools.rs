@@ -14,7 +14,7 @@
 use crate::cli::QueueCommand;
 use crate::saga::AttentionItem;
 use baton_contract::amqp::{self, header_text, json_properties, publish_confirmed};
-use baton_contract::{headers, Names, Reply, ReplyOutcome};
+use baton_contract::{headers, mask_digit_runs, Names, Reply, ReplyOutcome};
 use futures_lite::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueDeclareOptions};
@@ -85,8 +85,13 @@ pub async fn run(
                     }
                     println!();
                     match serde_json::from_slice::<serde_json::Value>(&m.data) {
-                        Ok(json) => println!("{}", serde_json::to_string_pretty(&json)?),
-                        Err(_) => println!("{}", String::from_utf8_lossy(&m.data)),
+                        Ok(mut json) => {
+                            mask_card_numbers(&mut json);
+                            println!("{}", serde_json::to_string_pretty(&json)?);
+                        }
+                        Err(_) => {
+                            println!("{}", mask_digit_runs(&String::from_utf8_lossy(&m.data)))
+                        }
                     }
                     0
                 }
@@ -188,6 +193,17 @@ async fn take(
     Ok((channel, messages))
 }
 
+/// Replaces every string of 12 to 19 digits (a card number, wherever it sits) with
+/// `****` and its last four digits: operators see which card, never the number.
+pub fn mask_card_numbers(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::String(text) => *text = mask_digit_runs(text),
+        serde_json::Value::Array(items) => items.iter_mut().for_each(mask_card_numbers),
+        serde_json::Value::Object(map) => map.values_mut().for_each(mask_card_numbers),
+        _ => {}
+    }
+}
+
 fn reason_of(properties: &BasicProperties) -> String {
     header_text(properties, headers::REASON)
         .or_else(|| header_text(properties, "x-first-death-reason"))
@@ -221,7 +237,24 @@ fn show_value(value: &AMQPValue) -> String {
 }
 
 /// Sends a dead-lettered request back to the request queue, as the client sent it.
+/// Only requests: a command a service dead-lettered is not a payment request.
 async fn replay_request(publish: &Channel, names: &Names, m: &Delivery) -> anyhow::Result<String> {
+    let baton_reason = header_text(&m.properties, headers::REASON);
+    let from = header_text(&m.properties, "x-first-death-queue");
+    let is_request = match baton_reason.as_deref() {
+        Some(
+            "invalid_request" | "service_unavailable" | "payment_id_reused" | "journal_corrupt",
+        ) => true,
+        Some(_) => false,
+        None => from.as_deref() == Some(names.requests_queue().as_str()),
+    };
+    if !is_request {
+        anyhow::bail!(
+            "not a payment request ({}, from {}): not replayed",
+            baton_reason.unwrap_or_else(|| "dead-lettered by RabbitMQ".into()),
+            from.unwrap_or_else(|| "a service".into())
+        );
+    }
     let mut properties = m.properties.clone();
     if let Some(table) = m.properties.headers() {
         let kept: std::collections::BTreeMap<_, _> = table
@@ -291,5 +324,35 @@ async fn replay_attention(
             reply.outcome,
             reply.reason.unwrap_or_default()
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn card_numbers_are_masked_wherever_they_are() {
+        let mut request = serde_json::json!({
+            "card": {"number": "4242424242424242", "expiry": "12/30"},
+            "amount": {"minor": 1999},
+            "notes": ["call 4000000000000002 back"],
+        });
+        mask_card_numbers(&mut request);
+        let text = request.to_string();
+        assert!(
+            !text.contains("4242424242424242") && !text.contains("4000000000000002"),
+            "{text}"
+        );
+        assert!(
+            text.contains("****4242") && text.contains("call ****0002 back"),
+            "{text}"
+        );
+        assert_eq!(request["amount"]["minor"], 1999);
+        assert_eq!(
+            mask_digit_runs("id 12345 ok"),
+            "id 12345 ok",
+            "short numbers stay"
+        );
     }
 }

@@ -415,6 +415,15 @@ impl Workflow {
                     )))
                 }
             };
+            // A side-effecting step that cannot be undone must come last: a step after it
+            // could decline once the money has moved, and nothing could take it back.
+            if let Some(final_step) = steps.iter().find(|s| s.side_effects && !s.compensate) {
+                return Err(fail(format!(
+                    "{at}: comes after {:?}, which has side effects and no compensation; a \
+                     decline here could not be undone. Put this step before {:?}",
+                    final_step.name, final_step.name
+                )));
+            }
             let breaker = breaker_policy(&default_breaker, entry.breaker, &at).map_err(fail)?;
             let mut with_breaker = vec![service.clone()];
             if let Some(Fallback::Service(alternate)) = &fallback {
@@ -495,17 +504,32 @@ mod tests {
 
     #[test]
     fn a_new_step_is_one_entry() {
-        let text = format!(
-            "{DEFAULT_WORKFLOW}\n[[steps]]\nname = \"sanctions\"\nservice = \"sanctions-v2\"\ntimeout_ms = 500\n"
-        );
+        // Before the transaction, which moves the money and cannot be undone.
+        let sanctions = "[[steps]]\nname = \"sanctions\"\nservice = \"sanctions-v2\"\ntimeout_ms = 500\n\n[[steps]]\nname = \"transaction\"";
+        let text = DEFAULT_WORKFLOW.replacen("[[steps]]\nname = \"transaction\"", sanctions, 1);
         let wf = Workflow::parse(&text, "t").unwrap();
-        let last = wf.steps().last().unwrap();
-        assert_eq!(last.name, "sanctions");
-        assert_eq!(last.service, "sanctions-v2");
-        assert_eq!(last.timeout, Duration::from_millis(500));
+        let names: Vec<_> = wf.steps().iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["authorization", "risk", "pci", "sanctions", "transaction"]
+        );
+        let added = &wf.steps()[3];
+        assert_eq!(added.service, "sanctions-v2");
+        assert_eq!(added.timeout, Duration::from_millis(500));
         assert_eq!(wf.services().len(), 5);
-        assert_eq!(last.retry, DEFAULT_RETRY);
-        assert!(!last.side_effects);
+        assert_eq!(added.retry, DEFAULT_RETRY);
+        assert!(!added.side_effects);
+    }
+
+    #[test]
+    fn nothing_may_follow_a_step_that_cannot_be_undone() {
+        let text =
+            format!("{DEFAULT_WORKFLOW}\n[[steps]]\nname = \"sanctions\"\ntimeout_ms = 500\n");
+        let e = Workflow::parse(&text, "wf.toml").unwrap_err().to_string();
+        assert!(
+            e.contains("steps[4]") && e.contains("\"transaction\"") && e.contains("before"),
+            "{e}"
+        );
     }
 
     fn error_of(text: &str) -> String {

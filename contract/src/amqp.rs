@@ -75,20 +75,15 @@ pub fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };
-    let (authority, path) = match rest.find('/') {
-        Some(i) => rest.split_at(i),
-        None => (rest, ""),
+    // The user information ends at the last `@` (a password may contain `/`, `?` or
+    // `@`); without an `@` there is no password to hide.
+    let Some(at) = rest.rfind('@') else {
+        return url.to_owned();
     };
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => {
-            let user = userinfo.split(':').next().unwrap_or("");
-            if userinfo.contains(':') {
-                format!("{scheme}://{user}:***@{host}{path}")
-            } else {
-                format!("{scheme}://{user}@{host}{path}")
-            }
-        }
-        None => url.to_owned(),
+    let (userinfo, host_and_path) = (&rest[..at], &rest[at + 1..]);
+    match userinfo.split_once(':') {
+        Some((user, _password)) => format!("{scheme}://{user}:***@{host_and_path}"),
+        None => format!("{scheme}://{userinfo}@{host_and_path}"),
     }
 }
 
@@ -147,8 +142,25 @@ fn quorum_args(dead_letter_to: Option<&str>) -> FieldTable {
             "x-dead-letter-routing-key".into(),
             AMQPValue::LongString(dead.into()),
         );
+        at_least_once(&mut args);
     }
     args
+}
+
+/// Quorum queues dead-letter at most once by default: a message whose target queue is
+/// unavailable at that moment is dropped. Baton's dead-lettered messages are payments
+/// (a parked request on its way back, a request past its delivery limit), so they are
+/// dead-lettered at least once, which RabbitMQ (3.10+) allows with `reject-publish`
+/// overflow.
+fn at_least_once(args: &mut FieldTable) {
+    args.insert(
+        "x-dead-letter-strategy".into(),
+        AMQPValue::LongString("at-least-once".into()),
+    );
+    args.insert(
+        "x-overflow".into(),
+        AMQPValue::LongString("reject-publish".into()),
+    );
 }
 
 fn durable() -> QueueDeclareOptions {
@@ -242,6 +254,7 @@ pub async fn declare_parking(
         "x-dead-letter-routing-key".into(),
         AMQPValue::LongString(names.requests_queue().as_str().into()),
     );
+    at_least_once(&mut args);
     channel
         .queue_declare(queue.as_str().into(), durable(), args)
         .await?;
@@ -432,6 +445,15 @@ mod tests {
             "an @ inside the password is still hidden"
         );
         assert_eq!(redact_url("amqp://host:5672/vh"), "amqp://host:5672/vh");
+        assert_eq!(
+            redact_url("amqp://svc:ab/cd+ef==@broker:5672/%2f"),
+            "amqp://svc:***@broker:5672/%2f",
+            "a base64 password with a slash"
+        );
+        assert_eq!(
+            redact_url("postgres://u:p?x@db/baton"),
+            "postgres://u:***@db/baton"
+        );
         assert_eq!(redact_url("amqp://user@host/"), "amqp://user@host/");
     }
 }

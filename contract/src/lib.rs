@@ -19,4 +19,6 @@ pub use message::{
     StepOutcome, StepRecord,
 };
 pub use names::{headers, Names, CONTENT_TYPE, SCHEMA_VERSION};
-pub use request::{Card, CardNumber, Currency, InvalidRequest, Limits, Money, PaymentRequest};
+pub use request::{
+    mask_digit_runs, Card, CardNumber, Currency, InvalidRequest, Limits, Money, PaymentRequest,
+};

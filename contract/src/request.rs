@@ -410,6 +410,33 @@ impl PaymentRequest {
     }
 }
 
+/// Masks every run of 12 to 19 digits in `text` (a card number, wherever it sits) down
+/// to `****` and its last four digits, for text that must be shown or kept but may hold
+/// a card number.
+pub fn mask_digit_runs(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut run = String::new();
+    let flush = |run: &mut String, out: &mut String| {
+        if (12..=19).contains(&run.len()) {
+            out.push_str("****");
+            out.push_str(&run[run.len() - 4..]);
+        } else {
+            out.push_str(run);
+        }
+        run.clear();
+    };
+    for c in text.chars() {
+        if c.is_ascii_digit() {
+            run.push(c);
+        } else {
+            flush(&mut run, &mut out);
+            out.push(c);
+        }
+    }
+    flush(&mut run, &mut out);
+    out
+}
+
 /// `MM/YY` → (month 1–12, full year).
 pub fn parse_expiry(expiry: &str) -> Option<(u32, u32)> {
     let (mm, yy) = expiry.split_once('/')?;
@@ -565,6 +592,24 @@ mod tests {
         );
         let e = error(&with(&["merchant_id"], 4242424242424242u64.into()));
         assert!(!e.to_string().contains("4242424242424242"));
+    }
+
+    #[test]
+    fn digit_runs_of_card_length_are_masked() {
+        assert_eq!(
+            mask_digit_runs(r#"{"number":"4242424242424242","minor":1999}"#),
+            r#"{"number":"****4242","minor":1999}"#
+        );
+        assert_eq!(
+            mask_digit_runs("12345678901"),
+            "12345678901",
+            "11 digits stay"
+        );
+        assert_eq!(
+            mask_digit_runs("12345678901234567890"),
+            "12345678901234567890",
+            "20 digits stay"
+        );
     }
 
     #[test]

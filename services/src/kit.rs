@@ -879,11 +879,14 @@ impl Link {
         if let Some(correlation_id) = original.correlation_id() {
             properties = properties.with_correlation_id(correlation_id.clone());
         }
+        // A malformed command cannot be replayed as it is; keep it for operators, but
+        // without a card number (authorization and risk commands carry one).
+        let kept = baton_contract::mask_digit_runs(&String::from_utf8_lossy(&delivery.data));
         match amqp::publish_confirmed(
             &self.publish,
             "",
             &shared.dead_queue,
-            &delivery.data,
+            kept.as_bytes(),
             properties,
         )
         .await

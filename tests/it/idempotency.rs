@@ -40,3 +40,67 @@ async fn the_same_request_twice_moves_funds_once_with_sqlite() {
 async fn the_same_request_twice_moves_funds_once_with_postgres() {
     the_same_request_twice_moves_funds_once(Store::Postgres).await;
 }
+
+#[tokio::test]
+async fn a_payment_id_reused_for_another_payment_is_refused_and_changes_nothing() {
+    let mut app = spawn_app_with(Store::Sqlite, &ServiceKind::ALL).await;
+    let payment_id = Uuid::new_v4();
+    let original = TestCard::Good.request_with_id(payment_id);
+    app.send(&serde_json::to_vec(&original).unwrap(), "original")
+        .await;
+    let first = app.result_for("original").await.result.unwrap();
+    assert_eq!(first.status, Status::Completed);
+
+    // Same id, another amount and customer: must not be charged, nor answered as if it
+    // were the first payment.
+    let mut other = original.clone();
+    other["amount"]["minor"] = serde_json::json!(999_999);
+    other["customer_id"] = serde_json::json!("c-someone-else");
+    app.send(&serde_json::to_vec(&other).unwrap(), "reused")
+        .await;
+    let refused = app.result_for("reused").await.result.unwrap();
+    assert_eq!(refused.status, Status::Rejected);
+    assert!(
+        refused.detail.as_deref().unwrap().contains("already used"),
+        "{refused:?}"
+    );
+
+    assert_eq!(app.ledger.transfers_for(payment_id).await.unwrap(), 1);
+    // The payments exchange carries the payment's one result only (waiting up to 10 s
+    // for a second one that must not come).
+    let results = app.queue_depth(&app.names.results_queue(), 2).await;
+    assert_eq!(results, 1);
+    let dead = app.queue_depth(&app.names.dead_queue(), 1).await;
+    assert_eq!(dead, 1, "the refused request is kept for operators");
+    app.cleanup().await;
+}
+
+#[tokio::test]
+async fn an_invalid_copy_of_a_known_payment_does_not_give_it_a_second_result() {
+    let mut app = spawn_app_with(Store::Sqlite, &ServiceKind::ALL).await;
+    let payment_id = Uuid::new_v4();
+    let mut request = TestCard::Good.request_with_id(payment_id);
+    app.send(&serde_json::to_vec(&request).unwrap(), "good")
+        .await;
+    assert_eq!(
+        app.result_for("good").await.result.unwrap().status,
+        Status::Completed
+    );
+
+    request["amount"]["minor"] = serde_json::json!(-5);
+    app.send(&serde_json::to_vec(&request).unwrap(), "broken")
+        .await;
+    let answer = app.result_for("broken").await.result.unwrap();
+    assert_eq!(
+        answer.status,
+        Status::Rejected,
+        "the client is told what is wrong"
+    );
+    assert_eq!(app.queue_depth(&app.names.dead_queue(), 1).await, 1);
+    assert_eq!(
+        app.queue_depth(&app.names.results_queue(), 2).await,
+        1,
+        "no rejected result for a completed payment on the exchange"
+    );
+    app.cleanup().await;
+}
