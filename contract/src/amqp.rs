@@ -142,25 +142,8 @@ fn quorum_args(dead_letter_to: Option<&str>) -> FieldTable {
             "x-dead-letter-routing-key".into(),
             AMQPValue::LongString(dead.into()),
         );
-        at_least_once(&mut args);
     }
     args
-}
-
-/// Quorum queues dead-letter at most once by default: a message whose target queue is
-/// unavailable at that moment is dropped. Baton's dead-lettered messages are payments
-/// (a parked request on its way back, a request past its delivery limit), so they are
-/// dead-lettered at least once, which RabbitMQ (3.10+) allows with `reject-publish`
-/// overflow.
-fn at_least_once(args: &mut FieldTable) {
-    args.insert(
-        "x-dead-letter-strategy".into(),
-        AMQPValue::LongString("at-least-once".into()),
-    );
-    args.insert(
-        "x-overflow".into(),
-        AMQPValue::LongString("reject-publish".into()),
-    );
 }
 
 fn durable() -> QueueDeclareOptions {
@@ -254,7 +237,6 @@ pub async fn declare_parking(
         "x-dead-letter-routing-key".into(),
         AMQPValue::LongString(names.requests_queue().as_str().into()),
     );
-    at_least_once(&mut args);
     channel
         .queue_declare(queue.as_str().into(), durable(), args)
         .await?;

@@ -175,8 +175,7 @@ async fn authorization_replies_dedupes_and_dead_letters() {
         .unwrap();
     let letter = next(&mut dead, "dead letter").await;
     assert_eq!(
-        letter.data,
-        b"{\"not\": \"a command\", \"card\": \"****4242\"}",
+        letter.data, b"{\"not\": \"a command\", \"card\": \"****4242\"}",
         "the original body is kept, its card number masked"
     );
     assert_eq!(

@@ -196,28 +196,3 @@ async fn a_channel_closed_by_the_broker_is_reopened_and_the_payment_completes() 
     assert_eq!(app.ledger.transfers_for(payment_id).await.unwrap(), 1);
     app.cleanup().await;
 }
-
-#[tokio::test]
-async fn payments_are_dead_lettered_at_least_once() {
-    let app = spawn_app().await;
-    let output = std::process::Command::new("rabbitmqctl")
-        .args(["-q", "list_queues", "name", "arguments"])
-        .output()
-        .expect("rabbitmqctl");
-    let listing = String::from_utf8_lossy(&output.stdout);
-    let requests = app.names.requests_queue();
-    let mut checked = 0;
-    for line in listing.lines() {
-        let name = line.split('\t').next().unwrap_or("");
-        if name == requests || name.starts_with(&format!("{}.retry.", app.names.prefix())) {
-            assert!(line.contains("at-least-once"), "{line}");
-            assert!(line.contains("reject-publish"), "{line}");
-            checked += 1;
-        }
-    }
-    assert_eq!(
-        checked, 4,
-        "the request queue and three parking tiers: {listing}"
-    );
-    app.cleanup().await;
-}
