@@ -378,11 +378,16 @@ impl Cluster {
         for service in self.services.drain(..) {
             let _ = service.shutdown().await;
         }
-        let channel = self.client.publisher().channel().clone();
+        // A fresh connection: the client's may have died with the broker in the test.
+        let connection = amqp::connect(AMQP_URL, "chaos cleanup")
+            .await
+            .expect("RabbitMQ for cleanup");
+        let channel = connection.create_channel().await.expect("a channel");
         let services: Vec<&str> = ServiceKind::ALL.iter().map(|k| k.name()).collect();
         let parking: Vec<u64> = baton::workflow::Workflow::builtin().parking().delays_ms();
         let _ =
             amqp::delete_topology_with_parking(&channel, &self.names, &services, &parking).await;
+        let _ = connection.close(200, "cleaned up".into()).await;
         self.client.close().await;
         self.ledger.close().await;
         let _ = std::fs::remove_dir_all(&self.dir);
