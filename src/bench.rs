@@ -67,6 +67,8 @@ pub struct Row {
 pub struct BenchOptions {
     /// Broker URL.
     pub amqp_url: String,
+    /// How `amqps://` checks the broker's certificate (passed on to every process).
+    pub amqp_tls: amqp::TlsOptions,
     /// In-flight levels.
     pub levels: Vec<usize>,
     /// Payments per level (a level of 1 runs a tenth, at least 100).
@@ -217,6 +219,9 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<Vec<Row>> {
     let id = Uuid::new_v4().simple().to_string()[..8].to_owned();
     let dir = std::env::temp_dir().join(format!("baton-bench-{id}"));
     std::fs::create_dir_all(&dir)?;
+    // One card key file for risk and every orchestrator, as in production.
+    let card_key_file = dir.join("card.key").display().to_string();
+    baton_contract::CardKeys::load_or_create(std::path::Path::new(&card_key_file))?;
     let baton = std::env::current_exe()?;
     let mut rows = Vec::new();
     let systems: &[&str] = if options.baton_only {
@@ -239,6 +244,9 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<Vec<Row>> {
                 "--amqp-url".into(),
                 url.clone(),
             ]);
+            if let Some(ca_file) = &options.amqp_tls.ca_file {
+                args.extend(["--amqp-ca-file".into(), ca_file.display().to_string()]);
+            }
             args
         };
         let mut http_ports = Vec::new();
@@ -263,6 +271,9 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<Vec<Row>> {
                 let mut args = common(&["--http-addr", "127.0.0.1:0", "--concurrency", "256"]);
                 if service == "authorization" || service == "transaction" {
                     args.extend(["--ledger-url".into(), ledger.clone()]);
+                }
+                if service == "risk" {
+                    args.extend(["--card-key-file".into(), card_key_file.clone()]);
                 }
                 let binary = sibling(&format!("baton-{service}"))?;
                 pids.push(processes.spawn(
@@ -290,6 +301,8 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<Vec<Row>> {
                     &http,
                     "--concurrency",
                     &concurrency,
+                    "--card-key-file",
+                    &card_key_file,
                 ]);
                 let log = dir.join(format!("orchestrator-{replica}.log"));
                 orchestrators.push(processes.spawn("orchestrator", &baton, &args, &log)?);
@@ -297,7 +310,8 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<Vec<Row>> {
             (orchestrators, pids)
         };
 
-        let mut client = Client::connect(&options.amqp_url, names.clone()).await?;
+        let mut client =
+            Client::connect(&options.amqp_url, &options.amqp_tls, names.clone()).await?;
         // Warm up, which is also the readiness check: a payment through the whole flow.
         let warm = load::run(
             &mut client,
@@ -375,7 +389,8 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<Vec<Row>> {
         }
         client.close().await;
         drop(processes);
-        let connection = amqp::connect(&options.amqp_url, "baton bench cleanup").await?;
+        let connection =
+            amqp::connect(&options.amqp_url, "baton bench cleanup", &options.amqp_tls).await?;
         let channel = connection.create_channel().await?;
         let parking: Vec<u64> = crate::workflow::Workflow::builtin().parking().delays_ms();
         amqp::delete_topology_with_parking(&channel, &names, &SERVICES, &parking).await?;
@@ -451,9 +466,13 @@ pub fn print_table(rows: &[Row]) {
 type Waiting = Arc<Mutex<HashMap<String, oneshot::Sender<()>>>>;
 
 /// `baton bench-echo`: answers every command on the four command queues at once.
-pub async fn echo(amqp_url: &str, names: &Names) -> anyhow::Result<()> {
-    let connection =
-        amqp::connect(amqp_url, &format!("baton bench echo {}", names.prefix())).await?;
+pub async fn echo(amqp_url: &str, tls: &amqp::TlsOptions, names: &Names) -> anyhow::Result<()> {
+    let connection = amqp::connect(
+        amqp_url,
+        &format!("baton bench echo {}", names.prefix()),
+        tls,
+    )
+    .await?;
     let publish = amqp::confirm_channel(&connection).await?;
     let mut tasks = tokio::task::JoinSet::new();
     for service in SERVICES {
@@ -498,9 +517,18 @@ pub async fn echo(amqp_url: &str, names: &Names) -> anyhow::Result<()> {
 
 /// `baton bench-relay`: Baton's message flow without Baton's work — four commands in
 /// order, each awaited, then the result, then the ack.
-pub async fn relay(amqp_url: &str, names: &Names, concurrency: u16) -> anyhow::Result<()> {
-    let connection =
-        amqp::connect(amqp_url, &format!("baton bench relay {}", names.prefix())).await?;
+pub async fn relay(
+    amqp_url: &str,
+    tls: &amqp::TlsOptions,
+    names: &Names,
+    concurrency: u16,
+) -> anyhow::Result<()> {
+    let connection = amqp::connect(
+        amqp_url,
+        &format!("baton bench relay {}", names.prefix()),
+        tls,
+    )
+    .await?;
     let setup = connection.create_channel().await?;
     amqp::declare_core(&setup, names).await?;
     for service in SERVICES {

@@ -6,7 +6,7 @@ use crate::client::Client;
 use crate::orchestrator::{self, Settings};
 use crate::workflow::Workflow;
 use anyhow::Context;
-use baton_contract::amqp::{BrokerError, DEFAULT_AMQP_URL};
+use baton_contract::amqp::{BrokerError, TlsOptions, DEFAULT_AMQP_URL};
 use baton_contract::{Limits, Names, Status};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
@@ -38,6 +38,17 @@ pub struct Common {
         global = true
     )]
     pub amqp_url: String,
+
+    /// PEM file of the CA that signed the broker's certificate, for amqps:// URLs
+    /// [default: the system's CA store]
+    #[arg(
+        long,
+        env = "AMQP_CA_FILE",
+        value_name = "PEM",
+        global = true,
+        hide_env_values = true
+    )]
+    pub amqp_ca_file: Option<PathBuf>,
 
     /// Prefix of every exchange and queue name (1-64 of A-Z a-z 0-9 . _ -)
     #[arg(long, env = "BATON_PREFIX", default_value = "baton", value_parser = parse_prefix, global = true, hide_env_values = true)]
@@ -93,6 +104,10 @@ pub enum Command {
     /// Workflow file tools
     #[command(subcommand)]
     Workflow(WorkflowCommand),
+    /// Broker users with least-privilege permissions, one per role (setup, teardown,
+    /// definitions, hash-password)
+    #[command(subcommand)]
+    Broker(crate::broker::BrokerCommand),
 }
 
 /// The journal option, shared by `run` and `status`.
@@ -236,13 +251,45 @@ pub struct RunArgs {
     #[arg(long, env = "BATON_HTTP_ADDR", default_value = orchestrator::DEFAULT_HTTP_ADDR, hide_env_values = true)]
     pub http_addr: String,
 
+    /// File holding a bearer token that /payments/<id> then requires (at least 16
+    /// characters); without it, /payments/<id> is served on a loopback address only
+    #[arg(long, env = "BATON_HTTP_TOKEN_FILE", hide_env_values = true)]
+    pub http_token_file: Option<PathBuf>,
+
     /// Publish saga events (event.<step>.<outcome>) on the payments exchange
     #[arg(long, env = "BATON_EVENTS", value_enum, default_value_t = Switch::On, hide_env_values = true)]
     pub events: Switch,
 
+    /// Card key file for `card = "fingerprint"` steps: lines `<key_id> <hex secret>`,
+    /// the first fingerprints; give the risk service the same file [default:
+    /// ./baton-card.key, created with a new random key if missing]
+    #[arg(long, env = "BATON_CARD_KEY_FILE", hide_env_values = true)]
+    pub card_key_file: Option<PathBuf>,
+
+    /// The broker user each service replies as, SERVICE=USER (repeat, or comma-separate
+    /// in the variable): a reply from any other user is dropped
+    #[arg(long = "service-user", env = "BATON_SERVICE_USERS", value_name = "SERVICE=USER", value_delimiter = ',', value_parser = parse_service_user, hide_env_values = true)]
+    pub service_users: Vec<(String, String)>,
+
+    /// Refuse to start unless every service of the workflow has a --service-user
+    #[arg(long, env = "BATON_REQUIRE_VERIFIED_SENDERS", hide_env_values = true)]
+    pub require_verified_senders: bool,
+
     #[command(flatten)]
     #[allow(missing_docs)]
     pub journal: JournalArgs,
+}
+
+/// `--service-user SERVICE=USER`.
+fn parse_service_user(text: &str) -> Result<(String, String), String> {
+    match text.trim().split_once('=') {
+        Some((service, user)) if !service.trim().is_empty() && !user.trim().is_empty() => {
+            Ok((service.trim().to_owned(), user.trim().to_owned()))
+        }
+        _ => Err(format!(
+            "{text:?} is not SERVICE=USER (e.g. risk=baton-risk)"
+        )),
+    }
 }
 
 /// On or off.
@@ -353,15 +400,17 @@ pub fn exit_code_for(error: &anyhow::Error) -> i32 {
 /// Runs a parsed command line; returns the process exit code.
 pub async fn run(cli: Cli) -> anyhow::Result<i32> {
     let names = Names::new(cli.common.prefix.clone());
+    let tls = TlsOptions::with_ca_file(cli.common.amqp_ca_file.clone());
     match cli.command {
         Command::Run(args) => run_orchestrator(&cli.common, names, args).await,
         Command::Pay(args) => pay(&cli.common, names, args).await,
-        Command::Demo(args) => crate::demo::run(&cli.common.amqp_url, args).await,
+        Command::Demo(args) => crate::demo::run(&cli.common.amqp_url, &tls, args).await,
         Command::Status(args) => status(args).await,
         Command::Load(args) => load(&cli.common, names, args).await,
         Command::Bench(args) => {
             let options = crate::bench::BenchOptions {
                 amqp_url: cli.common.amqp_url.clone(),
+                amqp_tls: tls,
                 levels: args.levels,
                 payments: args.payments,
                 baton_only: args.baton_only,
@@ -388,29 +437,37 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             Ok(i32::from(!rows.iter().all(|r| r.exactly_once)))
         }
         Command::BenchEcho => {
-            crate::bench::echo(&cli.common.amqp_url, &names).await?;
+            crate::bench::echo(&cli.common.amqp_url, &tls, &names).await?;
             Ok(0)
         }
         Command::BenchRelay { concurrency } => {
-            crate::bench::relay(&cli.common.amqp_url, &names, concurrency).await?;
+            crate::bench::relay(&cli.common.amqp_url, &tls, &names, concurrency).await?;
             Ok(0)
         }
         Command::Dead(command) => {
-            crate::tools::run(&cli.common.amqp_url, &names, &names.dead_queue(), command).await
+            crate::tools::run(
+                &cli.common.amqp_url,
+                &tls,
+                &names,
+                &names.dead_queue(),
+                command,
+            )
+            .await
         }
         Command::Attention(command) => {
             let queue = names.attention_queue();
-            crate::tools::run(&cli.common.amqp_url, &names, &queue, command).await
+            crate::tools::run(&cli.common.amqp_url, &tls, &names, &queue, command).await
         }
+        Command::Broker(command) => crate::broker::run(&cli.common.prefix, command).await,
         Command::Workflow(WorkflowCommand::Check { file }) => {
             let workflow = load_workflow(file.as_deref())?;
             for step in workflow.steps() {
                 println!(
-                    "{:<16} queue {:<28} timeout {:>6} ms  card_number={}  compensate={}",
+                    "{:<16} queue {:<28} timeout {:>6} ms  card={:<11}  compensate={}",
                     step.name,
                     names.command_queue(&step.service),
                     step.timeout.as_millis(),
-                    step.card_number,
+                    step.card.as_str(),
                     step.compensate
                 );
             }
@@ -418,6 +475,45 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             Ok(0)
         }
     }
+}
+
+/// The card keys of `baton run`: the given file; else, when a step asks for
+/// `card = "fingerprint"`, `./baton-card.key` (created with a new key if missing, so a
+/// development machine works out of the box); else none.
+fn card_keys(
+    workflow: &Workflow,
+    file: Option<&std::path::Path>,
+) -> anyhow::Result<Option<baton_contract::CardKeys>> {
+    use baton_contract::card_key::{CardKeys, DEFAULT_CARD_KEY_FILE};
+    let needed = workflow.check_card_keys(false).is_err();
+    let (path, keys) = match file {
+        Some(path) => (path.to_owned(), CardKeys::load(path)?),
+        None if needed => {
+            let path = PathBuf::from(DEFAULT_CARD_KEY_FILE);
+            let (keys, created) = CardKeys::load_or_create(&path)?;
+            if created {
+                tracing::warn!(
+                    file = %path.display(),
+                    key_id = keys.key_ids().next().unwrap_or_default(),
+                    "created a new card key file: the risk service must use the same file \
+                     (on this machine, start it in this directory; elsewhere pass \
+                     --card-key-file to both)"
+                );
+            }
+            (path, keys)
+        }
+        None => return Ok(None),
+    };
+    if let Some(warning) = CardKeys::permission_warning(&path) {
+        tracing::warn!("{warning}");
+    }
+    tracing::info!(
+        file = %path.display(),
+        fingerprint_key = keys.key_ids().next().unwrap_or_default(),
+        keys = keys.key_ids().count(),
+        "card keys loaded"
+    );
+    Ok(Some(keys))
 }
 
 fn load_workflow(file: Option<&std::path::Path>) -> anyhow::Result<Workflow> {
@@ -433,15 +529,20 @@ async fn run_orchestrator(common: &Common, names: Names, args: RunArgs) -> anyho
         names.prefix(),
         args.journal.journal_url.clone(),
     );
+    settings.amqp_ca_file = common.amqp_ca_file.clone();
     settings.http_addr = (args.http_addr != "off").then(|| args.http_addr.clone());
     settings.events = args.events == Switch::On;
     settings.concurrency = args.concurrency;
     settings.workflow = load_workflow(args.workflow.as_deref())?;
+    settings.card_keys = card_keys(&settings.workflow, args.card_key_file.as_deref())?;
     settings.limits = Limits {
         max_body_bytes: args.max_body_bytes,
         max_amount_minor: args.max_amount_minor,
     };
     settings.shutdown_timeout = Duration::from_secs(args.shutdown_timeout);
+    settings.service_users = args.service_users.into_iter().collect();
+    settings.require_verified_senders = args.require_verified_senders;
+    settings.http_token_file = args.http_token_file;
     if let Some(instance) = args.instance {
         settings.instance = instance;
     }
@@ -463,7 +564,12 @@ async fn load(common: &Common, names: Names, args: LoadArgs) -> anyhow::Result<i
         (None, Some(0)) => anyhow::bail!("--in-flight must be at least 1"),
         (None, k) => crate::load::Pace::InFlight(k.unwrap_or(64)),
     };
-    let mut client = Client::connect(&common.amqp_url, names).await?;
+    let mut client = Client::connect(
+        &common.amqp_url,
+        &TlsOptions::with_ca_file(common.amqp_ca_file.clone()),
+        names,
+    )
+    .await?;
     let cards = crate::load::cards(args.payments, args.cards == CardMix::Mixed);
     let report = crate::load::run(
         &mut client,
@@ -502,8 +608,12 @@ async fn status(args: StatusArgs) -> anyhow::Result<i32> {
         );
         return Ok(1);
     };
+    // Everything printed is masked: the journal never stores a card number, but a record
+    // written before ids were checked for them could hold one in a merchant or customer
+    // id, a reason or a detail.
+    use baton_contract::mask_card_numbers as masked;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&record)?);
+        println!("{}", masked(&serde_json::to_string_pretty(&record)?));
         return Ok(0);
     }
     println!("payment   {}", record.payment_id);
@@ -512,7 +622,7 @@ async fn status(args: StatusArgs) -> anyhow::Result<i32> {
         "amount    {} {} (merchant {} settles in {}), card ****{}",
         record.summary.amount.minor,
         record.summary.amount.currency,
-        record.summary.merchant_id,
+        masked(&record.summary.merchant_id),
         record.summary.merchant_currency,
         record.summary.card_last4
     );
@@ -544,7 +654,7 @@ async fn status(args: StatusArgs) -> anyhow::Result<i32> {
             outcome.as_str().unwrap_or("?"),
             entry.record.attempts,
             entry.record.duration_ms,
-            note
+            masked(&note)
         );
     }
     if let Some(result) = &record.result {
@@ -552,11 +662,11 @@ async fn status(args: StatusArgs) -> anyhow::Result<i32> {
         println!(
             "result    {} {} {}",
             result.status.as_str(),
-            result.reason.as_deref().unwrap_or(""),
+            masked(result.reason.as_deref().unwrap_or("")),
             result.finished_at
         );
         if let Some(detail) = &result.detail {
-            println!("detail    {detail}");
+            println!("detail    {}", masked(detail));
         }
         if let Some(settlement) = &result.settlement {
             println!("settled   {} {}", settlement.minor, settlement.currency);
@@ -606,7 +716,12 @@ async fn pay(common: &Common, names: Names, args: PayArgs) -> anyhow::Result<i32
             serde_json::to_vec(&request)?
         }
     };
-    let mut client = Client::connect(&common.amqp_url, names).await?;
+    let mut client = Client::connect(
+        &common.amqp_url,
+        &TlsOptions::with_ca_file(common.amqp_ca_file.clone()),
+        names,
+    )
+    .await?;
     let correlation = Uuid::new_v4().to_string();
     client.publisher().publish(&body, &correlation).await?;
     let timeout = Duration::from_secs(args.timeout);

@@ -44,10 +44,16 @@ pub struct Publisher {
 
 impl Client {
     /// Connects and starts listening on a fresh exclusive reply queue.
-    pub async fn connect(amqp_url: &str, names: Names) -> Result<Self, BrokerError> {
-        let connection = amqp::connect(amqp_url, "baton client").await?;
+    pub async fn connect(
+        amqp_url: &str,
+        tls: &amqp::TlsOptions,
+        names: Names,
+    ) -> Result<Self, BrokerError> {
+        let connection = amqp::connect(amqp_url, "baton client", tls).await?;
         let channel = amqp::confirm_channel(&connection).await?;
-        amqp::declare_core(&channel, &names).await?;
+        // The orchestrator declares the topology; a client-role user may not, and needs
+        // not (README "Broker roles").
+        crate::broker::declare_core_if_missing(&connection, &names).await?;
         let reply_queue = format!("{}.client.{}", names.prefix(), Uuid::new_v4().simple());
         let listen = connection.create_channel().await?;
         let (_, mut consumer) = amqp::consume_exclusive(&listen, &reply_queue).await?;

@@ -30,7 +30,7 @@ pub async fn run_batch(
 }
 
 /// `baton demo`.
-pub async fn run(amqp_url: &str, args: DemoArgs) -> anyhow::Result<i32> {
+pub async fn run(amqp_url: &str, tls: &amqp::TlsOptions, args: DemoArgs) -> anyhow::Result<i32> {
     let id = Uuid::new_v4().simple().to_string()[..8].to_owned();
     let names = Names::new(format!("demo-{id}"));
     let ledger_file = std::env::temp_dir().join(format!("baton-demo-{id}.db"));
@@ -45,10 +45,15 @@ pub async fn run(amqp_url: &str, args: DemoArgs) -> anyhow::Result<i32> {
         args.payments
     );
 
+    // A throw-away card key, shared by this process's orchestrator and risk service
+    // and gone with it: demo fingerprints match nothing outside the demo.
+    let card_keys = baton_contract::CardKeys::generate(&format!("demo-{id}"));
     let mut services = Vec::new();
     for kind in ServiceKind::ALL {
         let config = ServiceConfig {
+            card_keys: Some(card_keys.clone()),
             amqp_url: amqp_url.to_owned(),
+            amqp_ca_file: tls.ca_file.clone(),
             prefix: names.prefix().to_owned(),
             concurrency: 64,
             ledger_url: ledger_url.clone(),
@@ -61,15 +66,17 @@ pub async fn run(amqp_url: &str, args: DemoArgs) -> anyhow::Result<i32> {
         );
     }
     let journal_file = std::env::temp_dir().join(format!("baton-demo-{id}-journal.db"));
-    let orchestrator = orchestrator::start(Settings::new(
+    let mut settings = Settings::new(
         amqp_url,
         names.prefix(),
         format!("sqlite://{}", journal_file.display()),
-    ))
-    .await?;
+    );
+    settings.amqp_ca_file = tls.ca_file.clone();
+    settings.card_keys = Some(card_keys);
+    let orchestrator = orchestrator::start(settings).await?;
     eprintln!("  four services and one orchestrator running; publishing...");
 
-    let mut client = Client::connect(amqp_url, names.clone()).await?;
+    let mut client = Client::connect(amqp_url, tls, names.clone()).await?;
     let cards = mixed_batch(args.payments);
     let report = run_batch(&mut client, &cards, Duration::from_secs(120), true).await?;
     crate::load::print_report(&report);
@@ -80,7 +87,7 @@ pub async fn run(amqp_url: &str, args: DemoArgs) -> anyhow::Result<i32> {
         service.shutdown().await?;
     }
     if !args.keep {
-        let connection = amqp::connect(amqp_url, "baton demo cleanup").await?;
+        let connection = amqp::connect(amqp_url, "baton demo cleanup", tls).await?;
         let channel = connection.create_channel().await?;
         let service_names: Vec<&str> = ServiceKind::ALL.iter().map(|k| k.name()).collect();
         let parking: Vec<u64> = crate::workflow::Workflow::builtin().parking().delays_ms();

@@ -10,6 +10,7 @@
 
 pub mod bench;
 pub mod breaker;
+pub mod broker;
 pub mod cli;
 pub mod client;
 pub mod crash;

@@ -45,6 +45,10 @@ pub struct Metrics {
     pub reconnects: IntCounter,
     /// `baton_unknown_replies_total`: replies whose correlation id matched nothing.
     pub unknown_replies: IntCounter,
+    /// `baton_replies_rejected_total{reason}`: replies dropped because they came from
+    /// another broker user than the step's service (`wrong_sender`) or answered another
+    /// command (`wrong_command_id`).
+    pub replies_rejected: IntCounterVec,
     /// `baton_journal_errors_total`: journal reads or writes that failed.
     pub journal_errors: IntCounter,
     /// `baton_events_dropped_total`: saga events not published (publisher behind or
@@ -188,6 +192,18 @@ impl Metrics {
                 "baton_unknown_replies_total",
                 "Replies whose correlation id matched no waiting command (late, duplicate or forged)",
             ),
+            replies_rejected: {
+                let rejected = counter_vec(
+                    &registry,
+                    "baton_replies_rejected_total",
+                    "Replies dropped: sent by another broker user than the step's service, or for another command",
+                    &["reason"],
+                );
+                for reason in ["wrong_sender", "wrong_command_id"] {
+                    rejected.with_label_values(&[reason]);
+                }
+                rejected
+            },
             journal_errors: counter(
                 &registry,
                 "baton_journal_errors_total",

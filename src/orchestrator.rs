@@ -14,6 +14,7 @@ use crate::metrics::Metrics;
 use crate::saga::{self, AttentionItem, CallError, SagaEnv, SagaEvent, SagaOutcome, Transport};
 use crate::workflow::Workflow;
 use baton_contract::amqp::{self, header_text, json_properties, publish_confirmed, BrokerError};
+use baton_contract::mask::bounded;
 use baton_contract::{
     headers, Action, Command, Limits, Names, PaymentRequest, PaymentResult, Reply,
 };
@@ -25,7 +26,7 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -39,6 +40,9 @@ use uuid::Uuid;
 pub struct Settings {
     /// Broker URL (may hold a password: never log it unredacted).
     pub amqp_url: String,
+    /// PEM file of the CA that signed the broker's TLS certificate, for `amqps://`
+    /// (`--amqp-ca-file`); `None`: the system's CA store.
+    pub amqp_ca_file: Option<std::path::PathBuf>,
     /// Names of every exchange and queue.
     pub names: Names,
     /// Payments in flight at once: the request consumer's prefetch.
@@ -59,6 +63,19 @@ pub struct Settings {
     /// about a fifth of the throughput on a busy two-core machine; turn them off when
     /// nobody consumes them.
     pub events: bool,
+    /// The broker user of each service's replies (workflow service name → user). A
+    /// reply is accepted only from the user its step's service is configured with; a
+    /// service without an entry is not verified (see [`Settings::unverified_services`]).
+    pub service_users: BTreeMap<String, String>,
+    /// Refuse to start unless every service of the workflow has a configured user.
+    pub require_verified_senders: bool,
+    /// A file holding the bearer token `/payments/<id>` requires; without one, that path
+    /// is served only on a loopback address (see [`baton_ops::AppRoutes`]).
+    pub http_token_file: Option<std::path::PathBuf>,
+    /// The card keys for `card = "fingerprint"` steps (`--card-key-file`): the first key
+    /// fingerprints. `None` (the default): a workflow with such a step is refused at
+    /// start. `Debug` shows key ids only.
+    pub card_keys: Option<baton_contract::CardKeys>,
 }
 
 /// Default journal: a SQLite file in the working directory.
@@ -76,6 +93,7 @@ impl Settings {
     ) -> Self {
         Self {
             amqp_url: amqp_url.into(),
+            amqp_ca_file: None,
             names: Names::new(prefix),
             concurrency: 256,
             workflow: Workflow::builtin(),
@@ -85,7 +103,21 @@ impl Settings {
             journal_url: journal_url.into(),
             http_addr: None,
             events: true,
+            service_users: BTreeMap::new(),
+            require_verified_senders: false,
+            http_token_file: None,
+            card_keys: None,
         }
+    }
+
+    /// The workflow's services (fallbacks included) whose replies nobody verifies,
+    /// because no broker user is configured for them.
+    pub fn unverified_services(&self) -> Vec<&str> {
+        self.workflow
+            .services()
+            .into_iter()
+            .filter(|service| !self.service_users.contains_key(*service))
+            .collect()
     }
 }
 
@@ -94,8 +126,19 @@ pub fn new_instance_id() -> String {
     Uuid::new_v4().simple().to_string()[..12].to_owned()
 }
 
+/// A command waiting for its reply, and what an acceptable reply must show.
+struct Waiter {
+    /// Where the reply goes.
+    reply: oneshot::Sender<Reply>,
+    /// The command this wait is for: a reply naming another one is refused.
+    command_id: String,
+    /// The broker user the reply must come from (its RabbitMQ-validated `user_id`);
+    /// `None` when no user is configured for the step's service.
+    sender: Option<String>,
+}
+
 /// Commands waiting for their reply, by correlation id.
-type Pending = Arc<Mutex<HashMap<String, oneshot::Sender<Reply>>>>;
+type Pending = Arc<Mutex<HashMap<String, Waiter>>>;
 
 /// Removes a waiter from [`Pending`] when its call ends, however it ends (reply, timeout,
 /// cancellation), so the map never holds abandoned entries.
@@ -126,6 +169,10 @@ struct Session {
 /// this instance's exclusive reply queue, matched by a fresh correlation id per command.
 pub struct AmqpTransport {
     names: Names,
+    /// This process's broker user, stamped as `user_id` on everything it publishes.
+    user: String,
+    /// The broker user each service must reply as (see [`Settings::service_users`]).
+    service_users: BTreeMap<String, String>,
     reply_queue: String,
     pending: Pending,
     session: RwLock<Option<Arc<Session>>>,
@@ -159,6 +206,11 @@ impl AmqpTransport {
         outcome
     }
 
+    /// `properties` stamped with this process's broker user as `user_id`.
+    fn stamped(&self, properties: BasicProperties) -> BasicProperties {
+        amqp::with_sender(properties, &self.user)
+    }
+
     fn events_channel(&self) -> Option<Channel> {
         self.session
             .read()
@@ -172,16 +224,25 @@ impl Transport for AmqpTransport {
         let channel = self.channel()?;
         let correlation_id = Uuid::new_v4().to_string();
         let (tx, rx) = oneshot::channel();
+        let waiter = Waiter {
+            reply: tx,
+            command_id: command.command_id.clone(),
+            sender: self.service_users.get(service).cloned(),
+        };
         self.pending
             .lock()
             .map_err(|_| CallError::ShuttingDown)?
-            .insert(correlation_id.clone(), tx);
+            .insert(correlation_id.clone(), waiter);
         let _guard = PendingGuard {
             pending: self.pending.clone(),
             correlation_id: correlation_id.clone(),
         };
         let body = serde_json::to_vec(&command).map_err(|e| CallError::Send(e.to_string()))?;
-        let mut properties = json_properties(&[(headers::COMMAND_ID, &command.command_id)])
+        let mut properties = self
+            .stamped(json_properties(&[(
+                headers::COMMAND_ID,
+                &command.command_id,
+            )]))
             .with_correlation_id(correlation_id.as_str().into())
             .with_reply_to(self.reply_queue.as_str().into());
         if let Some(traceparent) = current_traceparent() {
@@ -207,11 +268,12 @@ impl Transport for AmqpTransport {
     async fn attention(&self, item: AttentionItem) -> Result<(), CallError> {
         let channel = self.channel()?;
         let body = serde_json::to_vec(&item).map_err(|e| CallError::Send(e.to_string()))?;
-        let properties = json_properties(&[
-            (headers::REASON, &item.kind),
-            (headers::COMMAND_ID, &item.command_id),
-        ])
-        .with_message_id(item.payment_id.to_string().as_str().into());
+        let properties = self
+            .stamped(json_properties(&[
+                (headers::REASON, &item.kind),
+                (headers::COMMAND_ID, &item.command_id),
+            ]))
+            .with_message_id(item.payment_id.to_string().as_str().into());
         let queue = self.names.attention_queue();
         match self.watch(publish_confirmed(&channel, "", &queue, &body, properties).await) {
             Ok(()) => Ok(()),
@@ -254,7 +316,11 @@ async fn publish_events(
                 event.routing_key().as_str().into(),
                 lapin::options::BasicPublishOptions::default(),
                 &body,
-                json_properties(&[]).with_message_id(event.payment_id.to_string().as_str().into()),
+                shared
+                    .env
+                    .transport
+                    .stamped(json_properties(&[]))
+                    .with_message_id(event.payment_id.to_string().as_str().into()),
             )
             .await;
         if published.is_err() {
@@ -304,6 +370,15 @@ pub enum OrchestratorError {
     /// The HTTP port could not be opened.
     #[error(transparent)]
     Http(#[from] baton_ops::OpsError),
+    /// `--require-verified-senders` and some services have no configured broker user.
+    #[error(
+        "--require-verified-senders: no broker user configured for {0}; pass \
+         --service-user SERVICE=USER (BATON_SERVICE_USERS) for each"
+    )]
+    UnverifiedSenders(String),
+    /// The workflow cannot run with these settings (a fingerprint step without card keys).
+    #[error(transparent)]
+    Workflow(#[from] crate::workflow::WorkflowError),
     /// The request loop ended without being asked to.
     #[error("the request consumer stopped unexpectedly: {0}")]
     ConsumerLost(String),
@@ -379,12 +454,29 @@ impl Running {
 /// Opens the journal, connects, declares the topology, and starts consuming. Returns
 /// once requests are being consumed (and the HTTP port, if any, is listening).
 pub async fn start(settings: Settings) -> Result<Running, OrchestratorError> {
+    settings
+        .workflow
+        .check_card_keys(settings.card_keys.is_some())?;
     let journal = Journal::open(&settings.journal_url).await?;
     let metrics = Metrics::new();
     let health = Health::new();
     let (events, event_queue) = tokio::sync::mpsc::channel(16_384);
+    let user = amqp::url_user(&settings.amqp_url)?;
+    let unverified = settings.unverified_services();
+    if !unverified.is_empty() {
+        if settings.require_verified_senders {
+            return Err(OrchestratorError::UnverifiedSenders(unverified.join(", ")));
+        }
+        warn!(
+            services = %unverified.join(","),
+            "replies are not verified: no broker user configured for these services \
+             (--service-user SERVICE=USER); anyone who can publish to the broker can answer them"
+        );
+    }
     let transport = AmqpTransport {
         names: settings.names.clone(),
+        user,
+        service_users: settings.service_users.clone(),
         reply_queue: settings.names.reply_queue(&settings.instance),
         pending: Arc::default(),
         session: RwLock::new(None),
@@ -393,12 +485,13 @@ pub async fn start(settings: Settings) -> Result<Running, OrchestratorError> {
         events_enabled: settings.events,
         broken: watch::Sender::new(0),
     };
-    let env = SagaEnv::new(
+    let mut env = SagaEnv::new(
         settings.workflow.clone(),
         transport,
         journal.clone(),
         metrics,
     );
+    env.card_keys = settings.card_keys.clone();
     let shared = Arc::new(Shared {
         settings,
         env,
@@ -410,17 +503,22 @@ pub async fn start(settings: Settings) -> Result<Running, OrchestratorError> {
     let http = match &shared.settings.http_addr {
         Some(addr) => {
             let journal = journal.clone();
+            let token = match &shared.settings.http_token_file {
+                Some(path) => Some(baton_ops::BearerToken::from_file(path)?),
+                None => None,
+            };
             let handler = baton_ops::handler(move |path: String| {
                 let journal = journal.clone();
                 async move { payment_status(&journal, &path).await }
             });
+            let routes = baton_ops::AppRoutes::new(handler).with_token(token);
             let mut stop_http = stopped.clone();
             Some(
                 HttpServer::start(
                     addr,
                     shared.env.metrics.registry.clone(),
                     shared.health.clone(),
-                    Some(handler),
+                    Some(routes),
                     async move {
                         let _ = stop_http.wait_for(|s| *s).await;
                     },
@@ -486,6 +584,7 @@ async fn open_session(shared: &Shared) -> Result<Live, OrchestratorError> {
             names.prefix(),
             settings.instance
         ),
+        &amqp::TlsOptions::with_ca_file(settings.amqp_ca_file.clone()),
     )
     .await?;
 
@@ -674,8 +773,11 @@ async fn serve(
     end
 }
 
-/// Hands each reply to the command waiting for it; counts and drops the rest.
+/// Hands each reply to the command waiting for it, if it comes from the broker user of
+/// that command's service and names that command; counts and drops the rest. A refused
+/// reply leaves the wait in place: the service's real answer can still arrive.
 async fn route_replies(mut replies: lapin::Consumer, pending: Pending, metrics: Metrics) {
+    let mut refusals = Refusals::default();
     while let Some(delivery) = replies.next().await {
         let delivery = match delivery {
             Ok(d) => d,
@@ -690,35 +792,115 @@ async fn route_replies(mut replies: lapin::Consumer, pending: Pending, metrics: 
             .as_ref()
             .map(|c| c.as_str().to_owned())
             .unwrap_or_default();
-        let waiter = pending
-            .lock()
-            .ok()
-            .and_then(|mut map| map.remove(&correlation_id));
-        let Some(waiter) = waiter else {
-            metrics.unknown_replies.inc();
-            warn!(correlation_id = %correlation_id, "reply with an unknown or expired correlation id dropped");
-            continue;
-        };
-        let reply = serde_json::from_slice::<Reply>(&delivery.data).unwrap_or_else(|e| {
-            // A garbled reply is the service's fault and may be transient.
-            let command_id =
-                header_text(&delivery.properties, headers::COMMAND_ID).unwrap_or_default();
-            // The parser's message can quote the offending value: keep only where it was.
-            Reply::error(
-                command_id,
-                "malformed_reply",
-                format!(
-                    "not a valid reply (line {}, column {})",
-                    e.line(),
-                    e.column()
-                ),
+        // Parsed before taking the lock; a garbled reply is the service's fault and may
+        // be transient. The parser's message can quote the offending value: keep only
+        // where it was.
+        let parsed = serde_json::from_slice::<Reply>(&delivery.data).map_err(|e| {
+            format!(
+                "not a valid reply (line {}, column {})",
+                e.line(),
+                e.column()
             )
         });
-        let _ = waiter.send(reply);
+        let sender = amqp::sender(&delivery.properties);
+        let verdict = match pending.lock() {
+            Ok(mut map) => match map.get(&correlation_id) {
+                None => Verdict::Unknown,
+                Some(waiter) => match check_reply(waiter, sender, parsed.as_ref()) {
+                    Err(reason) => Verdict::Refused(reason, waiter.command_id.clone()),
+                    Ok(()) => {
+                        let waiter = map.remove(&correlation_id).expect("just found");
+                        Verdict::Accepted(waiter)
+                    }
+                },
+            },
+            Err(_) => break,
+        };
+        match verdict {
+            Verdict::Unknown => {
+                metrics.unknown_replies.inc();
+                warn!(correlation_id = %bounded(&correlation_id, 64), "reply with an unknown or expired correlation id dropped");
+            }
+            Verdict::Refused(reason, command_id) => {
+                metrics.replies_rejected.with_label_values(&[reason]).inc();
+                refusals.log(reason, &correlation_id, &command_id, sender);
+            }
+            Verdict::Accepted(waiter) => {
+                let reply = parsed.unwrap_or_else(|problem| {
+                    Reply::error(&waiter.command_id, "malformed_reply", problem)
+                });
+                let _ = waiter.reply.send(reply);
+            }
+        }
     }
     // Dropping every waiter tells in-flight sagas the replies are gone.
     if let Ok(mut map) = pending.lock() {
         map.clear();
+    }
+}
+
+/// What [`route_replies`] does with one reply.
+enum Verdict {
+    /// No command waits under its correlation id.
+    Unknown,
+    /// A command waits, but this reply may not answer it (the reason label, and the
+    /// command id waited for).
+    Refused(&'static str, String),
+    /// It answers the waiting command.
+    Accepted(Waiter),
+}
+
+/// Whether a reply may answer `waiter`: it must come from the waiter's broker user, when
+/// one is configured, and name the waiter's command (a reply that cannot be read is
+/// taken, from the right sender, as that command's transient error).
+fn check_reply(
+    waiter: &Waiter,
+    sender: Option<&str>,
+    reply: Result<&Reply, &String>,
+) -> Result<(), &'static str> {
+    if let Some(expected) = &waiter.sender {
+        if sender != Some(expected.as_str()) {
+            return Err("wrong_sender");
+        }
+    }
+    match reply {
+        Ok(reply) if reply.command_id != waiter.command_id => Err("wrong_command_id"),
+        _ => Ok(()),
+    }
+}
+
+/// Refused replies are logged at WARN the first time each reason is seen on a
+/// connection, then at DEBUG: a flood of forged replies must not flood the log (the
+/// metric counts every one).
+#[derive(Default)]
+struct Refusals(std::collections::HashSet<&'static str>);
+
+impl Refusals {
+    fn log(
+        &mut self,
+        reason: &'static str,
+        correlation_id: &str,
+        command_id: &str,
+        sender: Option<&str>,
+    ) {
+        // Only the command id is ours; the rest came off the wire.
+        let correlation_id = bounded(correlation_id, 64);
+        let sender = bounded(sender.unwrap_or(""), 64);
+        let (correlation_id, sender) = (correlation_id.as_str(), sender.as_str());
+        if self.0.insert(reason) {
+            warn!(
+                reason,
+                correlation_id,
+                command_id,
+                sender,
+                "reply refused and dropped (further refusals for this reason are logged at debug)"
+            );
+        } else {
+            debug!(
+                reason,
+                correlation_id, command_id, sender, "reply refused and dropped"
+            );
+        }
     }
 }
 
@@ -827,7 +1009,8 @@ async fn handle_request(delivery: Delivery, shared: Arc<Shared>) {
                 // payment's one result, not this request's.
                 let result = saga::rejected(request.payment_id, detail.clone());
                 if let Ok(channel) = shared.env.transport.channel() {
-                    let _ = publish_to_client(&channel, &result, &delivery.properties).await;
+                    let _ =
+                        publish_to_client(&channel, &result, &delivery.properties, &shared).await;
                 }
                 set_aside(&delivery, "payment_id_reused", &detail, &shared).await;
             }
@@ -851,14 +1034,14 @@ fn check_content_type(properties: &BasicProperties) -> Result<(), baton_contract
     if media_type.eq_ignore_ascii_case("application/json") {
         return Ok(());
     }
-    Err(baton_contract::InvalidRequest {
-        payment_id: None,
-        field: "content_type".into(),
-        problem: format!(
-            "must be application/json, got {:?}",
-            content_type.as_str().chars().take(64).collect::<String>()
-        ),
-    })
+    // The client's value is not quoted: it would travel into the result's detail, the
+    // x-baton-detail header and the log, and it can hold anything (a card number too).
+    Err(baton_contract::InvalidRequest::new(
+        None,
+        "content_type",
+        "must be application/json (parameters such as \"; charset=utf-8\" are allowed) \
+         or absent; the request's content type was something else",
+    ))
 }
 
 /// Returns a delivery to its queue after a pause, so that a failure that persists for a
@@ -915,8 +1098,11 @@ async fn publish_result(
     shared: &Shared,
 ) -> Result<(), BrokerError> {
     let body = serde_json::to_vec(result).expect("a PaymentResult always serialises");
-    let mut properties =
-        json_properties(&[]).with_message_id(result.payment_id.to_string().as_str().into());
+    let mut properties = shared
+        .env
+        .transport
+        .stamped(json_properties(&[]))
+        .with_message_id(result.payment_id.to_string().as_str().into());
     if let Some(correlation_id) = request.correlation_id() {
         properties = properties.with_correlation_id(correlation_id.clone());
     }
@@ -935,7 +1121,7 @@ async fn publish_result(
         match publish_confirmed(channel, "", reply_to.as_str(), &body, properties.clone()).await {
             // The client is gone; the result is still in the results queue.
             Err(BrokerError::Unroutable { .. }) => {
-                warn!(reply_to = %reply_to, "the client's reply_to queue does not exist; result only in the results queue");
+                warn!(reply_to = %bounded(reply_to.as_str(), 64), "the client's reply_to queue does not exist; result only in the results queue");
                 Ok(())
             }
             other => other,
@@ -967,13 +1153,17 @@ async fn publish_to_client(
     channel: &Channel,
     result: &PaymentResult,
     request: &BasicProperties,
+    shared: &Shared,
 ) -> Result<(), BrokerError> {
     let Some(reply_to) = request.reply_to() else {
         return Ok(());
     };
     let body = serde_json::to_vec(result).expect("a PaymentResult always serialises");
-    let mut properties =
-        json_properties(&[]).with_message_id(result.payment_id.to_string().as_str().into());
+    let mut properties = shared
+        .env
+        .transport
+        .stamped(json_properties(&[]))
+        .with_message_id(result.payment_id.to_string().as_str().into());
     if let Some(correlation_id) = request.correlation_id() {
         properties = properties.with_correlation_id(correlation_id.clone());
     }
@@ -988,7 +1178,10 @@ async fn dead_letter_copy(
     detail: &str,
     shared: &Shared,
 ) -> Result<(), BrokerError> {
-    let mut properties = json_properties(&[(headers::REASON, reason), (headers::DETAIL, detail)]);
+    let mut properties = shared.env.transport.stamped(json_properties(&[
+        (headers::REASON, reason),
+        (headers::DETAIL, detail),
+    ]));
     // Keep what the client sent, so an operator can see and replay it as it was.
     if let Some(ct) = delivery.properties.content_type() {
         properties = properties.with_content_type(ct.clone());
@@ -1025,7 +1218,9 @@ async fn park(delivery: &Delivery, tier: usize, step: &str, reason: &str, shared
         .and_then(|n| n.parse::<u32>().ok())
         .unwrap_or(0)
         + 1;
-    let properties = add_header(
+    // Stamped with this process's user: the client's own `user_id`, if it set one, is
+    // not ours to publish (the broker would refuse it).
+    let properties = shared.env.transport.stamped(add_header(
         add_header(
             delivery.properties.clone(),
             headers::PARKED,
@@ -1033,7 +1228,7 @@ async fn park(delivery: &Delivery, tier: usize, step: &str, reason: &str, shared
         ),
         headers::PARKED_AT,
         step,
-    );
+    ));
     let queue = shared.settings.names.retry_queue(delay.as_millis() as u64);
     let parked_copy = publish_confirmed(&channel, "", &queue, &delivery.data, properties).await;
     match shared.env.transport.watch(parked_copy) {
@@ -1085,7 +1280,7 @@ async fn reject(delivery: Delivery, invalid: baton_contract::InvalidRequest, sha
     let answered = match payment_id {
         Some(id) if known => {
             let result = saga::rejected(id, detail);
-            publish_to_client(&channel, &result, &delivery.properties).await
+            publish_to_client(&channel, &result, &delivery.properties, shared).await
         }
         Some(id) => {
             let result = saga::rejected(id, detail);
@@ -1140,6 +1335,21 @@ mod tests {
         ] {
             let e = check_content_type(&with(bad)).unwrap_err();
             assert_eq!(e.field, "content_type", "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_refused_content_type_is_never_echoed() {
+        let sneaky = "text/plain; card=4242424242424242; x=5105 1051 0510 5100";
+        let e = check_content_type(&BasicProperties::default().with_content_type(sneaky.into()))
+            .unwrap_err();
+        let detail = e.to_string();
+        assert!(
+            detail.starts_with("content_type: must be application/json"),
+            "{detail}"
+        );
+        for leaked in ["text/plain", "4242", "5100", "card="] {
+            assert!(!detail.contains(leaked), "{leaked} in {detail}");
         }
     }
 

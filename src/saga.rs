@@ -26,8 +26,8 @@ use crate::journal::{JournalEntry, JournalError, PaymentSummary, SagaRecord};
 use crate::metrics::Metrics;
 use crate::workflow::{Fallback, RetryPolicy, Step, Workflow};
 use baton_contract::{
-    Action, Command, Money, PaymentRequest, PaymentResult, PaymentView, Reply, ReplyOutcome,
-    Status, StepOutcome, StepRecord,
+    Action, CardKeys, Command, Money, PaymentRequest, PaymentResult, PaymentView, Reply,
+    ReplyOutcome, Status, StepOutcome, StepRecord,
 };
 use serde_json::{Map, Value};
 use std::collections::HashMap;
@@ -207,6 +207,10 @@ pub struct SagaEnv<T, L> {
     gates: HashMap<String, Semaphore>,
     /// Metrics.
     pub metrics: Metrics,
+    /// The keys that make card fingerprints for `card = "fingerprint"` steps (the first
+    /// key fingerprints). `None` from [`SagaEnv::new`]; the orchestrator sets them after
+    /// [`Workflow::check_card_keys`].
+    pub card_keys: Option<CardKeys>,
 }
 
 impl<T: Transport, L: SagaLog> SagaEnv<T, L> {
@@ -239,6 +243,7 @@ impl<T: Transport, L: SagaLog> SagaEnv<T, L> {
             breakers,
             gates,
             metrics,
+            card_keys: None,
         }
     }
 }
@@ -329,13 +334,16 @@ fn command(
     step: &Step,
     action: Action,
     context: &Map<String, Value>,
+    card_keys: Option<&CardKeys>,
 ) -> Command {
     Command {
         command_id: Command::id_for(request.payment_id, &step.name, action),
         payment_id: request.payment_id,
         step: step.name.clone(),
         action,
-        payment: PaymentView::of(request, step.card_number),
+        // Only what the step's `card` allows: the number for authorization, a
+        // fingerprint for risk, the last four digits for the others.
+        payment: PaymentView::of(request, step.card, card_keys),
         context: context.clone(),
     }
 }
@@ -551,7 +559,13 @@ async fn execute<T: Transport, L: SagaLog>(
     saga: &SagaRecord,
 ) -> StepDecision {
     let started = Instant::now();
-    let cmd = command(request, step, Action::Execute, context);
+    let cmd = command(
+        request,
+        step,
+        Action::Execute,
+        context,
+        env.card_keys.as_ref(),
+    );
     let outcome = ladder(env, step, &step.service, &cmd, &step.retry, true).await;
     let (mut attempts, mut in_doubt, mut last_error) = match outcome {
         Ladder::Answer { reply, attempts } => {
@@ -794,7 +808,13 @@ async fn compensate<T: Transport, L: SagaLog>(
     context: &Map<String, Value>,
 ) -> StepDecision {
     let started = Instant::now();
-    let cmd = command(request, step, Action::Compensate, context);
+    let cmd = command(
+        request,
+        step,
+        Action::Compensate,
+        context,
+        env.card_keys.as_ref(),
+    );
     let (failure, attempts) = match ladder(
         env,
         step,

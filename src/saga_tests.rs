@@ -155,13 +155,13 @@ fn workflow(extra_risk: &str) -> Workflow {
             [[steps]]
             name = "authorization"
             timeout_ms = 100
-            card_number = true
+            card = "number"
             compensate = true
             compensation_retry = {{ attempts = 2, initial_backoff_ms = 10, max_backoff_ms = 10 }}
             [[steps]]
             name = "risk"
             timeout_ms = 100
-            card_number = true
+            card = "fingerprint"
             {extra_risk}
             [[steps]]
             name = "pci"
@@ -178,7 +178,9 @@ fn workflow(extra_risk: &str) -> Workflow {
 }
 
 fn env(workflow: Workflow, services: FakeServices) -> SagaEnv<FakeServices, MemoryLog> {
-    SagaEnv::new(workflow, services, MemoryLog::default(), Metrics::new())
+    let mut env = SagaEnv::new(workflow, services, MemoryLog::default(), Metrics::new());
+    env.card_keys = Some(baton_contract::CardKeys::generate("t1"));
+    env
 }
 
 fn finished(outcome: SagaOutcome) -> (PaymentResult, Option<String>) {
@@ -263,15 +265,19 @@ async fn every_step_approves_and_the_settlement_is_reported() {
 async fn only_steps_trusted_with_the_card_number_receive_it() {
     let env = env(workflow(""), happy_services());
     finished(run(&env, &request()).await);
+    let keys = env.card_keys.clone().unwrap();
     for (_, command) in env.transport.sent.lock().unwrap().iter() {
         let json = serde_json::to_string(command).unwrap();
-        let trusted = command.step == "authorization" || command.step == "risk";
+        let card = &command.payment.card;
         assert_eq!(
             json.contains("4242424242424242"),
-            trusted,
-            "{}",
+            command.step == "authorization",
+            "only authorization gets the number: {}",
             command.step
         );
+        let expected = (command.step == "risk").then(|| keys.fingerprint("4242424242424242"));
+        assert_eq!(card.fingerprint, expected, "{}", command.step);
+        assert_eq!(card.last4, "4242");
     }
     let journal = format!("{:?}", env.log.sagas.lock().unwrap());
     assert!(
@@ -711,7 +717,7 @@ async fn a_side_effecting_step_parked_behind_an_open_breaker_is_still_in_doubt()
         [[steps]]
         name = "authorization"
         timeout_ms = 100
-        card_number = true
+        card = "number"
         compensate = true
         [[steps]]
         name = "transaction"

@@ -1,5 +1,7 @@
 //! Logging set-up, done once per process: text or JSON lines on stderr, filtered by
-//! `RUST_LOG` (default `info`). Card numbers never reach it: their types print masked.
+//! `RUST_LOG` (default `info`). Card numbers never reach it: their types print masked,
+//! and the lapin targets that print whole message bodies stay capped whatever `RUST_LOG`
+//! says, unless it names them ([`baton_contract::mask::log_filter`]).
 
 use crate::cli::LogFormat;
 use tracing_subscriber::EnvFilter;
@@ -7,8 +9,13 @@ use tracing_subscriber::EnvFilter;
 /// Installs the global subscriber; `default_filter` applies when `RUST_LOG` is not set.
 /// Safe to call more than once (later calls do nothing).
 pub fn init(format: LogFormat, default_filter: &str) {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    let rust_log = std::env::var(EnvFilter::DEFAULT_ENV).ok();
+    let filter = EnvFilter::try_new(baton_contract::mask::log_filter(
+        rust_log.as_deref(),
+        default_filter,
+    ))
+    // An unparsable RUST_LOG falls back to the default, as before.
+    .unwrap_or_else(|_| EnvFilter::new(baton_contract::mask::log_filter(None, default_filter)));
     use std::io::IsTerminal as _;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

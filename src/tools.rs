@@ -10,11 +10,15 @@
 //! its service again and removed only when the service approves; an `in_doubt` item is
 //! never re-sent (that could move money for a payment reported failed): it is settled
 //! by hand against the service's ledger.
+//!
+//! Everything printed goes through [`mask_card_numbers`]: the body (whatever its shape:
+//! a card number as a JSON string, number or key), every header key and value, reasons
+//! and details. The payment id, a UUID, survives masking.
 
 use crate::cli::QueueCommand;
 use crate::saga::AttentionItem;
 use baton_contract::amqp::{self, header_text, json_properties, publish_confirmed};
-use baton_contract::{headers, mask_digit_runs, Names, Reply, ReplyOutcome};
+use baton_contract::{headers, mask_card_numbers, Names, Reply, ReplyOutcome};
 use futures_lite::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueDeclareOptions};
@@ -37,11 +41,15 @@ const ADDED_HEADERS: [&str; 7] = [
 /// Runs `baton dead …` or `baton attention …` on `queue`.
 pub async fn run(
     amqp_url: &str,
+    tls: &amqp::TlsOptions,
     names: &Names,
     queue: &str,
     command: QueueCommand,
 ) -> anyhow::Result<i32> {
-    let connection = amqp::connect(amqp_url, "baton operator tool").await?;
+    let connection = amqp::connect(amqp_url, "baton operator tool", tls).await?;
+    // What the tool republishes carries its own user as `user_id` (the stored message
+    // carries the orchestrator's, which the broker would refuse from this connection).
+    let sender = amqp::url_user(amqp_url)?;
     let code = match command {
         QueueCommand::List { limit } => {
             let (channel, messages) = take(&connection, queue, limit).await?;
@@ -49,15 +57,16 @@ pub async fn run(
                 println!("{queue} is empty");
             }
             for (i, m) in messages.iter().enumerate() {
-                println!(
+                let line = format!(
                     "{:>4}  {:<24} {:<38} {}",
                     i + 1,
                     reason_of(&m.properties),
                     payment_id_of(m)
                         .map(|id| id.to_string())
                         .unwrap_or_else(|| "-".into()),
-                    detail_of(m).chars().take(100).collect::<String>()
+                    baton_contract::mask::bounded(&detail_of(m), 100)
                 );
+                println!("{}", mask_card_numbers(&line));
             }
             let _ = channel.close(200, "listed".into()).await;
             0
@@ -73,26 +82,7 @@ pub async fn run(
                     1
                 }
                 Some(m) => {
-                    println!("reason      {}", reason_of(&m.properties));
-                    if let Some(id) = payment_id_of(m) {
-                        println!("payment_id  {id}");
-                    }
-                    println!("detail      {}", detail_of(m));
-                    if let Some(table) = m.properties.headers() {
-                        for (key, value) in table.inner() {
-                            println!("header      {key} = {}", show_value(value));
-                        }
-                    }
-                    println!();
-                    match serde_json::from_slice::<serde_json::Value>(&m.data) {
-                        Ok(mut json) => {
-                            mask_card_numbers(&mut json);
-                            println!("{}", serde_json::to_string_pretty(&json)?);
-                        }
-                        Err(_) => {
-                            println!("{}", mask_digit_runs(&String::from_utf8_lossy(&m.data)))
-                        }
-                    }
+                    println!("{}", mask_card_numbers(&describe(m)));
                     0
                 }
             };
@@ -122,18 +112,19 @@ pub async fn run(
                     .map(|i| i.to_string())
                     .unwrap_or_else(|| "-".into());
                 let replayed = if queue == names.attention_queue() {
-                    replay_attention(&connection, &publish, names, m).await
+                    replay_attention(&connection, &publish, names, m, &sender).await
                 } else {
-                    replay_request(&publish, names, m).await
+                    replay_request(&publish, names, m, &sender).await
                 };
                 match replayed {
                     Ok(what) => {
                         m.acker.ack(BasicAckOptions::default()).await?;
-                        println!("replayed {id}: {what}");
+                        println!("{}", mask_card_numbers(&format!("replayed {id}: {what}")));
                     }
                     Err(e) => {
                         failures += 1;
-                        eprintln!("not replayed {id}: {e:#}");
+                        let line = format!("not replayed {id}: {e:#}");
+                        eprintln!("{}", mask_card_numbers(&line));
                     }
                 }
             }
@@ -193,15 +184,31 @@ async fn take(
     Ok((channel, messages))
 }
 
-/// Replaces every string of 12 to 19 digits (a card number, wherever it sits) with
-/// `****` and its last four digits: operators see which card, never the number.
-pub fn mask_card_numbers(value: &mut serde_json::Value) {
-    match value {
-        serde_json::Value::String(text) => *text = mask_digit_runs(text),
-        serde_json::Value::Array(items) => items.iter_mut().for_each(mask_card_numbers),
-        serde_json::Value::Object(map) => map.values_mut().for_each(mask_card_numbers),
-        _ => {}
+/// What `show` prints of a message, before masking: reason, payment id, detail, every
+/// header, then the body (pretty JSON when it is JSON). The caller masks the whole text,
+/// so a card number is caught in a header key or value and in a JSON key, string or
+/// number alike.
+fn describe(m: &Delivery) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let _ = writeln!(out, "reason      {}", reason_of(&m.properties));
+    if let Some(id) = payment_id_of(m) {
+        let _ = writeln!(out, "payment_id  {id}");
     }
+    let _ = writeln!(out, "detail      {}", detail_of(m));
+    if let Some(table) = m.properties.headers() {
+        for (key, value) in table.inner() {
+            let _ = writeln!(out, "header      {key} = {}", show_value(value));
+        }
+    }
+    out.push('\n');
+    match serde_json::from_slice::<serde_json::Value>(&m.data) {
+        Ok(json) => {
+            out.push_str(&serde_json::to_string_pretty(&json).unwrap_or_else(|_| json.to_string()))
+        }
+        Err(_) => out.push_str(&String::from_utf8_lossy(&m.data)),
+    }
+    out
 }
 
 fn reason_of(properties: &BasicProperties) -> String {
@@ -238,7 +245,12 @@ fn show_value(value: &AMQPValue) -> String {
 
 /// Sends a dead-lettered request back to the request queue, as the client sent it.
 /// Only requests: a command a service dead-lettered is not a payment request.
-async fn replay_request(publish: &Channel, names: &Names, m: &Delivery) -> anyhow::Result<String> {
+async fn replay_request(
+    publish: &Channel,
+    names: &Names,
+    m: &Delivery,
+    sender: &str,
+) -> anyhow::Result<String> {
     let baton_reason = header_text(&m.properties, headers::REASON);
     let from = header_text(&m.properties, "x-first-death-queue");
     let is_request = match baton_reason.as_deref() {
@@ -255,7 +267,7 @@ async fn replay_request(publish: &Channel, names: &Names, m: &Delivery) -> anyho
             from.unwrap_or_else(|| "a service".into())
         );
     }
-    let mut properties = m.properties.clone();
+    let mut properties = amqp::with_sender(m.properties.clone(), sender);
     if let Some(table) = m.properties.headers() {
         let kept: std::collections::BTreeMap<_, _> = table
             .inner()
@@ -275,6 +287,7 @@ async fn replay_attention(
     publish: &Channel,
     names: &Names,
     m: &Delivery,
+    sender: &str,
 ) -> anyhow::Result<String> {
     let item: AttentionItem = serde_json::from_slice(&m.data)
         .map_err(|e| anyhow::anyhow!("not an attention item ({e})"))?;
@@ -289,9 +302,12 @@ async fn replay_attention(
     let listen = connection.create_channel().await?;
     let (reply_queue, mut replies) = amqp::consume_exclusive(&listen, "").await?;
     let correlation = Uuid::new_v4().to_string();
-    let properties = json_properties(&[(headers::COMMAND_ID, &command.command_id)])
-        .with_correlation_id(correlation.as_str().into())
-        .with_reply_to(reply_queue.as_str().into());
+    let properties = amqp::with_sender(
+        json_properties(&[(headers::COMMAND_ID, &command.command_id)]),
+        sender,
+    )
+    .with_correlation_id(correlation.as_str().into())
+    .with_reply_to(reply_queue.as_str().into());
     let target = names.command_queue(&item.service);
     publish_confirmed(
         publish,
@@ -330,29 +346,68 @@ async fn replay_attention(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use lapin::types::LongString;
+
+    fn delivery(body: &[u8], headers: &[(&str, AMQPValue)]) -> Delivery {
+        let mut table = FieldTable::default();
+        for (k, v) in headers {
+            table.insert((*k).into(), v.clone());
+        }
+        let mut d = Delivery::mock(1, "".into(), "q".into(), false, body.to_vec());
+        d.properties = BasicProperties::default()
+            .with_message_id("6f1c3a52-3b1e-4f4e-9d7a-0c2b8e1f5a10".into())
+            .with_headers(table);
+        d
+    }
 
     #[test]
-    fn card_numbers_are_masked_wherever_they_are() {
-        let mut request = serde_json::json!({
-            "card": {"number": "4242424242424242", "expiry": "12/30"},
-            "amount": {"minor": 1999},
-            "notes": ["call 4000000000000002 back"],
-        });
-        mask_card_numbers(&mut request);
-        let text = request.to_string();
-        assert!(
-            !text.contains("4242424242424242") && !text.contains("4000000000000002"),
-            "{text}"
+    fn show_masks_card_numbers_in_every_shape() {
+        let body = br#"{"payment_id": "6f1c3a52-3b1e-4f4e-9d7a-0c2b8e1f5a10",
+            "card": {"number": 5555555555554444, "expiry": "12/30"},
+            "note": "5105 1051 0510 5100", "alt": "4012-8888-8888-1881",
+            "4242424242424242": "as a key", "amount": {"minor": 1999}}"#;
+        let m = delivery(
+            body,
+            &[
+                (
+                    "x-card",
+                    AMQPValue::LongString(LongString::from("pan 4000056655665556")),
+                ),
+                ("x-number", AMQPValue::LongLongInt(5200828282828210)),
+                ("x-378282246310005", AMQPValue::Boolean(true)),
+            ],
         );
-        assert!(
-            text.contains("****4242") && text.contains("call ****0002 back"),
-            "{text}"
-        );
-        assert_eq!(request["amount"]["minor"], 1999);
-        assert_eq!(
-            mask_digit_runs("id 12345 ok"),
-            "id 12345 ok",
-            "short numbers stay"
-        );
+        let shown = mask_card_numbers(&describe(&m)).into_owned();
+        for full in [
+            "5555555555554444",
+            "5105 1051 0510 5100",
+            "4012-8888-8888-1881",
+            "4242424242424242",
+            "4000056655665556",
+            "5200828282828210",
+            "378282246310005",
+        ] {
+            assert!(!shown.contains(full), "{full} in {shown}");
+        }
+        for kept in [
+            "****4444",
+            "****5100",
+            "****1881",
+            "****4242",
+            "****5556",
+            "****8210",
+            "****0005",
+            "6f1c3a52-3b1e-4f4e-9d7a-0c2b8e1f5a10",
+            "1999",
+        ] {
+            assert!(shown.contains(kept), "{kept} missing from {shown}");
+        }
+    }
+
+    #[test]
+    fn show_masks_a_body_that_is_not_json() {
+        let m = delivery(b"garbage 4242424242424242 {", &[]);
+        let shown = mask_card_numbers(&describe(&m)).into_owned();
+        assert!(!shown.contains("4242424242424242") && shown.contains("garbage ****4242 {"));
     }
 }

@@ -2,6 +2,7 @@
 //! reached. It is data (a TOML file), not code, so adding a step never means changing the
 //! orchestrator. This module only parses and validates it; running it is the saga's job.
 
+use baton_contract::CardExposure;
 use serde::Deserialize;
 use std::path::Path;
 use std::time::Duration;
@@ -27,8 +28,9 @@ pub struct Step {
     pub service: String,
     /// How long to wait for the reply to one command.
     pub timeout: Duration,
-    /// Whether the command carries the full card number.
-    pub card_number: bool,
+    /// How much of the card the command carries: the full number (authorization), a
+    /// keyed fingerprint (risk) or only the last four digits (the default).
+    pub card: CardExposure,
     /// Whether a later decline or failure sends this step a compensate command.
     pub compensate: bool,
     /// Whether the step changes something outside Baton (a hold, a transfer). A timed-out
@@ -128,6 +130,8 @@ pub struct Workflow {
     /// Commands in flight at once toward one service, from this orchestrator.
     max_in_flight_per_service: usize,
     parking: ParkingPolicy,
+    /// The file (or `(built-in default)`) it came from, for errors found after parsing.
+    source_name: String,
 }
 
 #[derive(Deserialize)]
@@ -154,8 +158,10 @@ struct Entry {
     name: String,
     service: Option<String>,
     timeout_ms: u64,
-    #[serde(default)]
-    card_number: bool,
+    card: Option<String>,
+    /// Replaced by `card`; still parsed so that a file using it gets a message naming
+    /// the replacement instead of "unknown field".
+    card_number: Option<toml::Value>,
     #[serde(default)]
     compensate: bool,
     side_effects: Option<bool>,
@@ -375,6 +381,21 @@ impl Workflow {
                     entry.timeout_ms
                 )));
             }
+            if entry.card_number.is_some() {
+                return Err(fail(format!(
+                    "{at}: card_number was replaced by card = \"number\" | \"fingerprint\" | \"last4\" \
+                     (card_number = true is card = \"number\"; only a step that charges the card, \
+                     such as authorization, should get it)"
+                )));
+            }
+            let card = match entry.card.as_deref() {
+                None => CardExposure::default(),
+                Some(text) => CardExposure::parse(text).ok_or_else(|| {
+                    fail(format!(
+                        "{at}: card must be \"number\", \"fingerprint\" or \"last4\", got {text:?}"
+                    ))
+                })?,
+            };
             let side_effects = entry.side_effects.unwrap_or(entry.compensate);
             let retry = retry_policy(&default_retry, entry.retry, &at, "retry").map_err(fail)?;
             let compensation_retry = retry_policy(
@@ -445,7 +466,7 @@ impl Workflow {
                 name: entry.name,
                 service,
                 timeout: Duration::from_millis(entry.timeout_ms),
-                card_number: entry.card_number,
+                card,
                 compensate: entry.compensate,
                 side_effects,
                 retry,
@@ -458,7 +479,29 @@ impl Workflow {
             breakers,
             max_in_flight_per_service,
             parking,
+            source_name: source_name.to_owned(),
         })
+    }
+
+    /// Checks that the card keys a step needs are there: a step with
+    /// `card = "fingerprint"` cannot run without them.
+    pub fn check_card_keys(&self, have_keys: bool) -> Result<(), WorkflowError> {
+        match self
+            .steps
+            .iter()
+            .position(|s| s.card == CardExposure::Fingerprint)
+        {
+            Some(i) if !have_keys => Err(WorkflowError {
+                source_name: self.source_name.clone(),
+                problem: format!(
+                    "steps[{i}] ({:?}): card = \"fingerprint\" needs the card key: pass \
+                     --card-key-file FILE (BATON_CARD_KEY_FILE), the same file the step's \
+                     service uses",
+                    self.steps[i].name
+                ),
+            }),
+            _ => Ok(()),
+        }
     }
 
     /// The steps, in order.
@@ -497,8 +540,18 @@ mod tests {
         let wf = Workflow::builtin();
         let names: Vec<_> = wf.steps().iter().map(|s| s.name.as_str()).collect();
         assert_eq!(names, ["authorization", "risk", "pci", "transaction"]);
-        assert!(wf.steps()[0].compensate && wf.steps()[0].card_number);
-        assert!(!wf.steps()[2].card_number);
+        assert!(wf.steps()[0].compensate);
+        let cards: Vec<_> = wf.steps().iter().map(|s| s.card).collect();
+        assert_eq!(
+            cards,
+            [
+                CardExposure::Number,
+                CardExposure::Fingerprint,
+                CardExposure::Last4,
+                CardExposure::Last4
+            ],
+            "only authorization gets the number; risk a fingerprint"
+        );
         assert_eq!(wf.steps()[3].service, "transaction");
     }
 
@@ -661,5 +714,48 @@ mod tests {
             "[parking]\ntiers_ms = []\nmax_parks = 1\n[[steps]]\nname = \"risk\"\ntimeout_ms = 5\n",
         );
         assert!(parking.contains("tiers_ms"), "{parking}");
+    }
+
+    #[test]
+    fn the_old_card_number_key_names_its_replacement() {
+        let old = error_of(
+            "[[steps]]\nname = \"authorization\"\ntimeout_ms = 5\ncard = \"number\"\n\
+             [[steps]]\nname = \"risk\"\ntimeout_ms = 5\ncard_number = true\n",
+        );
+        assert!(
+            old.contains("wf.toml")
+                && old.contains(
+                    "steps[1] (\"risk\"): card_number was replaced by card = \"number\" | \"fingerprint\" | \"last4\""
+                ),
+            "{old}"
+        );
+        let off = error_of("[[steps]]\nname = \"pci\"\ntimeout_ms = 5\ncard_number = false\n");
+        assert!(
+            off.contains("steps[0] (\"pci\"): card_number was replaced"),
+            "{off}"
+        );
+        let typo = error_of("[[steps]]\nname = \"risk\"\ntimeout_ms = 5\ncard = \"hash\"\n");
+        assert!(
+            typo.contains("steps[0] (\"risk\"): card must be") && typo.contains("\"hash\""),
+            "{typo}"
+        );
+        let wf = Workflow::parse("[[steps]]\nname = \"pci\"\ntimeout_ms = 5\n", "t").unwrap();
+        assert_eq!(wf.steps()[0].card, CardExposure::Last4, "the default");
+    }
+
+    #[test]
+    fn a_fingerprint_step_without_the_card_key_is_refused() {
+        let wf = Workflow::builtin();
+        let e = wf.check_card_keys(false).unwrap_err().to_string();
+        assert!(
+            e.contains("(built-in default)")
+                && e.contains("steps[1] (\"risk\")")
+                && e.contains("--card-key-file"),
+            "{e}"
+        );
+        assert!(wf.check_card_keys(true).is_ok());
+        let last4_only =
+            Workflow::parse("[[steps]]\nname = \"pci\"\ntimeout_ms = 5\n", "t").unwrap();
+        assert!(last4_only.check_card_keys(false).is_ok());
     }
 }

@@ -9,8 +9,14 @@ use lapin::options::{
     BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
     QueueDeclareOptions, QueueDeleteOptions,
 };
+use lapin::tcp::{AsyncTcpStream, RustlsConnector, RustlsConnectorConfig};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::uri::{AMQPScheme, AMQPUri};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
+use rustls::{CertificateError, RootCertStore};
+use std::path::{Path, PathBuf};
 
 /// How many times RabbitMQ delivers a request or command before dead-lettering it. A
 /// message that crashes its consumer every time ends in `<prefix>.dead` instead of looping.
@@ -22,17 +28,24 @@ pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 /// Errors of the shared broker plumbing. Each variant says what the caller can do.
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
-    /// The broker could not be reached or refused the login.
-    #[error(
-        "cannot connect to RabbitMQ at {url} ({cause}). Is it running? Start it with \
-         `rabbitmq-server -detached` (or `docker compose up -d rabbitmq`), or point \
-         AMQP_URL / --amqp-url at it"
-    )]
+    /// The broker could not be reached, refused the login, or its TLS certificate was not
+    /// trusted.
+    #[error("cannot connect to RabbitMQ at {url}: {cause}; {hint}")]
     Connect {
         /// The URL, password removed.
         url: String,
-        /// What the client library said.
+        /// What went wrong, in a few words (the client library's words for plain errors).
         cause: String,
+        /// What to do about it.
+        hint: String,
+    },
+    /// The CA file given for `amqps://` cannot be used (or is given with a plain URL).
+    #[error("cannot use the CA file {path} (--amqp-ca-file / AMQP_CA_FILE): {problem}")]
+    CaFile {
+        /// The file.
+        path: String,
+        /// What is wrong with it.
+        problem: String,
     },
     /// The URL is not an AMQP URL.
     #[error("AMQP_URL {url} is not a valid amqp:// URL: {problem}")]
@@ -65,7 +78,9 @@ impl BrokerError {
     pub fn is_transient(&self) -> bool {
         !matches!(
             self,
-            BrokerError::BadUrl { .. } | BrokerError::Unroutable { .. }
+            BrokerError::BadUrl { .. }
+                | BrokerError::Unroutable { .. }
+                | BrokerError::CaFile { .. }
         )
     }
 }
@@ -87,21 +102,218 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
-/// Connects to `url`, naming the connection `name` in the management UI.
-pub async fn connect(url: &str, name: &str) -> Result<Connection, BrokerError> {
-    if !(url.starts_with("amqp://") || url.starts_with("amqps://")) {
-        return Err(BrokerError::BadUrl {
-            url: redact_url(url),
-            problem: "it must start with amqp://".into(),
-        });
+/// How an `amqps://` connection checks the broker's certificate (`amqp://` is plain TCP
+/// and uses none of this).
+///
+/// The default trusts the system's CA store (what `update-ca-certificates` manages on
+/// Debian; `SSL_CERT_FILE` / `SSL_CERT_DIR` point elsewhere). With a CA file, only the CA
+/// certificates in that file are trusted. Either way the certificate must name the URL's
+/// host (a DNS name or an IP address in its subjectAltName).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TlsOptions {
+    /// PEM file with the CA certificate(s) that signed the broker's certificate
+    /// (`--amqp-ca-file` / `AMQP_CA_FILE`). Read at every connect, so a replaced file
+    /// takes effect at the next reconnect.
+    pub ca_file: Option<PathBuf>,
+}
+
+impl TlsOptions {
+    /// Trust `ca_file` if given, the system's CA store otherwise.
+    pub fn with_ca_file(ca_file: Option<PathBuf>) -> Self {
+        Self { ca_file }
     }
-    let properties = ConnectionProperties::default().with_connection_name(name.into());
-    Connection::connect(url, properties)
-        .await
-        .map_err(|e| BrokerError::Connect {
-            url: redact_url(url),
-            cause: root_cause(&e),
+}
+
+fn plain_url_with_ca_file(path: &Path) -> BrokerError {
+    BrokerError::CaFile {
+        path: path.display().to_string(),
+        problem: "the AMQP URL is amqp://, plain TCP, which would send the password and card \
+                  data unencrypted and ignore the CA: use an amqps:// URL (RabbitMQ's TLS \
+                  port, usually 5671), or drop the CA file"
+            .into(),
+    }
+}
+
+/// The CA certificates of a PEM file, each checked to be usable as a trust anchor.
+fn read_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, BrokerError> {
+    let problem = |problem: String| BrokerError::CaFile {
+        path: path.display().to_string(),
+        problem,
+    };
+    let pem = std::fs::read(path).map_err(|e| problem(format!("cannot read it ({e})")))?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| problem(format!("it is not valid PEM ({e})")))?;
+    if certs.is_empty() {
+        return Err(problem(
+            "it holds no certificate: it must be PEM with one or more \
+             `-----BEGIN CERTIFICATE-----` blocks (the CA's, not the broker's key)"
+                .into(),
+        ));
+    }
+    let (_, unusable) = RootCertStore::empty().add_parsable_certificates(certs.iter().cloned());
+    if unusable > 0 {
+        return Err(problem(format!(
+            "{unusable} of its {} certificate(s) cannot be parsed as X.509",
+            certs.len()
+        )));
+    }
+    Ok(certs)
+}
+
+/// The TLS client for one connect to `url` (shown, without its password): the CA file's
+/// certificates, or the system's store.
+fn tls_connector(url: &str, tls: &TlsOptions) -> Result<RustlsConnector, BrokerError> {
+    let (config, source) = match &tls.ca_file {
+        Some(path) => (
+            RustlsConnectorConfig::default().with_parsable_certificates(read_ca_file(path)?),
+            format!("the CA file {}", path.display()),
+        ),
+        None => (
+            RustlsConnectorConfig::new_with_native_certs().map_err(|e| BrokerError::Connect {
+                url: url.to_owned(),
+                cause: format!("the system's CA store yields no certificate ({e})"),
+                hint: "install ca-certificates, or pass the broker's CA with --amqp-ca-file \
+                       (AMQP_CA_FILE)"
+                    .into(),
+            })?,
+            "the system's CA store".into(),
+        ),
+    };
+    config
+        .connector_with_no_client_auth()
+        .map_err(|e| BrokerError::CaFile {
+            path: source,
+            problem: format!("no TLS client can be built from it ({e})"),
         })
+}
+
+/// Connects to `url`, naming the connection `name` in the management UI.
+///
+/// `amqps://` always speaks TLS, checks the broker's certificate against `tls` and its
+/// host name against the URL's, and never falls back to plain TCP. `amqp://` is plain TCP
+/// and refuses a CA file: a URL without the `s` next to a CA file is more likely a
+/// mistake than a choice. Nothing is retried here: the long-running processes fail at
+/// start and retry after a loss.
+pub async fn connect(url: &str, name: &str, tls: &TlsOptions) -> Result<Connection, BrokerError> {
+    let shown = redact_url(url);
+    let uri: AMQPUri = if url.starts_with("amqp://") || url.starts_with("amqps://") {
+        url.parse().map_err(|problem: String| BrokerError::BadUrl {
+            url: shown.clone(),
+            problem,
+        })?
+    } else {
+        return Err(BrokerError::BadUrl {
+            url: shown,
+            problem: "it must start with amqp:// (plain TCP) or amqps:// (TLS)".into(),
+        });
+    };
+    let properties = ConnectionProperties::default().with_connection_name(name.into());
+    let connected = match uri.scheme {
+        AMQPScheme::AMQP => {
+            if let Some(path) = &tls.ca_file {
+                return Err(plain_url_with_ca_file(path));
+            }
+            Connection::connect_uri(uri, properties).await
+        }
+        AMQPScheme::AMQPS => {
+            let connector = tls_connector(&shown, tls)?;
+            let runtime = lapin::runtime::default_runtime().map_err(|e| BrokerError::Connect {
+                url: shown.clone(),
+                cause: root_cause(&e),
+                hint: "lapin needs a tokio runtime".into(),
+            })?;
+            // TCP, then the TLS handshake on it: an error in either fails the connect.
+            Connection::connector(
+                uri,
+                runtime,
+                async move |uri, runtime| {
+                    let host = uri.authority.host.clone();
+                    let addrs = runtime.to_socket_addrs((host.clone(), uri.authority.port));
+                    let stream = AsyncTcpStream::connect(&runtime, addrs).await?;
+                    Ok(stream.into_rustls(&connector, &host).await?)
+                },
+                properties,
+            )
+            .await
+        }
+    };
+    connected.map_err(|e| connect_error(shown, tls, &e))
+}
+
+/// A connect failure in one line: what happened, and what to do about it.
+fn connect_error(url: String, tls: &TlsOptions, error: &lapin::Error) -> BrokerError {
+    let not_running = "is it running? Start it with `rabbitmq-server -detached` (or \
+                       `docker compose up -d rabbitmq`), or point AMQP_URL / --amqp-url at it";
+    let Some(tls_error) = tls_cause(error) else {
+        return BrokerError::Connect {
+            url,
+            cause: root_cause(error),
+            hint: not_running.into(),
+        };
+    };
+    let trusted_by = match &tls.ca_file {
+        Some(path) => format!("the CA file {}", path.display()),
+        None => "the system's CA store".into(),
+    };
+    let (cause, hint) = match tls_error {
+        rustls::Error::InvalidCertificate(
+            reason @ (CertificateError::UnknownIssuer | CertificateError::BadSignature),
+        ) => (
+            format!("TLS certificate not trusted ({reason:?}) by {trusted_by}"),
+            "pass the CA that signed the broker's certificate with --amqp-ca-file \
+             (AMQP_CA_FILE)"
+                .to_owned(),
+        ),
+        rustls::Error::InvalidCertificate(
+            reason @ (CertificateError::NotValidForName
+            | CertificateError::NotValidForNameContext { .. }),
+        ) => (
+            format!("TLS certificate is for another host ({reason})"),
+            "use a host name in the URL that the broker's certificate names (its \
+             subjectAltName), or have the certificate reissued for this name"
+                .to_owned(),
+        ),
+        rustls::Error::InvalidCertificate(reason) => (
+            format!("TLS certificate rejected ({reason})"),
+            "the broker's certificate must be valid now and signed for serving TLS".to_owned(),
+        ),
+        rustls::Error::InvalidMessage(_) | rustls::Error::InappropriateMessage { .. } => (
+            format!("the server does not speak TLS there ({tls_error})"),
+            "amqps:// needs RabbitMQ's TLS listener (usually port 5671); it never falls back \
+             to plain TCP"
+                .to_owned(),
+        ),
+        rustls::Error::AlertReceived(alert) => (
+            format!("the broker refused the TLS handshake (alert {alert:?})"),
+            "see the broker's log; if it asks for a client certificate, Baton does not \
+             send one"
+                .to_owned(),
+        ),
+        other => (
+            format!("TLS handshake failed ({other})"),
+            "check the broker's TLS listener and its log".to_owned(),
+        ),
+    };
+    BrokerError::Connect { url, cause, hint }
+}
+
+/// The rustls error under a lapin error, if the connect failed in the TLS handshake.
+fn tls_cause(error: &lapin::Error) -> Option<&rustls::Error> {
+    let lapin::ErrorKind::IOError(io) = error.kind() else {
+        return None;
+    };
+    // io::Error's `source` skips the error it wraps, so look inside each level by hand.
+    let mut inner: &(dyn std::error::Error + 'static) = io.get_ref()?;
+    loop {
+        if let Some(tls) = inner.downcast_ref::<rustls::Error>() {
+            return Some(tls);
+        }
+        inner = match inner.downcast_ref::<std::io::Error>() {
+            Some(io) => io.get_ref()?,
+            None => inner.source()?,
+        };
+    }
 }
 
 /// The innermost message of an error chain, which is the one that says what happened
@@ -349,6 +561,34 @@ pub fn json_properties(extra: &[(&str, &str)]) -> BasicProperties {
         .with_headers(table)
 }
 
+/// The broker user a connection to `url` logs in as: the URL's user name, percent-decoded,
+/// or `guest` when the URL names none (the client library's default). RabbitMQ accepts a
+/// message's `user_id` property only when it equals this name, so it is what every Baton
+/// binary stamps on what it publishes ([`with_sender`]).
+pub fn url_user(url: &str) -> Result<String, BrokerError> {
+    url.parse::<lapin::uri::AMQPUri>()
+        .map(|uri| uri.authority.userinfo.username)
+        .map_err(|problem| BrokerError::BadUrl {
+            url: redact_url(url),
+            problem,
+        })
+}
+
+/// `properties` with `user_id` set to `user`: RabbitMQ refuses the publish unless `user`
+/// is the connection's own user, so a receiver that checks `user_id` knows who sent it.
+/// A user name over AMQP's 255-byte limit cannot be stamped (nor exist in RabbitMQ).
+pub fn with_sender(properties: BasicProperties, user: &str) -> BasicProperties {
+    match short(user) {
+        Some(user) => properties.with_user_id(user),
+        None => properties,
+    }
+}
+
+/// The broker-validated sender of a delivery: its `user_id` property, if set.
+pub fn sender(properties: &BasicProperties) -> Option<&str> {
+    properties.user_id().as_ref().map(|u| u.as_str())
+}
+
 /// A header's text value, if present and textual.
 pub fn header_text(properties: &BasicProperties, key: &str) -> Option<String> {
     let value = properties.headers().as_ref()?.inner().get(key)?;
@@ -379,11 +619,14 @@ pub async fn publish_confirmed(
     body: &[u8],
     properties: BasicProperties,
 ) -> Result<(), BrokerError> {
+    // Names only, never the body: the error reaches logs. Masked and capped, since a
+    // routing key can be a client's `reply_to`.
     let target = || {
+        let key = crate::mask::bounded(routing_key, 128);
         if exchange.is_empty() {
-            format!("queue {routing_key}")
+            format!("queue {key}")
         } else {
-            format!("{exchange}/{routing_key}")
+            format!("{}/{key}", crate::mask::bounded(exchange, 128))
         }
     };
     let (Some(exchange_name), Some(key)) = (short(exchange), short(routing_key)) else {
@@ -437,5 +680,61 @@ mod tests {
             "postgres://u:***@db/baton"
         );
         assert_eq!(redact_url("amqp://user@host/"), "amqp://user@host/");
+    }
+
+    #[test]
+    fn the_sender_is_the_urls_user() {
+        assert_eq!(
+            url_user("amqp://baton-risk:pw@h:5672/%2f").unwrap(),
+            "baton-risk"
+        );
+        assert_eq!(url_user("amqps://a%40b:pw@h/").unwrap(), "a@b");
+        assert_eq!(url_user("amqp://127.0.0.1:5672/%2f").unwrap(), "guest");
+        let props = with_sender(BasicProperties::default(), "baton-orchestrator");
+        assert_eq!(sender(&props), Some("baton-orchestrator"));
+        assert_eq!(sender(&BasicProperties::default()), None);
+    }
+
+    /// `read_ca_file` on a file holding `contents`: the error's problem text.
+    fn ca_file_problem(contents: &str) -> String {
+        let path = std::env::temp_dir().join(format!("baton-ca-{}.pem", uuid::Uuid::new_v4()));
+        std::fs::write(&path, contents).unwrap();
+        let read = read_ca_file(&path);
+        let _ = std::fs::remove_file(&path);
+        match read {
+            Err(BrokerError::CaFile { problem, .. }) => problem,
+            other => panic!("a CaFile error expected, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_ca_file_that_cannot_be_used_is_a_clear_error() {
+        let missing = Path::new("/nonexistent/baton-ca.pem");
+        let error = read_ca_file(missing).unwrap_err().to_string();
+        assert!(
+            error.contains("/nonexistent/baton-ca.pem")
+                && error.contains("--amqp-ca-file")
+                && error.contains("cannot read it"),
+            "{error}"
+        );
+        assert!(
+            ca_file_problem("listeners.ssl.default = 5671\n").contains("holds no certificate"),
+            "not PEM at all"
+        );
+        let key_only =
+            "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIA==\n-----END PRIVATE KEY-----\n";
+        assert!(
+            ca_file_problem(key_only).contains("holds no certificate"),
+            "a key is not a CA"
+        );
+        let bad_base64 = "-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n";
+        assert!(ca_file_problem(bad_base64).contains("not valid PEM"));
+        let not_x509 = "-----BEGIN CERTIFICATE-----\naGVsbG8gd29ybGQ=\n-----END CERTIFICATE-----\n";
+        assert!(ca_file_problem(not_x509).contains("cannot be parsed as X.509"));
+        assert!(!BrokerError::CaFile {
+            path: String::new(),
+            problem: String::new()
+        }
+        .is_transient());
     }
 }

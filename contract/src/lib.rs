@@ -7,6 +7,8 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs, clippy::dbg_macro, clippy::todo)]
 
+pub mod card_key;
+pub mod mask;
 mod message;
 mod names;
 mod request;
@@ -14,11 +16,11 @@ mod request;
 #[cfg(feature = "amqp")]
 pub mod amqp;
 
+pub use card_key::{CardKeyError, CardKeys};
+pub use mask::{contains_card_number, mask_card_numbers};
 pub use message::{
-    Action, CardView, Command, PaymentResult, PaymentView, Reply, ReplyOutcome, Status,
-    StepOutcome, StepRecord,
+    Action, CardExposure, CardView, Command, PaymentResult, PaymentView, Reply, ReplyOutcome,
+    Status, StepOutcome, StepRecord,
 };
 pub use names::{headers, Names, CONTENT_TYPE, SCHEMA_VERSION};
-pub use request::{
-    mask_digit_runs, Card, CardNumber, Currency, InvalidRequest, Limits, Money, PaymentRequest,
-};
+pub use request::{Card, CardNumber, Currency, InvalidRequest, Limits, Money, PaymentRequest};

@@ -1,5 +1,6 @@
 //! Commands to services, their replies, and the final payment result.
 
+use crate::card_key::CardKeys;
 use crate::request::{CardNumber, Currency, Money, PaymentRequest};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -15,12 +16,50 @@ pub enum Action {
     Compensate,
 }
 
-/// The card as a step sees it: the full number only for steps the workflow trusts with it.
+/// How much of the card a step receives: the workflow's `card = "…"` of the step.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CardExposure {
+    /// The full number (and last four, expiry): only a step that must charge the card,
+    /// such as authorization.
+    Number,
+    /// A keyed fingerprint (and last four, expiry): a step that must recognise a card
+    /// without knowing it, such as risk.
+    Fingerprint,
+    /// The last four digits and the expiry only (the default).
+    #[default]
+    Last4,
+}
+
+impl CardExposure {
+    /// The workflow spelling: `number`, `fingerprint` or `last4`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CardExposure::Number => "number",
+            CardExposure::Fingerprint => "fingerprint",
+            CardExposure::Last4 => "last4",
+        }
+    }
+
+    /// Parses the workflow spelling.
+    pub fn parse(text: &str) -> Option<Self> {
+        [Self::Number, Self::Fingerprint, Self::Last4]
+            .into_iter()
+            .find(|e| e.as_str() == text)
+    }
+}
+
+/// The card as a step sees it: the full number only for steps with `card = "number"`, a
+/// fingerprint only for steps with `card = "fingerprint"`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CardView {
-    /// Full number, for steps with `card_number = true` in the workflow.
+    /// Full number, for steps with `card = "number"` in the workflow.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub number: Option<CardNumber>,
+    /// `<key_id>:<hex HMAC-SHA256 of the digits>` ([`crate::card_key`]), for steps with
+    /// `card = "fingerprint"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
     /// Last four digits, for every step.
     pub last4: String,
     /// `MM/YY`.
@@ -43,15 +82,22 @@ pub struct PaymentView {
 }
 
 impl PaymentView {
-    /// The view of `request`, with the full card number only when `with_card_number`.
-    pub fn of(request: &PaymentRequest, with_card_number: bool) -> Self {
+    /// The view of `request` for a step with `exposure`. A fingerprint needs `keys`
+    /// (the orchestrator refuses to start a workflow asking for one without them);
+    /// without keys the view carries none.
+    pub fn of(request: &PaymentRequest, exposure: CardExposure, keys: Option<&CardKeys>) -> Self {
+        let number = request.card.number.reveal();
         Self {
             merchant_id: request.merchant_id.clone(),
             customer_id: request.customer_id.clone(),
             amount: request.amount,
             merchant_currency: request.settlement_currency(),
             card: CardView {
-                number: with_card_number.then(|| request.card.number.clone()),
+                number: (exposure == CardExposure::Number).then(|| request.card.number.clone()),
+                fingerprint: match (exposure, keys) {
+                    (CardExposure::Fingerprint, Some(keys)) => Some(keys.fingerprint(number)),
+                    _ => None,
+                },
                 last4: request.card.number.last4().to_owned(),
                 expiry: request.card.expiry.clone(),
             },
@@ -289,11 +335,37 @@ mod tests {
             "customer_id":"c","amount":{"minor":1,"currency":"EUR"},
             "card":{"number":"4242424242424242","expiry":"12/30"}}"#;
         let request = PaymentRequest::parse(body, &Limits::default()).unwrap();
-        let masked = serde_json::to_string(&PaymentView::of(&request, false)).unwrap();
-        assert!(!masked.contains("4242424242424242"));
-        assert!(masked.contains("\"last4\":\"4242\""));
-        let full = serde_json::to_string(&PaymentView::of(&request, true)).unwrap();
-        assert!(full.contains("4242424242424242"));
+        let keys = CardKeys::generate("k1");
+        let view = |exposure| {
+            serde_json::to_value(PaymentView::of(&request, exposure, Some(&keys))).unwrap()
+        };
+        let last4 = view(CardExposure::Last4);
+        assert_eq!(
+            last4["card"],
+            serde_json::json!({"last4": "4242", "expiry": "12/30"})
+        );
+        let fingerprint = view(CardExposure::Fingerprint);
+        assert!(!fingerprint.to_string().contains("4242424242424242"));
+        assert_eq!(
+            fingerprint["card"]["fingerprint"],
+            keys.fingerprint("4242424242424242").as_str()
+        );
+        assert_eq!(fingerprint["card"]["last4"], "4242");
+        let full = view(CardExposure::Number);
+        assert_eq!(full["card"]["number"], "4242424242424242");
+        assert!(full["card"].get("fingerprint").is_none());
+        // Without keys a fingerprint view carries none (the orchestrator refuses to
+        // start such a workflow).
+        let keyless = PaymentView::of(&request, CardExposure::Fingerprint, None);
+        assert_eq!(keyless.card.fingerprint, None);
+        for e in [
+            CardExposure::Number,
+            CardExposure::Fingerprint,
+            CardExposure::Last4,
+        ] {
+            assert_eq!(CardExposure::parse(e.as_str()), Some(e));
+        }
+        assert_eq!(CardExposure::parse("full"), None);
     }
 
     #[test]

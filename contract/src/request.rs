@@ -173,20 +173,42 @@ pub struct InvalidRequest {
     pub problem: String,
 }
 
+/// Longest field name a rejection carries, in characters.
+const MAX_FIELD_CHARS: usize = 64;
+/// Longest problem a rejection carries, in characters: it becomes a result's `detail`,
+/// an `x-baton-detail` header and a log field.
+const MAX_PROBLEM_CHARS: usize = 200;
+
+impl InvalidRequest {
+    /// A rejection of `field`. Both texts are masked ([`crate::mask_card_numbers`]) and
+    /// capped in length, so a client value quoted in a problem can neither leak a card
+    /// number nor grow a header without bound; better still, describe the value
+    /// without quoting it.
+    pub fn new(payment_id: Option<Uuid>, field: &str, problem: &str) -> Self {
+        Self {
+            payment_id,
+            field: crate::mask::bounded(field, MAX_FIELD_CHARS),
+            problem: crate::mask::bounded(problem, MAX_PROBLEM_CHARS),
+        }
+    }
+}
+
 impl fmt::Display for InvalidRequest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.field, self.problem)
+        // Masked again: the fields are public and may have been set directly.
+        write!(
+            f,
+            "{}: {}",
+            crate::mask::bounded(&self.field, MAX_FIELD_CHARS),
+            crate::mask::bounded(&self.problem, MAX_PROBLEM_CHARS)
+        )
     }
 }
 
 impl std::error::Error for InvalidRequest {}
 
 fn invalid(payment_id: Option<Uuid>, field: &str, problem: impl Into<String>) -> InvalidRequest {
-    InvalidRequest {
-        payment_id,
-        field: field.to_owned(),
-        problem: problem.into(),
-    }
+    InvalidRequest::new(payment_id, field, &problem.into())
 }
 
 /// Describes a JSON value's type for error messages, without echoing its content (which
@@ -276,6 +298,17 @@ impl<'a> Fields<'a> {
                 self.payment_id,
                 &self.path(name),
                 "must not contain control characters",
+            ));
+        }
+        if crate::mask::contains_card_number(text) {
+            // Described, never quoted: the value would be a card number in a result, a
+            // header and a log.
+            return Err(invalid(
+                self.payment_id,
+                &self.path(name),
+                "must not contain a card number (12 to 19 digits passing the Luhn check, \
+                 with or without spaces, dashes or dots between them); card data goes in \
+                 card.number only",
             ));
         }
         Ok(text.to_owned())
@@ -408,33 +441,6 @@ impl PaymentRequest {
         let value: Value = serde_json::from_slice(body).ok()?;
         Uuid::try_parse(value.get("payment_id")?.as_str()?).ok()
     }
-}
-
-/// Masks every run of 12 to 19 digits in `text` (a card number, wherever it sits) down
-/// to `****` and its last four digits, for text that must be shown or kept but may hold
-/// a card number.
-pub fn mask_digit_runs(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut run = String::new();
-    let flush = |run: &mut String, out: &mut String| {
-        if (12..=19).contains(&run.len()) {
-            out.push_str("****");
-            out.push_str(&run[run.len() - 4..]);
-        } else {
-            out.push_str(run);
-        }
-        run.clear();
-    };
-    for c in text.chars() {
-        if c.is_ascii_digit() {
-            run.push(c);
-        } else {
-            flush(&mut run, &mut out);
-            out.push(c);
-        }
-    }
-    flush(&mut run, &mut out);
-    out
 }
 
 /// `MM/YY` → (month 1–12, full year).
@@ -595,21 +601,55 @@ mod tests {
     }
 
     #[test]
-    fn digit_runs_of_card_length_are_masked() {
-        assert_eq!(
-            mask_digit_runs(r#"{"number":"4242424242424242","minor":1999}"#),
-            r#"{"number":"****4242","minor":1999}"#
+    fn card_numbers_in_ids_are_refused_without_echoing_them() {
+        for (field, value) in [
+            ("merchant_id", "4242424242424242"),
+            ("merchant_id", "m-5105 1051 0510 5100"),
+            ("customer_id", "c-4012-8888-8888-1881"),
+            ("customer_id", "5555.5555.5555.4444"),
+        ] {
+            let e = error(&with(&[field], value.into()));
+            assert_eq!(e.field, field, "{e}");
+            assert!(e.problem.contains("card number"), "{e}");
+            assert_eq!(
+                e.payment_id.unwrap().to_string(),
+                "6f1c3a52-3b1e-4f4e-9d7a-0c2b8e1f5a10",
+                "the rejection can still be addressed"
+            );
+            let digits: String = value.chars().filter(char::is_ascii_digit).collect();
+            let shown: String = e.to_string().chars().filter(char::is_ascii_digit).collect();
+            assert!(!shown.contains(&digits[digits.len() - 8..]), "{e}");
+        }
+    }
+
+    #[test]
+    fn ids_with_other_digits_are_accepted() {
+        for (field, value) in [
+            ("merchant_id", "m-1001"),
+            ("merchant_id", "m-4242424242424241"),
+            ("customer_id", "c-6f1c3a52-3b1e-4f4e-9d7a-123456789012"),
+            ("customer_id", "c-2026-12-03-0042"),
+        ] {
+            let r = PaymentRequest::parse(&with(&[field], value.into()), &Limits::default());
+            assert!(r.is_ok(), "{field} {value}: {r:?}");
+        }
+    }
+
+    #[test]
+    fn rejections_are_masked_and_capped() {
+        let e = InvalidRequest::new(
+            None,
+            "content_type",
+            &format!("got 4242424242424242{}", "x".repeat(500)),
         );
-        assert_eq!(
-            mask_digit_runs("12345678901"),
-            "12345678901",
-            "11 digits stay"
-        );
-        assert_eq!(
-            mask_digit_runs("12345678901234567890"),
-            "12345678901234567890",
-            "20 digits stay"
-        );
+        assert!(e.problem.starts_with("got ****4242x"), "{e}");
+        assert!(e.problem.chars().count() <= MAX_PROBLEM_CHARS + 1, "{e}");
+        let direct = InvalidRequest {
+            payment_id: None,
+            field: "4012888888881881".into(),
+            problem: "5555555555554444".into(),
+        };
+        assert_eq!(direct.to_string(), "****1881: ****4444");
     }
 
     #[test]

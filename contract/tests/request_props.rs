@@ -188,6 +188,35 @@ proptest! {
     }
 
     #[test]
+    fn a_card_number_in_an_id_is_refused_with_the_field_named_and_never_echoed(
+        field in prop::sample::select(vec!["merchant_id", "customer_id"]),
+        card in prop::sample::select(vec![
+            "4242424242424242", "5555555555554444", "378282246310005", "4000056655665556",
+            "6011111111111117", "3056930009020004", "4000000000000000006", "500000000009",
+        ]),
+        separator in prop::sample::select(vec!["", " ", "-", "."]),
+        group in 2usize..=6,
+        before in "[a-z]{0,6}[-_:/]?",
+        after in "([-_:/][a-z0-9]{0,6})?",
+    ) {
+        let written = card
+            .as_bytes()
+            .chunks(group)
+            .map(|c| std::str::from_utf8(c).unwrap())
+            .collect::<Vec<_>>()
+            .join(separator);
+        let mut request = valid();
+        request[field] = json!(format!("{before}{written}{after}"));
+        let invalid = PaymentRequest::parse(&serde_json::to_vec(&request).unwrap(), &Limits::default())
+            .expect_err("a card number in an id is refused");
+        prop_assert_eq!(invalid.field.as_str(), field);
+        prop_assert!(invalid.problem.contains("card number"), "{}", invalid);
+        prop_assert!(invalid.payment_id.is_some(), "the rejection is addressed to the payment");
+        let shown = invalid.to_string();
+        prop_assert!(!shown.contains(&written) && !shown.contains(card), "{}", shown);
+    }
+
+    #[test]
     fn sniffing_arbitrary_bytes_never_panics(body in prop::collection::vec(any::<u8>(), 0..600)) {
         let _ = PaymentRequest::sniff_payment_id(&body);
     }

@@ -18,6 +18,14 @@ pub enum OpsError {
         /// What the operating system said.
         source: io::Error,
     },
+    /// The bearer token file cannot be used.
+    #[error("--http-token-file {path}: {problem}")]
+    Token {
+        /// The file as given.
+        path: String,
+        /// What is wrong with it.
+        problem: String,
+    },
 }
 
 /// A short, stable wording for the bind failures operators meet, instead of the

@@ -39,3 +39,4 @@ pub use error::OpsError;
 pub use health::Health;
 pub use metrics::histogram_buckets_seconds;
 pub use server::{handler, Handler, HttpServer, Response, DRAIN_TIMEOUT};
+pub use server::{AppRoutes, BearerToken};

@@ -10,7 +10,7 @@
 //! | `GET /metrics` | 200, Prometheus text format of the registry |
 //! | `GET /healthz` | 200 `ok` |
 //! | `GET /readyz` | 200 `ready`, or 503 `not ready: <reason>` |
-//! | other `GET` | the [`Handler`]'s [`Response`], or 404 when it returns `None` or there is none |
+//! | other `GET` | the [`Handler`]'s [`Response`], or 404 when it returns `None` or there is none; 401/403 when [`AppRoutes`]' access rule says no |
 //!
 //! Shutdown is a future handed to [`HttpServer::start`] (or [`HttpServer::stop`]): the
 //! listener closes at once, open connections finish the response in progress and close,
@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
-use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE};
+use hyper::header::{HeaderValue, ALLOW, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, StatusCode};
@@ -105,6 +105,86 @@ where
     Arc::new(move |path| Box::pin(f(path)))
 }
 
+/// The application's own paths (a [`Handler`]) and who may read them.
+///
+/// The rule, in one place for every binary: with a [`BearerToken`], every application
+/// path needs `Authorization: Bearer <token>`; without one, they are served only when the
+/// port is bound to a loopback address, and answered `403` otherwise (they show payment
+/// details). `/metrics`, `/healthz` and `/readyz` are always open: Prometheus and
+/// container probes do not carry tokens, and they show no payment.
+#[derive(Clone)]
+pub struct AppRoutes {
+    handler: Handler,
+    token: Option<BearerToken>,
+}
+
+impl AppRoutes {
+    /// `handler`'s paths, open on loopback only.
+    pub fn new(handler: Handler) -> Self {
+        Self {
+            handler,
+            token: None,
+        }
+    }
+
+    /// Requires `token` (when `Some`) on every application path, on any address.
+    pub fn with_token(mut self, token: Option<BearerToken>) -> Self {
+        self.token = token;
+        self
+    }
+}
+
+/// A secret that guards the application paths; never printed.
+#[derive(Clone)]
+pub struct BearerToken(Arc<str>);
+
+impl std::fmt::Debug for BearerToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BearerToken(***)")
+    }
+}
+
+impl BearerToken {
+    /// The shortest token accepted: shorter ones are guessable.
+    pub const MIN_LEN: usize = 16;
+
+    /// Reads the token from `path`: its content with surrounding white space removed, at
+    /// least [`BearerToken::MIN_LEN`] visible ASCII characters.
+    pub fn from_file(path: &std::path::Path) -> Result<Self, OpsError> {
+        let problem = |problem: String| OpsError::Token {
+            path: path.display().to_string(),
+            problem,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| problem(e.to_string()))?;
+        let token = text.trim();
+        if token.len() < Self::MIN_LEN || !token.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(problem(format!(
+                "the token must be at least {} visible ASCII characters (e.g. `openssl rand -hex 32`)",
+                Self::MIN_LEN
+            )));
+        }
+        Ok(Self(token.into()))
+    }
+
+    /// Whether an `Authorization` header value carries this token. The comparison takes
+    /// the same time wherever the first difference is.
+    fn admits(&self, authorization: Option<&HeaderValue>) -> bool {
+        let Some(given) = authorization
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+        else {
+            return false;
+        };
+        let (given, wanted) = (given.trim().as_bytes(), self.0.as_bytes());
+        given.len() == wanted.len()
+            && given
+                .iter()
+                .zip(wanted)
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0
+    }
+}
+
 /// A running HTTP port.
 ///
 /// Dropping it does **not** stop the server: it runs until the shutdown future given to
@@ -126,8 +206,10 @@ struct State {
     registry: prometheus::Registry,
     /// Readiness, as the application last set it.
     health: Health,
-    /// Paths beyond the built-in ones.
-    handler: Option<Handler>,
+    /// Paths beyond the built-in ones, and their access rule.
+    app: Option<AppRoutes>,
+    /// Whether the port is bound to a loopback address (see [`AppRoutes`]).
+    loopback: bool,
 }
 
 impl HttpServer {
@@ -145,7 +227,7 @@ impl HttpServer {
         addr: &str,
         registry: prometheus::Registry,
         health: Health,
-        handler: Option<Handler>,
+        app: Option<AppRoutes>,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<HttpServer, OpsError> {
         let bind_error = |source| OpsError::Bind {
@@ -159,7 +241,8 @@ impl HttpServer {
         let state = Arc::new(State {
             registry,
             health,
-            handler,
+            app,
+            loopback: local_addr.ip().is_loopback(),
         });
         let (stop, stop_rx) = oneshot::channel();
         let stopped = async move {
@@ -320,8 +403,17 @@ async fn route(state: &State, request: Request<Incoming>) -> HttpResponse {
             ),
         },
         path => {
-            let answer = match &state.handler {
-                Some(handler) => handler(path.to_owned()).await,
+            let answer = match &state.app {
+                Some(app) => {
+                    let allowed = match &app.token {
+                        Some(token) => token.admits(request.headers().get(AUTHORIZATION)),
+                        None => state.loopback,
+                    };
+                    if !allowed {
+                        return forbidden(app.token.is_some());
+                    }
+                    (app.handler)(path.to_owned()).await
+                }
                 None => None,
             };
             match answer {
@@ -337,6 +429,28 @@ async fn route(state: &State, request: Request<Incoming>) -> HttpResponse {
 }
 
 const TEXT: &str = "text/plain; charset=utf-8";
+
+/// The answer to an application path without the right to read it.
+fn forbidden(token_required: bool) -> HttpResponse {
+    if token_required {
+        let mut response = reply(
+            StatusCode::UNAUTHORIZED,
+            TEXT,
+            "a bearer token is required: Authorization: Bearer <token of --http-token-file>",
+        );
+        response
+            .headers_mut()
+            .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        response
+    } else {
+        reply(
+            StatusCode::FORBIDDEN,
+            TEXT,
+            "this path shows payment details: it is served on a loopback address only, \
+             unless the process is started with --http-token-file",
+        )
+    }
+}
 
 fn metrics(registry: &prometheus::Registry) -> HttpResponse {
     let encoder = prometheus::TextEncoder::new();

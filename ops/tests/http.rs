@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use baton_ops::{handler, Health, HttpServer, OpsError, Response};
+use baton_ops::{handler, AppRoutes, BearerToken, Health, HttpServer, OpsError, Response};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
@@ -27,9 +27,14 @@ impl Answer {
 
 /// Sends one request with `Connection: close` and reads the answer to the end.
 async fn request(addr: SocketAddr, method: &str, path: &str) -> Answer {
+    request_with(addr, method, path, "").await
+}
+
+/// [`request`] with `extra` header lines (each ending in `\r\n`).
+async fn request_with(addr: SocketAddr, method: &str, path: &str, extra: &str) -> Answer {
     let mut stream = TcpStream::connect(addr).await.expect("connect");
     let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: x\r\n{extra}Content-Length: 0\r\nConnection: close\r\n\r\n"
     );
     stream.write_all(req.as_bytes()).await.expect("write");
     let mut raw = Vec::new();
@@ -68,18 +73,16 @@ struct App {
 }
 
 async fn spawn_app(handler: Option<baton_ops::Handler>) -> App {
+    spawn_app_on("127.0.0.1:0", handler.map(AppRoutes::new)).await
+}
+
+async fn spawn_app_on(addr: &str, app: Option<AppRoutes>) -> App {
     let registry = prometheus::Registry::new();
     let health = Health::default();
     let (tx, rx) = oneshot::channel::<()>();
-    let server = HttpServer::start(
-        "127.0.0.1:0",
-        registry.clone(),
-        health.clone(),
-        handler,
-        async move {
-            let _ = rx.await;
-        },
-    )
+    let server = HttpServer::start(addr, registry.clone(), health.clone(), app, async move {
+        let _ = rx.await;
+    })
     .await
     .expect("start on a free port");
     App {
@@ -308,4 +311,108 @@ async fn stop_closes_idle_keep_alive_connections_without_waiting_for_the_drain_t
         .expect("idle connections are closed at once");
     let mut rest = Vec::new();
     let _ = idle.read_to_end(&mut rest).await;
+}
+
+fn payments_handler() -> baton_ops::Handler {
+    handler(|path: String| async move {
+        path.strip_prefix("/payments/")
+            .map(|_| Response::json(200, br#"{"customer":"c-42"}"#.to_vec()))
+    })
+}
+
+fn token_file(token: &str) -> tempfile_path::TempPath {
+    tempfile_path::write(token)
+}
+
+/// A file under the system temp dir removed on drop (no extra dependency for one file).
+mod tempfile_path {
+    pub struct TempPath(pub std::path::PathBuf);
+    impl Drop for TempPath {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+    pub fn write(content: &str) -> TempPath {
+        let path = std::env::temp_dir().join(format!(
+            "baton-ops-token-{}-{:?}",
+            std::process::id(),
+            std::time::SystemTime::now()
+        ));
+        std::fs::write(&path, content).expect("write token file");
+        TempPath(path)
+    }
+}
+
+#[tokio::test]
+async fn with_a_token_application_paths_need_it_and_probes_do_not() {
+    let file = token_file("  0123456789abcdef0123456789abcdef\n");
+    let token = BearerToken::from_file(&file.0).expect("a good token file");
+    assert_eq!(format!("{token:?}"), "BearerToken(***)", "never printed");
+    let app = spawn_app_on(
+        "127.0.0.1:0",
+        Some(AppRoutes::new(payments_handler()).with_token(Some(token))),
+    )
+    .await;
+    let addr = app.server.local_addr();
+
+    let answer = get(addr, "/payments/p-1").await;
+    assert_eq!(answer.status_line, "HTTP/1.1 401 Unauthorized");
+    assert_eq!(answer.header("www-authenticate"), Some("Bearer"));
+    assert!(!answer.body.contains("c-42"));
+    for wrong in [
+        "Authorization: Bearer 0123456789abcdef0123456789abcdeX\r\n",
+        "Authorization: Bearer 0123456789abcdef\r\n",
+        "Authorization: Basic 0123456789abcdef0123456789abcdef\r\n",
+    ] {
+        let answer = request_with(addr, "GET", "/payments/p-1", wrong).await;
+        assert_eq!(answer.status_line, "HTTP/1.1 401 Unauthorized", "{wrong}");
+    }
+    let answer = request_with(
+        addr,
+        "GET",
+        "/payments/p-1",
+        "Authorization: Bearer 0123456789abcdef0123456789abcdef\r\n",
+    )
+    .await;
+    assert_eq!(answer.status_line, "HTTP/1.1 200 OK");
+    assert!(answer.body.contains("c-42"));
+    for open in ["/metrics", "/healthz", "/readyz"] {
+        let answer = get(addr, open).await;
+        assert!(
+            !answer.status_line.contains("401"),
+            "{open}: {}",
+            answer.status_line
+        );
+    }
+}
+
+#[tokio::test]
+async fn without_a_token_application_paths_are_served_on_loopback_only() {
+    // Loopback: open, as before.
+    let local = spawn_app_on("127.0.0.1:0", Some(AppRoutes::new(payments_handler()))).await;
+    let answer = get(local.server.local_addr(), "/payments/p-1").await;
+    assert_eq!(answer.status_line, "HTTP/1.1 200 OK");
+
+    // Every interface: refused, probes still answered.
+    let wide = spawn_app_on("0.0.0.0:0", Some(AppRoutes::new(payments_handler()))).await;
+    let port = wide.server.local_addr().port();
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let answer = get(addr, "/payments/p-1").await;
+    assert_eq!(answer.status_line, "HTTP/1.1 403 Forbidden");
+    assert!(answer.body.contains("--http-token-file"), "{}", answer.body);
+    assert!(!answer.body.contains("c-42"));
+    assert_eq!(get(addr, "/healthz").await.body, "ok");
+}
+
+#[test]
+fn short_or_missing_token_files_are_refused_with_the_reason() {
+    let short = token_file("tooshort");
+    let e = BearerToken::from_file(&short.0).unwrap_err();
+    assert!(e.to_string().contains("at least 16"), "{e}");
+    let e = BearerToken::from_file(std::path::Path::new("/nonexistent/baton-token")).unwrap_err();
+    assert!(
+        e.to_string()
+            .starts_with("--http-token-file /nonexistent/baton-token"),
+        "{e}"
+    );
 }

@@ -38,6 +38,11 @@ struct Common {
     )]
     amqp_url: String,
 
+    /// PEM file of the CA that signed the broker's certificate, for amqps:// URLs
+    /// [default: the system's CA store]
+    #[arg(long, env = "AMQP_CA_FILE", value_name = "PEM", hide_env_values = true)]
+    amqp_ca_file: Option<std::path::PathBuf>,
+
     /// Topology prefix: the service consumes <prefix>.cmd.<service>
     #[arg(long, env = "BATON_PREFIX", default_value = "baton", value_parser = parse_prefix, hide_env_values = true)]
     prefix: String,
@@ -63,6 +68,21 @@ struct Common {
     /// instance serving as a workflow's fallback `risk-lite`); 1-64 of a-z 0-9 _ -
     #[arg(long, env = "BATON_QUEUE", value_parser = parse_queue, hide_env_values = true)]
     queue: Option<String>,
+
+    /// The orchestrators' broker user(s): a command whose user_id is another user is
+    /// dropped (repeat, or comma-separate in the variable)
+    #[arg(
+        long = "orchestrator-user",
+        env = "BATON_ORCHESTRATOR_USERS",
+        value_name = "USER",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    orchestrator_users: Vec<String>,
+
+    /// Refuse to start without an --orchestrator-user
+    #[arg(long, env = "BATON_REQUIRE_VERIFIED_SENDERS", hide_env_values = true)]
+    require_verified_senders: bool,
 }
 
 /// `--queue`: a service name as a workflow accepts it.
@@ -152,6 +172,23 @@ struct StatelessCli {
     faults: FaultArgs,
 }
 
+/// Flags of the risk service: a stateless service with the card key file.
+#[derive(Parser)]
+struct RiskCli {
+    #[command(flatten)]
+    common: Common,
+
+    /// The orchestrator's card key file (lines `<key_id> <hex secret>`): risk recognises
+    /// card fingerprints made with any of its keys [default: ./baton-card.key, created
+    /// with a new random key if missing]
+    #[arg(long, env = "BATON_CARD_KEY_FILE", hide_env_values = true)]
+    card_key_file: Option<std::path::PathBuf>,
+
+    // Last: its help heading applies to every flag after it.
+    #[command(flatten)]
+    faults: FaultArgs,
+}
+
 /// Flags of a service with a ledger (authorization, transaction).
 #[derive(Parser)]
 struct LedgerCli {
@@ -179,25 +216,34 @@ struct LedgerCli {
 #[derive(Subcommand)]
 enum TransactionTool {
     /// Check the ledger: totals per currency, transfers, payments with more than one
-    /// transfer, open holds, and whether debits equal credits. Exit code 0 when sound, 1
-    /// on a duplicate transfer or unbalanced books, 2 when the ledger cannot be opened
+    /// transfer, transfers that differ from their hold, open holds and those open too long,
+    /// and whether debits equal credits. Exit code 0 when sound, 1 on a duplicate
+    /// transfer, unbalanced books, a transfer that differs from its hold (or has none) or
+    /// a stale hold, 2 when the ledger cannot be opened
     Audit {
         /// Print one JSON object instead of text
         #[arg(long)]
         json: bool,
+        /// An open hold older than this (neither captured nor voided) is listed and fails
+        /// the audit: e.g. 30m, 1h, 2d
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        max_hold_age: std::time::Duration,
     },
 }
 
 /// What the command line asks for.
 enum Invocation {
-    /// Run the service.
-    Serve(ServiceConfig, LogFormat),
+    /// Run the service; for risk, with the card key file to load once logging is set
+    /// up (`None`: the default file).
+    Serve(ServiceConfig, LogFormat, Option<std::path::PathBuf>),
     /// `baton-transaction audit`.
     Audit {
         /// The ledger to audit.
         ledger_url: String,
         /// JSON instead of text.
         json: bool,
+        /// Open holds older than this are stale.
+        max_hold_age: std::time::Duration,
     },
 }
 
@@ -236,11 +282,12 @@ fn parse(kind: ServiceKind) -> Invocation {
         let matches = command.name(name).about(about).get_matches();
         let cli = LedgerCli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
         if matches.subcommand().is_some() {
-            let TransactionTool::Audit { json } =
+            let TransactionTool::Audit { json, max_hold_age } =
                 TransactionTool::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
             return Invocation::Audit {
                 ledger_url: cli.ledger_url,
                 json,
+                max_hold_age,
             };
         }
         let log_format = cli.common.log_format;
@@ -248,7 +295,16 @@ fn parse(kind: ServiceKind) -> Invocation {
             ledger_url: cli.ledger_url,
             ..config(kind, cli.common, &cli.faults)
         };
-        Invocation::Serve(config, log_format)
+        Invocation::Serve(config, log_format, None)
+    } else if kind == ServiceKind::Risk {
+        let matches = for_kind(RiskCli::command(), kind)
+            .name(name)
+            .about(about)
+            .get_matches();
+        let cli = RiskCli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+        let log_format = cli.common.log_format;
+        let config = config(kind, cli.common, &cli.faults);
+        Invocation::Serve(config, log_format, cli.card_key_file)
     } else {
         let matches = for_kind(StatelessCli::command(), kind)
             .name(name)
@@ -256,7 +312,7 @@ fn parse(kind: ServiceKind) -> Invocation {
             .get_matches();
         let cli = StatelessCli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
         let log_format = cli.common.log_format;
-        Invocation::Serve(config(kind, cli.common, &cli.faults), log_format)
+        Invocation::Serve(config(kind, cli.common, &cli.faults), log_format, None)
     }
 }
 
@@ -276,17 +332,66 @@ fn config(kind: ServiceKind, common: Common, faults: &FaultArgs) -> ServiceConfi
         http_addr: Some(http_addr),
         faults: faults.faults(),
         amqp_url: common.amqp_url,
+        amqp_ca_file: common.amqp_ca_file,
         prefix: common.prefix,
         concurrency: common.concurrency,
         queue: common.queue,
+        orchestrator_users: common.orchestrator_users,
+        require_verified_senders: common.require_verified_senders,
         ..ServiceConfig::default()
     }
+}
+
+/// Risk's card keys: the given file, else `./baton-card.key` (created with a new key if
+/// missing, so a development machine works out of the box: `baton run` started in the
+/// same directory uses the same file). Warns when the file was created or others can
+/// read it.
+fn risk_card_keys(
+    file: Option<std::path::PathBuf>,
+) -> Result<baton_contract::CardKeys, baton_contract::CardKeyError> {
+    use baton_contract::card_key::{CardKeys, DEFAULT_CARD_KEY_FILE};
+    let (path, keys) = match file {
+        Some(path) => {
+            let keys = CardKeys::load(&path)?;
+            (path, keys)
+        }
+        None => {
+            let path = std::path::PathBuf::from(DEFAULT_CARD_KEY_FILE);
+            let (keys, created) = CardKeys::load_or_create(&path)?;
+            if created {
+                tracing::warn!(
+                    file = %path.display(),
+                    key_id = keys.key_ids().next().unwrap_or_default(),
+                    "created a new card key file: the orchestrator must use the same file \
+                     (on this machine, start `baton run` in this directory; elsewhere pass \
+                     --card-key-file to both)"
+                );
+            }
+            (path, keys)
+        }
+    };
+    if let Some(warning) = CardKeys::permission_warning(&path) {
+        tracing::warn!("{warning}");
+    }
+    tracing::info!(
+        file = %path.display(),
+        keys = %keys.key_ids().collect::<Vec<_>>().join(","),
+        "card keys loaded: fingerprints made with any of them are recognised"
+    );
+    Ok(keys)
 }
 
 fn init_logging(format: LogFormat) {
     use std::io::IsTerminal as _;
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // lapin's body-printing targets stay capped whatever RUST_LOG says, unless it names
+    // them (baton_contract::mask::log_filter); an unparsable RUST_LOG falls back to info.
+    let rust_log = std::env::var(EnvFilter::DEFAULT_ENV).ok();
+    let filter = EnvFilter::try_new(baton_contract::mask::log_filter(
+        rust_log.as_deref(),
+        "info",
+    ))
+    .unwrap_or_else(|_| EnvFilter::new(baton_contract::mask::log_filter(None, "info")));
     match format {
         LogFormat::Text => tracing_subscriber::fmt()
             .with_env_filter(filter)
@@ -336,12 +441,25 @@ fn report(error: &anyhow::Error) -> ExitCode {
 
 /// The whole `main` of a service binary.
 pub fn main(kind: ServiceKind) -> ExitCode {
-    let (config, log_format) = match parse(kind) {
-        Invocation::Serve(config, log_format) => (config, log_format),
+    let (mut config, log_format, card_key_file) = match parse(kind) {
+        Invocation::Serve(config, log_format, card_key_file) => (config, log_format, card_key_file),
         // No logging set up: the report is the output.
-        Invocation::Audit { ledger_url, json } => return audit::run(&ledger_url, json),
+        Invocation::Audit {
+            ledger_url,
+            json,
+            max_hold_age,
+        } => return audit::run(&ledger_url, json, max_hold_age),
     };
     init_logging(log_format);
+    if kind == ServiceKind::Risk {
+        match risk_card_keys(card_key_file) {
+            Ok(keys) => config.card_keys = Some(keys),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(1);
+            }
+        }
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -388,6 +506,29 @@ mod tests {
         assert!(help.contains("--ledger-url"));
         let help = StatelessCli::command().render_long_help().to_string();
         assert!(!help.contains("--ledger-url"), "{help}");
+        assert!(
+            !help.contains("--card-key-file"),
+            "only risk takes the card key"
+        );
+    }
+
+    #[test]
+    fn only_risk_takes_the_card_key_file() {
+        let cli = RiskCli::try_parse_from(["baton-risk", "--card-key-file", "/etc/baton/card.key"])
+            .unwrap();
+        assert_eq!(
+            cli.card_key_file.as_deref(),
+            Some(std::path::Path::new("/etc/baton/card.key"))
+        );
+        let help = RiskCli::command().render_long_help().to_string();
+        assert!(
+            help.contains("--card-key-file") && help.contains("BATON_CARD_KEY_FILE"),
+            "{help}"
+        );
+        assert!(StatelessCli::try_parse_from(["baton-pci", "--card-key-file", "x"]).is_err());
+        assert!(
+            LedgerCli::try_parse_from(["baton-authorization", "--card-key-file", "x"]).is_err()
+        );
     }
 
     #[test]
@@ -429,8 +570,20 @@ mod tests {
         );
         assert!(matches!(
             TransactionTool::from_arg_matches(&matches).unwrap(),
-            TransactionTool::Audit { json: true }
+            TransactionTool::Audit { json: true, max_hold_age }
+                if max_hold_age == crate::ledger::DEFAULT_MAX_HOLD_AGE
         ));
+        let matches = transaction()
+            .try_get_matches_from(["baton-transaction", "audit", "--max-hold-age", "15m"])
+            .unwrap();
+        assert!(matches!(
+            TransactionTool::from_arg_matches(&matches).unwrap(),
+            TransactionTool::Audit { json: false, max_hold_age }
+                if max_hold_age == std::time::Duration::from_secs(900)
+        ));
+        assert!(transaction()
+            .try_get_matches_from(["baton-transaction", "audit", "--max-hold-age", "soon"])
+            .is_err());
         let matches = transaction()
             .try_get_matches_from(["baton-transaction", "--prefix", "p2"])
             .unwrap();

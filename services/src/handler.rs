@@ -4,8 +4,8 @@
 
 use crate::kit::ServiceKind;
 use crate::ledger::{Answer, Capture, Ledger, LedgerError};
-use crate::rules::{self, Decline, YearMonth};
-use baton_contract::{Action, Command, Reply};
+use crate::rules::{self, Decline, RiskRules, YearMonth};
+use baton_contract::{Action, CardKeys, Command, Reply};
 use serde_json::{Map, Value};
 
 /// A service's command handler, with the store it needs.
@@ -13,8 +13,8 @@ use serde_json::{Map, Value};
 pub enum Handler {
     /// Places and voids holds in the ledger.
     Authorization(Ledger),
-    /// Pure risk rules.
-    Risk,
+    /// Pure risk rules, on card fingerprints (never card numbers).
+    Risk(RiskRules),
     /// Pure PCI compliance rules.
     Pci,
     /// Captures holds and records transfers in the ledger.
@@ -39,13 +39,24 @@ fn hold_id(context: &Map<String, Value>) -> Option<String> {
 }
 
 impl Handler {
-    /// The handler of `kind`; `ledger` is required for authorization and transaction.
-    pub fn new(kind: ServiceKind, ledger: Option<Ledger>) -> Option<Self> {
-        Some(match kind {
-            ServiceKind::Authorization => Handler::Authorization(ledger?),
-            ServiceKind::Risk => Handler::Risk,
+    /// The handler of `kind`; `ledger` is required for authorization and transaction,
+    /// `card_keys` for risk (it knows its high-risk cards only by their fingerprints).
+    pub fn new(
+        kind: ServiceKind,
+        ledger: Option<Ledger>,
+        card_keys: Option<CardKeys>,
+    ) -> Result<Self, String> {
+        let no_ledger = || format!("the {kind} service needs a ledger");
+        Ok(match kind {
+            ServiceKind::Authorization => Handler::Authorization(ledger.ok_or_else(no_ledger)?),
+            ServiceKind::Risk => Handler::Risk(RiskRules::new(card_keys.ok_or_else(|| {
+                "the risk service needs the card key to recognise card fingerprints: pass \
+                 --card-key-file FILE (BATON_CARD_KEY_FILE), the file the orchestrator \
+                 fingerprints with"
+                    .to_owned()
+            })?)),
             ServiceKind::Pci => Handler::Pci,
-            ServiceKind::Transaction => Handler::Transaction(ledger?),
+            ServiceKind::Transaction => Handler::Transaction(ledger.ok_or_else(no_ledger)?),
         })
     }
 
@@ -59,10 +70,10 @@ impl Handler {
     /// (a repeated command: nothing was done now).
     pub async fn answer(&self, command: &Command) -> Answer {
         let stored = match (self, command.action) {
-            (Handler::Risk, Action::Execute) => {
+            (Handler::Risk(rules), Action::Execute) => {
                 return Answer::fresh(decided(
                     command,
-                    rules::assess_risk(&command.step, &command.payment.card),
+                    rules.assess(&command.step, &command.payment.card),
                 ))
             }
             (Handler::Pci, Action::Execute) => {
@@ -72,7 +83,7 @@ impl Handler {
                 ))
             }
             // Risk and PCI have no effect to undo.
-            (Handler::Risk | Handler::Pci, Action::Compensate) => {
+            (Handler::Risk(_) | Handler::Pci, Action::Compensate) => {
                 return Answer::fresh(Reply::approved(&command.command_id, Map::new()))
             }
             (Handler::Authorization(ledger), Action::Execute) => {
@@ -83,6 +94,7 @@ impl Handler {
                         &command.command_id,
                         command.payment_id,
                         &command.payment.customer_id,
+                        &command.payment.merchant_id,
                         command.payment.amount,
                         decision,
                     )
@@ -148,6 +160,12 @@ mod tests {
     use serde_json::json;
     use uuid::Uuid;
 
+    /// One key for every handler test: commands carry its fingerprints.
+    fn test_keys() -> CardKeys {
+        static KEYS: std::sync::OnceLock<CardKeys> = std::sync::OnceLock::new();
+        KEYS.get_or_init(|| CardKeys::generate("t1")).clone()
+    }
+
     fn command(payment_id: Uuid, step: &str, action: Action, number: Option<&str>) -> Command {
         Command {
             command_id: Command::id_for(payment_id, step, action),
@@ -164,6 +182,7 @@ mod tests {
                 merchant_currency: Currency::parse("USD").unwrap(),
                 card: CardView {
                     number: number.map(CardNumber::new),
+                    fingerprint: number.map(|n| test_keys().fingerprint(n)),
                     last4: "4242".into(),
                     expiry: "12/99".into(),
                 },
@@ -176,8 +195,9 @@ mod tests {
     async fn a_payment_runs_through_every_service() {
         let db = sqlite_ledger().await;
         let authorization =
-            Handler::new(ServiceKind::Authorization, Some(db.ledger.clone())).unwrap();
-        let transaction = Handler::new(ServiceKind::Transaction, Some(db.ledger.clone())).unwrap();
+            Handler::new(ServiceKind::Authorization, Some(db.ledger.clone()), None).unwrap();
+        let transaction =
+            Handler::new(ServiceKind::Transaction, Some(db.ledger.clone()), None).unwrap();
         let payment_id = Uuid::new_v4();
         let card = Some("4242424242424242");
 
@@ -186,7 +206,7 @@ mod tests {
             .await;
         assert_eq!(auth.outcome, ReplyOutcome::Approved, "{auth:?}");
         for kind in [ServiceKind::Risk, ServiceKind::Pci] {
-            let reply = Handler::new(kind, None)
+            let reply = Handler::new(kind, None, Some(test_keys()))
                 .unwrap()
                 .handle(&command(payment_id, kind.name(), Action::Execute, card))
                 .await;
@@ -247,7 +267,7 @@ mod tests {
             assert_eq!(reply.reason.as_deref(), Some(reason));
             assert_eq!(db.ledger.holds_for(payment_id).await.unwrap(), 0);
         }
-        let risk = Handler::Risk
+        let risk = Handler::Risk(RiskRules::new(test_keys()))
             .handle(&command(
                 Uuid::new_v4(),
                 "risk",

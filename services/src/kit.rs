@@ -116,6 +116,9 @@ impl fmt::Display for ServiceKind {
 pub struct ServiceConfig {
     /// Broker URL (may hold a password: never printed unredacted).
     pub amqp_url: String,
+    /// PEM file of the CA that signed the broker's TLS certificate, for `amqps://`
+    /// (`--amqp-ca-file`); `None`: the system's CA store.
+    pub amqp_ca_file: Option<std::path::PathBuf>,
     /// Topology prefix: the service consumes `<prefix>.cmd.<service>`.
     pub prefix: String,
     /// Commands handled at once (the consumer's prefetch).
@@ -134,6 +137,16 @@ pub struct ServiceConfig {
     /// (`fallback = { service = "risk-lite" }`). `None` (the default): the kind's name.
     /// Same rules as a workflow's service names: 1-64 of `a-z 0-9 _ -`.
     pub queue: Option<String>,
+    /// The broker users whose commands are obeyed (the orchestrators'). A command whose
+    /// RabbitMQ-validated `user_id` is not one of them is dropped and counted. Empty (the
+    /// default): commands are not verified, and the start logs a warning.
+    pub orchestrator_users: Vec<String>,
+    /// Refuse to start with an empty [`ServiceConfig::orchestrator_users`].
+    pub require_verified_senders: bool,
+    /// The card keys risk recognises fingerprints with (`--card-key-file`, the
+    /// orchestrator's file): required by risk, ignored by the others. `Debug` shows key
+    /// ids only.
+    pub card_keys: Option<baton_contract::CardKeys>,
 }
 
 impl ServiceConfig {
@@ -169,12 +182,16 @@ impl Default for ServiceConfig {
     fn default() -> Self {
         Self {
             amqp_url: amqp::DEFAULT_AMQP_URL.into(),
+            amqp_ca_file: None,
             prefix: "baton".into(),
             concurrency: 64,
             ledger_url: "sqlite://baton-ledger.db".into(),
             faults: Faults::default(),
             http_addr: None,
             queue: None,
+            orchestrator_users: Vec::new(),
+            require_verified_senders: false,
+            card_keys: None,
         }
     }
 }
@@ -183,12 +200,16 @@ impl fmt::Debug for ServiceConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ServiceConfig")
             .field("amqp_url", &amqp::redact_url(&self.amqp_url))
+            .field("amqp_ca_file", &self.amqp_ca_file)
             .field("prefix", &self.prefix)
             .field("concurrency", &self.concurrency)
             .field("ledger_url", &amqp::redact_url(&self.ledger_url))
             .field("faults", &self.faults)
             .field("http_addr", &self.http_addr)
             .field("queue", &self.queue)
+            .field("orchestrator_users", &self.orchestrator_users)
+            .field("require_verified_senders", &self.require_verified_senders)
+            .field("card_keys", &self.card_keys)
             .finish()
     }
 }
@@ -363,6 +384,8 @@ struct Shared {
     handler: Handler,
     /// Broker URL, for reconnecting.
     amqp_url: String,
+    /// How `amqps://` checks the broker's certificate.
+    amqp_tls: amqp::TlsOptions,
     /// The broker-visible connection name, the same after a reconnect.
     connection_name: String,
     /// Topology names under the prefix.
@@ -386,6 +409,12 @@ struct Shared {
     readiness: baton_ops::Health,
     /// The service's metrics.
     metrics: Metrics,
+    /// This process's broker user, stamped as `user_id` on its replies and dead letters.
+    user: String,
+    /// Whose commands are obeyed ([`ServiceConfig::orchestrator_users`]).
+    orchestrators: Vec<String>,
+    /// Whether a command from an unknown sender was logged at WARN already.
+    refusal_logged: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -434,6 +463,19 @@ pub async fn start(kind: ServiceKind, config: ServiceConfig) -> anyhow::Result<R
     anyhow::ensure!(config.concurrency > 0, "concurrency must be at least 1");
     config.faults.validate()?;
     config.validate_queue().map_err(anyhow::Error::msg)?;
+    let user = amqp::url_user(&config.amqp_url)?;
+    if config.orchestrator_users.is_empty() {
+        anyhow::ensure!(
+            !config.require_verified_senders,
+            "--require-verified-senders: no orchestrator user configured; pass \
+             --orchestrator-user USER (BATON_ORCHESTRATOR_USERS)"
+        );
+        tracing::warn!(
+            service = kind.name(),
+            "commands are not verified: no orchestrator user configured \
+             (--orchestrator-user USER); anyone who can publish to the broker can command this service"
+        );
+    }
     let ledger = if kind.uses_ledger() {
         let ledger = Ledger::open(&config.ledger_url).await?;
         tracing::info!(ledger = %amqp::redact_url(&config.ledger_url), "ledger open");
@@ -441,7 +483,8 @@ pub async fn start(kind: ServiceKind, config: ServiceConfig) -> anyhow::Result<R
     } else {
         None
     };
-    let handler = Handler::new(kind, ledger).context("the service needs a ledger")?;
+    let handler =
+        Handler::new(kind, ledger, config.card_keys.clone()).map_err(anyhow::Error::msg)?;
     let metrics = Metrics::new(kind.name()).context("registering the metrics")?;
     let readiness = baton_ops::Health::new();
     let (stop, stopped) = watch::channel(false);
@@ -480,6 +523,7 @@ pub async fn start(kind: ServiceKind, config: ServiceConfig) -> anyhow::Result<R
         kind,
         handler,
         amqp_url: config.amqp_url,
+        amqp_tls: amqp::TlsOptions::with_ca_file(config.amqp_ca_file),
         // Unique, so a test (or an operator) can find and close exactly this connection.
         connection_name: format!(
             "baton-{} {} {}",
@@ -497,6 +541,9 @@ pub async fn start(kind: ServiceKind, config: ServiceConfig) -> anyhow::Result<R
         health: health_tx,
         readiness,
         metrics,
+        user,
+        orchestrators: config.orchestrator_users,
+        refusal_logged: Default::default(),
     });
     let session = match open_session(&shared).await {
         Ok(session) => session,
@@ -533,7 +580,8 @@ pub async fn start(kind: ServiceKind, config: ServiceConfig) -> anyhow::Result<R
 /// Connects, declares the command queue (again, after a reconnect: the topology function
 /// is idempotent) and starts consuming.
 async fn open_session(shared: &Shared) -> anyhow::Result<Session> {
-    let connection = amqp::connect(&shared.amqp_url, &shared.connection_name).await?;
+    let connection =
+        amqp::connect(&shared.amqp_url, &shared.connection_name, &shared.amqp_tls).await?;
     let result = async {
         let consume = connection
             .create_channel()
@@ -743,6 +791,9 @@ pub fn trace_id(traceparent: &str) -> Option<&str> {
 
 /// Handles one delivery end to end; never panics on bad input.
 async fn process(shared: Arc<Shared>, link: Arc<Link>, delivery: Delivery) {
+    if !shared.obeys(&delivery.properties) {
+        return ack(&delivery).await;
+    }
     let command: Command = match serde_json::from_slice(&delivery.data) {
         Ok(command) => command,
         Err(e) => {
@@ -822,7 +873,7 @@ async fn process(shared: Arc<Shared>, link: Arc<Link>, delivery: Delivery) {
         if let Some(traceparent) = traceparent.as_deref() {
             extra.push((TRACEPARENT, traceparent));
         }
-        let mut reply_properties = amqp::json_properties(&extra);
+        let mut reply_properties = amqp::with_sender(amqp::json_properties(&extra), &shared.user);
         if let Some(correlation_id) = properties.correlation_id() {
             reply_properties = reply_properties.with_correlation_id(correlation_id.clone());
         }
@@ -849,6 +900,40 @@ async fn process(shared: Arc<Shared>, link: Arc<Link>, delivery: Delivery) {
     .await
 }
 
+impl Shared {
+    /// Whether a delivery comes from a configured orchestrator user (always, when none
+    /// is configured). One that does not is counted and logged with ids only — at WARN
+    /// the first time, then at DEBUG, so a flood cannot flood the log — and dropped
+    /// unread: neither handled nor dead-lettered, since nothing in it can be trusted.
+    fn obeys(&self, properties: &BasicProperties) -> bool {
+        if self.orchestrators.is_empty() {
+            return true;
+        }
+        let sender = amqp::sender(properties);
+        if sender.is_some_and(|user| self.orchestrators.iter().any(|o| o == user)) {
+            return true;
+        }
+        self.metrics.rejected(crate::metrics::WRONG_SENDER);
+        let command_id = amqp::header_text(properties, headers::COMMAND_ID).unwrap_or_default();
+        let first = !self
+            .refusal_logged
+            .swap(true, std::sync::atomic::Ordering::Relaxed);
+        let sender = sender.unwrap_or("");
+        if first {
+            tracing::warn!(
+                queue = %self.queue,
+                sender,
+                command_id = %baton_contract::mask::bounded(&command_id, 128),
+                "command from a sender that is not a configured orchestrator: dropped \
+                 (further ones are logged at debug)"
+            );
+        } else {
+            tracing::debug!(queue = %self.queue, sender, "command from an unknown sender dropped");
+        }
+        false
+    }
+}
+
 impl Link {
     /// After a failed publish: if the channel itself is gone, tell the run loop to
     /// reconnect (a closed publishing channel alone does not end the consumer).
@@ -869,9 +954,12 @@ impl Link {
         text(headers::REASON, "malformed_command");
         text(headers::DETAIL, detail);
         text("x-baton-queue", &shared.queue);
-        let mut properties = BasicProperties::default()
-            .with_delivery_mode(2)
-            .with_headers(table);
+        let mut properties = amqp::with_sender(
+            BasicProperties::default()
+                .with_delivery_mode(2)
+                .with_headers(table),
+            &shared.user,
+        );
         let original = &delivery.properties;
         if let Some(content_type) = original.content_type() {
             properties = properties.with_content_type(content_type.clone());
@@ -881,7 +969,8 @@ impl Link {
         }
         // A malformed command cannot be replayed as it is; keep it for operators, but
         // without a card number (authorization and risk commands carry one).
-        let kept = baton_contract::mask_digit_runs(&String::from_utf8_lossy(&delivery.data));
+        let kept = baton_contract::mask_card_numbers(&String::from_utf8_lossy(&delivery.data))
+            .into_owned();
         match amqp::publish_confirmed(
             &self.publish,
             "",
@@ -906,30 +995,11 @@ impl Link {
     }
 }
 
-/// Why a body is not a command, without echoing long digit runs: serde quotes offending
-/// strings, and a card number in the wrong place must not reach a header or a log.
+/// Why a body is not a command, masked and capped: serde quotes the offending value,
+/// and a card number in the wrong place must not reach a header or a log in full, nor
+/// a megabyte-long string grow the `x-baton-detail` header.
 fn decode_problem(error: &serde_json::Error) -> String {
-    let message = format!("body is not a Baton command: {error}");
-    let mut out = String::with_capacity(message.len());
-    let mut digits = String::new();
-    let flush = |digits: &mut String, out: &mut String| {
-        if digits.len() >= 6 {
-            out.push_str("<digits>");
-        } else {
-            out.push_str(digits);
-        }
-        digits.clear();
-    };
-    for c in message.chars() {
-        if c.is_ascii_digit() {
-            digits.push(c);
-        } else {
-            flush(&mut digits, &mut out);
-            out.push(c);
-        }
-    }
-    flush(&mut digits, &mut out);
-    out
+    baton_contract::mask::bounded(&format!("body is not a Baton command: {error}"), 200)
 }
 
 async fn ack(delivery: &Delivery) {
@@ -955,13 +1025,23 @@ mod tests {
 
     #[test]
     fn decode_problems_never_echo_card_numbers() {
-        let e = serde_json::from_str::<Command>(r#"{"command_id": 4242424242424242}"#).unwrap_err();
-        let p = decode_problem(&e);
-        assert!(!p.contains("4242424242424242"), "{p}");
-        let e =
-            serde_json::from_str::<Command>(r#"{"command_id": ["4242424242424242"]}"#).unwrap_err();
-        assert!(!decode_problem(&e).contains("424242"));
-        assert!(decode_problem(&e).starts_with("body is not a Baton command"));
+        for body in [
+            r#"{"command_id": 4242424242424242}"#,
+            r#"{"command_id": ["4242424242424242"]}"#,
+            r#"{"command_id": "4242 4242 4242 4242", "x": }"#,
+            r#"{"4242-4242-4242-4242": 1}"#,
+        ] {
+            let e = serde_json::from_str::<Command>(body).unwrap_err();
+            let p = decode_problem(&e);
+            assert!(
+                !p.contains("424242") && !p.contains("4242 4242 4242"),
+                "{p}"
+            );
+            assert!(p.starts_with("body is not a Baton command"), "{p}");
+        }
+        let long = format!(r#"{{"command_id": ["{}"]}}"#, "x".repeat(10_000));
+        let e = serde_json::from_str::<Command>(&long).unwrap_err();
+        assert!(decode_problem(&e).chars().count() <= 201, "capped");
     }
 
     #[test]

@@ -8,16 +8,23 @@
 //! the stored reply and moves nothing twice. Approved and declined replies are stored; a
 //! database error rolls everything back so a retry may act.
 //!
+//! A hold records what was authorized — customer, merchant, amount, currency — and when;
+//! a capture moves money only for exactly those (`hold_mismatch` otherwise), so a command
+//! naming a real hold cannot pay with another customer's money, pay another merchant or
+//! raise the amount. [`Ledger::audit`] checks every transfer against its hold again.
+//!
 //! Backends: `sqlite://path` (created if missing, WAL, `synchronous=FULL`) or
-//! `postgres://…`, through sqlx's `Any` driver with `$1` placeholders on both. This module
-//! knows the rules only through [`crate::rules`]; it knows nothing about AMQP.
+//! `postgres://…`, through sqlx's `Any` driver with `$1` placeholders on both. Opening a
+//! ledger of an older version upgrades its tables (holds gain `merchant_id`, `created_at`).
+//! This module knows the rules only through [`crate::rules`]; it knows nothing about AMQP.
 
 use crate::rules::{self, Decline};
 use baton_contract::{Money, Reply};
 use serde_json::{json, Map, Value};
 use sqlx::any::{AnyPoolOptions, AnyRow};
-use sqlx::{Any, AnyPool, Row, Transaction};
+use sqlx::{Any, AnyConnection, AnyPool, Row, Transaction};
 use std::sync::Once;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use uuid::Uuid;
 
 /// Errors of the ledger. All but [`LedgerError::UnsupportedUrl`] may go away on retry.
@@ -61,7 +68,34 @@ pub struct CurrencyTotal {
     pub credit_minor: i64,
 }
 
-/// What an auditor checks: no payment paid twice, books balanced per currency.
+/// A transfer that is not what its hold authorized.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TransferMismatch {
+    /// The transfer.
+    pub transfer_id: String,
+    /// Its payment.
+    pub payment_id: String,
+    /// The hold it names.
+    pub hold_id: String,
+    /// What differs from the hold: `hold_missing` (no such hold), `payment_id` (the hold
+    /// is another payment's), `status` (the hold is not captured), `amount`, `currency`,
+    /// `customer_id`, `merchant_id`. Names only, never values.
+    pub fields: Vec<String>,
+}
+
+/// A hold neither captured nor voided for longer than the audit's maximum hold age.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StaleHold {
+    /// The hold.
+    pub hold_id: String,
+    /// Its payment.
+    pub payment_id: String,
+    /// How long it has been open (whole seconds).
+    pub age: Duration,
+}
+
+/// What an auditor checks: no payment paid twice, books balanced per currency, every
+/// transfer what its hold authorized, no hold left open too long.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Audit {
     /// Transfers recorded.
@@ -74,13 +108,23 @@ pub struct Audit {
     pub balanced: bool,
     /// Holds neither captured nor voided.
     pub open_holds: u64,
+    /// Transfers that differ from their hold, or whose hold is missing (should be empty).
+    pub hold_mismatches: Vec<TransferMismatch>,
+    /// The age past which an open hold is stale.
+    pub max_hold_age: Duration,
+    /// Open holds older than [`Audit::max_hold_age`], oldest first (should be empty).
+    pub stale_holds: Vec<StaleHold>,
 }
 
 impl Audit {
-    /// No payment paid twice and debits equal to credits in every currency. Open holds
-    /// are normal (payments in flight) and do not count.
+    /// No payment paid twice, debits equal to credits in every currency, every transfer
+    /// matching its hold, and no hold open longer than [`Audit::max_hold_age`]. Younger
+    /// open holds are normal (payments in flight) and do not count.
     pub fn is_sound(&self) -> bool {
-        self.balanced && self.duplicate_transfers.is_empty()
+        self.balanced
+            && self.duplicate_transfers.is_empty()
+            && self.hold_mismatches.is_empty()
+            && self.stale_holds.is_empty()
     }
 }
 
@@ -109,13 +153,17 @@ const SCHEMA: &[&str] = &[
         service TEXT NOT NULL,
         reply TEXT
     )",
+    // `merchant_id` and `created_at` (Unix epoch milliseconds) may be NULL only in rows
+    // placed before they existed: see [`HOLD_COLUMNS_ADDED`].
     "CREATE TABLE IF NOT EXISTS holds (
         hold_id TEXT PRIMARY KEY,
         payment_id TEXT NOT NULL,
         customer_id TEXT NOT NULL,
         amount_minor BIGINT NOT NULL,
         currency TEXT NOT NULL,
-        status TEXT NOT NULL
+        status TEXT NOT NULL,
+        merchant_id TEXT,
+        created_at BIGINT
     )",
     "CREATE INDEX IF NOT EXISTS holds_by_payment ON holds (payment_id)",
     "CREATE TABLE IF NOT EXISTS transfers (
@@ -140,6 +188,18 @@ const SCHEMA: &[&str] = &[
         credit_minor BIGINT NOT NULL
     )",
 ];
+
+/// Columns of `holds` added after its first release: a ledger created by an older version
+/// gets them on open (SQLite has no `ADD COLUMN IF NOT EXISTS`, so each is looked up first).
+/// Old rows keep `merchant_id` NULL — capture then declines `hold_mismatch` (it cannot
+/// prove the merchant) and the audit checks their other fields only — and get the time
+/// of the upgrade as `created_at`, so an old hold counts as stale one `--max-hold-age`
+/// after the upgrade, not at once.
+const HOLD_COLUMNS_ADDED: &[(&str, &str)] = &[("merchant_id", "TEXT"), ("created_at", "BIGINT")];
+
+/// How long a hold may stay open before the audit reports it (and fails): a payment in
+/// flight holds for seconds; an hour means the orchestrator neither captured nor voided it.
+pub const DEFAULT_MAX_HOLD_AGE: Duration = Duration::from_secs(3600);
 
 /// Per-connection SQLite settings: WAL so readers never block the writer, FULL sync so a
 /// committed hold survives a power cut, and a long busy timeout because authorization and
@@ -218,6 +278,72 @@ fn u64_of(value: i64) -> u64 {
     u64::try_from(value).unwrap_or(0)
 }
 
+/// The columns of a hold a capture must match, as stored.
+struct StoredHold {
+    /// `held`, `captured` or `voided`.
+    status: String,
+    customer_id: String,
+    /// NULL in holds placed before merchants were recorded.
+    merchant_id: Option<String>,
+    amount_minor: i64,
+    currency: String,
+}
+
+impl StoredHold {
+    fn of(row: &AnyRow) -> Result<Self, sqlx::Error> {
+        Ok(Self {
+            status: row.try_get(0)?,
+            customer_id: row.try_get(1)?,
+            merchant_id: row.try_get(2)?,
+            amount_minor: row.try_get(3)?,
+            currency: row.try_get(4)?,
+        })
+    }
+
+    /// Names of the fields in which a capture (or transfer) differs from this hold, in
+    /// a fixed order. A hold without a merchant matches no merchant.
+    fn differences(
+        &self,
+        customer_id: &str,
+        merchant_id: &str,
+        amount_minor: i64,
+        currency: &str,
+    ) -> Vec<&'static str> {
+        let mut fields = Vec::new();
+        if self.amount_minor != amount_minor {
+            fields.push("amount");
+        }
+        if self.currency != currency {
+            fields.push("currency");
+        }
+        if self.customer_id != customer_id {
+            fields.push("customer_id");
+        }
+        if self.merchant_id.as_deref() != Some(merchant_id) {
+            fields.push("merchant_id");
+        }
+        fields
+    }
+}
+
+/// The decline of a capture that differs from its hold in `fields`. It names the fields,
+/// never a value: the command's may be anything, the hold's are the real customer's.
+fn hold_mismatch(fields: &[&str]) -> Decline {
+    let fields = if fields.is_empty() {
+        // Only if the hold changed between the update and the read: it never does.
+        "the hold".to_owned()
+    } else {
+        fields.join(", ")
+    };
+    Decline {
+        reason: "hold_mismatch",
+        detail: format!(
+            "the capture differs from its authorization hold in {fields}: a capture must \
+             be for the authorized amount, customer and merchant; nothing was moved"
+        ),
+    }
+}
+
 fn declined(command_id: &str, decline: Decline) -> Reply {
     Reply::declined(command_id, decline.reason, decline.detail)
 }
@@ -229,8 +355,89 @@ fn data(value: Value) -> Map<String, Value> {
     }
 }
 
+/// Now, in Unix epoch milliseconds (the unit of `holds.created_at`).
+fn now_ms() -> i64 {
+    let since_epoch = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    i64::try_from(since_epoch.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// Key of the PostgreSQL advisory lock that serialises schema set-up: two processes
+/// creating one ledger at once could otherwise both pass a `CREATE … IF NOT EXISTS`
+/// check, and the loser fail on the catalog's unique key.
+const SCHEMA_LOCK: i64 = 0x6261_746f_6e4c_6467; // "batonLdg"
+
+/// Creates the tables missing from [`SCHEMA`] and upgrades those of an older version. On
+/// PostgreSQL in one transaction under [`SCHEMA_LOCK`] (DDL is transactional there); on
+/// SQLite statement by statement, each atomic under its write lock.
+async fn create_schema(pool: &AnyPool, postgres: bool) -> Result<(), sqlx::Error> {
+    if postgres {
+        let mut tx = pool.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(SCHEMA_LOCK)
+            .execute(&mut *tx)
+            .await?;
+        apply_schema(&mut tx, postgres).await?;
+        tx.commit().await
+    } else {
+        apply_schema(&mut *pool.acquire().await?, postgres).await
+    }
+}
+
+/// Whether `holds` has `column`. A catalog query, not a probe that fails: a failed
+/// statement would abort PostgreSQL's transaction.
+async fn holds_has_column(
+    conn: &mut AnyConnection,
+    postgres: bool,
+    column: &str,
+) -> Result<bool, sqlx::Error> {
+    let query = if postgres {
+        "SELECT COUNT(*) FROM information_schema.columns
+         WHERE table_schema = current_schema() AND table_name = 'holds' AND column_name = $1"
+    } else {
+        "SELECT COUNT(*) FROM pragma_table_info('holds') WHERE name = $1"
+    };
+    let count: i64 = sqlx::query(query)
+        .bind(column)
+        .fetch_one(&mut *conn)
+        .await?
+        .try_get(0)?;
+    Ok(count > 0)
+}
+
+/// Runs [`SCHEMA`], then brings a ledger created by an older version up to it: adds the
+/// [`HOLD_COLUMNS_ADDED`] it lacks and dates undated holds.
+async fn apply_schema(conn: &mut AnyConnection, postgres: bool) -> Result<(), sqlx::Error> {
+    for statement in SCHEMA {
+        sqlx::query(statement).execute(&mut *conn).await?;
+    }
+    for (column, kind) in HOLD_COLUMNS_ADDED {
+        if holds_has_column(conn, postgres, column).await? {
+            continue;
+        }
+        let added = sqlx::query(&format!("ALTER TABLE holds ADD COLUMN {column} {kind}"))
+            .execute(&mut *conn)
+            .await;
+        // Two SQLite processes may both have seen the column missing: the loser's
+        // `ADD COLUMN` fails, and the column is there.
+        if let Err(e) = added {
+            if postgres || !holds_has_column(conn, postgres, column).await? {
+                return Err(e);
+            }
+        }
+    }
+    // Holds from before `created_at` (or placed by an older process still running).
+    sqlx::query("UPDATE holds SET created_at = $1 WHERE created_at IS NULL")
+        .bind(now_ms())
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
 impl Ledger {
-    /// Opens (creating if needed) the ledger at `url` and creates its tables.
+    /// Opens (creating if needed) the ledger at `url`, creates its tables and upgrades
+    /// those of an older version (holds gain `merchant_id` and `created_at`).
     pub async fn open(url: &str) -> Result<Self, LedgerError> {
         install_drivers();
 
@@ -263,12 +470,7 @@ impl Ledger {
             .connect(&url)
             .await
             .map_err(open_error)?;
-        for statement in SCHEMA {
-            sqlx::query(statement)
-                .execute(&pool)
-                .await
-                .map_err(open_error)?;
-        }
+        create_schema(&pool, !sqlite).await.map_err(open_error)?;
         Ok(Self { pool })
     }
 
@@ -333,19 +535,28 @@ impl Ledger {
         Ok(Answer::fresh(reply))
     }
 
-    /// Authorization, execute: if `decision` approves, places a hold for `amount` and
-    /// replies `{"hold_id"}`; otherwise stores the decline. Idempotent by `command_id`.
+    /// Authorization, execute: if `decision` approves, places a hold of `customer_id`
+    /// for `amount` payable to `merchant_id` — exactly what a capture must then match —
+    /// and replies `{"hold_id"}`; otherwise stores the decline. Idempotent by `command_id`.
     pub async fn place_hold(
         &self,
         command_id: &str,
         payment_id: Uuid,
         customer_id: &str,
+        merchant_id: &str,
         amount: Money,
         decision: Result<(), Decline>,
     ) -> Result<Reply, LedgerError> {
-        self.place_hold_answer(command_id, payment_id, customer_id, amount, decision)
-            .await
-            .map(|answer| answer.reply)
+        self.place_hold_answer(
+            command_id,
+            payment_id,
+            customer_id,
+            merchant_id,
+            amount,
+            decision,
+        )
+        .await
+        .map(|answer| answer.reply)
     }
 
     /// [`Ledger::place_hold`], saying whether the reply was replayed from the store.
@@ -354,6 +565,7 @@ impl Ledger {
         command_id: &str,
         payment_id: Uuid,
         customer_id: &str,
+        merchant_id: &str,
         amount: Money,
         decision: Result<(), Decline>,
     ) -> Result<Answer, LedgerError> {
@@ -371,14 +583,17 @@ impl Ledger {
         };
         let hold_id = Uuid::new_v4().to_string();
         sqlx::query(
-            "INSERT INTO holds (hold_id, payment_id, customer_id, amount_minor, currency, status)
-             VALUES ($1, $2, $3, $4, $5, 'held')",
+            "INSERT INTO holds (hold_id, payment_id, customer_id, merchant_id, amount_minor,
+                currency, status, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6, 'held', $7)",
         )
         .bind(&hold_id)
         .bind(payment_id.to_string())
         .bind(customer_id)
+        .bind(merchant_id)
         .bind(amount_minor)
         .bind(amount.currency.as_str())
+        .bind(now_ms())
         .execute(&mut *tx)
         .await?;
         let reply = Reply::approved(command_id, data(json!({ "hold_id": hold_id })));
@@ -504,35 +719,51 @@ impl Ledger {
             }
         };
         let payment_id = capture.payment_id.to_string();
-        // The status condition makes capture race-safe against a concurrent void or a
-        // second capture under another command id.
+        // Only a capture of exactly what was authorized — this customer, this merchant,
+        // this amount — moves money; the status condition makes it race-safe against a
+        // concurrent void or a second capture under another command id. A hold's other
+        // columns never change, so the explanation read below is the one that applied.
         let captured = sqlx::query(
             "UPDATE holds SET status = 'captured'
-             WHERE hold_id = $1 AND payment_id = $2 AND status = 'held'",
+             WHERE hold_id = $1 AND payment_id = $2 AND status = 'held'
+               AND customer_id = $3 AND merchant_id = $4 AND amount_minor = $5
+               AND currency = $6",
         )
         .bind(&capture.hold_id)
         .bind(&payment_id)
+        .bind(&capture.customer_id)
+        .bind(&capture.merchant_id)
+        .bind(amount_minor)
+        .bind(capture.amount.currency.as_str())
         .execute(&mut *tx)
         .await?
         .rows_affected();
         if captured != 1 {
-            let status: Option<String> =
-                sqlx::query("SELECT status FROM holds WHERE hold_id = $1 AND payment_id = $2")
-                    .bind(&capture.hold_id)
-                    .bind(&payment_id)
-                    .fetch_optional(&mut *tx)
-                    .await?
-                    .map(|row: AnyRow| row.try_get(0))
-                    .transpose()?;
-            let decline = match status.as_deref() {
-                Some("voided") => Decline {
+            let hold = sqlx::query(
+                "SELECT status, customer_id, merchant_id, amount_minor, currency
+                 FROM holds WHERE hold_id = $1 AND payment_id = $2",
+            )
+            .bind(&capture.hold_id)
+            .bind(&payment_id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .map(|row: AnyRow| StoredHold::of(&row))
+            .transpose()?;
+            let decline = match hold {
+                Some(hold) if hold.status == "voided" => Decline {
                     reason: "hold_voided",
                     detail: "the authorization hold was voided".into(),
                 },
-                Some(_) => Decline {
+                Some(hold) if hold.status != "held" => Decline {
                     reason: "hold_captured",
                     detail: "the authorization hold was already captured by another command".into(),
                 },
+                Some(hold) => hold_mismatch(&hold.differences(
+                    &capture.customer_id,
+                    &capture.merchant_id,
+                    amount_minor,
+                    capture.amount.currency.as_str(),
+                )),
                 None => Decline {
                     reason: "hold_not_found",
                     detail: format!("no hold {} for this payment", capture.hold_id),
@@ -595,8 +826,14 @@ impl Ledger {
         self.finish(tx, command_id, reply).await
     }
 
-    /// The audit: transfers, duplicates, per-currency totals, balance, open holds.
+    /// The audit with the default maximum hold age ([`DEFAULT_MAX_HOLD_AGE`]).
     pub async fn audit(&self) -> Result<Audit, LedgerError> {
+        self.audit_with(DEFAULT_MAX_HOLD_AGE).await
+    }
+
+    /// The audit: transfers, duplicates, per-currency totals, balance, open holds,
+    /// transfers that differ from their hold, and holds open longer than `max_hold_age`.
+    pub async fn audit_with(&self, max_hold_age: Duration) -> Result<Audit, LedgerError> {
         let transfers: i64 = sqlx::query("SELECT COUNT(*) FROM transfers")
             .fetch_one(&self.pool)
             .await?
@@ -636,7 +873,100 @@ impl Ledger {
             balanced: totals.iter().all(|t| t.debit_minor == t.credit_minor),
             totals,
             open_holds: u64_of(open_holds),
+            hold_mismatches: self.hold_mismatches().await?,
+            stale_holds: self.stale_holds(max_hold_age).await?,
+            max_hold_age,
         })
+    }
+
+    /// Transfers that are not what their hold authorized. The database picks the
+    /// suspects (a ledger is mostly sound); the fields are named here.
+    async fn hold_mismatches(&self) -> Result<Vec<TransferMismatch>, LedgerError> {
+        let rows = sqlx::query(
+            "SELECT t.transfer_id, t.payment_id, t.hold_id, t.customer_id, t.merchant_id,
+                t.amount_minor, t.currency,
+                h.hold_id, h.payment_id, h.status, h.customer_id, h.merchant_id,
+                h.amount_minor, h.currency
+             FROM transfers t LEFT JOIN holds h ON h.hold_id = t.hold_id
+             WHERE h.hold_id IS NULL OR h.payment_id <> t.payment_id
+                OR h.status <> 'captured' OR h.customer_id <> t.customer_id
+                OR h.amount_minor <> t.amount_minor OR h.currency <> t.currency
+                OR (h.merchant_id IS NOT NULL AND h.merchant_id <> t.merchant_id)
+             ORDER BY t.payment_id, t.transfer_id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let mut mismatches = Vec::with_capacity(rows.len());
+        for row in rows {
+            let hold_payment: Option<String> = row.try_get(8)?;
+            let payment_id: String = row.try_get(1)?;
+            let fields = match hold_payment {
+                None => vec!["hold_missing".to_owned()],
+                Some(hold_payment) => {
+                    let hold = StoredHold {
+                        status: row.try_get(9)?,
+                        customer_id: row.try_get(10)?,
+                        merchant_id: row.try_get(11)?,
+                        amount_minor: row.try_get(12)?,
+                        currency: row.try_get(13)?,
+                    };
+                    let merchant_id: String = row.try_get(4)?;
+                    // A hold from before merchants were recorded cannot say: not counted.
+                    let known_merchant = hold.merchant_id.is_some();
+                    let mut fields = Vec::new();
+                    if hold_payment != payment_id {
+                        fields.push("payment_id");
+                    }
+                    if hold.status != "captured" {
+                        fields.push("status");
+                    }
+                    fields.extend(
+                        hold.differences(
+                            &row.try_get::<String, _>(3)?,
+                            &merchant_id,
+                            row.try_get(5)?,
+                            &row.try_get::<String, _>(6)?,
+                        )
+                        .into_iter()
+                        .filter(|field| known_merchant || *field != "merchant_id"),
+                    );
+                    fields.into_iter().map(str::to_owned).collect()
+                }
+            };
+            mismatches.push(TransferMismatch {
+                transfer_id: row.try_get(0)?,
+                payment_id,
+                hold_id: row.try_get(2)?,
+                fields,
+            });
+        }
+        Ok(mismatches)
+    }
+
+    /// Holds still `held` that were placed more than `max_hold_age` ago, oldest first.
+    async fn stale_holds(&self, max_hold_age: Duration) -> Result<Vec<StaleHold>, LedgerError> {
+        let now = now_ms();
+        let max_ms = i64::try_from(max_hold_age.as_millis()).unwrap_or(i64::MAX);
+        let rows = sqlx::query(
+            "SELECT hold_id, payment_id, created_at FROM holds
+             WHERE status = 'held' AND created_at < $1
+             ORDER BY created_at, hold_id",
+        )
+        .bind(now.saturating_sub(max_ms))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|row| {
+                let created_at: i64 = row.try_get(2)?;
+                let age_ms = u64_of(now.saturating_sub(created_at));
+                Ok(StaleHold {
+                    hold_id: row.try_get(0)?,
+                    payment_id: row.try_get(1)?,
+                    age: Duration::from_secs(age_ms / 1000),
+                })
+            })
+            .collect::<Result<Vec<_>, sqlx::Error>>()
+            .map_err(LedgerError::from)
     }
 
     /// Status of the payment's hold (`held`, `voided`, `captured`), if it has one.
@@ -708,6 +1038,23 @@ pub(crate) mod tests {
         F: FnOnce(Ledger) -> Fut,
         Fut: std::future::Future<Output = ()>,
     {
+        with_postgres_database(|url| async move {
+            let ledger = Ledger::open(&url)
+                .await
+                .expect("open the PostgreSQL ledger");
+            body(ledger.clone()).await;
+            ledger.close().await;
+        })
+        .await;
+    }
+
+    /// Runs `body` with the URL of a new, empty, uniquely named PostgreSQL database, then
+    /// drops the database (`body` closes what it opened).
+    async fn with_postgres_database<F, Fut>(body: F)
+    where
+        F: FnOnce(String) -> Fut,
+        Fut: std::future::Future<Output = ()>,
+    {
         install_drivers();
         let database = format!("baton_test_{}", Uuid::new_v4().simple());
         let mut admin = sqlx::AnyConnection::connect(POSTGRES_ADMIN)
@@ -717,12 +1064,7 @@ pub(crate) mod tests {
             .execute(&mut admin)
             .await
             .expect("create the test database");
-        let url = format!("postgres://postgres@127.0.0.1:5432/{database}");
-        let ledger = Ledger::open(&url)
-            .await
-            .expect("open the PostgreSQL ledger");
-        body(ledger.clone()).await;
-        ledger.close().await;
+        body(format!("postgres://postgres@127.0.0.1:5432/{database}")).await;
         // FORCE: a pool connection may still be closing on the server side.
         sqlx::query(&format!("DROP DATABASE {database} WITH (FORCE)"))
             .execute(&mut admin)
@@ -758,7 +1100,7 @@ pub(crate) mod tests {
         let id = format!("{payment_id}:authorization");
         hold_of(
             &ledger
-                .place_hold(&id, payment_id, "c-42", amount, Ok(()))
+                .place_hold(&id, payment_id, "c-42", "m-1001", amount, Ok(()))
                 .await
                 .unwrap(),
         )
@@ -769,11 +1111,25 @@ pub(crate) mod tests {
         let payment_id = Uuid::new_v4();
         let id = format!("{payment_id}:authorization");
         let first = ledger
-            .place_hold(&id, payment_id, "c-42", money(1999, "EUR"), Ok(()))
+            .place_hold(
+                &id,
+                payment_id,
+                "c-42",
+                "m-1001",
+                money(1999, "EUR"),
+                Ok(()),
+            )
             .await
             .unwrap();
         let again = ledger
-            .place_hold(&id, payment_id, "c-42", money(1999, "EUR"), Ok(()))
+            .place_hold(
+                &id,
+                payment_id,
+                "c-42",
+                "m-1001",
+                money(1999, "EUR"),
+                Ok(()),
+            )
             .await
             .unwrap();
         assert_eq!(first, again);
@@ -790,7 +1146,7 @@ pub(crate) mod tests {
             let id = id.clone();
             tokio::spawn(async move {
                 ledger
-                    .place_hold(&id, payment_id, "c-42", money(500, "EUR"), Ok(()))
+                    .place_hold(&id, payment_id, "c-42", "m-1001", money(500, "EUR"), Ok(()))
                     .await
                     .unwrap()
             })
@@ -813,12 +1169,19 @@ pub(crate) mod tests {
             detail: "no".into(),
         };
         let first = ledger
-            .place_hold(&id, payment_id, "c-42", money(1, "EUR"), Err(decline))
+            .place_hold(
+                &id,
+                payment_id,
+                "c-42",
+                "m-1001",
+                money(1, "EUR"),
+                Err(decline),
+            )
             .await
             .unwrap();
         assert_eq!(first.reason.as_deref(), Some("card_declined"));
         let again = ledger
-            .place_hold(&id, payment_id, "c-42", money(1, "EUR"), Ok(()))
+            .place_hold(&id, payment_id, "c-42", "m-1001", money(1, "EUR"), Ok(()))
             .await
             .unwrap();
         assert_eq!(again, first);
@@ -867,7 +1230,14 @@ pub(crate) mod tests {
         assert_eq!(void.outcome, ReplyOutcome::Approved);
         assert_eq!(void.data["voided"], false);
         let late = ledger
-            .place_hold(&execute, payment_id, "c-42", money(1, "EUR"), Ok(()))
+            .place_hold(
+                &execute,
+                payment_id,
+                "c-42",
+                "m-1001",
+                money(1, "EUR"),
+                Ok(()),
+            )
             .await
             .unwrap();
         assert_eq!(late.outcome, ReplyOutcome::Declined);
@@ -936,14 +1306,336 @@ pub(crate) mod tests {
         assert!(usd.debit_minor >= 2150 && usd.debit_minor == usd.credit_minor);
     }
 
+    /// A capture that differs from its hold in customer, merchant, amount or currency is
+    /// declined `hold_mismatch` (stored, named by field, no value), moves nothing and
+    /// leaves the hold held; the honest capture then completes.
+    async fn capture_checks_its_hold(ledger: &Ledger) {
+        let payment_id = Uuid::new_v4();
+        let hold_id = hold(ledger, payment_id, money(1999, "EUR")).await;
+        let honest = capture_of(payment_id, &hold_id, money(1999, "EUR"), "EUR");
+        let forgeries = [
+            (
+                "customer_id",
+                Capture {
+                    customer_id: "c-victim".into(),
+                    ..honest.clone()
+                },
+            ),
+            (
+                "merchant_id",
+                Capture {
+                    merchant_id: "m-thief".into(),
+                    ..honest.clone()
+                },
+            ),
+            (
+                "amount",
+                Capture {
+                    amount: money(5_000_000_000, "EUR"),
+                    ..honest.clone()
+                },
+            ),
+            (
+                "currency",
+                Capture {
+                    amount: money(1999, "GBP"),
+                    ..honest.clone()
+                },
+            ),
+        ];
+        for (field, forged) in &forgeries {
+            let id = format!("{payment_id}:transaction:forged-{field}");
+            let answer = ledger.capture_answer(&id, forged).await.unwrap();
+            let reply = &answer.reply;
+            assert_eq!(reply.outcome, ReplyOutcome::Declined, "{field}: {reply:?}");
+            assert_eq!(reply.reason.as_deref(), Some("hold_mismatch"), "{reply:?}");
+            let detail = reply.detail.as_deref().unwrap_or_default();
+            assert!(
+                detail.contains(&format!("in {field}:")),
+                "{field}: {detail}"
+            );
+            for value in [
+                "c-42",
+                "c-victim",
+                "m-1001",
+                "m-thief",
+                "1999",
+                "5000000000",
+            ] {
+                assert!(!detail.contains(value), "{field}: {detail}");
+            }
+            assert!(!answer.replayed);
+            let again = ledger.capture_answer(&id, &honest).await.unwrap();
+            assert!(again.replayed, "a repeat gets the stored decline");
+            assert_eq!(&again.reply, reply);
+            assert_eq!(ledger.transfers_for(payment_id).await.unwrap(), 0);
+            assert_eq!(
+                ledger.hold_status(payment_id).await.unwrap().as_deref(),
+                Some("held")
+            );
+        }
+        let everything = Capture {
+            customer_id: "c-victim".into(),
+            merchant_id: "m-thief".into(),
+            amount: money(1, "USD"),
+            ..honest.clone()
+        };
+        let reply = ledger
+            .capture(&format!("{payment_id}:transaction:forged-all"), &everything)
+            .await
+            .unwrap();
+        assert!(
+            reply
+                .detail
+                .as_deref()
+                .unwrap_or_default()
+                .contains("in amount, currency, customer_id, merchant_id:"),
+            "{reply:?}"
+        );
+        let audit = ledger.audit().await.unwrap();
+        assert!(audit.is_sound(), "{audit:?}");
+
+        let reply = ledger
+            .capture(&format!("{payment_id}:transaction"), &honest)
+            .await
+            .unwrap();
+        assert_eq!(reply.outcome, ReplyOutcome::Approved, "{reply:?}");
+        assert_eq!(ledger.transfers_for(payment_id).await.unwrap(), 1);
+        assert_eq!(
+            ledger.hold_status(payment_id).await.unwrap().as_deref(),
+            Some("captured")
+        );
+    }
+
     async fn every_scenario(ledger: Ledger) {
         holds_are_placed_once(&ledger).await;
         declines_are_stored(&ledger).await;
         compensation_voids_the_hold(&ledger).await;
         compensation_before_execute_blocks_it(&ledger).await;
         capture_moves_money_once(&ledger).await;
+        capture_checks_its_hold(&ledger).await;
         // Holds left open above: the first two scenarios' holds.
         assert_eq!(ledger.audit().await.unwrap().open_holds, 2);
+    }
+
+    /// Runs `statements` on the database at `url` over a connection of its own.
+    async fn execute(url: &str, statements: &[&str]) {
+        install_drivers();
+        let url = if url.starts_with("sqlite:") {
+            with_create_mode(url)
+        } else {
+            url.to_owned()
+        };
+        let mut conn = sqlx::AnyConnection::connect(&url).await.unwrap();
+        for statement in statements {
+            sqlx::query(statement)
+                .execute(&mut conn)
+                .await
+                .unwrap_or_else(|e| panic!("{statement}: {e}"));
+        }
+        conn.close().await.unwrap();
+    }
+
+    /// The audit fails on transfers that differ from their hold (tampered by hand, as an
+    /// old bug or a forger with database access would) and on holds open too long.
+    async fn audit_finds_transfers_unlike_their_hold_and_stale_holds(ledger: Ledger) {
+        let pool = &ledger.pool;
+        let paid = Uuid::new_v4();
+        let hold_id = hold(&ledger, paid, money(1999, "EUR")).await;
+        let capture = capture_of(paid, &hold_id, money(1999, "EUR"), "EUR");
+        let reply = ledger
+            .capture(&format!("{paid}:transaction"), &capture)
+            .await
+            .unwrap();
+        assert_eq!(reply.outcome, ReplyOutcome::Approved, "{reply:?}");
+        let in_flight = Uuid::new_v4();
+        hold(&ledger, in_flight, money(500, "EUR")).await;
+        let audit = ledger.audit().await.unwrap();
+        assert!(audit.is_sound(), "{audit:?}");
+        assert_eq!(
+            audit.open_holds, 1,
+            "a young open hold is listed, not stale"
+        );
+
+        // What the forged capture of issue 9 did: another customer, a huge amount.
+        sqlx::query(
+            "UPDATE transfers SET customer_id = 'c-victim', amount_minor = 5000000000
+             WHERE payment_id = $1",
+        )
+        .bind(paid.to_string())
+        .execute(pool)
+        .await
+        .unwrap();
+        // A transfer on a hold that does not exist, and one on a voided hold.
+        sqlx::query(
+            "INSERT INTO transfers VALUES ('t-nohold', $1, 'no-such-hold', 'c-1', 'm-1', 1, \
+             'EUR', 1, 'EUR', 1000000)",
+        )
+        .bind(Uuid::nil().to_string())
+        .execute(pool)
+        .await
+        .unwrap();
+        let voided = Uuid::new_v4();
+        let voided_hold = hold(&ledger, voided, money(700, "EUR")).await;
+        ledger
+            .void_hold(
+                &format!("{voided}:authorization:compensate"),
+                &format!("{voided}:authorization"),
+                voided,
+            )
+            .await
+            .unwrap();
+        sqlx::query(
+            "INSERT INTO transfers VALUES ('t-voided', $1, $2, 'c-42', 'm-1001', 700, 'EUR', \
+             700, 'EUR', 1000000)",
+        )
+        .bind(voided.to_string())
+        .bind(&voided_hold)
+        .execute(pool)
+        .await
+        .unwrap();
+        // An abandoned hold, placed two hours ago.
+        let abandoned = Uuid::new_v4();
+        let abandoned_hold = hold(&ledger, abandoned, money(900, "EUR")).await;
+        sqlx::query("UPDATE holds SET created_at = created_at - 7200000 WHERE hold_id = $1")
+            .bind(&abandoned_hold)
+            .execute(pool)
+            .await
+            .unwrap();
+
+        let audit = ledger.audit().await.unwrap();
+        assert!(audit.balanced, "the lines are untouched: {audit:?}");
+        assert!(!audit.is_sound(), "{audit:?}");
+        let mut mismatches: Vec<_> = audit
+            .hold_mismatches
+            .iter()
+            .map(|m| (m.transfer_id.as_str(), m.hold_id.as_str(), m.fields.clone()))
+            .collect();
+        mismatches.sort();
+        let fields = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        let forged_transfer = reply.data["transfer_id"].as_str().unwrap();
+        let mut expected = vec![
+            (
+                forged_transfer,
+                hold_id.as_str(),
+                fields(&["amount", "customer_id"]),
+            ),
+            ("t-nohold", "no-such-hold", fields(&["hold_missing"])),
+            ("t-voided", voided_hold.as_str(), fields(&["status"])),
+        ];
+        expected.sort();
+        assert_eq!(mismatches, expected);
+        assert_eq!(audit.max_hold_age, DEFAULT_MAX_HOLD_AGE);
+        assert_eq!(audit.open_holds, 2);
+        assert_eq!(audit.stale_holds.len(), 1, "{audit:?}");
+        let stale = &audit.stale_holds[0];
+        assert_eq!(stale.hold_id, abandoned_hold);
+        assert_eq!(stale.payment_id, abandoned.to_string());
+        assert!(
+            (Duration::from_secs(7200)..Duration::from_secs(7300)).contains(&stale.age),
+            "{stale:?}"
+        );
+        let lenient = ledger
+            .audit_with(Duration::from_secs(3 * 3600))
+            .await
+            .unwrap();
+        assert!(lenient.stale_holds.is_empty(), "{lenient:?}");
+        assert_eq!(lenient.hold_mismatches, audit.hold_mismatches);
+    }
+
+    /// The holds table of the first release: no merchant, no creation time.
+    const OLD_SCHEMA: &[&str] = &[
+        "CREATE TABLE holds (
+            hold_id TEXT PRIMARY KEY,
+            payment_id TEXT NOT NULL,
+            customer_id TEXT NOT NULL,
+            amount_minor BIGINT NOT NULL,
+            currency TEXT NOT NULL,
+            status TEXT NOT NULL
+        )",
+        "CREATE TABLE transfers (
+            transfer_id TEXT PRIMARY KEY,
+            payment_id TEXT NOT NULL,
+            hold_id TEXT NOT NULL,
+            customer_id TEXT NOT NULL,
+            merchant_id TEXT NOT NULL,
+            amount_minor BIGINT NOT NULL,
+            currency TEXT NOT NULL,
+            settlement_minor BIGINT NOT NULL,
+            settlement_currency TEXT NOT NULL,
+            fx_rate_micro BIGINT NOT NULL
+        )",
+        "INSERT INTO holds VALUES
+            ('h-old-open', '00000000-0000-0000-0000-00000000000a', 'c-42', 1999, 'EUR', 'held'),
+            ('h-old-paid', '00000000-0000-0000-0000-00000000000b', 'c-42', 1999, 'EUR', 'captured')",
+        "INSERT INTO transfers VALUES ('t-old', '00000000-0000-0000-0000-00000000000b',
+            'h-old-paid', 'c-42', 'm-1001', 1999, 'EUR', 1999, 'EUR', 1000000)",
+    ];
+
+    /// A ledger made by the first release is upgraded on open — by two processes at once
+    /// — and keeps working: old transfers still audit clean, an old open hold (which
+    /// cannot prove its merchant) is not captured, new holds record everything.
+    async fn an_old_ledger_is_upgraded_on_open(url: String) {
+        execute(&url, OLD_SCHEMA).await;
+        let (first, second) = tokio::join!(Ledger::open(&url), Ledger::open(&url));
+        let (ledger, second) = (first.unwrap(), second.unwrap());
+        second.close().await;
+        let audit = ledger.audit().await.unwrap();
+        assert!(audit.is_sound(), "{audit:?}");
+        assert_eq!((audit.transfers, audit.open_holds), (1, 1), "{audit:?}");
+        let undated: i64 = sqlx::query("SELECT COUNT(*) FROM holds WHERE created_at IS NULL")
+            .fetch_one(&ledger.pool)
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(undated, 0, "old holds are dated at the upgrade");
+
+        let old_open = Uuid::parse_str("00000000-0000-0000-0000-00000000000a").unwrap();
+        let capture = capture_of(old_open, "h-old-open", money(1999, "EUR"), "EUR");
+        let reply = ledger
+            .capture(&format!("{old_open}:transaction"), &capture)
+            .await
+            .unwrap();
+        assert_eq!(reply.reason.as_deref(), Some("hold_mismatch"), "{reply:?}");
+        assert!(reply.detail.unwrap().contains("in merchant_id:"));
+        assert_eq!(ledger.transfers_for(old_open).await.unwrap(), 0);
+
+        let payment_id = Uuid::new_v4();
+        let hold_id = hold(&ledger, payment_id, money(1999, "EUR")).await;
+        let capture = capture_of(payment_id, &hold_id, money(1999, "EUR"), "EUR");
+        let reply = ledger
+            .capture(&format!("{payment_id}:transaction"), &capture)
+            .await
+            .unwrap();
+        assert_eq!(reply.outcome, ReplyOutcome::Approved, "{reply:?}");
+        assert!(ledger.audit().await.unwrap().is_sound());
+        ledger.close().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn sqlite_audit_finds_transfers_unlike_their_hold_and_stale_holds() {
+        let db = sqlite_ledger().await;
+        audit_finds_transfers_unlike_their_hold_and_stale_holds(db.ledger.clone()).await;
+        db.ledger.close().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn postgres_audit_finds_transfers_unlike_their_hold_and_stale_holds() {
+        with_postgres_ledger(audit_finds_transfers_unlike_their_hold_and_stale_holds).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn sqlite_old_ledger_is_upgraded_on_open() {
+        let path = std::env::temp_dir().join(format!("baton-ledger-{}.db", Uuid::new_v4()));
+        an_old_ledger_is_upgraded_on_open(format!("sqlite://{}", path.display())).await;
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn postgres_old_ledger_is_upgraded_on_open() {
+        with_postgres_database(an_old_ledger_is_upgraded_on_open).await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -975,7 +1667,7 @@ pub(crate) mod tests {
         let again = Ledger::open(&format!("sqlite://{}", db.path.display()))
             .await
             .unwrap();
-        assert_eq!(again.audit().await.unwrap().transfers, 1);
+        assert_eq!(again.audit().await.unwrap().transfers, 2);
         again.close().await;
         db.ledger.close().await;
     }

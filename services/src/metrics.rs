@@ -40,6 +40,9 @@ fn action_label(action: Option<Action>) -> &'static str {
     }
 }
 
+/// The `reason` of a command whose `user_id` is not a configured orchestrator user.
+pub(crate) const WRONG_SENDER: &str = "wrong_sender";
+
 /// The service's metrics.
 #[derive(Clone, Debug)]
 pub(crate) struct Metrics {
@@ -54,6 +57,9 @@ pub(crate) struct Metrics {
     handle_duration: Histogram,
     /// `baton_broker_reconnects_total`.
     reconnects: IntCounter,
+    /// `baton_service_commands_rejected_total{service,reason}`: commands dropped unread
+    /// because they did not come from a configured orchestrator user.
+    rejected: IntCounterVec,
 }
 
 impl Metrics {
@@ -92,6 +98,16 @@ impl Metrics {
         registry.register(Box::new(duplicates.clone()))?;
         registry.register(Box::new(handle_duration.clone()))?;
         registry.register(Box::new(reconnects.clone()))?;
+        let rejected = IntCounterVec::new(
+            Opts::new(
+                "baton_service_commands_rejected_total",
+                "Commands dropped without acting: not sent by a configured orchestrator user",
+            )
+            .const_label("service", service),
+            &["reason"],
+        )?;
+        registry.register(Box::new(rejected.clone()))?;
+        rejected.with_label_values(&[WRONG_SENDER]);
         // Every usual series exists from the start at 0, so rates and alerts work before
         // the first command.
         for action in [Action::Execute, Action::Compensate] {
@@ -112,6 +128,7 @@ impl Metrics {
             duplicates,
             handle_duration,
             reconnects,
+            rejected,
         })
     }
 
@@ -130,6 +147,11 @@ impl Metrics {
     /// Records how long a command took to answer.
     pub(crate) fn handled_in(&self, elapsed: Duration) {
         self.handle_duration.observe(elapsed.as_secs_f64());
+    }
+
+    /// Counts a command dropped for `reason` (e.g. [`WRONG_SENDER`]).
+    pub(crate) fn rejected(&self, reason: &str) {
+        self.rejected.with_label_values(&[reason]).inc();
     }
 
     /// Counts a reconnect.
@@ -162,6 +184,7 @@ mod tests {
         metrics.duplicate();
         metrics.handled_in(Duration::from_millis(3));
         metrics.reconnected();
+        metrics.rejected(WRONG_SENDER);
         let text = exposition(&metrics);
         for line in [
             r#"baton_service_commands_total{action="execute",outcome="approved",service="authorization"} 1"#,
@@ -171,6 +194,7 @@ mod tests {
             r#"baton_service_handle_duration_seconds_bucket{service="authorization",le="0.005"} 1"#,
             r#"baton_service_handle_duration_seconds_count{service="authorization"} 1"#,
             "baton_broker_reconnects_total 1",
+            r#"baton_service_commands_rejected_total{reason="wrong_sender",service="authorization"} 1"#,
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line} in\n{text}");
         }

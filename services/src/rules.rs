@@ -6,7 +6,7 @@
 //!
 //! | service | input | outcome |
 //! |---|---|---|
-//! | authorization | `payment.card.number` absent (step lacks `card_number = true`) | declined `card_number_missing` |
+//! | authorization | `payment.card.number` absent (step lacks `card = "number"`) | declined `card_number_missing` |
 //! | authorization | card number fails the Luhn check (or is not 12–19 digits) | declined `invalid_card` |
 //! | authorization | `4000000000000002` | declined `card_declined` |
 //! | authorization | `4000000000009995` | declined `insufficient_funds` |
@@ -16,8 +16,10 @@
 //! | authorization (compensate) | execute never processed | approved `{"voided": false}`; a later execute is declined `voided_before_authorization` |
 //! | authorization (compensate) | execute was declined (no hold) | approved `{"voided": false}` |
 //! | authorization (compensate) | hold already captured | declined `hold_captured` |
-//! | risk | `payment.card.number` absent | declined `card_number_missing` |
-//! | risk | `4100000000000019` | declined `high_risk` |
+//! | risk | `payment.card.fingerprint` absent (step lacks `card = "fingerprint"`) | declined `card_fingerprint_missing` |
+//! | risk | fingerprint not `<key_id>:<64 hex>` | declined `card_fingerprint_invalid` |
+//! | risk | fingerprint made with a key this service's key file lacks | declined `card_key_unknown` |
+//! | risk | fingerprint of `4100000000000019` under any of its keys | declined `high_risk` |
 //! | risk | anything else | approved |
 //! | pci | `merchant_id` starts with `noncompliant-` | declined `merchant_not_compliant` |
 //! | pci | anything else | approved |
@@ -27,8 +29,12 @@
 //! | transaction | hold unknown (or of another payment) | declined `hold_not_found` |
 //! | transaction | hold voided | declined `hold_voided` |
 //! | transaction | hold already captured by another command | declined `hold_captured` |
+//! | transaction | amount, currency, `customer_id` or `merchant_id` differs from the hold's | declined `hold_mismatch` (fields named; nothing moved, hold stays held) |
 //! | transaction | otherwise | approved: hold captured, one transfer, balanced entries; data `{"transfer_id", "settlement": {"minor", "currency"}, "fx_rate_micro"}` |
 //! | transaction (compensate) | — | declined `not_compensable` |
+//!
+//! Risk never sees a card number: it knows its high-risk cards by their fingerprints
+//! ([`RiskRules`]), computed at start under every key of its card key file.
 //!
 //! Good cards never run out of funds. Every approved or declined answer of authorization
 //! and transaction is stored with its `command_id`: a repeated command gets the same reply.
@@ -37,7 +43,10 @@
 //! minor-unit exponent; `converted = round_half_up(amount_minor * per_eur[dst] *
 //! 10^exp_dst / (per_eur[src] * 10^exp_src))`, in `u128`, never floats.
 
-use baton_contract::{CardView, Currency, Money};
+use baton_contract::card_key::fingerprint_key_id;
+use baton_contract::{CardKeys, CardView, Currency, Money};
+use std::collections::HashSet;
+use std::fmt;
 use std::time::SystemTime;
 
 /// Why a rule declined: a machine-readable reason and a human-readable detail.
@@ -132,7 +141,7 @@ fn missing_number(step: &str) -> Decline {
     Decline::new(
         "card_number_missing",
         format!(
-            "the command carries no card number: set `card_number = true` for step \
+            "the command carries no card number: set `card = \"number\"` for step \
              `{step}` in the workflow"
         ),
     )
@@ -176,15 +185,67 @@ pub fn authorize(step: &str, card: &CardView, now: YearMonth) -> Result<(), Decl
     }
 }
 
-/// Risk: declines the high-risk test card.
-pub fn assess_risk(step: &str, card: &CardView) -> Result<(), Decline> {
-    let Some(number) = card.number.as_ref() else {
-        return Err(missing_number(step));
-    };
-    if number.reveal() == CARD_HIGH_RISK {
-        return Err(Decline::new("high_risk", "the risk score is too high"));
+/// The risk rules: the high-risk cards known by their fingerprints under every card key
+/// the service holds, so a command's fingerprint made with any of them (the old key
+/// during a rotation included) is recognised. Built once at start; the numbers
+/// themselves are not kept.
+#[derive(Clone)]
+pub struct RiskRules {
+    keys: CardKeys,
+    high_risk: HashSet<String>,
+}
+
+impl fmt::Debug for RiskRules {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RiskRules")
+            .field("keys", &self.keys)
+            .field("high_risk_cards", &self.high_risk.len())
+            .finish()
     }
-    Ok(())
+}
+
+impl RiskRules {
+    /// The rules with the high-risk test card, fingerprinted under each of `keys`.
+    pub fn new(keys: CardKeys) -> Self {
+        let high_risk = [CARD_HIGH_RISK]
+            .iter()
+            .flat_map(|number| keys.fingerprints(number))
+            .collect();
+        Self { keys, high_risk }
+    }
+
+    /// Risk: declines the high-risk test card, by the command's fingerprint.
+    pub fn assess(&self, step: &str, card: &CardView) -> Result<(), Decline> {
+        let Some(fingerprint) = card.fingerprint.as_deref() else {
+            return Err(Decline::new(
+                "card_fingerprint_missing",
+                format!(
+                    "the command carries no card fingerprint: set `card = \"fingerprint\"` \
+                     for step `{step}` in the workflow"
+                ),
+            ));
+        };
+        let Some(key_id) = fingerprint_key_id(fingerprint) else {
+            return Err(Decline::new(
+                "card_fingerprint_invalid",
+                "the card fingerprint is not `<key_id>:<64 hex digits>`",
+            ));
+        };
+        if !self.keys.knows(key_id) {
+            return Err(Decline::new(
+                "card_key_unknown",
+                format!(
+                    "the card fingerprint was made with card key {key_id:?}, which this risk \
+                     service does not hold: give it the orchestrator's card key file \
+                     (--card-key-file); during a rotation add the new key to risk first"
+                ),
+            ));
+        }
+        if self.high_risk.contains(fingerprint) {
+            return Err(Decline::new("high_risk", "the risk score is too high"));
+        }
+        Ok(())
+    }
 }
 
 /// PCI compliance: declines merchants flagged non-compliant.
@@ -378,6 +439,7 @@ mod tests {
     fn card(number: Option<&str>, expiry: &str) -> CardView {
         CardView {
             number: number.map(CardNumber::new),
+            fingerprint: None,
             last4: number
                 .map(|n| n[n.len() - 4..].to_owned())
                 .unwrap_or_default(),
@@ -469,7 +531,7 @@ mod tests {
     #[test]
     fn the_missing_number_detail_tells_the_operator_what_to_set() {
         let d = authorize("auth-eu", &card(None, "12/30"), NOW).unwrap_err();
-        assert!(d.detail.contains("card_number = true"), "{}", d.detail);
+        assert!(d.detail.contains("card = \"number\""), "{}", d.detail);
         assert!(d.detail.contains("auth-eu"));
     }
 
@@ -481,21 +543,44 @@ mod tests {
 
     #[test]
     fn risk_and_pci_rules() {
+        let keys = CardKeys::generate("k1");
+        let rules = RiskRules::new(keys.clone());
+        let by_fingerprint = |fingerprint: Option<String>| CardView {
+            number: None,
+            fingerprint,
+            last4: "0019".into(),
+            expiry: "12/30".into(),
+        };
+        let assess = |card: CardView| reason(rules.assess("risk", &card));
         assert_eq!(
-            reason(assess_risk("risk", &card(Some(CARD_HIGH_RISK), "12/30"))),
+            assess(by_fingerprint(Some(keys.fingerprint(CARD_HIGH_RISK)))),
             "high_risk"
         );
         assert_eq!(
-            reason(assess_risk(
-                "risk",
-                &card(Some("4242424242424242"), "12/30")
-            )),
+            assess(by_fingerprint(Some(keys.fingerprint("4242424242424242")))),
             "approved"
         );
+        // The number alone is not looked at: risk works on fingerprints only.
         assert_eq!(
-            reason(assess_risk("risk", &card(None, "12/30"))),
-            "card_number_missing"
+            assess(card(Some(CARD_HIGH_RISK), "12/30")),
+            "card_fingerprint_missing"
         );
+        let other = CardKeys::generate("k9");
+        assert_eq!(
+            assess(by_fingerprint(Some(other.fingerprint(CARD_HIGH_RISK)))),
+            "card_key_unknown"
+        );
+        assert_eq!(
+            assess(by_fingerprint(Some("k1:not-hex".into()))),
+            "card_fingerprint_invalid"
+        );
+        let missing = rules.assess("risk-eu", &card(None, "12/30")).unwrap_err();
+        assert!(
+            missing.detail.contains("card = \"fingerprint\"") && missing.detail.contains("risk-eu"),
+            "{}",
+            missing.detail
+        );
+        assert!(!format!("{rules:?}").contains(&keys.fingerprint(CARD_HIGH_RISK)));
         assert_eq!(
             reason(check_pci("noncompliant-7")),
             "merchant_not_compliant"
@@ -570,5 +655,34 @@ mod tests {
                 (settlement.minor, settlement.currency)
             );
         }
+    }
+
+    #[test]
+    fn a_rotated_risk_service_still_declines_a_fingerprint_made_with_the_old_key() {
+        let old_line = CardKeys::new_key_line("k1");
+        let old = CardKeys::parse(&old_line, "old").unwrap();
+        // Rotation: the new key on top, the old one second.
+        let rotated_text = format!("{}{old_line}", CardKeys::new_key_line("k2"));
+        let rotated = RiskRules::new(CardKeys::parse(&rotated_text, "rotated").unwrap());
+        let new = CardKeys::parse(&rotated_text, "orchestrator").unwrap();
+        for keys in [&old, &new] {
+            let card = CardView {
+                number: None,
+                fingerprint: Some(keys.fingerprint(CARD_HIGH_RISK)),
+                last4: "0019".into(),
+                expiry: "12/30".into(),
+            };
+            assert_eq!(reason(rotated.assess("risk", &card)), "high_risk");
+        }
+        // Once the old key is dropped, its fingerprints are refused, not approved.
+        let new_only =
+            RiskRules::new(CardKeys::parse(rotated_text.lines().next().unwrap(), "n").unwrap());
+        let stale = CardView {
+            number: None,
+            fingerprint: Some(old.fingerprint(CARD_HIGH_RISK)),
+            last4: "0019".into(),
+            expiry: "12/30".into(),
+        };
+        assert_eq!(reason(new_only.assess("risk", &stale)), "card_key_unknown");
     }
 }

@@ -41,6 +41,7 @@ fn command(payment_id: Uuid) -> Command {
             merchant_currency: Currency::parse("EUR").unwrap(),
             card: CardView {
                 number: Some(CardNumber::new("4242424242424242")),
+                fingerprint: None,
                 last4: "4242".into(),
                 expiry: "12/99".into(),
             },
@@ -112,7 +113,7 @@ async fn authorization_replies_dedupes_and_dead_letters() {
         .expect("start");
     assert_eq!(service.queue(), names.command_queue("authorization"));
 
-    let connection = amqp::connect(&amqp_url(), "baton-services-test")
+    let connection = amqp::connect(&amqp_url(), "baton-services-test", &Default::default())
         .await
         .unwrap();
     let channel = amqp::confirm_channel(&connection).await.unwrap();
@@ -221,6 +222,7 @@ async fn an_unreachable_broker_is_a_connect_error_without_the_password() {
     let config = ServiceConfig {
         amqp_url: "amqp://guest:s3cret@127.0.0.1:1/%2f".into(),
         prefix: format!("test-{}", Uuid::new_v4().simple()),
+        card_keys: Some(baton_contract::CardKeys::generate("t")),
         ..ServiceConfig::default()
     };
     let error = start(ServiceKind::Risk, config).await.unwrap_err();

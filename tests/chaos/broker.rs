@@ -60,7 +60,12 @@ async fn closed_connections_under_load_reconnect_and_every_payment_completes_onc
         metrics
             .lines()
             .any(|l| l.starts_with("baton_broker_reconnects_total") && !l.ends_with(" 0")),
-        "the orchestrator counted its reconnect"
+        "the orchestrator counted its reconnect: {}",
+        metrics
+            .lines()
+            .filter(|l| l.contains("reconnects"))
+            .collect::<Vec<_>>()
+            .join("; ")
     );
     for service in &cluster.services {
         assert!(

@@ -1,6 +1,7 @@
 //! A cluster on a fresh prefix: in-process services, orchestrator processes, a client,
 //! and the checks every test ends with.
 
+use baton::broker::{self, AdminApi, Credentials, Passwords, Role, DEFAULT_ADMIN_URL};
 use baton::client::Client;
 use baton::testcards::{mixed_batch, TestCard};
 use baton_contract::{amqp, Names, PaymentResult, Status};
@@ -142,6 +143,24 @@ pub struct Cluster {
     /// Every result seen, by payment id.
     pub results: HashMap<Uuid, Vec<PaymentResult>>,
     spawned: usize,
+    /// The broker users every process runs as (`baton broker setup` for this prefix),
+    /// each sender verified; the test client stays on the administrator connection.
+    pub roles: Credentials,
+}
+
+/// The management API of the test broker (administrator guest).
+fn admin_api() -> AdminApi {
+    AdminApi::from_url(DEFAULT_ADMIN_URL).expect("a valid admin URL")
+}
+
+/// The broker role a reference service runs as.
+fn role_of(kind: ServiceKind) -> Role {
+    match kind {
+        ServiceKind::Authorization => Role::Authorization,
+        ServiceKind::Risk => Role::Risk,
+        ServiceKind::Pci => Role::Pci,
+        ServiceKind::Transaction => Role::Transaction,
+    }
 }
 
 impl Cluster {
@@ -169,13 +188,24 @@ impl Cluster {
                 (format!("postgres://postgres@127.0.0.1:5432/{db}"), Some(db))
             }
         };
+        // One card key file for the risk service here and every `baton run` process,
+        // as in production.
+        let (card_keys, _) =
+            baton_contract::CardKeys::load_or_create(&dir.join("card.key")).unwrap();
+        let roles = broker::setup(&admin_api(), names.prefix(), "/", &Passwords::default())
+            .await
+            .expect("create the prefix's broker users (rabbitmq_management must be on)");
+        let url_of = |role: Role| roles.amqp_url(role, "127.0.0.1:5672").expect("a password");
         let mut services = Vec::new();
         for kind in ServiceKind::ALL {
             let config = ServiceConfig {
-                amqp_url: AMQP_URL.into(),
+                amqp_url: url_of(role_of(kind)),
+                orchestrator_users: vec![Role::Orchestrator.user(names.prefix())],
+                require_verified_senders: true,
                 prefix: names.prefix().into(),
                 concurrency: 64,
                 ledger_url: ledger_url.clone(),
+                card_keys: Some(card_keys.clone()),
                 ..ServiceConfig::default()
             };
             services.push(
@@ -186,7 +216,7 @@ impl Cluster {
         }
         Self {
             ledger: Ledger::open(&ledger_url).await.unwrap(),
-            client: Client::connect(AMQP_URL, names.clone())
+            client: Client::connect(AMQP_URL, &amqp::TlsOptions::default(), names.clone())
                 .await
                 .expect("RabbitMQ at 127.0.0.1:5672"),
             names,
@@ -196,6 +226,7 @@ impl Cluster {
             postgres_db,
             results: HashMap::new(),
             spawned: 0,
+            roles,
         }
     }
 
@@ -213,6 +244,10 @@ impl Cluster {
         command
             .args(["run", "--prefix", self.names.prefix()])
             .args(["--journal-url", &self.journal_url])
+            .args([
+                "--card-key-file",
+                &self.dir.join("card.key").display().to_string(),
+            ])
             .args(["--http-addr", &format!("127.0.0.1:{http}")])
             .args([
                 "--instance",
@@ -223,7 +258,14 @@ impl Cluster {
                 ),
             ])
             .args(["--shutdown-timeout", &shutdown_timeout_s.to_string()])
-            .env("AMQP_URL", AMQP_URL)
+            .env(
+                "AMQP_URL",
+                self.roles
+                    .amqp_url(Role::Orchestrator, "127.0.0.1:5672")
+                    .expect("a password"),
+            )
+            .env("BATON_SERVICE_USERS", service_users(self.names.prefix()))
+            .env("BATON_REQUIRE_VERIFIED_SENDERS", "true")
             .env("RUST_LOG", "info,lapin=warn,sqlx=warn")
             .env_remove("BATON_CRASH_AT")
             .stdin(Stdio::null())
@@ -304,7 +346,13 @@ impl Cluster {
                 tokio::time::Instant::now() < deadline,
                 "results missing after {limit:?}"
             );
-            let Ok(connection) = amqp::connect(AMQP_URL, "chaos results reader").await else {
+            let Ok(connection) = amqp::connect(
+                AMQP_URL,
+                "chaos results reader",
+                &amqp::TlsOptions::default(),
+            )
+            .await
+            else {
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 continue;
             };
@@ -379,7 +427,7 @@ impl Cluster {
             let _ = service.shutdown().await;
         }
         // A fresh connection: the client's may have died with the broker in the test.
-        let connection = amqp::connect(AMQP_URL, "chaos cleanup")
+        let connection = amqp::connect(AMQP_URL, "chaos cleanup", &amqp::TlsOptions::default())
             .await
             .expect("RabbitMQ for cleanup");
         let channel = connection.create_channel().await.expect("a channel");
@@ -389,6 +437,7 @@ impl Cluster {
             amqp::delete_topology_with_parking(&channel, &self.names, &services, &parking).await;
         let _ = connection.close(200, "cleaned up".into()).await;
         self.client.close().await;
+        let _ = broker::teardown(&admin_api(), self.names.prefix()).await;
         self.ledger.close().await;
         let _ = std::fs::remove_dir_all(&self.dir);
         if let Some(db) = self.postgres_db {
@@ -400,4 +449,13 @@ impl Cluster {
             }
         }
     }
+}
+
+/// `BATON_SERVICE_USERS` for `baton run`: each reference service's role user.
+pub fn service_users(prefix: &str) -> String {
+    ServiceKind::ALL
+        .iter()
+        .map(|kind| format!("{}={}", kind.name(), role_of(*kind).user(prefix)))
+        .collect::<Vec<_>>()
+        .join(",")
 }

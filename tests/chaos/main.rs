@@ -9,3 +9,4 @@ mod broker;
 mod crashes;
 mod harness;
 mod replicas;
+mod tls;

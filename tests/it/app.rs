@@ -1,6 +1,7 @@
 //! `spawn_app()`: four reference services and an orchestrator in this process, on a fresh
 //! prefix against the real broker, plus a client to talk to them.
 
+use baton::broker::{self, AdminApi, Credentials, Passwords, Role, DEFAULT_ADMIN_URL};
 use baton::client::{Client, Received};
 use baton::orchestrator::{self, Running, Settings};
 use baton::testcards::TestCard;
@@ -55,6 +56,13 @@ pub struct TestApp {
     /// Workflows of the orchestrators started: their service and parking queues are
     /// deleted at clean-up too.
     workflows: Vec<Workflow>,
+    /// With [`spawn_verified_services`]: the broker users `<prefix>-<role>` every process
+    /// runs as (created by `baton broker setup`'s code, deleted at clean-up), and every
+    /// sender checked.
+    pub roles: Option<Credentials>,
+    /// The card key shared by the orchestrator and the risk service, as `baton run`
+    /// and `baton-risk` share `--card-key-file`: a throw-away key per test.
+    pub card_keys: baton_contract::CardKeys,
 }
 
 pub async fn spawn_app() -> TestApp {
@@ -73,6 +81,34 @@ pub async fn spawn_app_with(store: Store, kinds: &[ServiceKind]) -> TestApp {
 /// Like [`spawn_app_with`] but without an orchestrator: start one with
 /// [`TestApp::start_orchestrator`] (say, with other settings), or none at all (processes).
 pub async fn spawn_services(store: Store, kinds: &[ServiceKind]) -> TestApp {
+    spawn(store, kinds, true).await
+}
+
+/// Like [`spawn_app_with`], with every process on its own broker user (as
+/// `baton broker setup` creates them) and every sender verified: the orchestrator accepts
+/// each service's replies only from that service's user, the services obey only the
+/// orchestrator's user. The test client stays on the administrator (guest) connection.
+pub async fn spawn_verified_app(kinds: &[ServiceKind]) -> TestApp {
+    let mut app = spawn_verified_services(kinds).await;
+    let settings = app.orchestrator_settings();
+    app.start_orchestrator(settings).await;
+    app
+}
+
+/// [`spawn_verified_app`] without the orchestrator.
+pub async fn spawn_verified_services(kinds: &[ServiceKind]) -> TestApp {
+    spawn(Store::Sqlite, kinds, true).await
+}
+
+/// The management API of the test broker (administrator guest).
+pub fn admin_api() -> AdminApi {
+    AdminApi::from_url(DEFAULT_ADMIN_URL).expect("a valid admin URL")
+}
+
+/// The AMQP host:port of the test broker.
+pub const AMQP_ADDRESS: &str = "127.0.0.1:5672";
+
+async fn spawn(store: Store, kinds: &[ServiceKind], verified: bool) -> TestApp {
     init_logs();
     let id = Uuid::new_v4().simple().to_string();
     let names = Names::new(format!("test-{}", &id[..12]));
@@ -100,7 +136,7 @@ pub async fn spawn_services(store: Store, kinds: &[ServiceKind]) -> TestApp {
             .expect("open the test ledger"),
         orchestrator: None,
         services: Vec::new(),
-        client: Client::connect(&amqp_url(), names.clone())
+        client: Client::connect(&amqp_url(), &Default::default(), names.clone())
             .await
             .expect("RabbitMQ must run at 127.0.0.1:5672 for the integration tests"),
         early: HashMap::new(),
@@ -110,7 +146,15 @@ pub async fn spawn_services(store: Store, kinds: &[ServiceKind]) -> TestApp {
         sqlite_files,
         postgres_db,
         workflows: Vec::new(),
+        roles: None,
+        card_keys: baton_contract::CardKeys::generate("test"),
     };
+    if verified {
+        let roles = broker::setup(&admin_api(), app.names.prefix(), "/", &Passwords::default())
+            .await
+            .expect("create the test prefix's broker users (rabbitmq_management must be on)");
+        app.roles = Some(roles);
+    }
     for kind in kinds {
         app.start_service(*kind).await;
     }
@@ -129,12 +173,39 @@ async fn create_postgres_db(name: &str) {
 }
 
 impl TestApp {
+    /// `role`'s AMQP URL: its own user with [`spawn_verified_app`], else the shared one.
+    pub fn url_of(&self, role: Role) -> String {
+        match &self.roles {
+            Some(roles) => roles
+                .amqp_url(role, AMQP_ADDRESS)
+                .expect("setup generated every password"),
+            None => amqp_url(),
+        }
+    }
+
+    /// A service's configuration: with [`spawn_verified_app`], its role's user and
+    /// commands obeyed from the orchestrator's user only.
+    pub fn service_config_for(&self, kind: ServiceKind) -> ServiceConfig {
+        let mut config = self.service_config();
+        if self.roles.is_some() {
+            config.amqp_url = self.url_of(role_of(kind));
+            // The operator's user too: `baton attention replay` re-sends compensations.
+            config.orchestrator_users = vec![
+                Role::Orchestrator.user(self.names.prefix()),
+                Role::Operator.user(self.names.prefix()),
+            ];
+            config.require_verified_senders = true;
+        }
+        config
+    }
+
     pub fn service_config(&self) -> ServiceConfig {
         ServiceConfig {
             amqp_url: amqp_url(),
             prefix: self.names.prefix().to_owned(),
             concurrency: 32,
             ledger_url: self.ledger_url.clone(),
+            card_keys: Some(self.card_keys.clone()),
             ..ServiceConfig::default()
         }
     }
@@ -144,11 +215,25 @@ impl TestApp {
     pub fn orchestrator_settings(&self) -> Settings {
         let mut settings = Settings::new(amqp_url(), self.names.prefix(), self.journal_url.clone());
         settings.http_addr = Some("127.0.0.1:0".into());
+        settings.card_keys = Some(self.card_keys.clone());
+        if self.roles.is_some() {
+            settings.amqp_url = self.url_of(Role::Orchestrator);
+            settings.service_users = ServiceKind::ALL
+                .iter()
+                .map(|kind| {
+                    (
+                        kind.name().to_owned(),
+                        role_of(*kind).user(self.names.prefix()),
+                    )
+                })
+                .collect();
+            settings.require_verified_senders = true;
+        }
         settings
     }
 
     pub async fn start_service(&mut self, kind: ServiceKind) {
-        let service = baton_services::start(kind, self.service_config())
+        let service = baton_services::start(kind, self.service_config_for(kind))
             .await
             .expect("start a service");
         self.services.push(service);
@@ -159,7 +244,7 @@ impl TestApp {
     pub async fn start_service_with_http(&mut self, kind: ServiceKind) -> SocketAddr {
         let config = ServiceConfig {
             http_addr: Some("127.0.0.1:0".into()),
-            ..self.service_config()
+            ..self.service_config_for(kind)
         };
         let service = baton_services::start(kind, config)
             .await
@@ -189,7 +274,24 @@ impl TestApp {
             .unwrap_or_else(|| panic!("no service consumes {queue}"))
     }
 
-    pub async fn start_orchestrator(&mut self, settings: Settings) {
+    pub async fn start_orchestrator(&mut self, mut settings: Settings) {
+        if self.roles.is_some() {
+            // A fallback service of a test workflow (`risk-lite`) runs as the reference
+            // service it is a second instance of (`baton-risk --queue risk-lite`).
+            let unverified: Vec<String> = settings
+                .unverified_services()
+                .into_iter()
+                .map(str::to_owned)
+                .collect();
+            for service in unverified {
+                let kind = ServiceKind::ALL
+                    .into_iter()
+                    .find(|k| service.split('-').next() == Some(k.name()))
+                    .unwrap_or_else(|| panic!("no reference service runs {service}"));
+                let user = role_of(kind).user(self.names.prefix());
+                settings.service_users.insert(service, user);
+            }
+        }
         self.workflows.push(settings.workflow.clone());
         let running = orchestrator::start(settings)
             .await
@@ -321,6 +423,11 @@ impl TestApp {
             .await
             .expect("delete the test topology");
         self.client.close().await;
+        if self.roles.is_some() {
+            broker::teardown(&admin_api(), self.names.prefix())
+                .await
+                .expect("delete the test prefix's broker users");
+        }
         drop(self.ledger);
         for file in self.sqlite_files {
             for suffix in ["", "-wal", "-shm"] {
@@ -429,5 +536,15 @@ pub async fn eventually(within: Duration, mut condition: impl FnMut() -> bool) -
             return false;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The broker role a reference service runs as.
+pub fn role_of(kind: ServiceKind) -> Role {
+    match kind {
+        ServiceKind::Authorization => Role::Authorization,
+        ServiceKind::Risk => Role::Risk,
+        ServiceKind::Pci => Role::Pci,
+        ServiceKind::Transaction => Role::Transaction,
     }
 }

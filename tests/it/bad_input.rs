@@ -109,6 +109,38 @@ fn bad_cases() -> Vec<BadCase> {
             answered: true,
         },
         BadCase {
+            // The client's content type is never quoted back: not in the result, the
+            // x-baton-detail header or the log.
+            name: "content type carrying a card number",
+            body: json,
+            content_type: Some("text/plain; card=5105 1051 0510 5100"),
+            field: "content_type",
+            problem: "must be application/json",
+            answered: true,
+        },
+        BadCase {
+            name: "card number as merchant_id",
+            body: |mut r| {
+                r["merchant_id"] = "4012-8888-8888-1881".into();
+                json(r)
+            },
+            content_type: None,
+            field: "merchant_id",
+            problem: "must not contain a card number",
+            answered: true,
+        },
+        BadCase {
+            name: "card number as customer_id",
+            body: |mut r| {
+                r["customer_id"] = "c-5555555555554444".into();
+                json(r)
+            },
+            content_type: None,
+            field: "customer_id",
+            problem: "must not contain a card number",
+            answered: true,
+        },
+        BadCase {
             name: "missing field",
             body: |mut r| {
                 r.as_object_mut().unwrap().remove("customer_id");
@@ -257,6 +289,17 @@ async fn every_kind_of_bad_input_is_rejected_with_its_field_dead_lettered_and_th
             !detail.contains("4242424242424242"),
             "{name}: the detail echoes the card: {detail}"
         );
+        assert_eq!(
+            baton_contract::mask_card_numbers(&detail),
+            detail,
+            "{name}: the detail holds a card-like number"
+        );
+        for echoed in ["text/plain", "5105", "8888", "5555555555554444"] {
+            assert!(
+                !detail.contains(echoed),
+                "{name}: {echoed} echoed: {detail}"
+            );
+        }
 
         if case.answered {
             let rejected = app.result_for(&bad).await.result.unwrap();

@@ -74,14 +74,14 @@ max_parks = {max_parks}
 [[steps]]
 name = "authorization"
 timeout_ms = 5000
-card_number = true
+card = "number"
 compensate = true
 compensation_retry = {{ attempts = 3, initial_backoff_ms = 20, max_backoff_ms = 80 }}
 
 [[steps]]
 name = "risk"
 timeout_ms = {risk_timeout_ms}
-card_number = true
+card = "fingerprint"
 {risk_extra}
 
 [[steps]]
@@ -118,7 +118,7 @@ async fn ladder_app(knobs: &Knobs, faults: &[(ServiceKind, Faults)]) -> TestApp 
             .unwrap_or_default();
         let config = baton_services::ServiceConfig {
             faults,
-            ..app.service_config()
+            ..app.service_config_for(kind)
         };
         app.start_service_with(kind, config).await;
     }
@@ -365,7 +365,7 @@ async fn an_unavailable_step_falls_back_to_its_alternate_service_queue() {
     // A second risk instance on <prefix>.cmd.risk-lite.
     let lite = baton_services::ServiceConfig {
         queue: Some("risk-lite".into()),
-        ..app.service_config()
+        ..app.service_config_for(ServiceKind::Risk)
     };
     app.start_service_with(ServiceKind::Risk, lite).await;
     assert_eq!(

@@ -5,9 +5,12 @@
 mod app;
 mod bad_input;
 mod binaries;
+mod card_data;
 mod idempotency;
 mod ladder;
 mod load;
 mod observability;
 mod operator;
 mod pipeline;
+mod roles;
+mod senders;

@@ -562,7 +562,7 @@ async fn readyz_turns_503_with_a_reason_while_the_broker_is_unreachable_and_back
     let mut app = spawn_services(Store::Sqlite, &ServiceKind::ALL).await;
     let proxy = CuttableProxy::start(broker_authority(&amqp_url())).await;
     let mut settings = app.orchestrator_settings();
-    settings.amqp_url = proxy.url_through(&amqp_url());
+    settings.amqp_url = proxy.url_through(&settings.amqp_url);
     app.start_orchestrator(settings).await;
     let http = app.orchestrator().http_addr().expect("an HTTP port");
 
@@ -897,6 +897,9 @@ async fn one_traceparent_is_in_the_logs_of_the_orchestrator_and_all_four_service
     std::fs::create_dir_all(&dir).unwrap();
     let prefix = app.names.prefix().to_owned();
 
+    // One card key file for risk and `baton run`, as in production.
+    baton_contract::CardKeys::load_or_create(&dir.join("card.key")).unwrap();
+    let card_key_file = dir.join("card.key").display().to_string();
     let mut processes = Processes::default();
     for kind in ServiceKind::ALL {
         let binary = format!("baton-{}", kind.name());
@@ -905,16 +908,20 @@ async fn one_traceparent_is_in_the_logs_of_the_orchestrator_and_all_four_service
         if kind.uses_ledger() {
             command.args(["--ledger-url", &app.ledger_url]);
         }
+        if kind == ServiceKind::Risk {
+            command.args(["--card-key-file", &card_key_file]);
+        }
         processes.spawn(&binary, command, dir.join(format!("{binary}.log")));
     }
     let mut command = Command::new(env!("CARGO_BIN_EXE_baton"));
     command.args(["run", "--prefix", &prefix, "--http-addr", "127.0.0.1:0"]);
     command.args(["--journal-url", &app.journal_url]);
+    command.args(["--card-key-file", &card_key_file]);
     processes.spawn("baton run", command, dir.join("baton.log"));
     processes.wait_ready().await;
 
     // Results of this prefix, with their headers, on a queue of our own.
-    let connection = amqp::connect(&amqp_url(), "observability trace test")
+    let connection = amqp::connect(&amqp_url(), "observability trace test", &Default::default())
         .await
         .expect("connect");
     let channel = connection.create_channel().await.unwrap();
@@ -1031,9 +1038,13 @@ async fn bound_consumer(channel: &lapin::Channel, app: &TestApp, key: &str) -> l
 #[tokio::test]
 async fn the_saga_events_of_a_high_risk_payment_arrive_in_order() {
     let mut app = spawn_app().await;
-    let connection = amqp::connect(&amqp_url(), "observability events test")
-        .await
-        .expect("connect");
+    let connection = amqp::connect(
+        &amqp_url(),
+        "observability events test",
+        &Default::default(),
+    )
+    .await
+    .expect("connect");
     let channel = connection.create_channel().await.unwrap();
     let mut events = bound_consumer(&channel, &app, "event.#").await;
 
@@ -1107,9 +1118,13 @@ async fn the_saga_events_of_a_high_risk_payment_arrive_in_order() {
 #[tokio::test]
 async fn a_rejected_request_publishes_event_payment_rejected() {
     let mut app = spawn_app().await;
-    let connection = amqp::connect(&amqp_url(), "observability events test")
-        .await
-        .expect("connect");
+    let connection = amqp::connect(
+        &amqp_url(),
+        "observability events test",
+        &Default::default(),
+    )
+    .await
+    .expect("connect");
     let channel = connection.create_channel().await.unwrap();
     let mut events = bound_consumer(&channel, &app, "event.#").await;
 

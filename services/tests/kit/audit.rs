@@ -9,7 +9,8 @@ use sqlx::Connection as _;
 use std::process::{Command, Output};
 use uuid::Uuid;
 
-fn audit(args: &[&str]) -> Output {
+/// Runs `baton-transaction audit` with `args`.
+pub fn audit(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_baton-transaction"))
         .arg("audit")
         .args(args)
@@ -39,6 +40,7 @@ async fn prepare(url: &str) -> Uuid {
             &format!("{paid}:authorization"),
             paid,
             "c-1",
+            "m-1",
             eur(1999),
             Ok(()),
         )
@@ -63,6 +65,7 @@ async fn prepare(url: &str) -> Uuid {
             &format!("{open}:authorization"),
             open,
             "c-2",
+            "m-1",
             eur(500),
             Ok(()),
         )
@@ -125,6 +128,138 @@ async fn audit_passes_a_clean_ledger_and_fails_a_duplicate_transfer() {
         "{text}"
     );
     assert!(text.contains("audit: PROBLEMS FOUND"), "{text}");
+}
+
+#[tokio::test]
+async fn audit_fails_a_transfer_unlike_its_hold_and_a_stale_hold() {
+    let scratch = Scratch::new();
+    let url = scratch.ledger_url();
+    let paid = prepare(&url).await;
+    let clean = audit(&["--ledger-url", &url]);
+    assert_eq!(clean.status.code(), Some(0), "{clean:?}");
+    let text = stdout(&clean);
+    assert!(
+        text.contains("open holds: 1\n"),
+        "a young open hold is listed: {text}"
+    );
+    assert!(text.contains("holds open longer than 1h: none\n"), "{text}");
+
+    // The forged capture of issue 9, as an old version stored it: the hold's payment,
+    // another customer and merchant, a huge amount (with balanced lines, so only the
+    // hold check can see it).
+    let mut db = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    sqlx::query(
+        "UPDATE transfers SET customer_id = 'c-victim', merchant_id = 'm-thief',
+            amount_minor = 5000000000, settlement_minor = 5000000000
+         WHERE payment_id = $1",
+    )
+    .bind(paid.to_string())
+    .execute(&mut db)
+    .await
+    .unwrap();
+    sqlx::query("UPDATE ledger_entries SET debit_minor = 5000000000 WHERE debit_minor = 1999")
+        .execute(&mut db)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE ledger_entries SET credit_minor = 5000000000 WHERE credit_minor = 1999")
+        .execute(&mut db)
+        .await
+        .unwrap();
+    // The open hold, placed 3 hours ago and never captured nor voided.
+    sqlx::query("UPDATE holds SET created_at = created_at - 10800000 WHERE status = 'held'")
+        .execute(&mut db)
+        .await
+        .unwrap();
+    let (transfer_id, hold_id): (String, String) =
+        sqlx::query_as("SELECT transfer_id, hold_id FROM transfers WHERE payment_id = $1")
+            .bind(paid.to_string())
+            .fetch_one(&mut db)
+            .await
+            .unwrap();
+    let (stale_hold, stale_payment): (String, String) =
+        sqlx::query_as("SELECT hold_id, payment_id FROM holds WHERE status = 'held'")
+            .fetch_one(&mut db)
+            .await
+            .unwrap();
+    db.close().await.unwrap();
+
+    let json = audit(&["--json", "--ledger-url", &url]);
+    assert_eq!(json.status.code(), Some(1), "{json:?}");
+    let report: Value = serde_json::from_str(&stdout(&json)).unwrap();
+    assert_eq!(report["balanced"], true, "{report}");
+    assert_eq!(report["duplicate_transfers"], serde_json::json!([]));
+    assert_eq!(
+        report["hold_mismatches"],
+        serde_json::json!([{"transfer_id": transfer_id, "payment_id": paid.to_string(),
+            "hold_id": hold_id, "fields": ["amount", "customer_id", "merchant_id"]}])
+    );
+    assert_eq!(report["max_hold_age_seconds"], 3600);
+    assert_eq!(report["open_holds"], 1);
+    let stale = &report["stale_holds"];
+    assert_eq!(stale[0]["hold_id"], stale_hold.as_str(), "{report}");
+    assert_eq!(stale[0]["payment_id"], stale_payment.as_str());
+    assert!(
+        stale[0]["age_seconds"].as_u64().unwrap() >= 10800,
+        "{report}"
+    );
+    assert_eq!(report["sound"], false);
+
+    let text = audit(&["--ledger-url", &url]);
+    assert_eq!(text.status.code(), Some(1), "{text:?}");
+    let text = stdout(&text);
+    assert!(
+        text.contains(&format!(
+            "transfer {transfer_id} of payment {paid} (hold {hold_id}): amount, customer_id, merchant_id"
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "hold {stale_hold} of payment {stale_payment}: open 3h"
+        )),
+        "{text}"
+    );
+    assert!(text.ends_with("audit: PROBLEMS FOUND\n"), "{text}");
+    // Field names, never the customers' or merchants' values.
+    assert!(
+        !text.contains("c-victim") && !text.contains("m-thief"),
+        "{text}"
+    );
+
+    // A longer limit spares the hold, not the forged transfer.
+    let lenient = audit(&["--json", "--max-hold-age", "4h", "--ledger-url", &url]);
+    assert_eq!(lenient.status.code(), Some(1), "{lenient:?}");
+    let report: Value = serde_json::from_str(&stdout(&lenient)).unwrap();
+    assert_eq!(report["stale_holds"], serde_json::json!([]));
+    assert_eq!(report["max_hold_age_seconds"], 14400);
+    assert_eq!(
+        report["hold_mismatches"][0]["transfer_id"],
+        transfer_id.as_str()
+    );
+}
+
+#[tokio::test]
+async fn a_stale_hold_alone_fails_the_audit() {
+    let scratch = Scratch::new();
+    let url = scratch.ledger_url();
+    prepare(&url).await;
+    let mut db = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    sqlx::query("UPDATE holds SET created_at = created_at - 7200000 WHERE status = 'held'")
+        .execute(&mut db)
+        .await
+        .unwrap();
+    db.close().await.unwrap();
+    let output = audit(&["--ledger-url", &url]);
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    let text = stdout(&output);
+    assert!(
+        text.contains("transfers differing from their hold: none\n"),
+        "{text}"
+    );
+    assert!(text.contains("holds open longer than 1h:\n"), "{text}");
+    assert!(text.ends_with("audit: PROBLEMS FOUND\n"), "{text}");
+    let spared = audit(&["--ledger-url", &url, "--max-hold-age", "3h"]);
+    assert_eq!(spared.status.code(), Some(0), "{spared:?}");
 }
 
 #[test]

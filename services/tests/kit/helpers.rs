@@ -3,7 +3,7 @@
 
 use baton_contract::amqp;
 use baton_contract::{
-    Action, CardNumber, CardView, Command, Currency, Money, Names, PaymentView, Reply,
+    Action, CardKeys, CardNumber, CardView, Command, Currency, Money, Names, PaymentView, Reply,
 };
 use baton_services::{ServiceConfig, ServiceKind};
 use futures_lite::StreamExt;
@@ -16,6 +16,13 @@ use uuid::Uuid;
 
 /// How long a test waits for something that should happen.
 pub const DEADLINE: Duration = Duration::from_secs(15);
+
+/// The card key of every kit test: risk services get it, and [`command`] fingerprints
+/// with it, as an orchestrator sharing risk's key file would.
+pub fn card_keys() -> CardKeys {
+    static KEYS: std::sync::OnceLock<CardKeys> = std::sync::OnceLock::new();
+    KEYS.get_or_init(|| CardKeys::generate("kit")).clone()
+}
 
 pub fn amqp_url() -> String {
     std::env::var("AMQP_URL").unwrap_or_else(|_| amqp::DEFAULT_AMQP_URL.to_owned())
@@ -47,6 +54,7 @@ impl Scratch {
             prefix: self.names.prefix().to_owned(),
             concurrency: 8,
             ledger_url: self.ledger_url(),
+            card_keys: Some(card_keys()),
             ..ServiceConfig::default()
         }
     }
@@ -80,8 +88,13 @@ pub fn command(kind: ServiceKind) -> Command {
                 currency: Currency::parse("EUR").unwrap(),
             },
             merchant_currency: Currency::parse("EUR").unwrap(),
+            // What the default workflow sends: the number to authorization only, a
+            // fingerprint to risk.
             card: CardView {
-                number: Some(CardNumber::new("4242424242424242")),
+                number: (kind == ServiceKind::Authorization)
+                    .then(|| CardNumber::new("4242424242424242")),
+                fingerprint: (kind == ServiceKind::Risk)
+                    .then(|| card_keys().fingerprint("4242424242424242")),
                 last4: "4242".into(),
                 expiry: "12/99".into(),
             },
@@ -100,7 +113,7 @@ pub struct Client {
 
 impl Client {
     pub async fn connect() -> Self {
-        let connection = amqp::connect(&amqp_url(), "baton-services-kit-test")
+        let connection = amqp::connect(&amqp_url(), "baton-services-kit-test", &Default::default())
             .await
             .expect("RabbitMQ must run at AMQP_URL");
         let channel = amqp::confirm_channel(&connection).await.unwrap();
