@@ -137,11 +137,12 @@ pub fn bounded(text: &str, max_chars: usize) -> String {
 /// Log targets that print message bodies, and the level they are held at. lapin logs
 /// the whole of every message the broker returns (an unroutable `mandatory` publish:
 /// a request parked towards a deleted retry queue carries a card number) at WARN, and
-/// every frame it handles at TRACE.
+/// every frame it handles at TRACE. The caps are levels, so `info` also keeps lapin's
+/// DEBUG chatter out of a default `info` log.
 pub const BODY_LOGGING_TARGETS: [(&str, &str); 3] = [
     ("lapin::returned_messages", "error"),
-    ("lapin::channels", "debug"),
-    ("lapin::frames", "debug"),
+    ("lapin::channels", "info"),
+    ("lapin::frames", "info"),
 ];
 
 /// The tracing filter directives for a process: `RUST_LOG` when it is set and not
@@ -416,19 +417,19 @@ mod tests {
     fn body_logging_targets_stay_capped_unless_named() {
         assert_eq!(
             log_filter(None, "info"),
-            "info,lapin::returned_messages=error,lapin::channels=debug,lapin::frames=debug"
+            "info,lapin::returned_messages=error,lapin::channels=info,lapin::frames=info"
         );
         assert_eq!(
             log_filter(Some("  "), "warn"),
-            "warn,lapin::returned_messages=error,lapin::channels=debug,lapin::frames=debug"
+            "warn,lapin::returned_messages=error,lapin::channels=info,lapin::frames=info"
         );
         assert_eq!(
             log_filter(Some("lapin=trace"), "info"),
-            "lapin=trace,lapin::returned_messages=error,lapin::channels=debug,lapin::frames=debug"
+            "lapin=trace,lapin::returned_messages=error,lapin::channels=info,lapin::frames=info"
         );
         assert_eq!(
             log_filter(Some("info,lapin::returned_messages=warn"), "info"),
-            "info,lapin::returned_messages=warn,lapin::channels=debug,lapin::frames=debug"
+            "info,lapin::returned_messages=warn,lapin::channels=info,lapin::frames=info"
         );
     }
 }

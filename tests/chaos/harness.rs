@@ -237,6 +237,16 @@ impl Cluster {
         crash_at: Option<&str>,
         shutdown_timeout_s: u64,
     ) -> Orchestrator {
+        self.orchestrator_with(crash_at, shutdown_timeout_s, &[])
+    }
+
+    /// [`Cluster::orchestrator`] with extra `baton run` arguments.
+    pub fn orchestrator_with(
+        &mut self,
+        crash_at: Option<&str>,
+        shutdown_timeout_s: u64,
+        extra: &[&str],
+    ) -> Orchestrator {
         self.spawned += 1;
         let log = self.dir.join(format!("orchestrator-{}.log", self.spawned));
         let http = free_port();
@@ -258,6 +268,7 @@ impl Cluster {
                 ),
             ])
             .args(["--shutdown-timeout", &shutdown_timeout_s.to_string()])
+            .args(extra)
             .env(
                 "AMQP_URL",
                 self.roles

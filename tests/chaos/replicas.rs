@@ -10,7 +10,14 @@ use uuid::Uuid;
 async fn three_replicas_one_killed_mid_run_every_payment_completes_once() {
     let _broker = BROKER.read().await;
     let mut cluster = Cluster::new(JournalStore::Postgres).await;
-    let mut replicas: Vec<_> = (0..3).map(|_| cluster.orchestrator(None, 30)).collect();
+    // 32 payments in flight per replica: what the in-process services on this machine's
+    // two cores answer within the authorization step's 5 s timeout. At the default 256
+    // per replica (768 at once) authorization's queue outgrows its timeout, retries and
+    // parkings pile up and payments take longer than this test's windows: an overload
+    // test, not the failover this one is about.
+    let mut replicas: Vec<_> = (0..3)
+        .map(|_| cluster.orchestrator_with(None, 30, &["--concurrency", "32"]))
+        .collect();
     let ids = cluster.publish_mixed(2000).await;
 
     // Kill one with SIGKILL once results are flowing.
