@@ -756,9 +756,24 @@ async fn reconnect(shared: &Shared, stopped: &mut watch::Receiver<bool>) -> Opti
     None
 }
 
+/// How long a shutdown waits for the commands in flight. A command still unfinished then
+/// is abandoned unacked: the broker redelivers it (to another instance) and the store
+/// answers the repeat, so a task stuck on a dead channel cannot hold a shutdown forever.
+pub const SHUTDOWN_DRAIN: Duration = Duration::from_secs(30);
+
 async fn drain(tasks: &mut JoinSet<()>) {
-    while let Some(done) = tasks.join_next().await {
-        log_task_end(done);
+    let finished = tokio::time::timeout(SHUTDOWN_DRAIN, async {
+        while let Some(done) = tasks.join_next().await {
+            log_task_end(done);
+        }
+    })
+    .await;
+    if finished.is_err() {
+        tracing::warn!(
+            left = tasks.len(),
+            "commands still unfinished at the shutdown deadline: abandoned unacked, the broker redelivers them"
+        );
+        tasks.shutdown().await;
     }
 }
 
@@ -1022,6 +1037,22 @@ async fn nack_requeue(delivery: &Delivery) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_shutdown_drain_waits_for_commands_up_to_its_deadline_only() {
+        let mut tasks = JoinSet::new();
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+        tasks.spawn(async move {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let _ = done_tx.send(());
+        });
+        tasks.spawn(std::future::pending::<()>());
+        let started = tokio::time::Instant::now();
+        drain(&mut tasks).await;
+        assert_eq!(started.elapsed(), SHUTDOWN_DRAIN, "stopped at the deadline");
+        assert!(tasks.is_empty(), "the stuck task was abandoned");
+        assert!(done_rx.await.is_ok(), "the finishing one finished first");
+    }
 
     #[test]
     fn decode_problems_never_echo_card_numbers() {

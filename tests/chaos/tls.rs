@@ -6,7 +6,7 @@
 //! The node boots in about 6 s; the tests running at the same time share it, and the last
 //! one to finish stops it.
 
-use crate::harness::{http_get, BROKER};
+use crate::harness::{free_port, http_get, BROKER};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex, Weak};
@@ -16,14 +16,6 @@ use uuid::Uuid;
 /// What a connect may take before "fails fast" is a lie: the handshake is local and the
 /// process does not retry at start.
 const FAST: Duration = Duration::from_secs(10);
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn temp_dir(what: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!(
