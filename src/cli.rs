@@ -108,6 +108,12 @@ pub enum Command {
     /// definitions, hash-password)
     #[command(subcommand)]
     Broker(crate::broker::BrokerCommand),
+    /// Running sagas: those nobody drives any more, and settling one by hand
+    #[command(subcommand)]
+    Sagas(crate::journal_tools::SagasCommand),
+    /// Journal maintenance (prune finished sagas)
+    #[command(subcommand)]
+    Journal(crate::journal_tools::JournalCommand),
 }
 
 /// The journal option, shared by `run` and `status`.
@@ -241,6 +247,13 @@ pub struct RunArgs {
         hide_env_values = true
     )]
     pub shutdown_timeout: u64,
+
+    /// How long a running saga stays leased to this replica without a renewal (renewed
+    /// every fifth of it). A saga whose lease ran out — its owner died and its request is
+    /// gone, or it was dead-lettered mid-saga — is finished by any replica's sweeper:
+    /// compensated, `failed`, reason `abandoned`. Longer than any parking tier needs not be.
+    #[arg(long, env = "BATON_SAGA_LEASE", default_value = "5m", value_parser = humantime::parse_duration, hide_env_values = true)]
+    pub saga_lease: Duration,
 
     /// This replica's id (in its reply queue's name) [default: random]
     #[arg(long, env = "BATON_INSTANCE", value_parser = parse_prefix, hide_env_values = true)]
@@ -459,6 +472,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             crate::tools::run(&cli.common.amqp_url, &tls, &names, &queue, command).await
         }
         Command::Broker(command) => crate::broker::run(&cli.common.prefix, command).await,
+        Command::Sagas(command) => crate::journal_tools::sagas(command).await,
+        Command::Journal(command) => crate::journal_tools::journal(command).await,
         Command::Workflow(WorkflowCommand::Check { file }) => {
             let workflow = load_workflow(file.as_deref())?;
             for step in workflow.steps() {
@@ -540,6 +555,7 @@ async fn run_orchestrator(common: &Common, names: Names, args: RunArgs) -> anyho
         max_amount_minor: args.max_amount_minor,
     };
     settings.shutdown_timeout = Duration::from_secs(args.shutdown_timeout);
+    settings.saga_lease = args.saga_lease;
     settings.service_users = args.service_users.into_iter().collect();
     settings.require_verified_senders = args.require_verified_senders;
     settings.http_token_file = args.http_token_file;

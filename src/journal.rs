@@ -16,7 +16,12 @@
 //! work), not the money ledger (services keep their own effects, idempotent by
 //! `command_id`), and not a store of the request: it keeps a [`PaymentSummary`], which
 //! has no card number (the last four digits at most), so the full request cannot be
-//! rebuilt from it. It does not lease payments to replicas; the broker's delivery does.
+//! rebuilt from it. Work is handed out by the broker's delivery, not by the journal; but
+//! every running saga carries a **lease** (`lease_until`): the process running it renews
+//! it, a parked saga's lease covers its parking delay, and a saga whose lease ran out has
+//! nobody driving it (its request was lost, dead-lettered past the delivery limit, or its
+//! owner died and the request is gone). The sweeper ([`Journal::stuck`],
+//! [`Journal::claim`]) finds those and drives them to an end.
 //!
 //! **Backends.** `sqlite://path` (created if missing; WAL, `synchronous=FULL`) for one
 //! machine, or `postgres://…` shared by many replicas. On SQLite every write goes through
@@ -35,6 +40,7 @@ use serde_json::{Map, Value};
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{Any, AnyConnection, AnyPool, Connection as _, Row};
 use std::fmt;
+use std::time::{Duration, SystemTime};
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
@@ -191,7 +197,8 @@ const SCHEMA: &[&str] = &[
         updated_at TEXT NOT NULL,
         result TEXT,
         parked BIGINT NOT NULL,
-        last_seq BIGINT NOT NULL
+        last_seq BIGINT NOT NULL,
+        lease_until TEXT
     )",
     "CREATE TABLE IF NOT EXISTS journal_entries (
         payment_id TEXT NOT NULL,
@@ -205,6 +212,23 @@ const SCHEMA: &[&str] = &[
     "CREATE UNIQUE INDEX IF NOT EXISTS journal_entries_in_order
         ON journal_entries (payment_id, seq)",
 ];
+
+/// Statements run after [`SCHEMA`] and [`SAGA_COLUMNS_ADDED`]: they name columns an older
+/// journal gains on open.
+const SCHEMA_AFTER_MIGRATION: &[&str] = &[
+    // The sweeper's and the metrics' question: which sagas are running, oldest lease first.
+    "CREATE INDEX IF NOT EXISTS journal_sagas_running
+        ON journal_sagas (lease_until) WHERE result IS NULL",
+];
+
+/// Columns of `journal_sagas` added after its first release: a journal created by an older
+/// version gets them on open. Running sagas of an old journal get a lease from the time of
+/// the upgrade, so the sweeper leaves them one lease to an old process still running them.
+const SAGA_COLUMNS_ADDED: &[(&str, &str)] = &[("lease_until", "TEXT")];
+
+/// How long a running saga stays leased to whoever runs it without a renewal: the
+/// default of `--saga-lease`.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(300);
 
 /// Key of the PostgreSQL advisory lock that serialises schema creation ("batonjnl").
 const SCHEMA_LOCK: i64 = 0x6261_746f_6e6a_6e6c;
@@ -245,6 +269,39 @@ pub struct Journal {
     writer: Option<mpsc::Sender<(Job, Done)>>,
     /// The URL, password removed.
     url: String,
+    /// How long a begun saga is leased before it needs a renewal ([`Journal::renew`]).
+    lease: Duration,
+}
+
+/// A running saga whose lease ran out: nobody is driving it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct StuckSaga {
+    /// The payment.
+    pub payment_id: Uuid,
+    /// When it was begun, RFC 3339 UTC.
+    pub started_at: String,
+    /// When its lease ran out, RFC 3339 UTC.
+    pub lease_until: String,
+    /// How many times it was parked.
+    pub parked: u32,
+}
+
+/// How many sagas are running, and since when the oldest.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RunningSagas {
+    /// Sagas without a result.
+    pub count: u64,
+    /// `started_at` of the oldest of them.
+    pub oldest_started_at: Option<String>,
+}
+
+/// What [`Journal::prune`] deleted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Pruned {
+    /// Finished sagas deleted.
+    pub sagas: u64,
+    /// Their entries.
+    pub entries: u64,
 }
 
 /// A write for the SQLite writer task.
@@ -253,6 +310,7 @@ enum Job {
         id: String,
         summary: String,
         now: String,
+        lease_until: String,
     },
     Record {
         payment_id: Uuid,
@@ -265,6 +323,22 @@ enum Job {
     },
     Park {
         payment_id: Uuid,
+        lease_until: String,
+    },
+    /// Renew the leases of these running sagas.
+    Renew {
+        ids: Vec<String>,
+        lease_until: String,
+    },
+    /// Take over a saga whose lease ran out.
+    Claim {
+        id: String,
+        now: String,
+        lease_until: String,
+    },
+    /// Delete finished sagas older than the cutoff.
+    Prune {
+        before: String,
     },
 }
 
@@ -275,6 +349,9 @@ enum Written {
     Recorded(JournalEntry),
     Finished(PaymentResult),
     Parked(u32),
+    /// Rows changed (renewed, claimed).
+    Changed(u64),
+    Pruned(Pruned),
 }
 
 type Done = oneshot::Sender<Result<Written, JournalError>>;
@@ -291,6 +368,27 @@ fn fresh(payment_id: Uuid, summary: &PaymentSummary, now: &str) -> SagaRecord {
         parked: 0,
     }
 }
+
+/// `now + d` as the journal writes times: RFC 3339 UTC with milliseconds, a fixed width, so
+/// that times compare as text on both backends.
+fn time_after(d: Duration) -> String {
+    stamp(SystemTime::now() + d)
+}
+
+fn stamp(t: SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+/// Statement text with `$from..$from+n` placeholders, comma-separated.
+fn placeholders(from: usize, n: usize) -> String {
+    (from..from + n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Ids renewed per statement.
+const RENEW_CHUNK: usize = 500;
 
 /// Largest number of writes committed together.
 const MAX_BATCH: usize = 512;
@@ -358,20 +456,24 @@ async fn run_job(
             id,
             summary,
             now: started,
+            lease_until,
         } => {
-            let inserted = sqlx::query(
-                "INSERT INTO journal_sagas
-                    (payment_id, summary, started_at, updated_at, result, parked, last_seq)
-                 VALUES ($1, $2, $3, $4, NULL, 0, 0)
-                 ON CONFLICT (payment_id) DO NOTHING",
-            )
-            .bind(id)
-            .bind(summary)
-            .bind(started)
-            .bind(started)
-            .execute(&mut *connection)
-            .await?
-            .rows_affected();
+            let inserted = sqlx::query(BEGIN_INSERT)
+                .bind(id)
+                .bind(summary)
+                .bind(started)
+                .bind(started)
+                .bind(lease_until)
+                .execute(&mut *connection)
+                .await?
+                .rows_affected();
+            if inserted == 0 {
+                sqlx::query(BEGIN_RENEW)
+                    .bind(lease_until)
+                    .bind(id)
+                    .execute(&mut *connection)
+                    .await?;
+            }
             Ok(Written::Begun(inserted == 1))
         }
         Job::Record {
@@ -444,16 +546,16 @@ async fn run_job(
                     .map_err(|e| corrupt(*payment_id, format!("result: {e}"))),
             }
         }
-        Job::Park { payment_id } => {
-            let Some(row) = sqlx::query(
-                "UPDATE journal_sagas SET parked = parked + 1, updated_at = $1
-                 WHERE payment_id = $2
-                 RETURNING parked",
-            )
-            .bind(&now)
-            .bind(payment_id.to_string())
-            .fetch_optional(&mut *connection)
-            .await?
+        Job::Park {
+            payment_id,
+            lease_until,
+        } => {
+            let Some(row) = sqlx::query(PARK)
+                .bind(&now)
+                .bind(lease_until)
+                .bind(payment_id.to_string())
+                .fetch_optional(&mut *connection)
+                .await?
             else {
                 return Ok(Err(not_begun(*payment_id)));
             };
@@ -462,7 +564,95 @@ async fn run_job(
                 .map(Written::Parked)
                 .map_err(|_| corrupt(*payment_id, format!("parked count {parked}")))
         }
+        Job::Renew { ids, lease_until } => {
+            let mut changed = 0;
+            for chunk in ids.chunks(RENEW_CHUNK) {
+                let text = renew_text(chunk.len());
+                changed += renew_query(&text, chunk, lease_until)
+                    .execute(&mut *connection)
+                    .await?
+                    .rows_affected();
+            }
+            Ok(Written::Changed(changed))
+        }
+        Job::Claim {
+            id,
+            now,
+            lease_until,
+        } => {
+            let changed = sqlx::query(CLAIM)
+                .bind(lease_until)
+                .bind(id)
+                .bind(now)
+                .execute(&mut *connection)
+                .await?
+                .rows_affected();
+            Ok(Written::Changed(changed))
+        }
+        Job::Prune { before } => Ok(Written::Pruned(prune_in(&mut *connection, before).await?)),
     })
+}
+
+/// Creates a saga, or does nothing if it exists (then [`BEGIN_RENEW`] renews its lease).
+const BEGIN_INSERT: &str = "INSERT INTO journal_sagas
+        (payment_id, summary, started_at, updated_at, result, parked, last_seq, lease_until)
+     VALUES ($1, $2, $3, $4, NULL, 0, 0, $5)
+     ON CONFLICT (payment_id) DO NOTHING";
+
+/// A saga begun again (a redelivery, a parked request back): whoever runs it now holds it.
+const BEGIN_RENEW: &str =
+    "UPDATE journal_sagas SET lease_until = $1 WHERE payment_id = $2 AND result IS NULL";
+
+/// A parked saga is leased until it should be back, plus one lease.
+const PARK: &str = "UPDATE journal_sagas SET parked = parked + 1, updated_at = $1, lease_until = $2
+     WHERE payment_id = $3
+     RETURNING parked";
+
+/// Takes over a saga only if its lease has run out; the condition is checked again under
+/// the row's lock (PostgreSQL, READ COMMITTED) or the write lock (SQLite), so of two
+/// sweepers one claims it.
+const CLAIM: &str = "UPDATE journal_sagas SET lease_until = $1
+     WHERE payment_id = $2 AND result IS NULL AND lease_until < $3";
+
+/// The statement renewing `n` sagas' leases, for [`renew_query`].
+fn renew_text(n: usize) -> String {
+    format!(
+        "UPDATE journal_sagas SET lease_until = $1
+         WHERE result IS NULL AND payment_id IN ({})",
+        placeholders(2, n)
+    )
+}
+
+fn renew_query<'q>(
+    text: &'q str,
+    ids: &'q [String],
+    lease_until: &'q str,
+) -> sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>> {
+    let mut query = sqlx::query(text).bind(lease_until);
+    for id in ids {
+        query = query.bind(id);
+    }
+    query
+}
+
+/// Deletes finished sagas (and their entries) last changed before `before`; never a
+/// running one.
+async fn prune_in(connection: &mut AnyConnection, before: &str) -> Result<Pruned, sqlx::Error> {
+    let entries = sqlx::query(
+        "DELETE FROM journal_entries WHERE payment_id IN
+            (SELECT payment_id FROM journal_sagas WHERE result IS NOT NULL AND updated_at < $1)",
+    )
+    .bind(before)
+    .execute(&mut *connection)
+    .await?
+    .rows_affected();
+    let sagas =
+        sqlx::query("DELETE FROM journal_sagas WHERE result IS NOT NULL AND updated_at < $1")
+            .bind(before)
+            .execute(&mut *connection)
+            .await?
+            .rows_affected();
+    Ok(Pruned { sagas, entries })
 }
 
 impl fmt::Debug for Journal {
@@ -614,7 +804,21 @@ impl Journal {
             pool,
             writer,
             url: redact(url),
+            lease: DEFAULT_LEASE,
         })
+    }
+
+    /// The same journal, leasing begun sagas for `lease` (default [`DEFAULT_LEASE`]). A
+    /// process renews the sagas it runs ([`Journal::renew`]) well within it; a saga whose
+    /// lease ran out is the sweeper's.
+    pub fn with_lease(mut self, lease: Duration) -> Self {
+        self.lease = lease;
+        self
+    }
+
+    /// How long a begun saga stays leased without a renewal.
+    pub fn lease(&self) -> Duration {
+        self.lease
     }
 
     /// Hands a write to the SQLite writer and waits until it is committed.
@@ -644,12 +848,14 @@ impl Journal {
         let text = serde_json::to_string(summary)
             .map_err(|e| corrupt(payment_id, format!("summary: {e}")))?;
         let now = now();
+        let lease_until = time_after(self.lease);
         if self.writer.is_some() {
             let created = self
                 .write(Job::Begin {
                     id: payment_id.to_string(),
                     summary: text,
                     now: now.clone(),
+                    lease_until,
                 })
                 .await?;
             if matches!(created, Written::Begun(true)) {
@@ -661,22 +867,23 @@ impl Journal {
                 .await?
                 .ok_or_else(|| not_begun(payment_id));
         }
-        let inserted = sqlx::query(
-            "INSERT INTO journal_sagas
-                (payment_id, summary, started_at, updated_at, result, parked, last_seq)
-             VALUES ($1, $2, $3, $4, NULL, 0, 0)
-             ON CONFLICT (payment_id) DO NOTHING",
-        )
-        .bind(payment_id.to_string())
-        .bind(text)
-        .bind(&now)
-        .bind(&now)
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
+        let inserted = sqlx::query(BEGIN_INSERT)
+            .bind(payment_id.to_string())
+            .bind(text)
+            .bind(&now)
+            .bind(&now)
+            .bind(&lease_until)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
         if inserted == 1 {
             return Ok(fresh(payment_id, summary, &now));
         }
+        sqlx::query(BEGIN_RENEW)
+            .bind(&lease_until)
+            .bind(payment_id.to_string())
+            .execute(&self.pool)
+            .await?;
         self.load(payment_id)
             .await?
             // Saga rows are never deleted, so the row inserted or found is still there.
@@ -868,26 +1075,160 @@ impl Journal {
 
     /// Counts one more time `payment_id` was parked (set aside to be retried later, for
     /// instance because a step's service is unavailable) and returns the new count. The
-    /// saga must have been begun.
-    pub async fn park(&self, payment_id: Uuid) -> Result<u32, JournalError> {
+    /// saga must have been begun. Its lease is extended to `back_within` (when the
+    /// parked request should be back) plus one lease: nobody holds it meanwhile, and the
+    /// sweeper only takes it if the request does not come back.
+    pub async fn park(&self, payment_id: Uuid, back_within: Duration) -> Result<u32, JournalError> {
+        let lease_until = time_after(back_within + self.lease);
         if self.writer.is_some() {
-            return match self.write(Job::Park { payment_id }).await? {
+            return match self
+                .write(Job::Park {
+                    payment_id,
+                    lease_until,
+                })
+                .await?
+            {
                 Written::Parked(count) => Ok(count),
                 _ => Err(corrupt(payment_id, "the writer answered another write")),
             };
         }
-        let row = sqlx::query(
-            "UPDATE journal_sagas SET parked = parked + 1, updated_at = $1
-             WHERE payment_id = $2
-             RETURNING parked",
-        )
-        .bind(now())
-        .bind(payment_id.to_string())
-        .fetch_optional(&self.pool)
-        .await?
-        .ok_or_else(|| not_begun(payment_id))?;
+        let row = sqlx::query(PARK)
+            .bind(now())
+            .bind(&lease_until)
+            .bind(payment_id.to_string())
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(|| not_begun(payment_id))?;
         let parked: i64 = row.try_get(0)?;
         u32::try_from(parked).map_err(|_| corrupt(payment_id, format!("parked count {parked}")))
+    }
+
+    /// Renews the leases of `payment_ids` (the running sagas of this process) for one
+    /// more lease; finished ones are left alone. Returns how many were renewed.
+    pub async fn renew(&self, payment_ids: &[Uuid]) -> Result<u64, JournalError> {
+        self.set_lease(payment_ids, time_after(self.lease)).await
+    }
+
+    /// Ends the lease of `payment_id` now, if it is running: the next sweep of any
+    /// orchestrator finishes it (`baton sagas finish`). `false` if it is not running.
+    pub async fn expire(&self, payment_id: Uuid) -> Result<bool, JournalError> {
+        let expired = stamp(SystemTime::UNIX_EPOCH);
+        Ok(self.set_lease(&[payment_id], expired).await? == 1)
+    }
+
+    async fn set_lease(
+        &self,
+        payment_ids: &[Uuid],
+        lease_until: String,
+    ) -> Result<u64, JournalError> {
+        if payment_ids.is_empty() {
+            return Ok(0);
+        }
+        let ids: Vec<String> = payment_ids.iter().map(Uuid::to_string).collect();
+        if self.writer.is_some() {
+            return match self.write(Job::Renew { ids, lease_until }).await? {
+                Written::Changed(n) => Ok(n),
+                _ => Err(JournalError::Database(sqlx::Error::Protocol(
+                    "the writer answered another write".into(),
+                ))),
+            };
+        }
+        let mut changed = 0;
+        for chunk in ids.chunks(RENEW_CHUNK) {
+            let text = renew_text(chunk.len());
+            changed += renew_query(&text, chunk, &lease_until)
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
+        }
+        Ok(changed)
+    }
+
+    /// Running sagas whose lease ran out before `now`, oldest lease first, at most `limit`.
+    pub async fn stuck(&self, limit: u32) -> Result<Vec<StuckSaga>, JournalError> {
+        let rows = sqlx::query(
+            "SELECT payment_id, started_at, lease_until, parked FROM journal_sagas
+             WHERE result IS NULL AND lease_until < $1
+             ORDER BY lease_until LIMIT $2",
+        )
+        .bind(now())
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let id: String = row.try_get(0)?;
+                let payment_id = Uuid::parse_str(&id)
+                    .map_err(|e| JournalError::Database(sqlx::Error::Decode(Box::new(e))))?;
+                let parked: i64 = row.try_get(3)?;
+                Ok(StuckSaga {
+                    payment_id,
+                    started_at: row.try_get(1)?,
+                    lease_until: row.try_get(2)?,
+                    parked: u32::try_from(parked).unwrap_or(u32::MAX),
+                })
+            })
+            .collect()
+    }
+
+    /// Takes over `payment_id` for one lease if it is running and its lease ran out;
+    /// `false` if it is finished, leased (someone runs it), or another sweeper was first.
+    pub async fn claim(&self, payment_id: Uuid) -> Result<bool, JournalError> {
+        let id = payment_id.to_string();
+        let now = now();
+        let lease_until = time_after(self.lease);
+        if self.writer.is_some() {
+            return match self
+                .write(Job::Claim {
+                    id,
+                    now,
+                    lease_until,
+                })
+                .await?
+            {
+                Written::Changed(n) => Ok(n == 1),
+                _ => Err(corrupt(payment_id, "the writer answered another write")),
+            };
+        }
+        let changed = sqlx::query(CLAIM)
+            .bind(&lease_until)
+            .bind(&id)
+            .bind(&now)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        Ok(changed == 1)
+    }
+
+    /// How many sagas are running and when the oldest began.
+    pub async fn running(&self) -> Result<RunningSagas, JournalError> {
+        let row =
+            sqlx::query("SELECT COUNT(*), MIN(started_at) FROM journal_sagas WHERE result IS NULL")
+                .fetch_one(&self.pool)
+                .await?;
+        let count: i64 = row.try_get(0)?;
+        Ok(RunningSagas {
+            count: u64::try_from(count).unwrap_or(0),
+            oldest_started_at: row.try_get(1)?,
+        })
+    }
+
+    /// Deletes finished sagas, with their entries, last changed more than `older_than`
+    /// ago. Running sagas are never deleted, however old.
+    pub async fn prune(&self, older_than: Duration) -> Result<Pruned, JournalError> {
+        let before = stamp(SystemTime::now() - older_than);
+        if self.writer.is_some() {
+            return match self.write(Job::Prune { before }).await? {
+                Written::Pruned(pruned) => Ok(pruned),
+                _ => Err(JournalError::Database(sqlx::Error::Protocol(
+                    "the writer answered another write".into(),
+                ))),
+            };
+        }
+        let mut tx = self.pool.begin().await?;
+        let pruned = prune_in(&mut tx, &before).await?;
+        tx.commit().await?;
+        Ok(pruned)
     }
 
     /// The record of `payment_id`, or `None` if it was never begun.
@@ -968,7 +1309,59 @@ async fn create_schema(pool: &AnyPool, backend: Backend) -> Result<(), sqlx::Err
     for statement in SCHEMA {
         sqlx::query(statement).execute(&mut *tx).await?;
     }
+    let postgres = backend == Backend::Postgres;
+    for (column, kind) in SAGA_COLUMNS_ADDED {
+        if sagas_have_column(&mut tx, postgres, column).await? {
+            continue;
+        }
+        let added = sqlx::query(&format!(
+            "ALTER TABLE journal_sagas ADD COLUMN {column} {kind}"
+        ))
+        .execute(&mut *tx)
+        .await;
+        // Two SQLite processes may both have seen the column missing (a deferred
+        // transaction takes the write lock only at its first write): the loser's
+        // `ADD COLUMN` fails, and the column is there. PostgreSQL holds the advisory lock.
+        if let Err(e) = added {
+            if postgres || !sagas_have_column(&mut tx, postgres, column).await? {
+                return Err(e);
+            }
+        }
+    }
+    // Running sagas from before leases (or begun by an older process still running).
+    sqlx::query(
+        "UPDATE journal_sagas SET lease_until = $1 WHERE lease_until IS NULL AND result IS NULL",
+    )
+    .bind(time_after(DEFAULT_LEASE))
+    .execute(&mut *tx)
+    .await?;
+    for statement in SCHEMA_AFTER_MIGRATION {
+        sqlx::query(statement).execute(&mut *tx).await?;
+    }
     tx.commit().await
+}
+
+/// Whether `journal_sagas` has `column` (SQLite has no `ADD COLUMN IF NOT EXISTS`). Asked
+/// inside the schema transaction, which holds the write lock (SQLite) or the advisory lock
+/// (PostgreSQL): two openers cannot both add it.
+async fn sagas_have_column(
+    conn: &mut AnyConnection,
+    postgres: bool,
+    column: &str,
+) -> Result<bool, sqlx::Error> {
+    let query = if postgres {
+        "SELECT COUNT(*) FROM information_schema.columns
+         WHERE table_schema = current_schema() AND table_name = 'journal_sagas'
+           AND column_name = $1"
+    } else {
+        "SELECT COUNT(*) FROM pragma_table_info('journal_sagas') WHERE name = $1"
+    };
+    let count: i64 = sqlx::query(query)
+        .bind(column)
+        .fetch_one(&mut *conn)
+        .await?
+        .try_get(0)?;
+    Ok(count > 0)
 }
 
 #[cfg(test)]
@@ -1280,9 +1673,9 @@ mod tests {
             declined
         );
 
-        assert_eq!(journal.park(payment_id).await.unwrap(), 1);
-        assert_eq!(journal.park(payment_id).await.unwrap(), 2);
-        assert_eq!(journal.park(payment_id).await.unwrap(), 3);
+        assert_eq!(journal.park(payment_id, Duration::ZERO).await.unwrap(), 1);
+        assert_eq!(journal.park(payment_id, Duration::ZERO).await.unwrap(), 2);
+        assert_eq!(journal.park(payment_id, Duration::ZERO).await.unwrap(), 3);
 
         let record = journal.load(payment_id).await.unwrap().unwrap();
         assert_eq!(record.entries, stored);
@@ -1320,7 +1713,7 @@ mod tests {
                 .finish(stranger, &result(stranger, Status::Failed, Some("x")))
                 .await
                 .unwrap_err(),
-            journal.park(stranger).await.unwrap_err(),
+            journal.park(stranger, Duration::ZERO).await.unwrap_err(),
             journal
                 .finish(payment_id, &result(stranger, Status::Failed, Some("x")))
                 .await
@@ -1470,6 +1863,150 @@ mod tests {
         corrupt_rows_are_reported(&journal).await;
         journal.close().await;
         replicas_race(db).await;
+    }
+
+    /// Leases: a begun saga is leased, renewals and a redelivery keep it, a parked one
+    /// is leased past its delay, one whose lease ran out is stuck until a single claimer
+    /// takes it; prune deletes finished sagas only.
+    async fn leases_claims_and_prune(db: &TestDb) {
+        // Times are millisecond stamps: a lease of 1 ms has surely run out 20 ms later.
+        let lapse = || tokio::time::sleep(Duration::from_millis(20));
+        let short = db.open().await.with_lease(Duration::from_millis(1));
+        let long = short.clone().with_lease(Duration::from_secs(3600));
+        let (a, b, c) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+        short.begin(a, &summary()).await.unwrap();
+        short
+            .record(a, &approved("authorization", "h-a"))
+            .await
+            .unwrap();
+        short.begin(b, &summary()).await.unwrap();
+        short
+            .finish(b, &result(b, Status::Completed, None))
+            .await
+            .unwrap();
+        long.begin(c, &summary()).await.unwrap();
+        lapse().await;
+        let stuck: Vec<Uuid> = short
+            .stuck(10)
+            .await
+            .unwrap()
+            .iter()
+            .map(|s| s.payment_id)
+            .collect();
+        assert_eq!(stuck, vec![a], "only the running saga whose lease ran out");
+        let running = short.running().await.unwrap();
+        assert_eq!(running.count, 2, "a and c run; b is finished");
+        assert!(running.oldest_started_at.is_some());
+
+        // The owner's renewal keeps it; a finished saga is not renewed.
+        assert_eq!(long.renew(&[a, b]).await.unwrap(), 1);
+        assert!(short.stuck(10).await.unwrap().is_empty());
+
+        // Ended by hand, it is stuck; of two claimers one takes it, then it is leased.
+        assert!(short.expire(a).await.unwrap());
+        assert!(
+            !short.expire(b).await.unwrap(),
+            "a finished saga has no lease"
+        );
+        let other = long.clone();
+        let (first, second) = tokio::join!(long.claim(a), other.claim(a));
+        assert!(
+            first.unwrap() ^ second.unwrap(),
+            "exactly one claimer takes it"
+        );
+        assert!(!long.claim(a).await.unwrap(), "leased now");
+        assert!(!long.claim(b).await.unwrap(), "finished");
+        assert!(short.stuck(10).await.unwrap().is_empty());
+
+        // A redelivery (begin again) takes it back from an expired lease.
+        short.expire(a).await.unwrap();
+        long.begin(a, &summary()).await.unwrap();
+        assert!(short.stuck(10).await.unwrap().is_empty());
+
+        // Parked: leased until it should be back, plus a lease.
+        short.park(a, Duration::ZERO).await.unwrap();
+        lapse().await;
+        assert_eq!(short.stuck(10).await.unwrap().len(), 1);
+        short.park(a, Duration::from_secs(60)).await.unwrap();
+        assert!(short.stuck(10).await.unwrap().is_empty());
+
+        // Prune: finished sagas only, and only those old enough.
+        short
+            .finish(a, &result(a, Status::Failed, Some("x")))
+            .await
+            .unwrap();
+        assert_eq!(
+            short.prune(Duration::from_secs(3600)).await.unwrap(),
+            Pruned::default()
+        );
+        lapse().await;
+        let pruned = short.prune(Duration::from_millis(1)).await.unwrap();
+        assert_eq!(
+            pruned,
+            Pruned {
+                sagas: 2,
+                entries: 1
+            }
+        );
+        assert!(short.load(a).await.unwrap().is_none());
+        assert!(short.load(b).await.unwrap().is_none());
+        assert!(
+            short.load(c).await.unwrap().is_some(),
+            "running: never pruned"
+        );
+        assert_eq!(short.running().await.unwrap().count, 1);
+        short.close().await;
+    }
+
+    /// A journal created before leases: opening it adds the column and gives its running
+    /// sagas a lease from now, so the sweeper does not take them at once.
+    async fn an_old_journal_gains_leases(db: &TestDb) {
+        sqlx::any::install_default_drivers();
+        let url = with_create_mode(&db.url());
+        let mut conn = sqlx::AnyConnection::connect(&url).await.unwrap();
+        for statement in [
+            "CREATE TABLE journal_sagas (payment_id TEXT PRIMARY KEY, summary TEXT NOT NULL,
+                started_at TEXT NOT NULL, updated_at TEXT NOT NULL, result TEXT,
+                parked BIGINT NOT NULL, last_seq BIGINT NOT NULL)",
+            "CREATE TABLE journal_entries (payment_id TEXT NOT NULL, step TEXT NOT NULL,
+                action TEXT NOT NULL, seq BIGINT NOT NULL, recorded_at TEXT NOT NULL,
+                body TEXT NOT NULL, PRIMARY KEY (payment_id, step, action))",
+        ] {
+            sqlx::query(statement).execute(&mut conn).await.unwrap();
+        }
+        let old = Uuid::new_v4();
+        sqlx::query(
+            "INSERT INTO journal_sagas VALUES ($1, $2, '2026-01-01T00:00:00.000Z',
+                '2026-01-01T00:00:00.000Z', NULL, 0, 0)",
+        )
+        .bind(old.to_string())
+        .bind(serde_json::to_string(&summary()).unwrap())
+        .execute(&mut conn)
+        .await
+        .unwrap();
+        conn.close().await.unwrap();
+
+        let journal = db.open().await;
+        assert!(
+            journal.stuck(10).await.unwrap().is_empty(),
+            "leased from the upgrade"
+        );
+        assert_eq!(journal.running().await.unwrap().count, 1);
+        assert!(journal.expire(old).await.unwrap(), "the column is there");
+        assert_eq!(journal.stuck(10).await.unwrap()[0].payment_id, old);
+        journal.close().await;
+    }
+
+    #[tokio::test]
+    async fn sqlite_journal_leases_its_running_sagas() {
+        leases_claims_and_prune(&TestDb::sqlite()).await;
+        an_old_journal_gains_leases(&TestDb::sqlite()).await;
+    }
+
+    #[tokio::test]
+    async fn postgres_journal_leases_its_running_sagas() {
+        leases_claims_and_prune(&TestDb::postgres().await).await;
+        an_old_journal_gains_leases(&TestDb::postgres().await).await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -16,6 +16,7 @@ pub mod client;
 pub mod crash;
 pub mod demo;
 pub mod journal;
+pub mod journal_tools;
 pub mod load;
 pub mod metrics;
 pub mod orchestrator;

@@ -54,6 +54,25 @@ pub struct Metrics {
     /// `baton_events_dropped_total`: saga events not published (publisher behind or
     /// disconnected); payments are never held up for them.
     pub events_dropped: IntCounter,
+    /// `baton_sagas_running`: sagas in the journal without a result (all replicas),
+    /// as this process's sweeper last counted them.
+    pub sagas_running: IntGauge,
+    /// `baton_saga_oldest_running_seconds`: age of the oldest of them (0 when none).
+    pub saga_oldest_running_seconds: prometheus::Gauge,
+    /// `baton_sagas_swept_total{result}`: sagas whose lease ran out that this process
+    /// took over and finished (`finished`), or could not finish yet (`left`).
+    pub sagas_swept: IntCounterVec,
+    /// `baton_client_replies_unroutable_total`: results or rejections whose client
+    /// `reply_to` queue no longer existed (the client went away; nothing else changes).
+    pub client_replies_unroutable: IntCounter,
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str) -> prometheus::Gauge {
+    let g = prometheus::Gauge::new(name, help).expect("valid metric name");
+    registry
+        .register(Box::new(g.clone()))
+        .expect("registered once");
+    g
 }
 
 fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
@@ -213,6 +232,39 @@ impl Metrics {
                 &registry,
                 "baton_events_dropped_total",
                 "Saga events not published because the publisher fell behind or was disconnected",
+            ),
+            sagas_running: {
+                let g = IntGauge::new(
+                    "baton_sagas_running",
+                    "Sagas in the journal without a result, all replicas",
+                )
+                .expect("valid gauge");
+                registry
+                    .register(Box::new(g.clone()))
+                    .expect("registered once");
+                g
+            },
+            saga_oldest_running_seconds: gauge(
+                &registry,
+                "baton_saga_oldest_running_seconds",
+                "Age of the oldest saga without a result (0 when none)",
+            ),
+            sagas_swept: {
+                let swept = counter_vec(
+                    &registry,
+                    "baton_sagas_swept_total",
+                    "Sagas whose lease ran out that this process took over, by result (finished, left)",
+                    &["result"],
+                );
+                for result in ["finished", "left"] {
+                    swept.with_label_values(&[result]);
+                }
+                swept
+            },
+            client_replies_unroutable: counter(
+                &registry,
+                "baton_client_replies_unroutable_total",
+                "Results or rejections whose client reply_to queue no longer existed",
             ),
             registry,
         }

@@ -76,6 +76,11 @@ pub struct Settings {
     /// fingerprints. `None` (the default): a workflow with such a step is refused at
     /// start. `Debug` shows key ids only.
     pub card_keys: Option<baton_contract::CardKeys>,
+    /// How long a running saga stays leased to this process without a renewal
+    /// (`--saga-lease`). The process renews its sagas every fifth of it; a saga whose
+    /// lease ran out (its owner died and its request is gone, or it was dead-lettered
+    /// mid-saga) is finished by the sweeper of any replica, `failed`/`abandoned`.
+    pub saga_lease: Duration,
 }
 
 /// Default journal: a SQLite file in the working directory.
@@ -107,6 +112,7 @@ impl Settings {
             require_verified_senders: false,
             http_token_file: None,
             card_keys: None,
+            saga_lease: crate::journal::DEFAULT_LEASE,
         }
     }
 
@@ -457,7 +463,9 @@ pub async fn start(settings: Settings) -> Result<Running, OrchestratorError> {
     settings
         .workflow
         .check_card_keys(settings.card_keys.is_some())?;
-    let journal = Journal::open(&settings.journal_url).await?;
+    let journal = Journal::open(&settings.journal_url)
+        .await?
+        .with_lease(settings.saga_lease);
     let metrics = Metrics::new();
     let health = Health::new();
     let (events, event_queue) = tokio::sync::mpsc::channel(16_384);
@@ -532,6 +540,7 @@ pub async fn start(settings: Settings) -> Result<Running, OrchestratorError> {
     // The first connection must succeed: an unreachable broker at start is a
     // configuration problem to report, not to retry silently.
     let session = open_session(&shared).await?;
+    tokio::spawn(keep_sagas(Arc::downgrade(&shared), stopped.clone()));
     let task = tokio::spawn(supervise(shared.clone(), session, stopped));
     Ok(Running {
         stop,
@@ -539,6 +548,182 @@ pub async fn start(settings: Settings) -> Result<Running, OrchestratorError> {
         shared,
         http,
     })
+}
+
+/// How often the leases of this process's sagas are renewed and the sweeper looks for
+/// sagas whose lease ran out: a fifth of the lease, between 100 ms and 60 s.
+fn keeper_tick(lease: Duration) -> Duration {
+    (lease / 5).clamp(Duration::from_millis(100), Duration::from_secs(60))
+}
+
+/// Sagas the sweeper takes over per round.
+const SWEEP_BATCH: u32 = 32;
+
+/// Renews the leases of the sagas this process runs, keeps `baton_sagas_running` and
+/// `baton_saga_oldest_running_seconds`, and sweeps: takes over sagas whose lease ran out
+/// and finishes them ([`saga::abandon`]). Every replica sweeps; the journal's claim lets
+/// one of them take each saga. Stops with the process.
+async fn keep_sagas(shared: std::sync::Weak<Shared>, mut stopped: watch::Receiver<bool>) {
+    let Some(tick) = shared.upgrade().map(|s| keeper_tick(s.settings.saga_lease)) else {
+        return;
+    };
+    let mut interval = tokio::time::interval(tick);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = interval.tick() => {}
+            _ = stopped.wait_for(|s| *s) => return,
+        }
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        let journal = shared.env.log.clone();
+        if let Err(e) = journal.renew(&shared.env.live.ids()).await {
+            shared.env.metrics.journal_errors.inc();
+            warn!(error = %e, "could not renew the leases of running sagas");
+        }
+        match journal.running().await {
+            Ok(running) => {
+                let metrics = &shared.env.metrics;
+                metrics
+                    .sagas_running
+                    .set(i64::try_from(running.count).unwrap_or(i64::MAX));
+                let age = running
+                    .oldest_started_at
+                    .and_then(|t| humantime::parse_rfc3339(&t).ok())
+                    .and_then(|t| std::time::SystemTime::now().duration_since(t).ok())
+                    .unwrap_or_default();
+                metrics.saga_oldest_running_seconds.set(age.as_secs_f64());
+            }
+            Err(e) => {
+                shared.env.metrics.journal_errors.inc();
+                warn!(error = %e, "could not count running sagas");
+            }
+        }
+        // Finishing a saga sends compensations and publishes a result: not while the
+        // broker is away (its lease runs out again and a later round takes it).
+        if shared.env.transport.channel().is_err() {
+            continue;
+        }
+        match journal.stuck(SWEEP_BATCH).await {
+            Ok(stuck) => {
+                for saga in stuck {
+                    match journal.claim(saga.payment_id).await {
+                        Ok(true) => {
+                            tokio::spawn(sweep_one(shared.clone(), saga));
+                        }
+                        Ok(false) => {}
+                        Err(e) => warn!(error = %e, "could not claim a stuck saga"),
+                    }
+                }
+            }
+            Err(e) => {
+                shared.env.metrics.journal_errors.inc();
+                warn!(error = %e, "could not look for stuck sagas");
+            }
+        }
+    }
+}
+
+/// Finishes one saga the sweeper claimed, and publishes its result.
+async fn sweep_one(shared: Arc<Shared>, stuck: crate::journal::StuckSaga) {
+    let span = tracing::info_span!("sweep", payment_id = %stuck.payment_id);
+    async {
+        let detail = format!(
+            "nobody drove it since its lease ran out at {} (begun {}, parked {} times): \
+             its request is gone",
+            stuck.lease_until, stuck.started_at, stuck.parked
+        );
+        match finish_from_journal(&shared, stuck.payment_id, &detail).await {
+            Ok(true) => shared
+                .env
+                .metrics
+                .sagas_swept
+                .with_label_values(&["finished"])
+                .inc(),
+            Ok(false) => shared
+                .env
+                .metrics
+                .sagas_swept
+                .with_label_values(&["left"])
+                .inc(),
+            Err(e) => {
+                shared
+                    .env
+                    .metrics
+                    .sagas_swept
+                    .with_label_values(&["left"])
+                    .inc();
+                warn!(error = %e, "could not finish a stuck saga; a later sweep will");
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+/// Drives the saga of `payment_id` to an end from the journal ([`saga::abandon`]) and
+/// publishes its result to the payments exchange (the client's `reply_to` is not in the
+/// journal). `Ok(false)`: it could not be finished now (a service or the journal away);
+/// its lease runs out again and a later sweep takes it.
+async fn finish_from_journal(
+    shared: &Shared,
+    payment_id: Uuid,
+    detail: &str,
+) -> Result<bool, String> {
+    let record = shared
+        .env
+        .log
+        .load(payment_id)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("payment {payment_id} is not in the journal"))?;
+    let already = record.result.is_some();
+    let SagaOutcome::Finished { result, .. } = saga::abandon(&shared.env, &record, detail).await
+    else {
+        return Ok(false);
+    };
+    if already {
+        // Someone finished it meanwhile and published its result.
+        return Ok(true);
+    }
+    warn!(status = result.status.as_str(), reason = ?result.reason, "abandoned payment finished");
+    let no_client = BasicProperties::default();
+    let mut delay = Duration::from_millis(200);
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let published = match shared.env.transport.channel() {
+            Ok(channel) => publish_result(&channel, &result, &no_client, shared)
+                .await
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        match published {
+            Ok(()) => {
+                shared
+                    .env
+                    .metrics
+                    .results
+                    .with_label_values(&[
+                        result.status.as_str(),
+                        reason_label(result.reason.as_deref()),
+                    ])
+                    .inc();
+                return Ok(true);
+            }
+            Err(e) if attempt < 10 => {
+                warn!(error = %e, attempt, "could not publish an abandoned payment's result; trying again");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(10));
+            }
+            Err(e) => {
+                return Err(format!(
+                    "the result is in the journal but could not be published: {e}"
+                ))
+            }
+        }
+    }
 }
 
 /// `GET /payments/<id>`: the journal's record as JSON.
@@ -1119,9 +1304,8 @@ async fn publish_result(
             return Ok(());
         };
         match publish_confirmed(channel, "", reply_to.as_str(), &body, properties.clone()).await {
-            // The client is gone; the result is still in the results queue.
             Err(BrokerError::Unroutable { .. }) => {
-                warn!(reply_to = %bounded(reply_to.as_str(), 64), "the client's reply_to queue does not exist; result only in the results queue");
+                client_gone(reply_to.as_str(), shared);
                 Ok(())
             }
             other => other,
@@ -1148,7 +1332,15 @@ async fn set_aside(delivery: &Delivery, reason: &str, detail: &str, shared: &Sha
     }
 }
 
-/// Publishes a result to the request's `reply_to` only (not to the payments exchange).
+/// The client's `reply_to` queue does not exist: the client went away. Not an error — the
+/// result is still on the payments exchange (and its results queue); counted and logged.
+fn client_gone(reply_to: &str, shared: &Shared) {
+    shared.env.metrics.client_replies_unroutable.inc();
+    warn!(reply_to = %bounded(reply_to, 64), "the client's reply_to queue does not exist; the result is only on the payments exchange");
+}
+
+/// Publishes a result to the request's `reply_to` only (not to the payments exchange). A
+/// `reply_to` queue that no longer exists is not an error ([`client_gone`]).
 async fn publish_to_client(
     channel: &Channel,
     result: &PaymentResult,
@@ -1167,7 +1359,13 @@ async fn publish_to_client(
     if let Some(correlation_id) = request.correlation_id() {
         properties = properties.with_correlation_id(correlation_id.clone());
     }
-    publish_confirmed(channel, "", reply_to.as_str(), &body, properties).await
+    match publish_confirmed(channel, "", reply_to.as_str(), &body, properties).await {
+        Err(BrokerError::Unroutable { .. }) => {
+            client_gone(reply_to.as_str(), shared);
+            Ok(())
+        }
+        other => other,
+    }
 }
 
 /// A copy of the request for operators, with the reason in headers.
@@ -1250,40 +1448,35 @@ async fn park(delivery: &Delivery, tier: usize, step: &str, reason: &str, shared
     }
 }
 
-/// Sends an invalid request to the dead-letter queue with the reason, publishes a
-/// `rejected` result when the request has a readable payment id, and acks it.
+/// An invalid request. A payment the journal does not know gets a `rejected` result (to
+/// the client and the payments exchange: `rejected` is never final, see the README's
+/// contract) and its request goes to the dead-letter queue. A payment the journal knows
+/// is never left unfinished by an invalid copy ([`reject_known`]). The request is acked
+/// once everything is published; if publishing fails it goes back to the queue.
 async fn reject(delivery: Delivery, invalid: baton_contract::InvalidRequest, shared: &Shared) {
     let payment_id = invalid
         .payment_id
         .or_else(|| PaymentRequest::sniff_payment_id(&delivery.data));
     warn!(payment_id = ?payment_id, field = %invalid.field, problem = %invalid.problem, "request rejected");
+    let detail = invalid.to_string();
+    if let Some(id) = payment_id {
+        match shared.env.log.load(id).await {
+            Ok(Some(record)) => return reject_known(delivery, record, &detail, shared).await,
+            Ok(None) => {}
+            Err(e) => {
+                // Whether the journal knows it decides what to answer: ask again later.
+                shared.env.metrics.journal_errors.inc();
+                park(&delivery, 0, "journal", &e.to_string(), shared).await;
+                return;
+            }
+        }
+    }
     let Ok(channel) = shared.env.transport.channel() else {
         return;
     };
-    let detail = invalid.to_string();
-    let dead_lettered =
-        dead_letter_copy(&channel, &delivery, "invalid_request", &detail, shared).await;
-    // An invalid request carrying the id of a payment the journal knows (a client
-    // re-sending it with a broken field, a limit lowered while it was parked) must not
-    // give that payment a second result: answer this client only. If the journal cannot
-    // be read, assume it knows the payment.
-    let known = match payment_id {
-        Some(id) => shared
-            .env
-            .log
-            .load(id)
-            .await
-            .map(|record| record.is_some())
-            .unwrap_or(true),
-        None => false,
-    };
     let answered = match payment_id {
-        Some(id) if known => {
-            let result = saga::rejected(id, detail);
-            publish_to_client(&channel, &result, &delivery.properties, shared).await
-        }
         Some(id) => {
-            let result = saga::rejected(id, detail);
+            let result = saga::rejected(id, detail.clone());
             let published = publish_result(&channel, &result, &delivery.properties, shared).await;
             if published.is_ok() {
                 shared.env.transport.event(SagaEvent::of_result(&result));
@@ -1298,13 +1491,104 @@ async fn reject(delivery: Delivery, invalid: baton_contract::InvalidRequest, sha
         }
         None => Ok(()),
     };
-    match dead_lettered.and(answered) {
+    // The result first: if the dead-letter copy then fails, the request comes back and
+    // its (identical) rejection is published again, rather than copied twice to `.dead`.
+    let done = match answered {
+        Ok(()) => dead_letter_copy(&channel, &delivery, "invalid_request", &detail, shared).await,
+        Err(e) => Err(e),
+    };
+    match done {
         Ok(()) => {
             let _ = delivery.acker.ack(BasicAckOptions::default()).await;
         }
         Err(e) => {
-            error!(error = %e, "could not dead-letter an invalid request; returning it to the queue");
+            error!(error = %e, "could not reject an invalid request; returning it to the queue");
             nack(&delivery).await;
+        }
+    }
+}
+
+/// An invalid copy of a payment the journal knows gets that payment's result:
+/// - decided: the recorded result, to this client only (the payments exchange has it);
+/// - running, and this copy is the payment the journal begun (same amount, parties,
+///   card) but no longer passes validation (a limit lowered while it was parked): nobody
+///   can run it any more, so it is finished now from the journal ([`saga::abandon`]:
+///   compensated, `failed`/`abandoned`) and its result published like any other;
+/// - running, and this copy is another payment under the same id (a client resending a
+///   broken copy while the real one runs): it waits in the last parking tier and comes
+///   back for the result.
+async fn reject_known(
+    delivery: Delivery,
+    record: crate::journal::SagaRecord,
+    detail: &str,
+    shared: &Shared,
+) {
+    if let Some(result) = &record.result {
+        let Ok(channel) = shared.env.transport.channel() else {
+            return;
+        };
+        let answered = publish_to_client(&channel, result, &delivery.properties, shared).await;
+        let done = match answered {
+            Ok(()) => {
+                dead_letter_copy(&channel, &delivery, "invalid_request", detail, shared).await
+            }
+            Err(e) => Err(e),
+        };
+        match done {
+            Ok(()) => {
+                let _ = delivery.acker.ack(BasicAckOptions::default()).await;
+            }
+            Err(e) => {
+                error!(error = %e, "could not answer an invalid copy of a decided payment; returning it to the queue");
+                nack(&delivery).await;
+            }
+        }
+        return;
+    }
+    let unbounded = Limits {
+        max_body_bytes: usize::MAX,
+        max_amount_minor: u64::MAX,
+    };
+    let same_payment = PaymentRequest::parse(&delivery.data, &unbounded)
+        .map(|request| crate::journal::PaymentSummary::of(&request) == record.summary)
+        .unwrap_or(false);
+    if !same_payment {
+        let tiers = shared.settings.workflow.parking().tiers.len();
+        info!("an invalid copy of a running payment waits for that payment's result");
+        park(
+            &delivery,
+            tiers.saturating_sub(1),
+            "journal",
+            detail,
+            shared,
+        )
+        .await;
+        return;
+    }
+    let why = format!("its request no longer passes validation: {detail}");
+    match saga::abandon(&shared.env, &record, &why).await {
+        SagaOutcome::Finished { result, .. } => {
+            warn!(status = result.status.as_str(), reason = ?result.reason, "payment finished without running on");
+            if finish(&delivery, &result, Some("invalid_request"), shared).await {
+                shared
+                    .env
+                    .metrics
+                    .results
+                    .with_label_values(&[
+                        result.status.as_str(),
+                        reason_label(result.reason.as_deref()),
+                    ])
+                    .inc();
+            }
+        }
+        SagaOutcome::Park { tier, step, reason } => {
+            park(&delivery, tier, &step, &reason, shared).await;
+        }
+        SagaOutcome::JournalUnavailable { error, .. } => {
+            park(&delivery, 0, "journal", &error, shared).await;
+        }
+        SagaOutcome::Reused(_) | SagaOutcome::Interrupted => {
+            warn!("payment interrupted; it will be redelivered");
         }
     }
 }

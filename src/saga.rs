@@ -169,8 +169,13 @@ pub trait SagaLog: Send + Sync {
         payment_id: Uuid,
         result: &PaymentResult,
     ) -> impl Future<Output = Result<PaymentResult, JournalError>> + Send;
-    /// Counts one more parking and returns the new count.
-    fn park(&self, payment_id: Uuid) -> impl Future<Output = Result<u32, JournalError>> + Send;
+    /// Counts one more parking and returns the new count; the payment should be back
+    /// within `back_within`.
+    fn park(
+        &self,
+        payment_id: Uuid,
+        back_within: Duration,
+    ) -> impl Future<Output = Result<u32, JournalError>> + Send;
 }
 
 impl SagaLog for crate::journal::Journal {
@@ -187,8 +192,8 @@ impl SagaLog for crate::journal::Journal {
     ) -> Result<PaymentResult, JournalError> {
         crate::journal::Journal::finish(self, id, result).await
     }
-    async fn park(&self, id: Uuid) -> Result<u32, JournalError> {
-        crate::journal::Journal::park(self, id).await
+    async fn park(&self, id: Uuid, back_within: Duration) -> Result<u32, JournalError> {
+        crate::journal::Journal::park(self, id, back_within).await
     }
 }
 
@@ -211,6 +216,107 @@ pub struct SagaEnv<T, L> {
     /// key fingerprints). `None` from [`SagaEnv::new`]; the orchestrator sets them after
     /// [`Workflow::check_card_keys`].
     pub card_keys: Option<CardKeys>,
+    /// The payments this process is running now: their journal leases are renewed.
+    pub live: LiveSagas,
+}
+
+/// The set of payments a process is running, shared with whatever renews their leases.
+#[derive(Clone, Debug, Default)]
+pub struct LiveSagas(std::sync::Arc<std::sync::Mutex<HashMap<Uuid, usize>>>);
+
+impl LiveSagas {
+    /// Counts `payment_id` as running until the guard is dropped (a payment may run twice
+    /// at once in one process: a redelivered copy beside a client's resend).
+    pub fn hold(&self, payment_id: Uuid) -> LiveGuard {
+        *self
+            .0
+            .lock()
+            .expect("live set")
+            .entry(payment_id)
+            .or_default() += 1;
+        LiveGuard {
+            live: self.clone(),
+            payment_id,
+        }
+    }
+
+    /// The payments running now.
+    pub fn ids(&self) -> Vec<Uuid> {
+        self.0.lock().expect("live set").keys().copied().collect()
+    }
+}
+
+/// Keeps a payment in [`LiveSagas`] while it lives.
+#[derive(Debug)]
+pub struct LiveGuard {
+    live: LiveSagas,
+    payment_id: Uuid,
+}
+
+impl Drop for LiveGuard {
+    fn drop(&mut self) {
+        let mut live = self.live.0.lock().expect("live set");
+        if let Some(n) = live.get_mut(&self.payment_id) {
+            *n -= 1;
+            if *n == 0 {
+                live.remove(&self.payment_id);
+            }
+        }
+    }
+}
+
+/// What commands are built from: the request itself (a payment received), or only the
+/// journal's summary (a saga finished without its request, which has no card number).
+#[derive(Clone, Copy)]
+enum Source<'a> {
+    Request(&'a PaymentRequest),
+    Journal(Uuid, &'a PaymentSummary),
+}
+
+impl Source<'_> {
+    fn payment_id(&self) -> Uuid {
+        match self {
+            Source::Request(request) => request.payment_id,
+            Source::Journal(id, _) => *id,
+        }
+    }
+
+    fn amount_minor(&self) -> u64 {
+        match self {
+            Source::Request(request) => request.amount.minor,
+            Source::Journal(_, summary) => summary.amount.minor,
+        }
+    }
+
+    /// The payment as `step` may see it. From the journal: no number, no fingerprint,
+    /// no expiry — only what finishing needs (compensations, asking a service what it did).
+    fn view(&self, step: &Step, keys: Option<&CardKeys>) -> PaymentView {
+        match self {
+            Source::Request(request) => PaymentView::of(request, step.card, keys),
+            Source::Journal(_, summary) => PaymentView {
+                merchant_id: summary.merchant_id.clone(),
+                customer_id: summary.customer_id.clone(),
+                amount: summary.amount,
+                merchant_currency: summary.merchant_currency,
+                card: baton_contract::CardView {
+                    number: None,
+                    fingerprint: None,
+                    last4: summary.card_last4.clone(),
+                    expiry: String::new(),
+                },
+            },
+        }
+    }
+}
+
+/// What to do with a step the journal has no decision for.
+#[derive(Clone, Copy)]
+enum Mode<'a> {
+    /// Run it: send its command through its ladder.
+    Live,
+    /// Nobody can run the payment any more: settle the step without its request (see
+    /// [`abandon`]), with this detail.
+    Abandon(&'a str),
 }
 
 impl<T: Transport, L: SagaLog> SagaEnv<T, L> {
@@ -244,6 +350,7 @@ impl<T: Transport, L: SagaLog> SagaEnv<T, L> {
             gates,
             metrics,
             card_keys: None,
+            live: LiveSagas::default(),
         }
     }
 }
@@ -330,20 +437,21 @@ pub fn rejected(payment_id: Uuid, detail: String) -> PaymentResult {
 }
 
 fn command(
-    request: &PaymentRequest,
+    source: Source<'_>,
     step: &Step,
     action: Action,
     context: &Map<String, Value>,
     card_keys: Option<&CardKeys>,
 ) -> Command {
+    let payment_id = source.payment_id();
     Command {
-        command_id: Command::id_for(request.payment_id, &step.name, action),
-        payment_id: request.payment_id,
+        command_id: Command::id_for(payment_id, &step.name, action),
+        payment_id,
         step: step.name.clone(),
         action,
         // Only what the step's `card` allows: the number for authorization, a
         // fingerprint for risk, the last four digits for the others.
-        payment: PaymentView::of(request, step.card, card_keys),
+        payment: source.view(step, card_keys),
         context: context.clone(),
     }
 }
@@ -391,7 +499,48 @@ pub async fn run<T: Transport, L: SagaLog>(
             dead_letter,
         };
     }
+    let _live = env.live.hold(payment_id);
+    drive(env, Source::Request(request), &saga, Mode::Live).await
+}
 
+/// Reason of a saga finished without its request (see [`abandon`]).
+pub const ABANDONED: &str = "abandoned";
+
+/// Drives a saga that nobody can run any more to an end, from the journal alone: its
+/// request is gone (dead-lettered past the delivery limit, lost, or no longer valid) and
+/// its lease ran out, or an operator settles it. Recorded decisions stand. The first step
+/// without one is settled without sending it: a step with side effects that cannot be
+/// compensated (a funds transfer) is asked once, with the same command id, what it did
+/// (the service answers from its store, or acts now, exactly once); any other is recorded
+/// `failed`, reason `abandoned`. Then, as for any failure, what was approved is
+/// compensated (an in-doubt compensable step too: its compensation is safe either way),
+/// and the result is recorded and returned. Commands carry no card number or fingerprint:
+/// the journal has none.
+pub async fn abandon<T: Transport, L: SagaLog>(
+    env: &SagaEnv<T, L>,
+    saga: &SagaRecord,
+    detail: &str,
+) -> SagaOutcome {
+    if let Some(result) = saga.result.clone() {
+        return SagaOutcome::Finished {
+            result,
+            dead_letter: None,
+        };
+    }
+    let _live = env.live.hold(saga.payment_id);
+    let source = Source::Journal(saga.payment_id, &saga.summary);
+    drive(env, source, saga, Mode::Abandon(detail)).await
+}
+
+/// The saga's loop: each step from its recorded decision, or settled as `mode` says;
+/// compensations; the result.
+async fn drive<T: Transport, L: SagaLog>(
+    env: &SagaEnv<T, L>,
+    source: Source<'_>,
+    saga: &SagaRecord,
+    mode: Mode<'_>,
+) -> SagaOutcome {
+    let payment_id = source.payment_id();
     let mut context = Map::new();
     let mut applied: Vec<JournalEntry> = Vec::new();
     let mut to_compensate: Vec<&Step> = Vec::new();
@@ -405,13 +554,24 @@ pub async fn run<T: Transport, L: SagaLog>(
         let span = tracing::info_span!("step", step = %step.name);
         let decided = match saga.entry(&step.name, Action::Execute) {
             Some(recorded) => recorded.clone(),
-            None => match execute(env, request, step, &context, &saga)
-                .instrument(span.clone())
-                .await
-            {
-                StepDecision::Recorded(entry) => entry,
-                StepDecision::Leave(outcome) => return outcome,
-            },
+            None => {
+                let decision = match mode {
+                    Mode::Live => {
+                        execute(env, source, step, &context, saga)
+                            .instrument(span.clone())
+                            .await
+                    }
+                    Mode::Abandon(detail) => {
+                        give_up(env, source, step, &context, detail)
+                            .instrument(span.clone())
+                            .await
+                    }
+                };
+                match decision {
+                    StepDecision::Recorded(entry) => entry,
+                    StepDecision::Leave(outcome) => return outcome,
+                }
+            }
         };
         let _entered = span.enter();
         let outcome = decided.record.outcome;
@@ -459,7 +619,7 @@ pub async fn run<T: Transport, L: SagaLog>(
             let span = tracing::info_span!("compensation", step = %step.name);
             let decided = match saga.entry(&step.name, Action::Compensate) {
                 Some(recorded) => recorded.clone(),
-                None => match compensate(env, request, step, &context)
+                None => match compensate(env, source, step, &context)
                     .instrument(span)
                     .await
                 {
@@ -553,14 +713,14 @@ async fn record<T: Transport, L: SagaLog>(
 /// Runs one step's ladder and records the decision.
 async fn execute<T: Transport, L: SagaLog>(
     env: &SagaEnv<T, L>,
-    request: &PaymentRequest,
+    source: Source<'_>,
     step: &Step,
     context: &Map<String, Value>,
     saga: &SagaRecord,
 ) -> StepDecision {
     let started = Instant::now();
     let cmd = command(
-        request,
+        source,
         step,
         Action::Execute,
         context,
@@ -571,7 +731,7 @@ async fn execute<T: Transport, L: SagaLog>(
         Ladder::Answer { reply, attempts } => {
             return record(
                 env,
-                request.payment_id,
+                source.payment_id(),
                 answered(env, step, reply, attempts, started, None),
             )
             .await;
@@ -605,7 +765,7 @@ async fn execute<T: Transport, L: SagaLog>(
                         started,
                         Some(alternate.clone()),
                     );
-                    return record(env, request.payment_id, entry).await;
+                    return record(env, source.payment_id(), entry).await;
                 }
                 Ladder::Interrupted => return StepDecision::Leave(SagaOutcome::Interrupted),
                 Ladder::Unavailable {
@@ -620,7 +780,7 @@ async fn execute<T: Transport, L: SagaLog>(
             }
         }
         Some(Fallback::Approve { max_amount_minor })
-            if request.amount.minor <= *max_amount_minor =>
+            if source.amount_minor() <= *max_amount_minor =>
         {
             env.metrics
                 .step_fallbacks
@@ -641,7 +801,7 @@ async fn execute<T: Transport, L: SagaLog>(
             ));
             return record(
                 env,
-                request.payment_id,
+                source.payment_id(),
                 entry(step, Action::Execute, record_, detail, Map::new()),
             )
             .await;
@@ -652,7 +812,8 @@ async fn execute<T: Transport, L: SagaLog>(
     // Park, or give up past the limit.
     let parking = env.workflow.parking();
     if saga.parked < parking.max_parks {
-        return match env.log.park(request.payment_id).await {
+        let back_within = parking.tiers.iter().copied().max().unwrap_or_default();
+        return match env.log.park(source.payment_id(), back_within).await {
             Ok(count) => {
                 env.metrics.parked.with_label_values(&[&step.name]).inc();
                 let tier = parking.tier_for(count.saturating_sub(1));
@@ -692,14 +853,14 @@ async fn execute<T: Transport, L: SagaLog>(
         {
             return record(
                 env,
-                request.payment_id,
+                source.payment_id(),
                 answered(env, step, reply, attempts + more, started, None),
             )
             .await;
         }
         if !step.compensate {
             let item = AttentionItem {
-                payment_id: request.payment_id,
+                payment_id: source.payment_id(),
                 step: step.name.clone(),
                 service: step.service.clone(),
                 kind: "in_doubt".into(),
@@ -727,7 +888,76 @@ async fn execute<T: Transport, L: SagaLog>(
     ));
     record(
         env,
-        request.payment_id,
+        source.payment_id(),
+        entry(step, Action::Execute, record_, detail, Map::new()),
+    )
+    .await
+}
+
+/// Settles a step of an abandoned saga without its request (see [`abandon`]).
+async fn give_up<T: Transport, L: SagaLog>(
+    env: &SagaEnv<T, L>,
+    source: Source<'_>,
+    step: &Step,
+    context: &Map<String, Value>,
+    detail: &str,
+) -> StepDecision {
+    let started = Instant::now();
+    let mut attempts = 0;
+    if step.side_effects && !step.compensate {
+        // It may have acted, and cannot be undone: ask it, with the same command id.
+        let cmd = command(source, step, Action::Execute, context, None);
+        let once = RetryPolicy {
+            attempts: 1,
+            ..step.retry.clone()
+        };
+        match ladder(env, step, &step.service, &cmd, &once, false).await {
+            Ladder::Answer {
+                reply,
+                attempts: asked,
+            } => {
+                let entry = answered(env, step, reply, asked, started, None);
+                return record(env, source.payment_id(), entry).await;
+            }
+            Ladder::Interrupted => return StepDecision::Leave(SagaOutcome::Interrupted),
+            Ladder::Unavailable {
+                attempts: asked,
+                last_error,
+                ..
+            } => {
+                attempts = asked;
+                let item = AttentionItem {
+                    payment_id: source.payment_id(),
+                    step: step.name.clone(),
+                    service: step.service.clone(),
+                    kind: "in_doubt".into(),
+                    command_id: cmd.command_id.clone(),
+                    error: format!(
+                        "the payment was abandoned ({detail}) and {} did not say whether it \
+                         acted: {last_error}",
+                        step.service
+                    ),
+                    at: now_rfc3339(),
+                    command: None,
+                };
+                if let Some(outcome) = send_attention(env, item).await {
+                    return StepDecision::Leave(outcome);
+                }
+            }
+        }
+    }
+    warn!(detail, "payment abandoned; failing its open step");
+    let mut record_ = StepRecord::new(
+        step.name.clone(),
+        StepOutcome::Failed,
+        attempts,
+        millis(started.elapsed()),
+    );
+    record_.reason = Some(ABANDONED.into());
+    let detail = Some(format!("{} abandoned: {detail}", step.name));
+    record(
+        env,
+        source.payment_id(),
         entry(step, Action::Execute, record_, detail, Map::new()),
     )
     .await
@@ -803,13 +1033,13 @@ async fn send_attention<T: Transport, L: SagaLog>(
 /// the attention queue and is recorded as `compensation_failed`.
 async fn compensate<T: Transport, L: SagaLog>(
     env: &SagaEnv<T, L>,
-    request: &PaymentRequest,
+    source: Source<'_>,
     step: &Step,
     context: &Map<String, Value>,
 ) -> StepDecision {
     let started = Instant::now();
     let cmd = command(
-        request,
+        source,
         step,
         Action::Compensate,
         context,
@@ -865,7 +1095,7 @@ async fn compensate<T: Transport, L: SagaLog>(
                 .inc();
             error!(reason = %reason, attempts, "compensation failed; handing it to operators");
             let item = AttentionItem {
-                payment_id: request.payment_id,
+                payment_id: source.payment_id(),
                 step: step.name.clone(),
                 service: step.service.clone(),
                 kind: "compensation_failed".into(),
@@ -893,7 +1123,7 @@ async fn compensate<T: Transport, L: SagaLog>(
     }
     record(
         env,
-        request.payment_id,
+        source.payment_id(),
         entry(step, Action::Compensate, record_, detail, Map::new()),
     )
     .await

@@ -118,7 +118,7 @@ impl SagaLog for MemoryLog {
         Ok(saga.result.get_or_insert_with(|| result.clone()).clone())
     }
 
-    async fn park(&self, id: Uuid) -> Result<u32, JournalError> {
+    async fn park(&self, id: Uuid, _back_within: Duration) -> Result<u32, JournalError> {
         let mut sagas = self.sagas.lock().unwrap();
         let saga = sagas.get_mut(&id).expect("begun");
         saga.parked += 1;
@@ -753,4 +753,105 @@ async fn a_side_effecting_step_parked_behind_an_open_breaker_is_still_in_doubt()
         4,
         "one last question, through the open breaker"
     );
+}
+
+/// A saga as an owner that died left it: begun, with `approved` steps recorded.
+async fn left_behind(env: &SagaEnv<FakeServices, MemoryLog>, approved: &[&str]) -> SagaRecord {
+    let request = request();
+    env.log
+        .begin(request.payment_id, &PaymentSummary::of(&request))
+        .await
+        .unwrap();
+    for step in approved {
+        let data = if *step == "authorization" {
+            data(serde_json::json!({"hold_id": "h-1"}))
+        } else {
+            Map::new()
+        };
+        let record = StepRecord::new(step.to_string(), StepOutcome::Approved, 1, 1);
+        let entry = JournalEntry {
+            step: step.to_string(),
+            action: Action::Execute,
+            record,
+            detail: None,
+            data,
+            recorded_at: String::new(),
+        };
+        env.log.record(request.payment_id, &entry).await.unwrap();
+    }
+    env.log.sagas.lock().unwrap()[&request.payment_id].clone()
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_abandoned_saga_fails_its_open_step_and_compensates_without_the_card() {
+    let env = env(workflow(""), happy_services());
+    let saga = left_behind(&env, &["authorization", "risk"]).await;
+    let (result, dead) = finished(abandon(&env, &saga, "its request is gone").await);
+    assert_eq!(result.status, Status::Failed);
+    assert_eq!(result.reason.as_deref(), Some(ABANDONED));
+    assert_eq!(dead, None);
+    assert_eq!(
+        outcomes(&result),
+        [
+            ("authorization", StepOutcome::Approved),
+            ("risk", StepOutcome::Approved),
+            ("pci", StepOutcome::Failed),
+            ("authorization", StepOutcome::Compensated),
+        ]
+    );
+    assert!(
+        env.transport.sent_to("pci").is_empty(),
+        "the open step is not sent: nothing can run it"
+    );
+    assert!(env.transport.sent_to("transaction").is_empty());
+    let void = env.transport.sent_to("authorization");
+    assert_eq!(void.len(), 1);
+    assert_eq!(void[0].action, Action::Compensate);
+    assert_eq!(void[0].context["authorization"]["hold_id"], "h-1");
+    assert_eq!(
+        void[0].payment.card.number, None,
+        "the journal has no number"
+    );
+    assert_eq!(void[0].payment.card.last4, "4242");
+    assert_eq!(void[0].payment.amount.minor, 1999);
+    // Recorded: a second sweep (or the request coming back) finds the result.
+    let again = env.log.sagas.lock().unwrap()[&saga.payment_id].clone();
+    assert_eq!(again.result.as_ref(), Some(&result));
+    let (replayed, _) = finished(run(&env, &request()).await);
+    assert_eq!(replayed, result);
+    assert_eq!(env.transport.sent_to("authorization").len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_abandoned_saga_asks_its_irreversible_step_what_it_did() {
+    // The transfer happened (or happens now, once): the payment completes.
+    let env = env(workflow(""), happy_services());
+    let saga = left_behind(&env, &["authorization", "risk", "pci"]).await;
+    let (result, _) = finished(abandon(&env, &saga, "gone").await);
+    assert_eq!(result.status, Status::Completed);
+    let asked = env.transport.sent_to("transaction");
+    assert_eq!(asked.len(), 1, "asked once");
+    assert_eq!(asked[0].command_id, format!("{PAYMENT_ID}:transaction"));
+    assert!(env.transport.sent_to("authorization").is_empty(), "no void");
+
+    // It does not answer: operators are told it is in doubt, the hold is voided.
+    let services = happy_services().on("transaction", |_, _| Behaviour::Silent);
+    let env = env_with(services);
+    let saga = left_behind(&env, &["authorization", "risk", "pci"]).await;
+    let (result, _) = finished(abandon(&env, &saga, "gone").await);
+    assert_eq!(result.status, Status::Failed);
+    assert_eq!(result.reason.as_deref(), Some(ABANDONED));
+    assert_eq!(env.transport.sent_to("transaction").len(), 1);
+    let attention = env.transport.attention.lock().unwrap().clone();
+    assert_eq!(attention.len(), 1);
+    assert_eq!(attention[0].kind, "in_doubt");
+    assert_eq!(attention[0].step, "transaction");
+    assert_eq!(
+        env.transport.sent_to("authorization")[0].action,
+        Action::Compensate
+    );
+}
+
+fn env_with(services: FakeServices) -> SagaEnv<FakeServices, MemoryLog> {
+    env(workflow(""), services)
 }

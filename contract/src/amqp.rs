@@ -18,9 +18,27 @@ use rustls::pki_types::CertificateDer;
 use rustls::{CertificateError, RootCertStore};
 use std::path::{Path, PathBuf};
 
-/// How many times RabbitMQ delivers a request or command before dead-lettering it. A
-/// message that crashes its consumer every time ends in `<prefix>.dead` instead of looping.
-pub const DELIVERY_LIMIT: i64 = 20;
+/// How many times RabbitMQ delivers a request or command before dead-lettering it, by
+/// default: a poison backstop only. A message that crashes its consumer every time ends in
+/// `<prefix>.dead` instead of looping. RabbitMQ counts every return, a closed channel's
+/// too (a restart, a reconnect), so it is high: a payment's own retries are counted in
+/// the journal (parkings), and a saga whose request is dead-lettered mid-way is finished
+/// by the orchestrator's sweeper.
+pub const DELIVERY_LIMIT: i64 = 100;
+
+/// The delivery limit queues are declared with: `BATON_DELIVERY_LIMIT` if set (every
+/// process of a deployment must use the same value: a queue declared with another one is
+/// refused with `PRECONDITION_FAILED`), else [`DELIVERY_LIMIT`].
+pub fn delivery_limit() -> i64 {
+    static LIMIT: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+    *LIMIT.get_or_init(|| {
+        std::env::var("BATON_DELIVERY_LIMIT")
+            .ok()
+            .and_then(|v| v.trim().parse::<i64>().ok())
+            .filter(|n| *n >= 1)
+            .unwrap_or(DELIVERY_LIMIT)
+    })
+}
 
 /// Default broker URL.
 pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
@@ -344,7 +362,7 @@ fn quorum_args(dead_letter_to: Option<&str>) -> FieldTable {
     if let Some(dead) = dead_letter_to {
         args.insert(
             "x-delivery-limit".into(),
-            AMQPValue::LongLongInt(DELIVERY_LIMIT),
+            AMQPValue::LongLongInt(delivery_limit()),
         );
         args.insert(
             "x-dead-letter-exchange".into(),

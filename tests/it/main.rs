@@ -8,6 +8,7 @@ mod binaries;
 mod card_data;
 mod idempotency;
 mod ladder;
+mod liveness;
 mod load;
 mod observability;
 mod operator;
