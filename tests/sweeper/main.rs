@@ -1,0 +1,157 @@
+//! The sweeper, with real processes: a crash loop that passes the request queue's delivery
+//! limit dead-letters a payment mid-saga, and a later orchestrator's sweeper finishes it —
+//! one result, its hold voided, no saga left running.
+//!
+//! Its own test binary: the delivery limit (`BATON_DELIVERY_LIMIT`) is process-wide and
+//! must be the same for every process that declares the queues (this one, whose client
+//! and services declare them, and the orchestrators it spawns), and it is lowered here so
+//! that the loop passes it in a few restarts instead of a hundred.
+
+#[path = "../chaos/harness.rs"]
+#[allow(dead_code)]
+mod harness;
+
+use baton::testcards::TestCard;
+use baton_contract::Status;
+use baton_services::ServiceKind;
+use harness::{Cluster, JournalStore};
+use lapin::options::QueueDeclareOptions;
+use lapin::types::FieldTable;
+use std::time::Duration;
+
+/// Messages ready in `queue` (passive declare).
+async fn depth(cluster: &Cluster, queue: &str) -> u32 {
+    cluster
+        .client
+        .publisher()
+        .channel()
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("the queue exists")
+        .message_count()
+}
+
+/// Waits until the orchestrator works on a payment (its in-flight gauge says 1).
+fn wait_in_flight(orchestrator: &harness::Orchestrator) -> bool {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while std::time::Instant::now() < deadline {
+        if let Some((200, metrics)) = orchestrator.get("/metrics") {
+            if metrics
+                .lines()
+                .any(|l| l.trim() == "baton_inflight_payments 1")
+            {
+                return true;
+            }
+        }
+        // A separate process: its metrics are the only thing to watch.
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_crash_loop_past_the_delivery_limit_gets_one_result_and_its_hold_voided() {
+    // The only test of this binary, set before anything declares a queue.
+    std::env::set_var("BATON_DELIVERY_LIMIT", "2");
+    let mut cluster = Cluster::new(JournalStore::Sqlite).await;
+    // Risk does not answer: the payment waits on it after authorization placed the hold.
+    let risk = cluster
+        .services
+        .iter()
+        .position(|s| s.queue() == cluster.names.command_queue(ServiceKind::Risk.name()))
+        .unwrap();
+    cluster.services.remove(risk).shutdown().await.unwrap();
+
+    let lease = ["--saga-lease", "2s"];
+    let ids = cluster.publish(&[TestCard::Good]).await;
+    let (payment_id, _) = ids[0];
+    let requests = cluster.names.requests_queue();
+    let dead = cluster.names.dead_queue();
+    let mut kills = 0;
+    while depth(&cluster, &dead).await == 0 {
+        let mut orchestrator = cluster.orchestrator_with(None, 1, &lease);
+        assert!(
+            wait_in_flight(&orchestrator),
+            "the payment was not redelivered; log: {}",
+            orchestrator.log_text()
+        );
+        orchestrator.signal("KILL");
+        orchestrator.wait_exit(Duration::from_secs(10)).unwrap();
+        kills += 1;
+        assert!(kills <= 6, "still redelivered after {kills} kills");
+        // The broker returns the request when the connection drops; past the limit it
+        // dead-letters it instead. Give it a moment to do either.
+        for _ in 0..40 {
+            if depth(&cluster, &requests).await + depth(&cluster, &dead).await > 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    assert!(kills >= 2, "killed {kills} times");
+    assert_eq!(depth(&cluster, &requests).await, 0);
+    assert_eq!(
+        depth(&cluster, &cluster.names.dead_queue()).await,
+        1,
+        "the request is dead-lettered past the limit"
+    );
+    assert_eq!(
+        cluster
+            .ledger
+            .hold_status(payment_id)
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("held"),
+        "left mid-saga with its hold"
+    );
+
+    // Any orchestrator's sweeper finishes the saga once its lease ran out (risk is still
+    // down: the open step is not sent, it is failed `abandoned`, the hold voided).
+    let sweeper = cluster.orchestrator_with(None, 5, &lease);
+    cluster
+        .collect_from_results_queue(&ids, Duration::from_secs(60))
+        .await;
+    let results = &cluster.results[&payment_id];
+    assert_eq!(results.len(), 1, "{results:?}");
+    assert_eq!(results[0].status, Status::Failed, "{results:?}");
+    assert_eq!(results[0].reason.as_deref(), Some("abandoned"));
+    assert!(
+        sweeper.log_contains("abandoned payment finished"),
+        "{}",
+        sweeper.log_text()
+    );
+    assert_eq!(
+        cluster
+            .ledger
+            .hold_status(payment_id)
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("voided")
+    );
+    let audit = cluster.ledger.audit().await.unwrap();
+    assert_eq!(audit.open_holds, 0, "{audit:?}");
+    assert_eq!(audit.transfers, 0, "{audit:?}");
+
+    // The journal: nothing running, and the operators' tool agrees.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_baton"))
+        .args(["sagas", "stuck", "--journal-url", &cluster.journal_url])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.starts_with("0 running, 0 whose lease ran out"),
+        "{text}"
+    );
+    drop(sweeper);
+    cluster.cleanup().await;
+}
