@@ -1130,6 +1130,7 @@ async fn handle_request(delivery: Delivery, shared: Arc<Shared>) {
     let _in_flight = InFlight::new(&metrics.inflight);
     let started = Instant::now();
     let request = match check_content_type(&delivery.properties)
+        .and_then(|()| amqp::check_schema(&delivery.properties))
         .and_then(|()| PaymentRequest::parse(&delivery.data, &shared.settings.limits))
     {
         Ok(request) => request,
@@ -1368,7 +1369,21 @@ async fn publish_to_client(
     }
 }
 
-/// A copy of the request for operators, with the reason in headers.
+/// Most of a body over the request size limit that a dead letter keeps: enough to see
+/// the payment id, the merchant and what made it large; the rest would only fill
+/// `<prefix>.dead` (a body is never larger than the broker's `max_message_size`).
+const DEAD_LETTER_BODY_KEEP: usize = 4096;
+
+/// Headers the broker owns (it writes them when it dead-letters a message): never
+/// copied onto a message Baton publishes.
+fn is_broker_death_header(key: &str) -> bool {
+    key == "x-death" || key.starts_with("x-first-death-") || key.starts_with("x-last-death-")
+}
+
+/// A copy of the request for operators: the client's properties and headers, Baton's
+/// reason on top. A body over the request size limit is kept truncated
+/// ([`DEAD_LETTER_BODY_KEEP`] bytes, masked: [`baton_contract::mask::truncated`]), with
+/// [`headers::TRUNCATED`] and [`headers::ORIGINAL_SIZE`] saying so.
 async fn dead_letter_copy(
     channel: &Channel,
     delivery: &Delivery,
@@ -1376,11 +1391,43 @@ async fn dead_letter_copy(
     detail: &str,
     shared: &Shared,
 ) -> Result<(), BrokerError> {
-    let mut properties = shared.env.transport.stamped(json_properties(&[
-        (headers::REASON, reason),
-        (headers::DETAIL, detail),
-    ]));
-    // Keep what the client sent, so an operator can see and replay it as it was.
+    let oversized = delivery.data.len() > shared.settings.limits.max_body_bytes;
+    let kept;
+    let body: &[u8] = if oversized {
+        kept = baton_contract::mask::truncated(&delivery.data, DEAD_LETTER_BODY_KEEP);
+        kept.as_bytes()
+    } else {
+        &delivery.data
+    };
+    let original_size = delivery.data.len().to_string();
+    let kept_size = body.len().to_string();
+    let mut baton_headers = vec![(headers::REASON, reason), (headers::DETAIL, detail)];
+    if oversized {
+        baton_headers.push((headers::TRUNCATED, kept_size.as_str()));
+        baton_headers.push((headers::ORIGINAL_SIZE, original_size.as_str()));
+    }
+    let mut properties = shared
+        .env
+        .transport
+        .stamped(json_properties(&baton_headers));
+    // Keep what the client sent, so an operator can see and replay it as it was: its
+    // headers (its own `baton-schema` and `traceparent` included) under Baton's.
+    if let Some(client) = delivery.properties.headers() {
+        let mut table = properties.headers().clone().unwrap_or_default();
+        let baton_says = [
+            headers::REASON,
+            headers::DETAIL,
+            headers::TRUNCATED,
+            headers::ORIGINAL_SIZE,
+        ];
+        for (key, value) in client.inner() {
+            let key_text = key.as_str();
+            if !baton_says.contains(&key_text) && !is_broker_death_header(key_text) {
+                table.insert(key.clone(), value.clone());
+            }
+        }
+        properties = properties.with_headers(table);
+    }
     if let Some(ct) = delivery.properties.content_type() {
         properties = properties.with_content_type(ct.clone());
     }
@@ -1394,7 +1441,7 @@ async fn dead_letter_copy(
     shared
         .env
         .transport
-        .watch(publish_confirmed(channel, "", &dead, &delivery.data, properties).await)?;
+        .watch(publish_confirmed(channel, "", &dead, body, properties).await)?;
     shared
         .env
         .metrics

@@ -267,6 +267,14 @@ async fn replay_request(
             from.unwrap_or_else(|| "a service".into())
         );
     }
+    if let Some(kept) = header_text(&m.properties, headers::TRUNCATED) {
+        // Only the masked first bytes of the body were kept: there is no request to send.
+        anyhow::bail!(
+            "its body was too large and only {kept} of {} bytes were kept, masked: not \
+             replayed (the client must send the payment again)",
+            header_text(&m.properties, headers::ORIGINAL_SIZE).unwrap_or_else(|| "?".into())
+        );
+    }
     let mut properties = amqp::with_sender(m.properties.clone(), sender);
     if let Some(table) = m.properties.headers() {
         let kept: std::collections::BTreeMap<_, _> = table

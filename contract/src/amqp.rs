@@ -4,7 +4,7 @@
 //! One function per part of the topology, so each binary declares exactly what it uses and
 //! can simply call it again after a reconnect.
 
-use crate::names::{headers, Names, CONTENT_TYPE, SCHEMA_VERSION};
+use crate::names::{headers, Names, CONTENT_TYPE, KNOWN_SCHEMA_VERSIONS, SCHEMA_VERSION};
 use lapin::options::{
     BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
     QueueDeclareOptions, QueueDeleteOptions,
@@ -607,6 +607,58 @@ pub fn sender(properties: &BasicProperties) -> Option<&str> {
     properties.user_id().as_ref().map(|u| u.as_str())
 }
 
+/// Checks a request's `baton-schema` header: absent means version 1; present, it must
+/// name one of [`KNOWN_SCHEMA_VERSIONS`], as an integer of any AMQP width or as decimal
+/// text (clients' AMQP libraries differ in how they send a number). Anything else is
+/// refused naming the versions known, never guessed at: a body of another version may
+/// mean something else under the same field names.
+pub fn check_schema(properties: &BasicProperties) -> Result<(), crate::InvalidRequest> {
+    let Some(value) = properties
+        .headers()
+        .as_ref()
+        .and_then(|table| table.inner().get(headers::SCHEMA))
+    else {
+        return Ok(());
+    };
+    let version: Option<i128> = match value {
+        AMQPValue::ShortShortInt(v) => Some(i128::from(*v)),
+        AMQPValue::ShortShortUInt(v) => Some(i128::from(*v)),
+        AMQPValue::ShortInt(v) => Some(i128::from(*v)),
+        AMQPValue::ShortUInt(v) => Some(i128::from(*v)),
+        AMQPValue::LongInt(v) => Some(i128::from(*v)),
+        AMQPValue::LongUInt(v) => Some(i128::from(*v)),
+        AMQPValue::LongLongInt(v) => Some(i128::from(*v)),
+        AMQPValue::LongString(_) | AMQPValue::ShortString(_) => {
+            let text = header_text(properties, headers::SCHEMA).unwrap_or_default();
+            let digits =
+                !text.is_empty() && text.len() <= 9 && text.bytes().all(|b| b.is_ascii_digit());
+            digits.then(|| text.parse().ok()).flatten()
+        }
+        _ => None,
+    };
+    if version.is_some_and(|v| KNOWN_SCHEMA_VERSIONS.iter().any(|&k| i128::from(k) == v)) {
+        return Ok(());
+    }
+    let known = KNOWN_SCHEMA_VERSIONS
+        .iter()
+        .map(u32::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    // The value is described, not quoted, beyond a number: a header can hold anything.
+    let got = match version {
+        Some(v) => format!("version {v}"),
+        None => "not a version number".to_owned(),
+    };
+    Err(crate::InvalidRequest::new(
+        None,
+        headers::SCHEMA,
+        &format!(
+            "is {got}; this orchestrator reads schema version(s) {known} (an absent header \
+             means 1): send it as the integer or text of a known version"
+        ),
+    ))
+}
+
 /// A header's text value, if present and textual.
 pub fn header_text(properties: &BasicProperties, key: &str) -> Option<String> {
     let value = properties.headers().as_ref()?.inner().get(key)?;
@@ -754,5 +806,65 @@ mod tests {
             problem: String::new()
         }
         .is_transient());
+    }
+
+    fn with_schema(value: AMQPValue) -> BasicProperties {
+        let mut table = FieldTable::default();
+        table.insert(headers::SCHEMA.into(), value);
+        BasicProperties::default().with_headers(table)
+    }
+
+    #[test]
+    fn known_schema_versions_pass_in_any_integer_width_or_as_text() {
+        assert!(
+            check_schema(&BasicProperties::default()).is_ok(),
+            "absent is 1"
+        );
+        assert!(
+            check_schema(&json_properties(&[])).is_ok(),
+            "what Baton sends"
+        );
+        for ok in [
+            AMQPValue::ShortShortUInt(1),
+            AMQPValue::ShortInt(1),
+            AMQPValue::LongInt(1),
+            AMQPValue::LongUInt(1),
+            AMQPValue::LongLongInt(1),
+            AMQPValue::LongString("1".into()),
+            AMQPValue::ShortString("1".into()),
+        ] {
+            assert!(check_schema(&with_schema(ok.clone())).is_ok(), "{ok:?}");
+        }
+    }
+
+    #[test]
+    fn unknown_schema_versions_are_refused_naming_the_known_ones() {
+        for (bad, got) in [
+            (AMQPValue::LongLongInt(99), "is version 99"),
+            (AMQPValue::LongString("99".into()), "is version 99"),
+            (AMQPValue::LongLongInt(0), "is version 0"),
+            (AMQPValue::LongLongInt(-1), "is version -1"),
+            (
+                AMQPValue::LongString("1.0".into()),
+                "is not a version number",
+            ),
+            (
+                AMQPValue::LongString(" 1".into()),
+                "is not a version number",
+            ),
+            (AMQPValue::LongString("".into()), "is not a version number"),
+            (AMQPValue::Boolean(true), "is not a version number"),
+            (AMQPValue::Double(1.0), "is not a version number"),
+            (
+                AMQPValue::LongLongInt(4242424242424242),
+                "is version ****4242",
+            ),
+        ] {
+            let e = check_schema(&with_schema(bad.clone())).unwrap_err();
+            assert_eq!(e.field, "baton-schema", "{bad:?}");
+            assert!(e.problem.starts_with(got), "{bad:?}: {e}");
+            assert!(e.problem.contains("reads schema version(s) 1"), "{e}");
+            assert_eq!(e.payment_id, None);
+        }
     }
 }

@@ -12,6 +12,7 @@ pub mod mask;
 mod message;
 mod names;
 mod request;
+mod strict_json;
 
 #[cfg(feature = "amqp")]
 pub mod amqp;
@@ -22,5 +23,8 @@ pub use message::{
     Action, CardExposure, CardView, Command, PaymentResult, PaymentView, Reply, ReplyOutcome,
     Status, StepOutcome, StepRecord,
 };
-pub use names::{headers, Names, CONTENT_TYPE, SCHEMA_VERSION};
-pub use request::{Card, CardNumber, Currency, InvalidRequest, Limits, Money, PaymentRequest};
+pub use names::{headers, Names, CONTENT_TYPE, KNOWN_SCHEMA_VERSIONS, SCHEMA_VERSION};
+pub use request::{
+    parse_expiry, parse_payment_id, Card, CardNumber, Currency, InvalidRequest, Limits, Money,
+    PaymentRequest,
+};

@@ -134,6 +134,35 @@ pub fn bounded(text: &str, max_chars: usize) -> String {
     }
 }
 
+/// The first `keep` bytes (at most) of a message body that is too large to keep whole,
+/// made fit to store and show: cut at a character boundary, the digit chain the cut
+/// would split dropped whole, then masked. A card number cut in two is still a card
+/// number — its first dozen digits alone would pass as "too short to mask" — so the
+/// part before the cut is never left to stand alone. Undecodable bytes become U+FFFD.
+///
+/// What it is not: a way to keep a body replayable. The result is text for operators.
+pub fn truncated(body: &[u8], keep: usize) -> String {
+    let mut cut = keep.min(body.len());
+    // Never inside a UTF-8 sequence: back off over continuation bytes.
+    while cut > 0 && cut < body.len() && (body[cut] & 0xC0) == 0x80 {
+        cut -= 1;
+    }
+    let mut kept = String::from_utf8_lossy(&body[..cut]).into_owned();
+    let rest = &body[cut..];
+    let next = String::from_utf8_lossy(&rest[..rest.len().min(4)])
+        .chars()
+        .next();
+    let in_chain = |c: char| c.is_ascii_digit() || SEPARATORS.contains(&c);
+    if next.is_some_and(in_chain) {
+        let end = kept.trim_end_matches(in_chain).len();
+        kept.truncate(end);
+    }
+    match mask_card_numbers(&kept) {
+        Cow::Borrowed(_) => kept,
+        Cow::Owned(masked) => masked,
+    }
+}
+
 /// Log targets that print message bodies, and the level they are held at. lapin logs
 /// the whole of every message the broker returns (an unroutable `mandatory` publish:
 /// a request parked towards a deleted retry queue carries a card number) at WARN, and

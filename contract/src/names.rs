@@ -4,6 +4,11 @@
 /// Version of the JSON messages in this crate; sent in the `baton-schema` header.
 pub const SCHEMA_VERSION: u32 = 1;
 
+/// Every schema version the orchestrator reads. A request whose `baton-schema` header
+/// names another is rejected; a request without the header is read as version 1 (what
+/// every request was before the header was checked).
+pub const KNOWN_SCHEMA_VERSIONS: &[u32] = &[1];
+
 /// Content type of every message Baton publishes.
 pub const CONTENT_TYPE: &str = "application/json";
 
@@ -22,6 +27,11 @@ pub mod headers {
     pub const PARKED: &str = "x-baton-parked";
     /// The step a parked request waits for.
     pub const PARKED_AT: &str = "x-baton-parked-at";
+    /// On a dead letter whose body was too large to keep: how many bytes of it are kept
+    /// (masked text, not the body as sent).
+    pub const TRUNCATED: &str = "x-baton-truncated";
+    /// On a dead letter whose body was too large to keep: the body's size as sent, bytes.
+    pub const ORIGINAL_SIZE: &str = "x-baton-original-size";
 }
 
 /// The names of every exchange and queue of one Baton deployment.

@@ -341,13 +341,26 @@ impl PaymentRequest {
                 ),
             ));
         }
-        let value: Value = serde_json::from_slice(body).map_err(|e| {
+        let decoded = crate::strict_json::decode(body).map_err(|e| {
             invalid(
                 None,
                 "body",
                 format!("is not valid JSON ({})", e.classify_message()),
             )
         })?;
+        let value = decoded.value;
+        if let Some(path) = decoded.duplicate {
+            // Addressable unless the id itself is the repeated key.
+            let payment_id = (path != "payment_id")
+                .then(|| value.get("payment_id")?.as_str().and_then(parse_payment_id))
+                .flatten();
+            return Err(invalid(
+                payment_id,
+                &path,
+                "is given more than once: each key may appear only once (a reader keeping \
+                 the first value would see another request than one keeping the last)",
+            ));
+        }
         let Value::Object(object) = &value else {
             return Err(invalid(
                 None,
@@ -362,8 +375,14 @@ impl PaymentRequest {
         };
 
         let id_text = top.string("payment_id")?;
-        let payment_id =
-            Uuid::try_parse(id_text).map_err(|_| invalid(None, "payment_id", "must be a UUID"))?;
+        let payment_id = parse_payment_id(id_text).ok_or_else(|| {
+            invalid(
+                None,
+                "payment_id",
+                "must be a UUID in canonical form: 36 characters, lower-case hexadecimal \
+                 digits in groups of 8-4-4-4-12 joined by hyphens (no braces, no urn: prefix)",
+            )
+        })?;
         let top = Fields {
             payment_id: Some(payment_id),
             ..top
@@ -418,7 +437,7 @@ impl PaymentRequest {
             return Err(invalid(
                 Some(payment_id),
                 "card.expiry",
-                "must be MM/YY with a month from 01 to 12",
+                "must be MM/YY: two digits, a slash, two digits, with a month from 01 to 12",
             ));
         }
 
@@ -437,21 +456,44 @@ impl PaymentRequest {
 
     /// Best effort: the payment id of a body that may be invalid, so a rejection can be
     /// addressed to it.
+    /// A body whose `payment_id` is given twice, or not in canonical form, has none.
     pub fn sniff_payment_id(body: &[u8]) -> Option<Uuid> {
-        let value: Value = serde_json::from_slice(body).ok()?;
-        Uuid::try_parse(value.get("payment_id")?.as_str()?).ok()
+        let decoded = crate::strict_json::decode(body).ok()?;
+        if decoded.duplicate.as_deref() == Some("payment_id") {
+            return None;
+        }
+        parse_payment_id(decoded.value.get("payment_id")?.as_str()?)
     }
 }
 
-/// `MM/YY` → (month 1–12, full year).
+/// A payment id as the contract accepts it: a UUID in canonical form only (lower-case,
+/// hyphenated, 36 characters), so the id a client sent is the id every result, journal
+/// row and command carries, byte for byte. `Uuid::try_parse` alone would also take
+/// upper-case, braced, `urn:uuid:` and unhyphenated forms and print them back otherwise.
+pub fn parse_payment_id(text: &str) -> Option<Uuid> {
+    let canonical = text.len() == 36
+        && text.bytes().enumerate().all(|(i, b)| match i {
+            8 | 13 | 18 | 23 => b == b'-',
+            _ => b.is_ascii_digit() || (b'a'..=b'f').contains(&b),
+        });
+    canonical.then(|| Uuid::try_parse(text).ok()).flatten()
+}
+
+/// A card expiry `MM/YY` → (month 1–12, full year 2000–2099): exactly five ASCII
+/// characters, two digits, a slash, two digits, the month from 01 to 12. The one expiry
+/// parser: request validation and the authorization service both use it, so a request
+/// that passes validation is never an "unreadable expiry" later. (Rust's integer
+/// parsing alone would take `+1/+9`.)
 pub fn parse_expiry(expiry: &str) -> Option<(u32, u32)> {
-    let (mm, yy) = expiry.split_once('/')?;
-    if mm.len() != 2 || yy.len() != 2 {
+    let &[m1, m2, b'/', y1, y2] = expiry.as_bytes() else {
+        return None;
+    };
+    if ![m1, m2, y1, y2].iter().all(u8::is_ascii_digit) {
         return None;
     }
-    let month: u32 = mm.parse().ok()?;
-    let year: u32 = yy.parse().ok()?;
-    (1..=12).contains(&month).then_some((month, 2000 + year))
+    let month = u32::from((m1 - b'0') * 10 + (m2 - b'0'));
+    let year = 2000 + u32::from((y1 - b'0') * 10 + (y2 - b'0'));
+    (1..=12).contains(&month).then_some((month, year))
 }
 
 trait ClassifyMessage {
@@ -661,6 +703,126 @@ mod tests {
         let e = PaymentRequest::parse(GOOD.as_bytes(), &limits).unwrap_err();
         assert_eq!(e.field, "body");
         assert!(e.problem.contains("over the limit"));
+    }
+
+    const ID: &str = "6f1c3a52-3b1e-4f4e-9d7a-0c2b8e1f5a10";
+
+    #[test]
+    fn a_repeated_key_is_refused_by_name_at_every_level() {
+        // The issue's case: a proxy checking the first amount would see 1999.
+        let body = GOOD.replace(
+            r#""currency": "EUR"}"#,
+            r#""currency": "EUR", "minor": 9999999}"#,
+        );
+        let e = error(body.as_bytes());
+        assert_eq!(e.field, "amount.minor", "{e}");
+        assert!(e.problem.contains("more than once"), "{e}");
+        assert_eq!(e.payment_id.unwrap().to_string(), ID, "still addressable");
+
+        for (body, field) in [
+            (
+                GOOD.replace(r#""m-1001","#, r#""m-1001", "merchant_id": "m-2","#),
+                "merchant_id",
+            ),
+            (
+                GOOD.replace(r#""12/30"}"#, r#""12/30", "number": "4242424242424242"}"#),
+                "card.number",
+            ),
+            (
+                GOOD.replace("}}", r#"}, "extra": {"k": 1, "k": 1}}"#),
+                "extra.k",
+            ),
+            (
+                GOOD.replace("}}", r#"}, "list": [{"k": 1, "k": 2}]}"#),
+                "list[0].k",
+            ),
+        ] {
+            let e = error(body.as_bytes());
+            assert_eq!(e.field, field, "{e}");
+            assert!(e.problem.contains("more than once"), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_repeated_payment_id_leaves_the_request_unaddressed() {
+        let body = GOOD.replace(
+            r#""merchant_id""#,
+            r#""payment_id": "00000000-0000-4000-8000-000000000000", "merchant_id""#,
+        );
+        let e = error(body.as_bytes());
+        assert_eq!(e.field, "payment_id", "{e}");
+        assert_eq!(e.payment_id, None, "which of the two ids would it be?");
+        assert_eq!(PaymentRequest::sniff_payment_id(body.as_bytes()), None);
+    }
+
+    #[test]
+    fn only_the_canonical_uuid_form_is_a_payment_id() {
+        assert_eq!(parse_payment_id(ID).unwrap().to_string(), ID);
+        for other in [
+            "6F1C3A52-3B1E-4F4E-9D7A-0C2B8E1F5A10",
+            "6f1c3a52-3b1e-4f4e-9d7a-0C2b8e1f5a10",
+            "{6f1c3a52-3b1e-4f4e-9d7a-0c2b8e1f5a10}",
+            "urn:uuid:6f1c3a52-3b1e-4f4e-9d7a-0c2b8e1f5a10",
+            "6f1c3a523b1e4f4e9d7a0c2b8e1f5a10",
+            "6f1c3a52-3b1e-4f4e-9d7a0-c2b8e1f5a10",
+            "6f1c3a52-3b1e-4f4e-9d7a-0c2b8e1f5a1g",
+            " 6f1c3a52-3b1e-4f4e-9d7a-0c2b8e1f5a1",
+        ] {
+            assert_eq!(parse_payment_id(other), None, "{other}");
+            let e = error(&with(&["payment_id"], other.into()));
+            assert_eq!(e.field, "payment_id", "{other}");
+            assert!(e.problem.contains("canonical form"), "{e}");
+            assert_eq!(
+                e.payment_id, None,
+                "{other}: never answered under a rewritten id"
+            );
+            assert_eq!(
+                PaymentRequest::sniff_payment_id(&with(&["amount"], "x".into())),
+                Some(Uuid::try_parse(ID).unwrap())
+            );
+            assert_eq!(
+                PaymentRequest::sniff_payment_id(&with(&["payment_id"], other.into())),
+                None,
+                "{other}"
+            );
+        }
+    }
+
+    #[test]
+    fn expiry_is_two_digits_a_slash_two_digits() {
+        assert_eq!(parse_expiry("12/30"), Some((12, 2030)));
+        assert_eq!(parse_expiry("01/00"), Some((1, 2000)));
+        for bad in [
+            "+1/+9", "+1/30", "12/+9", "-1/30", " 1/30", "1 /30", "00/30", "13/30", "1/30", "12/3",
+            "12/300", "12-30", "12/30 ", "１2/30", "", "/", "ab/cd",
+        ] {
+            assert_eq!(parse_expiry(bad), None, "{bad:?}");
+            let e = error(&with(&["card", "expiry"], bad.into()));
+            assert_eq!(e.field, "card.expiry", "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn the_shipped_broker_limit_leaves_room_for_a_readable_rejection() {
+        let conf = include_str!("../../deploy/rabbitmq/rabbitmq.conf");
+        let limit: usize = conf
+            .lines()
+            .find_map(|line| line.trim().strip_prefix("max_message_size"))
+            .and_then(|rest| rest.trim().strip_prefix('='))
+            .expect("deploy/rabbitmq/rabbitmq.conf sets max_message_size")
+            .trim()
+            .parse()
+            .expect("max_message_size is a number of bytes");
+        let requests = Limits::default().max_body_bytes;
+        assert!(
+            limit >= 4 * requests,
+            "{limit}: a request over the orchestrator's {requests}-byte limit must still \
+             reach it, to be rejected with a result"
+        );
+        assert!(
+            limit <= 16 * 1024 * 1024,
+            "{limit}: far above any Baton message"
+        );
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //!
 //! Case counts stay modest (≤ 2,000 per property) so the suite stays fast.
 
-use baton_contract::mask::{bounded, luhn_valid};
+use baton_contract::mask::{bounded, luhn_valid, truncated};
 use baton_contract::{contains_card_number, mask_card_numbers};
 use proptest::prelude::*;
 use serde_json::{json, Value};
@@ -240,5 +240,30 @@ proptest! {
         for chain in digit_strings(&out) {
             prop_assert!(!chain.contains(&digits[..digits.len().min(8)]) || before.contains(&digits[..8]), "{out}");
         }
+    }
+
+    #[test]
+    fn a_truncated_body_never_keeps_more_than_the_last_four_of_a_card(
+        (digits, written) in written_card(),
+        before in "[a-z\\{\\}\":, äé€]{0,40}",
+        after in "[a-z\\{\\}\":, äé€]{0,40}",
+        cut_at in 0usize..120,
+    ) {
+        // Filler without digits: every digit kept comes from the card.
+        let body = format!("{before}{written}{after}");
+        let out = truncated(body.as_bytes(), cut_at);
+        let kept_digits = out.chars().filter(char::is_ascii_digit).count();
+        prop_assert!(kept_digits == 0 || kept_digits == 4, "{kept_digits} digits kept: {out:?} (from {body:?}, cut at {cut_at})");
+        if kept_digits == 4 {
+            prop_assert!(out.contains(&format!("****{}", &digits[digits.len() - 4..])), "{out:?}");
+        }
+        prop_assert!(out.len() <= cut_at, "{out:?} is longer than the {cut_at} bytes kept");
+        // What stood before the card, up to the cut, is kept as it was.
+        let mut before_end = before.len().min(cut_at);
+        while !before.is_char_boundary(before_end) {
+            before_end -= 1;
+        }
+        let before_kept = before[..before_end].trim_end_matches(' ');
+        prop_assert!(out.starts_with(before_kept), "{out:?} lost {before_kept:?}");
     }
 }

@@ -96,19 +96,10 @@ impl YearMonth {
     }
 }
 
-/// `MM/YY` → the month the card expires at the end of; `None` if unreadable.
+/// `MM/YY` → the month the card expires at the end of; `None` if unreadable. The
+/// contract's parser ([`baton_contract::parse_expiry`]), the one request validation uses.
 pub fn parse_expiry(expiry: &str) -> Option<YearMonth> {
-    // The contract has the same parser but does not export it.
-    let (mm, yy) = expiry.split_once('/')?;
-    if mm.len() != 2 || yy.len() != 2 || !yy.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    let month: u32 = mm.parse().ok()?;
-    let year: u32 = yy.parse().ok()?;
-    (1..=12).contains(&month).then_some(YearMonth {
-        year: 2000 + year,
-        month,
-    })
+    baton_contract::parse_expiry(expiry).map(|(month, year)| YearMonth { year, month })
 }
 
 /// The Luhn (mod 10) check over 12–19 ASCII digits (the contract's one Luhn check, with
@@ -478,6 +469,18 @@ mod tests {
                 "{number:?}"
             );
         }
+    }
+
+    #[test]
+    fn expiry_is_read_by_the_contracts_one_parser() {
+        for text in ["12/30", "01/00", "+1/+9", "+1/30", "1/30", "13/30", "12/3x"] {
+            assert_eq!(
+                parse_expiry(text).map(|ym| (ym.month, ym.year)),
+                baton_contract::parse_expiry(text),
+                "{text}"
+            );
+        }
+        assert_eq!(parse_expiry("+1/30"), None);
     }
 
     #[test]

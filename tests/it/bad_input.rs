@@ -5,10 +5,22 @@ use crate::app::spawn_app;
 use baton::testcards::TestCard;
 use baton_contract::{amqp, headers, Status};
 use lapin::options::{BasicAckOptions, BasicGetOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::BasicProperties;
 use uuid::Uuid;
 
 /// Takes the next message from the dead-letter queue: (reason header, detail, body).
 async fn next_dead_letter(app: &crate::app::TestApp) -> (String, String, Vec<u8>) {
+    let (properties, body) = next_dead_message(app).await;
+    (
+        amqp::header_text(&properties, headers::REASON).unwrap_or_default(),
+        amqp::header_text(&properties, headers::DETAIL).unwrap_or_default(),
+        body,
+    )
+}
+
+/// Takes the next message from the dead-letter queue: (properties, body).
+async fn next_dead_message(app: &crate::app::TestApp) -> (BasicProperties, Vec<u8>) {
     let dead = app.names.dead_queue();
     assert!(
         app.queue_depth(&dead, 1).await >= 1,
@@ -26,10 +38,8 @@ async fn next_dead_letter(app: &crate::app::TestApp) -> (String, String, Vec<u8>
         .ack(BasicAckOptions::default())
         .await
         .unwrap();
-    let properties = &message.delivery.properties;
     (
-        amqp::header_text(properties, headers::REASON).unwrap_or_default(),
-        amqp::header_text(properties, headers::DETAIL).unwrap_or_default(),
+        message.delivery.properties.clone(),
         message.delivery.data.clone(),
     )
 }
@@ -82,6 +92,8 @@ struct BadCase {
     body: fn(serde_json::Value) -> Vec<u8>,
     /// Content type to publish with (`application/json` otherwise).
     content_type: Option<&'static str>,
+    /// Headers to publish with, over the client's own (`baton-schema: 1`).
+    headers: Vec<(&'static str, AMQPValue)>,
     /// The field the detail must start with.
     field: &'static str,
     /// Words the detail must contain.
@@ -104,6 +116,7 @@ fn bad_cases() -> Vec<BadCase> {
             name: "wrong content type",
             body: json,
             content_type: Some("text/plain"),
+            headers: Vec::new(),
             field: "content_type",
             problem: "must be application/json",
             answered: true,
@@ -114,6 +127,7 @@ fn bad_cases() -> Vec<BadCase> {
             name: "content type carrying a card number",
             body: json,
             content_type: Some("text/plain; card=5105 1051 0510 5100"),
+            headers: Vec::new(),
             field: "content_type",
             problem: "must be application/json",
             answered: true,
@@ -125,6 +139,7 @@ fn bad_cases() -> Vec<BadCase> {
                 json(r)
             },
             content_type: None,
+            headers: Vec::new(),
             field: "merchant_id",
             problem: "must not contain a card number",
             answered: true,
@@ -136,6 +151,7 @@ fn bad_cases() -> Vec<BadCase> {
                 json(r)
             },
             content_type: None,
+            headers: Vec::new(),
             field: "customer_id",
             problem: "must not contain a card number",
             answered: true,
@@ -147,6 +163,7 @@ fn bad_cases() -> Vec<BadCase> {
                 json(r)
             },
             content_type: None,
+            headers: Vec::new(),
             field: "customer_id",
             problem: "is required",
             answered: true,
@@ -158,6 +175,7 @@ fn bad_cases() -> Vec<BadCase> {
                 json(r)
             },
             content_type: None,
+            headers: Vec::new(),
             field: "merchant_id",
             problem: "must be a string, got a number",
             answered: true,
@@ -169,6 +187,7 @@ fn bad_cases() -> Vec<BadCase> {
                 json(r)
             },
             content_type: None,
+            headers: Vec::new(),
             field: "payment_id",
             problem: "must be a UUID",
             answered: false,
@@ -180,6 +199,7 @@ fn bad_cases() -> Vec<BadCase> {
                 json(r)
             },
             content_type: None,
+            headers: Vec::new(),
             field: "amount.minor",
             problem: "must be a positive integer",
             answered: true,
@@ -191,6 +211,7 @@ fn bad_cases() -> Vec<BadCase> {
                 json(r)
             },
             content_type: None,
+            headers: Vec::new(),
             field: "amount.minor",
             problem: "got a negative number",
             answered: true,
@@ -202,6 +223,7 @@ fn bad_cases() -> Vec<BadCase> {
                 json(r)
             },
             content_type: None,
+            headers: Vec::new(),
             field: "amount.minor",
             problem: "got a fractional number",
             answered: true,
@@ -213,6 +235,7 @@ fn bad_cases() -> Vec<BadCase> {
                 json(r)
             },
             content_type: None,
+            headers: Vec::new(),
             field: "amount.minor",
             problem: "must be at most 1000000",
             answered: true,
@@ -224,9 +247,114 @@ fn bad_cases() -> Vec<BadCase> {
                 json(r)
             },
             content_type: None,
+            headers: Vec::new(),
             field: "amount.currency",
             problem: "three upper-case letters",
             answered: true,
+        },
+        BadCase {
+            // Issue 10: a reader keeping the first amount (a proxy) would see 1999, serde
+            // keeping the last charged 9999.
+            name: "amount given twice",
+            body: |r| {
+                String::from_utf8(json(r))
+                    .unwrap()
+                    .replace(r#""minor":1999"#, r#""minor":1999,"minor":9999"#)
+                    .into_bytes()
+            },
+            content_type: None,
+            headers: Vec::new(),
+            field: "amount.minor",
+            problem: "is given more than once",
+            answered: true,
+        },
+        BadCase {
+            name: "card number given twice",
+            body: |r| {
+                String::from_utf8(json(r))
+                    .unwrap()
+                    .replace(r#""expiry":"#, r#""number":"4000000000000002","expiry":"#)
+                    .into_bytes()
+            },
+            content_type: None,
+            headers: Vec::new(),
+            field: "card.number",
+            problem: "is given more than once",
+            answered: true,
+        },
+        BadCase {
+            // The payment id itself twice: no result can say which payment it was.
+            name: "payment_id given twice",
+            body: |r| {
+                String::from_utf8(json(r))
+                    .unwrap()
+                    .replacen(
+                        '{',
+                        r#"{"payment_id":"00000000-0000-4000-8000-000000000000","#,
+                        1,
+                    )
+                    .into_bytes()
+            },
+            content_type: None,
+            headers: Vec::new(),
+            field: "payment_id",
+            problem: "is given more than once",
+            answered: false,
+        },
+        BadCase {
+            name: "unknown schema version",
+            body: json,
+            content_type: None,
+            headers: vec![("baton-schema", AMQPValue::LongLongInt(99))],
+            field: "baton-schema",
+            problem: "is version 99; this orchestrator reads schema version(s) 1",
+            answered: true,
+        },
+        BadCase {
+            name: "schema version as unreadable text",
+            body: json,
+            content_type: None,
+            headers: vec![("baton-schema", AMQPValue::LongString("v1".into()))],
+            field: "baton-schema",
+            problem: "is not a version number",
+            answered: true,
+        },
+        BadCase {
+            // Issue 10: it parsed, then authorization declined it `expired_card`.
+            name: "expiry with signs",
+            body: |mut r| {
+                r["card"]["expiry"] = "+1/+9".into();
+                json(r)
+            },
+            content_type: None,
+            headers: Vec::new(),
+            field: "card.expiry",
+            problem: "must be MM/YY",
+            answered: true,
+        },
+        BadCase {
+            name: "payment_id upper-case",
+            body: |mut r| {
+                r["payment_id"] = r["payment_id"].as_str().unwrap().to_uppercase().into();
+                json(r)
+            },
+            content_type: None,
+            headers: Vec::new(),
+            field: "payment_id",
+            problem: "canonical form",
+            answered: false,
+        },
+        BadCase {
+            name: "payment_id braced",
+            body: |mut r| {
+                r["payment_id"] = format!("{{{}}}", r["payment_id"].as_str().unwrap()).into();
+                json(r)
+            },
+            content_type: None,
+            headers: Vec::new(),
+            field: "payment_id",
+            problem: "canonical form",
+            answered: false,
         },
         BadCase {
             name: "body over the size limit",
@@ -235,6 +363,7 @@ fn bad_cases() -> Vec<BadCase> {
                 json(r)
             },
             content_type: None,
+            headers: Vec::new(),
             field: "body",
             problem: "over the limit of 1024 bytes",
             answered: true,
@@ -263,6 +392,13 @@ async fn every_kind_of_bad_input_is_rejected_with_its_field_dead_lettered_and_th
         if let Some(content_type) = case.content_type {
             properties = properties.with_content_type(content_type.into());
         }
+        if !case.headers.is_empty() {
+            let mut table = properties.headers().clone().unwrap_or_default();
+            for (key, value) in &case.headers {
+                table.insert((*key).into(), value.clone());
+            }
+            properties = properties.with_headers(table);
+        }
         amqp::publish_confirmed(
             publisher.channel(),
             "",
@@ -284,7 +420,16 @@ async fn every_kind_of_bad_input_is_rejected_with_its_field_dead_lettered_and_th
             detail.starts_with(&format!("{}: ", case.field)) && detail.contains(case.problem),
             "{name}: {detail}"
         );
-        assert_eq!(dead_body, body, "{name}: the raw request is kept");
+        if body.len() > SMALL_BODY_LIMIT {
+            // Oversized: kept masked (and truncated past 4 KiB; see the 2 MiB test).
+            assert_eq!(
+                dead_body,
+                baton_contract::mask_card_numbers(std::str::from_utf8(&body).unwrap()).as_bytes(),
+                "{name}: the body is kept masked"
+            );
+        } else {
+            assert_eq!(dead_body, body, "{name}: the raw request is kept");
+        }
         assert!(
             !detail.contains("4242424242424242"),
             "{name}: the detail echoes the card: {detail}"
@@ -337,6 +482,130 @@ async fn every_kind_of_bad_input_is_rejected_with_its_field_dead_lettered_and_th
             .await,
         results_published
     );
+    assert_eq!(app.queue_depth(&app.names.dead_queue(), 0).await, 0);
+    app.cleanup().await;
+}
+
+/// Issue 10: a 2 MiB body was republished whole to `.dead`. Now the dead letter keeps the
+/// client's headers and properties and the first 4 KiB of the body, masked — a card
+/// number the cut splits is dropped, not left as a dozen digits — with headers saying it
+/// was truncated and how large the body was.
+#[tokio::test]
+async fn an_oversized_request_is_dead_lettered_truncated_and_masked_with_its_headers() {
+    let mut app = spawn_app().await;
+    let payment_id = Uuid::new_v4();
+    const SIZE: usize = 2 * 1024 * 1024;
+    let head = format!(
+        r#"{{"payment_id":"{payment_id}","merchant_id":"m-1001","customer_id":"c-42","amount":{{"minor":1999,"currency":"EUR"}},"card":{{"number":"4242424242424242","expiry":"12/30"}},"note":""#
+    );
+    // A second card number, grouped, straddling the 4096th byte.
+    let split_card = "4111 1111 1111 1111";
+    let mut body = head.clone();
+    body.push_str(&"x".repeat(4096 - 9 - head.len()));
+    body.push_str(split_card);
+    let tail = r#""}"#;
+    body.push_str(&"y".repeat(SIZE - body.len() - tail.len()));
+    body.push_str(tail);
+    assert_eq!(body.len(), SIZE);
+
+    let correlation = "huge";
+    let publisher = app.client.publisher();
+    let mut table = FieldTable::default();
+    table.insert(
+        "traceparent".into(),
+        AMQPValue::LongString("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()),
+    );
+    table.insert("x-client-note".into(), AMQPValue::LongString("kept".into()));
+    let mut properties = publisher.request_properties(correlation);
+    let mut headers_sent = properties.headers().clone().unwrap_or_default();
+    for (key, value) in table.inner() {
+        headers_sent.insert(key.clone(), value.clone());
+    }
+    properties = properties.with_headers(headers_sent);
+    amqp::publish_confirmed(
+        publisher.channel(),
+        "",
+        &app.names.requests_queue(),
+        body.as_bytes(),
+        properties,
+    )
+    .await
+    .unwrap();
+
+    let rejected = app.result_for(correlation).await.result.unwrap();
+    assert_eq!(rejected.payment_id, payment_id);
+    assert_eq!(rejected.status, Status::Rejected);
+    let detail = rejected.detail.unwrap();
+    assert!(
+        detail.starts_with("body: is 2097152 bytes, over the limit of 65536 bytes"),
+        "{detail}"
+    );
+
+    // `baton dead replay` refuses it: there is no request left to send.
+    assert_eq!(app.queue_depth(&app.names.dead_queue(), 1).await, 1);
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_baton"));
+    command
+        .args(["--amqp-url", &crate::app::amqp_url(), "--prefix"])
+        .args([app.names.prefix(), "dead", "replay", "1"])
+        .env("RUST_LOG", "warn");
+    let output = tokio::task::spawn_blocking(move || command.output())
+        .await
+        .unwrap()
+        .expect("run the baton binary");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("bytes were kept, masked: not replayed"),
+        "{stderr}"
+    );
+
+    let (dead, dead_body) = next_dead_message(&app).await;
+    let text = String::from_utf8(dead_body.clone()).unwrap();
+    let header = |key: &str| amqp::header_text(&dead, key);
+    assert_eq!(header(headers::REASON).as_deref(), Some("invalid_request"));
+    assert_eq!(header(headers::DETAIL).as_deref(), Some(detail.as_str()));
+    assert_eq!(
+        header(headers::ORIGINAL_SIZE).as_deref(),
+        Some("2097152"),
+        "the original size"
+    );
+    assert_eq!(
+        header(headers::TRUNCATED),
+        Some(dead_body.len().to_string()),
+        "the bytes kept"
+    );
+    assert!(
+        (4000..=4096).contains(&dead_body.len()),
+        "{} bytes kept",
+        dead_body.len()
+    );
+    assert!(
+        text.starts_with(&format!(r#"{{"payment_id":"{payment_id}""#)),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#""number":"****4242""#),
+        "the whole card is masked"
+    );
+    assert!(!text.contains("42424242"), "{text}");
+    assert!(
+        !text.contains("4111") && text.ends_with('x'),
+        "the split card is dropped whole: {}",
+        &text[text.len() - 40..]
+    );
+    assert_eq!(
+        header("traceparent").as_deref(),
+        Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+    );
+    assert_eq!(header("x-client-note").as_deref(), Some("kept"));
+    assert_eq!(
+        dead.correlation_id().as_ref().map(|c| c.as_str()),
+        Some(correlation)
+    );
+    assert!(dead.reply_to().is_some(), "the client's reply_to is kept");
+
+    let (result, _) = app.pay(TestCard::Good).await;
+    assert_eq!(result.status, Status::Completed);
     assert_eq!(app.queue_depth(&app.names.dead_queue(), 0).await, 0);
     app.cleanup().await;
 }
