@@ -176,8 +176,9 @@ pub fn grant(role: Role, prefix: &str) -> Grant {
             NOTHING.to_owned(),
         ),
         Role::Operator => (
-            // `attention replay` waits for the service on a server-named reply queue.
-            r"^amq\.gen-.+$".to_owned(),
+            // `attention replay` waits for the service on a server-named reply queue;
+            // every command holds its queue's lock, an exclusive `<queue>.lock`.
+            format!(r"^({p}\.(dead|attention)\.lock|amq\.gen-.+)$"),
             // Replays go to requests / a command queue through the default exchange.
             r"^amq\.default$".to_owned(),
             format!(r"^({p}\.(dead|attention)|amq\.gen-.+)$"),

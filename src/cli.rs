@@ -196,27 +196,38 @@ pub struct BenchArgs {
     pub json: bool,
 }
 
-/// `baton dead …` / `baton attention …`.
+/// `baton dead …` / `baton attention …`. Each works on one snapshot of the whole queue,
+/// under a lock (a second operator's command waits): nothing moves by looking.
 #[derive(Debug, Subcommand)]
 pub enum QueueCommand {
-    /// List the messages (number, reason, payment id, detail) without removing them
+    /// List every message (key, reason, where from, payment id, detail) without removing
+    /// or reordering any
     List {
-        /// At most this many
+        /// Print at most this many
         #[arg(long, default_value_t = 100)]
         limit: usize,
     },
-    /// Print message number N of the listing, headers and body
+    /// Print the messages named: headers, x-death chain and body
     Show {
-        /// The number from `list`
-        n: usize,
+        /// A message key from `list` (12 hex digits), or a payment id (all its messages)
+        #[arg(required = true)]
+        targets: Vec<String>,
     },
-    /// Move message N (or every message with --all) back to the request queue
+    /// Send the messages named (or all with --all) back: a dead request to the request
+    /// queue, an attention item's compensation to its service; removed once that worked
     Replay {
-        /// The number from `list`
-        n: Option<usize>,
+        /// A message key from `list`, or a payment id with one message here
+        targets: Vec<String>,
         /// Replay every message
-        #[arg(long, conflicts_with = "n")]
+        #[arg(long, conflicts_with = "targets")]
         all: bool,
+    },
+    /// Remove the messages named for good, printing each first (an in-doubt item
+    /// settled by hand, a dead command that must not run)
+    Drop {
+        /// A message key from `list`, or a payment id with one message here
+        #[arg(required = true)]
+        targets: Vec<String>,
     },
 }
 

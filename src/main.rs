@@ -12,7 +12,14 @@ async fn main() {
         cli::Command::Demo(_) => "warn,sqlx=error",
         _ => "info",
     };
-    baton::telemetry::init(cli.common.log_format, default_filter);
+    // The operator tools wait for a queue's lock by asking again while the broker refuses
+    // (RESOURCE_LOCKED closes the channel, which lapin logs as an error): expected, and
+    // said in the tool's own words.
+    let caps: &[(&str, &str)] = match cli.command {
+        cli::Command::Dead(_) | cli::Command::Attention(_) => &[("lapin::channel", "off")],
+        _ => &[],
+    };
+    baton::telemetry::init_with_caps(cli.common.log_format, default_filter, caps);
     let code = match cli::run(cli).await {
         Ok(code) => code,
         Err(error) => {

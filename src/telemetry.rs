@@ -9,13 +9,34 @@ use tracing_subscriber::EnvFilter;
 /// Installs the global subscriber; `default_filter` applies when `RUST_LOG` is not set.
 /// Safe to call more than once (later calls do nothing).
 pub fn init(format: LogFormat, default_filter: &str) {
+    init_with_caps(format, default_filter, &[]);
+}
+
+/// [`init`], with more `(target, level)` caps that hold unless `RUST_LOG` names the
+/// target: a command for which a target's messages are expected noise (the operator
+/// tools wait for a lock by retrying a declare the broker refuses, which lapin logs as
+/// an error on `lapin::channel`).
+pub fn init_with_caps(format: LogFormat, default_filter: &str, caps: &[(&str, &str)]) {
     let rust_log = std::env::var(EnvFilter::DEFAULT_ENV).ok();
-    let filter = EnvFilter::try_new(baton_contract::mask::log_filter(
+    let with_caps = |mut directives: String| {
+        for (target, level) in caps {
+            if !rust_log.as_deref().unwrap_or("").contains(target) {
+                directives.push_str(&format!(",{target}={level}"));
+            }
+        }
+        directives
+    };
+    let filter = EnvFilter::try_new(with_caps(baton_contract::mask::log_filter(
         rust_log.as_deref(),
         default_filter,
-    ))
+    )))
     // An unparsable RUST_LOG falls back to the default, as before.
-    .unwrap_or_else(|_| EnvFilter::new(baton_contract::mask::log_filter(None, default_filter)));
+    .unwrap_or_else(|_| {
+        EnvFilter::new(with_caps(baton_contract::mask::log_filter(
+            None,
+            default_filter,
+        )))
+    });
     use std::io::IsTerminal as _;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

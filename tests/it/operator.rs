@@ -95,12 +95,97 @@ async fn fast_app(faulty: ServiceKind, faults: Faults) -> TestApp {
     app
 }
 
-/// The lines of a listing that start with number `n`.
-fn numbered(stdout: &str, n: usize) -> Vec<&str> {
+/// The rows of a listing, in order: (key, the whole line).
+fn rows(stdout: &str) -> Vec<(String, String)> {
     stdout
         .lines()
-        .filter(|l| l.trim_start().starts_with(&format!("{n} ")))
+        .filter_map(|line| {
+            let key = line.split_whitespace().next()?;
+            (key.len() == 12 && key.bytes().all(|b| b.is_ascii_hexdigit()))
+                .then(|| (key.to_owned(), line.to_owned()))
+        })
         .collect()
+}
+
+/// The rows of a listing that name `payment_id`.
+fn rows_of(stdout: &str, payment_id: Uuid) -> Vec<(String, String)> {
+    rows(stdout)
+        .into_iter()
+        .filter(|(_, line)| line.contains(&payment_id.to_string()))
+        .collect()
+}
+
+/// The key `list` gives the one message of `payment_id`.
+fn key_of(stdout: &str, payment_id: Uuid) -> String {
+    let found = rows_of(stdout, payment_id);
+    assert_eq!(found.len(), 1, "one row for {payment_id}: {stdout}");
+    found[0].0.clone()
+}
+
+/// Publishes a request as Baton dead-letters one it refused.
+async fn dead_letter(app: &TestApp, payment_id: Uuid) -> Vec<u8> {
+    let body = serde_json::to_vec(&TestCard::Good.request_with_id(payment_id)).unwrap();
+    let properties = amqp::json_properties(&[
+        (headers::REASON, "invalid_request"),
+        (headers::DETAIL, "amount.minor: must be a positive integer"),
+    ])
+    .with_message_id(payment_id.to_string().into());
+    amqp::publish_confirmed(
+        app.client.publisher().channel(),
+        "",
+        &app.names.dead_queue(),
+        &body,
+        properties,
+    )
+    .await
+    .unwrap();
+    body
+}
+
+/// Plays a consumer in a crash loop on `queue`: every delivery is given back
+/// (`basic.nack` with requeue, which RabbitMQ counts like a closed channel) until the
+/// quorum queue's delivery limit dead-letters the one message there.
+async fn crash_loop(app: &TestApp, queue: &str) {
+    use futures_lite::StreamExt;
+    use lapin::options::{BasicConsumeOptions, BasicNackOptions};
+    use lapin::types::AMQPValue;
+    let channel = app.client.publisher().channel().clone();
+    let mut consumer = channel
+        .basic_consume(
+            queue.into(),
+            "crash-loop".into(),
+            BasicConsumeOptions::default(),
+            Default::default(),
+        )
+        .await
+        .unwrap();
+    loop {
+        let delivery = tokio::time::timeout(std::time::Duration::from_secs(30), consumer.next())
+            .await
+            .expect("a delivery within 30 s")
+            .expect("the consumer goes on")
+            .expect("a delivery");
+        let count = delivery
+            .properties
+            .headers()
+            .as_ref()
+            .and_then(|h| h.inner().get("x-delivery-count").cloned());
+        delivery
+            .acker
+            .nack(BasicNackOptions {
+                requeue: true,
+                multiple: false,
+            })
+            .await
+            .unwrap();
+        if matches!(count, Some(AMQPValue::LongLongInt(n)) if n >= amqp::DELIVERY_LIMIT) {
+            break;
+        }
+    }
+    channel
+        .basic_cancel("crash-loop".into(), Default::default())
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
@@ -116,30 +201,41 @@ async fn dead_letters_are_listed_without_removing_them_shown_and_replayed_as_sen
     assert_eq!(first.status, Status::Rejected);
     assert_eq!(app.queue_depth(&dead, 1).await, 1);
 
-    // list: number 1, the reason, the payment id, the detail; nothing removed.
+    // list: the key, the reason, who wrote it, the payment id, the detail; nothing
+    // removed.
     let run = baton(&app, &["dead", "list"]).await;
     assert_eq!(run.code, 0, "{}", run.stderr);
-    let lines = numbered(&run.stdout, 1);
+    let lines = rows(&run.stdout);
     assert_eq!(lines.len(), 1, "{}", run.stdout);
+    let key = lines[0].0.clone();
     for part in [
         "invalid_request",
+        " baton ",
         &payment_id.to_string(),
         "amount.minor: must be a positive integer",
     ] {
-        assert!(lines[0].contains(part), "{part} missing: {}", run.stdout);
+        assert!(lines[0].1.contains(part), "{part} missing: {}", run.stdout);
     }
-    assert!(numbered(&run.stdout, 2).is_empty(), "{}", run.stdout);
+    assert!(
+        run.stdout.contains(&format!("1 messages in {dead}")),
+        "{}",
+        run.stdout
+    );
     assert_eq!(
         app.queue_depth(&dead, 1).await,
         1,
         "list removed the message"
     );
 
-    // show: reason, detail, headers and the body.
-    let run = baton(&app, &["dead", "show", "1"]).await;
+    // show: key, reason, detail, headers and the body; by key or by payment id alike.
+    let run = baton(&app, &["dead", "show", &key]).await;
     assert_eq!(run.code, 0, "{}", run.stderr);
+    let by_payment = baton(&app, &["dead", "show", &payment_id.to_string()]).await;
+    assert_eq!(by_payment.stdout, run.stdout);
     for part in [
+        &format!("key         {key}"),
         "reason      invalid_request",
+        "from        baton",
         &format!("payment_id  {payment_id}"),
         "header      x-baton-reason = invalid_request",
         "header      x-baton-detail = amount.minor:",
@@ -153,16 +249,24 @@ async fn dead_letters_are_listed_without_removing_them_shown_and_replayed_as_sen
         1,
         "show removed the message"
     );
+    let run = baton(&app, &["dead", "show", "0123456789ab"]).await;
+    assert_eq!(run.code, 1, "there is no such key: {}", run.stdout);
+    assert!(run.stderr.contains("no message in"), "{}", run.stderr);
     let run = baton(&app, &["dead", "show", "2"]).await;
-    assert_eq!(run.code, 1, "there is no number 2: {}", run.stdout);
+    assert_eq!(run.code, 1, "a position is no name: {}", run.stdout);
+    assert!(
+        run.stderr.contains("neither a message key"),
+        "{}",
+        run.stderr
+    );
 
     // replay: back to the request queue as it was sent (reply_to and correlation id
     // included), so it is rejected again and answered to the same client.
-    let run = baton(&app, &["dead", "replay", "1"]).await;
+    let run = baton(&app, &["dead", "replay", &key]).await;
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert!(
         run.stdout.contains(&format!(
-            "replayed {payment_id}: back in {}",
+            "replayed {key} {payment_id}: back in {}",
             app.names.requests_queue()
         )),
         "{}",
@@ -229,7 +333,7 @@ async fn dead_show_and_list_mask_card_numbers_in_every_shape_and_keep_the_paymen
     .unwrap();
     assert_eq!(app.queue_depth(&dead, 1).await, 1);
 
-    let shown = baton(&app, &["dead", "show", "1"]).await;
+    let shown = baton(&app, &["dead", "show", &payment_id.to_string()]).await;
     assert_eq!(shown.code, 0, "{}", shown.stderr);
     let listed = baton(&app, &["dead", "list"]).await;
     assert_eq!(listed.code, 0, "{}", listed.stderr);
@@ -267,7 +371,7 @@ async fn dead_show_and_list_mask_card_numbers_in_every_shape_and_keep_the_paymen
         );
     }
     assert!(
-        numbered(&listed.stdout, 1)[0].contains(&payment_id.to_string()),
+        rows(&listed.stdout)[0].1.contains(&payment_id.to_string()),
         "{}",
         listed.stdout
     );
@@ -311,7 +415,7 @@ async fn a_returned_message_never_puts_its_card_number_in_the_log() {
         let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_baton"));
         command
             .args(["--amqp-url", &crate::app::amqp_url(), "--prefix", &prefix])
-            .args(["dead", "replay", "1"])
+            .args(["dead", "replay", &payment_id.to_string()])
             .env_remove("RUST_LOG");
         if let Some(filter) = rust_log {
             command.env("RUST_LOG", filter);
@@ -328,7 +432,8 @@ async fn a_returned_message_never_puts_its_card_number_in_the_log() {
             "{rust_log:?}: {stdout} {stderr}"
         );
         assert!(
-            stderr.contains(&format!("not replayed {payment_id}"))
+            stderr.contains("not replayed ")
+                && stderr.contains(&format!("{payment_id}: "))
                 && stderr.contains(&format!("{prefix}.requests was unroutable")),
             "{rust_log:?}: {stderr}"
         );
@@ -376,10 +481,10 @@ async fn a_request_dead_lettered_for_service_unavailable_replays_to_its_recorded
     assert_eq!(app.queue_depth(&dead, 1).await, 1);
     let run = baton(&app, &["dead", "list"]).await;
     assert_eq!(run.code, 0, "{}", run.stderr);
-    let lines = numbered(&run.stdout, 1);
+    let lines = rows(&run.stdout);
     assert_eq!(lines.len(), 1, "{}", run.stdout);
     assert!(
-        lines[0].contains("service_unavailable") && lines[0].contains(&payment_id.to_string()),
+        lines[0].1.contains("service_unavailable") && lines[0].1.contains(&payment_id.to_string()),
         "{}",
         run.stdout
     );
@@ -389,7 +494,7 @@ async fn a_request_dead_lettered_for_service_unavailable_replays_to_its_recorded
     // decision wins, so the replay publishes the recorded result again and moves no
     // money — a payment never gets two different results.
     app.service("risk").set_faults(Faults::default()).unwrap();
-    let run = baton(&app, &["dead", "replay", "1"]).await;
+    let run = baton(&app, &["dead", "replay", &payment_id.to_string()]).await;
     assert_eq!(run.code, 0, "{}", run.stderr);
     let replayed = app.result_for("unavailable").await.result.unwrap();
     assert_eq!(replayed, failed, "the recorded result, unchanged");
@@ -428,14 +533,15 @@ async fn a_failed_compensation_is_listed_and_replayed_once_the_service_recovers(
 
     let run = baton(&app, &["attention", "list"]).await;
     assert_eq!(run.code, 0, "{}", run.stderr);
-    let lines = numbered(&run.stdout, 1);
+    let lines = rows(&run.stdout);
     assert_eq!(lines.len(), 1, "{}", run.stdout);
+    let key = lines[0].0.clone();
     for part in [
         "compensation_failed",
         &payment_id.to_string(),
         "authorization compensation_failed",
     ] {
-        assert!(lines[0].contains(part), "{part} missing: {}", run.stdout);
+        assert!(lines[0].1.contains(part), "{part} missing: {}", run.stdout);
     }
     assert_eq!(
         app.queue_depth(&attention, 1).await,
@@ -443,14 +549,14 @@ async fn a_failed_compensation_is_listed_and_replayed_once_the_service_recovers(
         "list removed the item"
     );
 
-    let run = baton(&app, &["attention", "show", "1"]).await;
+    let run = baton(&app, &["attention", "show", &key]).await;
     assert_eq!(run.code, 0, "{}", run.stderr);
     let command_id = format!("{payment_id}:authorization:compensate");
     assert!(run.stdout.contains(&command_id), "{}", run.stdout);
     assert!(!run.stdout.contains("4100000000000019"), "{}", run.stdout);
 
     // While the service still fails, a replay fails and the item stays.
-    let run = baton(&app, &["attention", "replay", "1"]).await;
+    let run = baton(&app, &["attention", "replay", &key]).await;
     assert_eq!(run.code, 1, "{}", run.stdout);
     assert!(run.stderr.contains("the item stays"), "{}", run.stderr);
     assert_eq!(app.queue_depth(&attention, 1).await, 1);
@@ -463,10 +569,10 @@ async fn a_failed_compensation_is_listed_and_replayed_once_the_service_recovers(
     app.service("authorization")
         .set_faults(Faults::default())
         .unwrap();
-    let run = baton(&app, &["attention", "replay", "1"]).await;
+    let run = baton(&app, &["attention", "replay", &payment_id.to_string()]).await;
     assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
     assert!(
-        run.stdout.contains(&format!("replayed {payment_id}")),
+        run.stdout.contains(&format!("replayed {key} {payment_id}")),
         "{}",
         run.stdout
     );
@@ -556,5 +662,322 @@ async fn status_and_the_http_port_show_the_journal_of_a_payment() {
     assert_eq!(status, 404, "{body}");
     let (status, body) = http_get(addr, "/payments/not-a-uuid").await.unwrap();
     assert_eq!(status, 400, "{body}");
+    app.cleanup().await;
+}
+
+/// The dead queue's order, as the broker holds it: the payment id of each message.
+async fn order_of(app: &TestApp, queue: &str) -> Vec<Uuid> {
+    let taken = app.take_all(queue).await;
+    taken
+        .iter()
+        .map(|(_, body)| baton_contract::PaymentRequest::sniff_payment_id(body).expect("an id"))
+        .collect()
+}
+
+/// A quorum queue gives a message back at its tail: a tool that looked at the first N
+/// messages and gave them back rotated the queue, and `show 2` twice showed two
+/// payments. Keys stay, and after any number of looks the broker holds the messages in
+/// their order.
+#[tokio::test]
+async fn looking_showing_and_replaying_by_key_never_reorders_the_dead_queue() {
+    let app = spawn_services(Store::Sqlite, &[]).await;
+    let dead = app.names.dead_queue();
+    let ids: Vec<Uuid> = (0..4).map(|_| Uuid::new_v4()).collect();
+    for id in &ids {
+        dead_letter(&app, *id).await;
+    }
+    assert_eq!(app.queue_depth(&dead, 4).await, 4);
+
+    let listed = baton(&app, &["dead", "list"]).await;
+    assert_eq!(listed.code, 0, "{}", listed.stderr);
+    let keys: Vec<String> = ids.iter().map(|id| key_of(&listed.stdout, *id)).collect();
+    let order: Vec<String> = rows(&listed.stdout).into_iter().map(|(k, _)| k).collect();
+    assert_eq!(order, keys, "listed in queue order: {}", listed.stdout);
+    for _ in 0..3 {
+        let shown = baton(&app, &["dead", "show", &keys[1]]).await;
+        assert_eq!(shown.code, 0, "{}", shown.stderr);
+        assert!(
+            shown.stdout.contains(&format!("payment_id  {}", ids[1])),
+            "{}",
+            shown.stdout
+        );
+        let shown = baton(&app, &["dead", "show", &ids[2].to_string()]).await;
+        assert!(shown.stdout.contains(&format!("key         {}", keys[2])));
+        let again = baton(&app, &["dead", "list"]).await;
+        let order: Vec<String> = rows(&again.stdout).into_iter().map(|(k, _)| k).collect();
+        assert_eq!(
+            order, keys,
+            "the same keys in the same order: {}",
+            again.stdout
+        );
+    }
+
+    // Replaying the second takes it out and leaves the others in their order.
+    let replayed = baton(&app, &["dead", "replay", &keys[1]]).await;
+    assert_eq!(replayed.code, 0, "{}", replayed.stderr);
+    assert!(
+        replayed
+            .stdout
+            .contains(&format!("replayed {} {}", keys[1], ids[1])),
+        "{}",
+        replayed.stdout
+    );
+    let gone = baton(&app, &["dead", "show", &keys[1]]).await;
+    assert_eq!(gone.code, 1, "{}", gone.stdout);
+    let requests = app.take_all(&app.names.requests_queue()).await;
+    assert_eq!(requests.len(), 1);
+    assert_eq!(
+        baton_contract::PaymentRequest::sniff_payment_id(&requests[0].1),
+        Some(ids[1])
+    );
+    assert_eq!(
+        order_of(&app, &dead).await,
+        vec![ids[0], ids[2], ids[3]],
+        "the broker's order after looks and a replay"
+    );
+    app.cleanup().await;
+}
+
+/// Two operators replay the same key at once: the queue's lock makes one wait for the
+/// other, so the message is replayed once and the one left is not touched.
+#[tokio::test]
+async fn two_operators_replaying_one_message_at_once_replay_it_once() {
+    let app = spawn_services(Store::Sqlite, &[]).await;
+    let dead = app.names.dead_queue();
+    let (wanted, other) = (Uuid::new_v4(), Uuid::new_v4());
+    dead_letter(&app, wanted).await;
+    dead_letter(&app, other).await;
+    assert_eq!(app.queue_depth(&dead, 2).await, 2);
+    let listed = baton(&app, &["dead", "list"]).await;
+    let key = key_of(&listed.stdout, wanted);
+
+    let args = ["dead", "replay", key.as_str()];
+    let (first, second) = tokio::join!(baton(&app, &args), baton(&app, &args));
+    let mut codes = [first.code, second.code];
+    codes.sort_unstable();
+    assert_eq!(
+        codes,
+        [0, 1],
+        "one replays, one finds it gone:\n{}{}\n{}{}",
+        first.stdout,
+        first.stderr,
+        second.stdout,
+        second.stderr
+    );
+    let loser = if first.code == 1 { &first } else { &second };
+    assert!(
+        loser
+            .stderr
+            .contains(&format!("no message in {dead} has key {key}")),
+        "{}",
+        loser.stderr
+    );
+    let requests = app.take_all(&app.names.requests_queue()).await;
+    assert_eq!(requests.len(), 1, "replayed exactly once");
+    assert_eq!(order_of(&app, &dead).await, vec![other]);
+    app.cleanup().await;
+}
+
+/// While one operator's command holds a queue, another's waits for it rather than
+/// seeing the queue empty (the messages held are invisible to anybody else), then sees
+/// every message.
+#[tokio::test]
+async fn a_command_waits_for_another_operators_command_on_the_same_queue() {
+    use std::io::BufRead;
+    let app = spawn_services(Store::Sqlite, &[]).await;
+    let dead = app.names.dead_queue();
+    let payment_id = Uuid::new_v4();
+    dead_letter(&app, payment_id).await;
+    assert_eq!(app.queue_depth(&dead, 1).await, 1);
+    // Hold the lock as a command in progress does.
+    let holder = app.client.publisher().channel().clone();
+    let lock = format!("{dead}.lock");
+    let held = lapin::options::QueueDeclareOptions {
+        exclusive: true,
+        auto_delete: true,
+        ..Default::default()
+    };
+    holder
+        .queue_declare(lock.as_str().into(), held, Default::default())
+        .await
+        .unwrap();
+
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_baton"));
+    command
+        .args([
+            "--amqp-url",
+            &app.url_of(Role::Operator),
+            "--prefix",
+            app.names.prefix(),
+            "dead",
+            "list",
+        ])
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = command.spawn().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let first_line = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        std::io::BufReader::new(stderr)
+            .read_line(&mut line)
+            .unwrap();
+        line
+    })
+    .await
+    .unwrap();
+    assert!(
+        first_line.contains(&format!(
+            "another operator's command is working on {dead}; waiting"
+        )),
+        "{first_line}"
+    );
+    holder
+        .queue_delete(lock.as_str().into(), Default::default())
+        .await
+        .unwrap();
+    let output = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(rows_of(&stdout, payment_id).len(), 1, "{stdout}");
+    app.cleanup().await;
+}
+
+/// A parked request that then passed the request queue's delivery limit (a crash loop)
+/// was listed as `expired` and refused by replay, which read only the first death (the
+/// retry tier's). The last death decides: `delivery_limit` out of the request queue, and
+/// replayed it completes.
+#[tokio::test]
+async fn a_parked_request_past_the_delivery_limit_is_listed_as_such_and_replayed() {
+    let mut app = spawn_services(Store::Sqlite, &ServiceKind::ALL).await;
+    let dead = app.names.dead_queue();
+    let channel = app.client.publisher().channel().clone();
+    // The built-in workflow's first tier (clean-up deletes it).
+    let retry = amqp::declare_parking(&channel, &app.names, 1000)
+        .await
+        .unwrap();
+    let payment_id = Uuid::new_v4();
+    let body = serde_json::to_vec(&TestCard::Good.request_with_id(payment_id)).unwrap();
+    let properties = app
+        .client
+        .publisher()
+        .request_properties("parked")
+        .with_message_id(payment_id.to_string().into());
+    // Parked: in the tier until its TTL sends it back to the request queue, where a
+    // crash-looping consumer returns it until RabbitMQ dead-letters it.
+    amqp::publish_confirmed(&channel, "", &retry, &body, properties)
+        .await
+        .unwrap();
+    crash_loop(&app, &app.names.requests_queue()).await;
+    assert_eq!(app.queue_depth(&dead, 1).await, 1);
+
+    let listed = baton(&app, &["dead", "list"]).await;
+    assert_eq!(listed.code, 0, "{}", listed.stderr);
+    let row = rows_of(&listed.stdout, payment_id);
+    assert_eq!(row.len(), 1, "{}", listed.stdout);
+    let (key, line) = &row[0];
+    let requests = app.names.requests_queue();
+    let short = requests
+        .strip_prefix(&format!("{}.", app.names.prefix()))
+        .unwrap();
+    assert!(
+        line.contains("delivery_limit") && line.contains(&format!(" {short} ")),
+        "the last death, and where: {line}"
+    );
+    assert!(
+        line.contains("retry.1000ms expired ×1 → requests delivery_limit ×1"),
+        "the chain, oldest first: {line}"
+    );
+    let shown = baton(&app, &["dead", "show", key]).await;
+    for part in [
+        "reason      delivery_limit",
+        &format!("from        {requests}"),
+        &format!("death 1     {retry} expired ×1"),
+        &format!("death 2     {requests} delivery_limit ×1"),
+    ] {
+        assert!(
+            shown.stdout.contains(part),
+            "{part} missing: {}",
+            shown.stdout
+        );
+    }
+
+    let settings = app.orchestrator_settings();
+    app.start_orchestrator(settings).await;
+    let replayed = baton(&app, &["dead", "replay", key]).await;
+    assert_eq!(replayed.code, 0, "{}", replayed.stderr);
+    let result = app.result_for("parked").await.result.unwrap();
+    assert_eq!(result.payment_id, payment_id);
+    assert_eq!(result.status, Status::Completed, "{result:?}");
+    assert_eq!(app.queue_depth(&dead, 0).await, 0);
+    app.cleanup().await;
+}
+
+/// A command RabbitMQ dead-lettered out of a service's queue is not a payment request:
+/// listed with that queue and why, refused by replay with both named, and removed by
+/// `drop`, which prints it first.
+#[tokio::test]
+async fn a_dead_command_is_refused_by_replay_and_removed_by_drop() {
+    let app = spawn_services(Store::Sqlite, &[]).await;
+    let dead = app.names.dead_queue();
+    let channel = app.client.publisher().channel().clone();
+    let queue = amqp::declare_command_queue(&channel, &app.names, "risk")
+        .await
+        .unwrap();
+    let payment_id = Uuid::new_v4();
+    let kept = Uuid::new_v4();
+    dead_letter(&app, kept).await;
+    let body =
+        serde_json::json!({"payment_id": payment_id, "command_id": format!("{payment_id}:risk")});
+    let properties = amqp::json_properties(&[]).with_message_id(payment_id.to_string().into());
+    amqp::publish_confirmed(
+        &channel,
+        "",
+        &queue,
+        &serde_json::to_vec(&body).unwrap(),
+        properties,
+    )
+    .await
+    .unwrap();
+    crash_loop(&app, &queue).await;
+    assert_eq!(app.queue_depth(&dead, 2).await, 2);
+
+    let listed = baton(&app, &["dead", "list"]).await;
+    let row = rows_of(&listed.stdout, payment_id);
+    assert_eq!(row.len(), 1, "{}", listed.stdout);
+    let (key, line) = &row[0];
+    assert!(
+        line.contains("delivery_limit") && line.contains(" cmd.risk "),
+        "{line}"
+    );
+    let refused = baton(&app, &["dead", "replay", key]).await;
+    assert_eq!(refused.code, 1, "{}", refused.stdout);
+    assert!(
+        refused.stderr.contains(&format!(
+            "not a payment request (dead-lettered by RabbitMQ: delivery_limit in {queue})"
+        )),
+        "{}",
+        refused.stderr
+    );
+    let dropped = baton(&app, &["dead", "drop", key]).await;
+    assert_eq!(dropped.code, 0, "{}", dropped.stderr);
+    assert!(
+        dropped
+            .stdout
+            .contains(&format!("dropped {key} {payment_id}"))
+            && dropped
+                .stdout
+                .contains(&format!("command_id\": \"{payment_id}:risk")),
+        "{}",
+        dropped.stdout
+    );
+    assert_eq!(
+        order_of(&app, &dead).await,
+        vec![kept],
+        "only the command went"
+    );
     app.cleanup().await;
 }
