@@ -86,6 +86,19 @@ pub enum BrokerError {
         /// Exchange/routing key.
         target: String,
     },
+    /// A queue exists with other arguments than this version declares (made by an older
+    /// Baton, or by hand): RabbitMQ refuses to change them, so nothing starts until the
+    /// queue is recreated (README "Upgrading queue arguments").
+    #[error(
+        "queue {queue} exists with other arguments than this Baton declares ({detail}); \
+         recreate it as README \"Upgrading queue arguments\" says"
+    )]
+    QueueArguments {
+        /// The queue.
+        queue: String,
+        /// RabbitMQ's words: which argument differs, and its two values.
+        detail: String,
+    },
     /// The channel or connection failed underneath.
     #[error("RabbitMQ channel error: {0}")]
     Channel(#[from] lapin::Error),
@@ -99,6 +112,7 @@ impl BrokerError {
             BrokerError::BadUrl { .. }
                 | BrokerError::Unroutable { .. }
                 | BrokerError::CaFile { .. }
+                | BrokerError::QueueArguments { .. }
         )
     }
 }
@@ -353,33 +367,99 @@ pub async fn confirm_channel(connection: &Connection) -> Result<Channel, BrokerE
     Ok(channel)
 }
 
-fn quorum_args(dead_letter_to: Option<&str>) -> FieldTable {
-    let mut args = FieldTable::default();
-    args.insert(
-        "x-queue-type".into(),
-        AMQPValue::LongString("quorum".into()),
-    );
-    if let Some(dead) = dead_letter_to {
-        args.insert(
-            "x-delivery-limit".into(),
-            AMQPValue::LongLongInt(delivery_limit()),
-        );
-        args.insert(
-            "x-dead-letter-exchange".into(),
-            AMQPValue::LongString("".into()),
-        );
-        args.insert(
-            "x-dead-letter-routing-key".into(),
-            AMQPValue::LongString(dead.into()),
-        );
-    }
-    args
+/// Bounds of the queues nobody but a person or an optional consumer empties. They are
+/// queue arguments, the same in every binary (a queue declared twice with different
+/// arguments is refused); a deployment that needs lower ones sets a `max-length` policy
+/// (RabbitMQ applies the smaller of policy and argument). README "Queue bounds".
+pub mod bounds {
+    /// `<prefix>.results` keeps at most this many results; past it the oldest is dropped
+    /// (`drop-head`). Every result is also in the journal and went to its `reply_to`.
+    pub const RESULTS_MAX_LENGTH: i64 = 100_000;
+    /// A result unconsumed for 7 days leaves `<prefix>.results`.
+    pub const RESULTS_TTL_MS: i64 = 7 * 24 * 60 * 60 * 1000;
+    /// `<prefix>.dead` refuses more than this (`reject-publish`): nothing is dropped;
+    /// RabbitMQ keeps what it could not dead-letter in the source queue, Baton's own
+    /// dead-letter publishes are refused and retried. Alert `BatonDeadLettersFilling`
+    /// fires at 80 %.
+    pub const DEAD_MAX_LENGTH: i64 = 100_000;
+    /// `<prefix>.attention` refuses more than this (`reject-publish`), as `.dead`. Alert
+    /// `BatonAttentionFilling` fires at 80 %.
+    pub const ATTENTION_MAX_LENGTH: i64 = 10_000;
 }
 
-fn durable() -> QueueDeclareOptions {
-    QueueDeclareOptions {
+/// Arguments of a durable quorum queue, built one concern at a time.
+struct QueueArgs(FieldTable);
+
+impl QueueArgs {
+    fn quorum() -> Self {
+        let mut args = FieldTable::default();
+        args.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString("quorum".into()),
+        );
+        Self(args)
+    }
+
+    fn text(mut self, key: &str, value: &str) -> Self {
+        self.0
+            .insert(key.into(), AMQPValue::LongString(value.into()));
+        self
+    }
+
+    fn number(mut self, key: &str, value: i64) -> Self {
+        self.0.insert(key.into(), AMQPValue::LongLongInt(value));
+        self
+    }
+
+    /// Dead-letters to the queue `target` (through the default exchange), at least once.
+    ///
+    /// Quorum queues dead-letter at most once by default: a message whose target is
+    /// unavailable at that instant is dropped. Baton's dead letters are payments (a parked
+    /// request on its way back, a request or command past its delivery limit), so
+    /// RabbitMQ (3.10+) keeps each in the source queue until the target has confirmed it.
+    /// That strategy requires `reject-publish` overflow (with any other, RabbitMQ falls
+    /// back to at-most-once); none of these queues has a length bound, so it never
+    /// refuses a publish. The target must exist: every `declare_*` declares it first.
+    fn dead_letter_to(self, target: &str) -> Self {
+        self.text("x-dead-letter-exchange", "")
+            .text("x-dead-letter-routing-key", target)
+            .text("x-dead-letter-strategy", "at-least-once")
+            .text("x-overflow", "reject-publish")
+    }
+
+    /// A message delivered [`delivery_limit`] times is dead-lettered to `dead`.
+    fn delivery_limit_to(self, dead: &str) -> Self {
+        self.number("x-delivery-limit", delivery_limit())
+            .dead_letter_to(dead)
+    }
+}
+
+/// Declares a durable queue; a queue that exists with other arguments (an older Baton's,
+/// or a hand-made one) is [`BrokerError::QueueArguments`].
+async fn declare(channel: &Channel, queue: &str, args: QueueArgs) -> Result<(), BrokerError> {
+    let options = QueueDeclareOptions {
         durable: true,
         ..QueueDeclareOptions::default()
+    };
+    match channel.queue_declare(queue.into(), options, args.0).await {
+        Ok(_) => Ok(()),
+        Err(e) => Err(queue_arguments_error(queue, e)),
+    }
+}
+
+/// `PRECONDITION_FAILED` on a declare means the queue exists with other arguments.
+fn queue_arguments_error(queue: &str, error: lapin::Error) -> BrokerError {
+    use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
+    match error.kind() {
+        lapin::ErrorKind::ProtocolError(e)
+            if *e.kind() == AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED) =>
+        {
+            BrokerError::QueueArguments {
+                queue: queue.to_owned(),
+                detail: e.get_message().as_str().to_owned(),
+            }
+        }
+        _ => BrokerError::Channel(error),
     }
 }
 
@@ -399,18 +479,14 @@ pub async fn declare_core(channel: &Channel, names: &Names) -> Result<(), Broker
             FieldTable::default(),
         )
         .await?;
-    let dead = names.dead_queue();
-    channel
-        .queue_declare(dead.as_str().into(), durable(), quorum_args(None))
-        .await?;
+    declare_dead(channel, names).await?;
     let requests = names.requests_queue();
-    channel
-        .queue_declare(
-            requests.as_str().into(),
-            durable(),
-            quorum_args(Some(&dead)),
-        )
-        .await?;
+    declare(
+        channel,
+        &requests,
+        QueueArgs::quorum().delivery_limit_to(&names.dead_queue()),
+    )
+    .await?;
     channel
         .queue_bind(
             requests.as_str().into(),
@@ -421,9 +497,14 @@ pub async fn declare_core(channel: &Channel, names: &Names) -> Result<(), Broker
         )
         .await?;
     let results = names.results_queue();
-    channel
-        .queue_declare(results.as_str().into(), durable(), quorum_args(None))
-        .await?;
+    // Dropping the oldest, not refusing the newest: a refused result would hold up the
+    // payment that produced it (its request stays unacked until the result is confirmed),
+    // and a results queue nobody reads would stop every payment.
+    let bounded = QueueArgs::quorum()
+        .number("x-max-length", bounds::RESULTS_MAX_LENGTH)
+        .text("x-overflow", "drop-head")
+        .number("x-message-ttl", bounds::RESULTS_TTL_MS);
+    declare(channel, &results, bounded).await?;
     channel
         .queue_bind(
             results.as_str().into(),
@@ -436,40 +517,38 @@ pub async fn declare_core(channel: &Channel, names: &Names) -> Result<(), Broker
     Ok(())
 }
 
-/// Declares the operators' attention queue. Idempotent.
+/// The dead-letter queue: bounded, refusing rather than dropping at the bound.
+async fn declare_dead(channel: &Channel, names: &Names) -> Result<(), BrokerError> {
+    let args = QueueArgs::quorum()
+        .number("x-max-length", bounds::DEAD_MAX_LENGTH)
+        .text("x-overflow", "reject-publish");
+    declare(channel, &names.dead_queue(), args).await
+}
+
+/// Declares the operators' attention queue: bounded, refusing rather than dropping at
+/// the bound. Idempotent.
 pub async fn declare_attention(channel: &Channel, names: &Names) -> Result<String, BrokerError> {
     let queue = names.attention_queue();
-    channel
-        .queue_declare(queue.as_str().into(), durable(), quorum_args(None))
-        .await?;
+    let args = QueueArgs::quorum()
+        .number("x-max-length", bounds::ATTENTION_MAX_LENGTH)
+        .text("x-overflow", "reject-publish");
+    declare(channel, &queue, args).await?;
     Ok(queue)
 }
 
 /// Declares a parking queue: messages wait `delay_ms`, then RabbitMQ dead-letters them
-/// back to the request queue. Plain TTL and dead-lettering: no plugin needed.
-/// Idempotent.
+/// back to the request queue, at least once. Plain TTL and dead-lettering: no plugin
+/// needed. The request queue must exist ([`declare_core`] first). Idempotent.
 pub async fn declare_parking(
     channel: &Channel,
     names: &Names,
     delay_ms: u64,
 ) -> Result<String, BrokerError> {
     let queue = names.retry_queue(delay_ms);
-    let mut args = quorum_args(None);
-    args.insert(
-        "x-message-ttl".into(),
-        AMQPValue::LongLongInt(i64::try_from(delay_ms).unwrap_or(i64::MAX)),
-    );
-    args.insert(
-        "x-dead-letter-exchange".into(),
-        AMQPValue::LongString("".into()),
-    );
-    args.insert(
-        "x-dead-letter-routing-key".into(),
-        AMQPValue::LongString(names.requests_queue().as_str().into()),
-    );
-    channel
-        .queue_declare(queue.as_str().into(), durable(), args)
-        .await?;
+    let args = QueueArgs::quorum()
+        .number("x-message-ttl", i64::try_from(delay_ms).unwrap_or(i64::MAX))
+        .dead_letter_to(&names.requests_queue());
+    declare(channel, &queue, args).await?;
     Ok(queue)
 }
 
@@ -480,14 +559,14 @@ pub async fn declare_command_queue(
     names: &Names,
     service: &str,
 ) -> Result<String, BrokerError> {
-    let dead = names.dead_queue();
-    channel
-        .queue_declare(dead.as_str().into(), durable(), quorum_args(None))
-        .await?;
+    declare_dead(channel, names).await?;
     let queue = names.command_queue(service);
-    channel
-        .queue_declare(queue.as_str().into(), durable(), quorum_args(Some(&dead)))
-        .await?;
+    declare(
+        channel,
+        &queue,
+        QueueArgs::quorum().delivery_limit_to(&names.dead_queue()),
+    )
+    .await?;
     Ok(queue)
 }
 

@@ -178,7 +178,7 @@ async fn crash_loop(app: &TestApp, queue: &str) {
             })
             .await
             .unwrap();
-        if matches!(count, Some(AMQPValue::LongLongInt(n)) if n >= amqp::DELIVERY_LIMIT) {
+        if matches!(count, Some(AMQPValue::LongLongInt(n)) if n >= amqp::delivery_limit()) {
             break;
         }
     }

@@ -196,3 +196,151 @@ async fn a_channel_closed_by_the_broker_is_reopened_and_the_payment_completes() 
     assert_eq!(app.ledger.transfers_for(payment_id).await.unwrap(), 1);
     app.cleanup().await;
 }
+
+/// The arguments RabbitMQ reports for every queue of `prefix`, by queue name:
+/// `argument → value` as `rabbitmqctl` prints them in JSON.
+fn queue_arguments(
+    prefix: &str,
+) -> std::collections::BTreeMap<String, std::collections::BTreeMap<String, serde_json::Value>> {
+    let output = std::process::Command::new("rabbitmqctl")
+        .args([
+            "-q",
+            "list_queues",
+            "name",
+            "arguments",
+            "--formatter",
+            "json",
+        ])
+        .output()
+        .expect("rabbitmqctl");
+    assert!(output.status.success(), "{output:?}");
+    let listing: Vec<serde_json::Value> = serde_json::from_slice(&output.stdout).unwrap();
+    listing
+        .iter()
+        .filter_map(|queue| {
+            let name = queue["name"].as_str()?;
+            name.starts_with(&format!("{prefix}.")).then(|| {
+                let arguments = queue["arguments"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|a| (a[0].as_str().unwrap().to_owned(), a[2].clone()))
+                    .collect();
+                (name.to_owned(), arguments)
+            })
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn payments_are_dead_lettered_at_least_once_and_the_unread_queues_are_bounded() {
+    let app = spawn_app().await;
+    let prefix = app.names.prefix().to_owned();
+    let queues = queue_arguments(&prefix);
+    let arg = |queue: &str, key: &str| {
+        queues
+            .get(queue)
+            .unwrap_or_else(|| panic!("{queue} not declared: {queues:?}"))
+            .get(key)
+            .cloned()
+            .unwrap_or(serde_json::Value::Null)
+    };
+    let at_least_once_to = |queue: &str, target: &str| {
+        assert_eq!(
+            arg(queue, "x-dead-letter-strategy"),
+            "at-least-once",
+            "{queue}"
+        );
+        // Without reject-publish RabbitMQ silently falls back to at-most-once.
+        assert_eq!(arg(queue, "x-overflow"), "reject-publish", "{queue}");
+        assert_eq!(arg(queue, "x-dead-letter-routing-key"), target, "{queue}");
+        assert!(queues.contains_key(target), "{queue}'s target {target}");
+    };
+    let dead = app.names.dead_queue();
+    let requests = app.names.requests_queue();
+    at_least_once_to(&requests, &dead);
+    for kind in ServiceKind::ALL {
+        at_least_once_to(&app.names.command_queue(kind.name()), &dead);
+    }
+    let parking = baton::workflow::Workflow::builtin().parking().delays_ms();
+    for delay in &parking {
+        at_least_once_to(&app.names.retry_queue(*delay), &requests);
+    }
+    assert_eq!(
+        queues.keys().filter(|q| q.contains(".retry.")).count(),
+        parking.len()
+    );
+
+    let results = app.names.results_queue();
+    assert_eq!(
+        arg(&results, "x-max-length"),
+        amqp::bounds::RESULTS_MAX_LENGTH
+    );
+    assert_eq!(arg(&results, "x-message-ttl"), amqp::bounds::RESULTS_TTL_MS);
+    assert_eq!(
+        arg(&results, "x-overflow"),
+        "drop-head",
+        "a full results queue must never refuse a result"
+    );
+    assert_eq!(arg(&dead, "x-max-length"), amqp::bounds::DEAD_MAX_LENGTH);
+    assert_eq!(arg(&dead, "x-overflow"), "reject-publish", "never drop");
+    let attention = app.names.attention_queue();
+    assert_eq!(
+        arg(&attention, "x-max-length"),
+        amqp::bounds::ATTENTION_MAX_LENGTH
+    );
+    assert_eq!(
+        arg(&attention, "x-overflow"),
+        "reject-publish",
+        "never drop"
+    );
+    app.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_queue_an_older_baton_declared_is_a_clear_error_naming_it() {
+    let app = spawn_app().await;
+    // A queue as the previous release declared it: no dead-letter strategy.
+    let names = baton_contract::Names::new(format!("{}-old", app.names.prefix()));
+    let mut old = lapin::types::FieldTable::default();
+    old.insert(
+        "x-queue-type".into(),
+        lapin::types::AMQPValue::LongString("quorum".into()),
+    );
+    let connection = amqp::connect(
+        amqp::DEFAULT_AMQP_URL,
+        "old queue",
+        &amqp::TlsOptions::default(),
+    )
+    .await
+    .unwrap();
+    let setup = connection.create_channel().await.unwrap();
+    setup
+        .queue_declare(
+            names.dead_queue().as_str().into(),
+            lapin::options::QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            old,
+        )
+        .await
+        .unwrap();
+    let refused = amqp::declare_core(&setup, &names).await.unwrap_err();
+    assert!(!refused.is_transient(), "{refused}");
+    let message = refused.to_string();
+    assert!(
+        matches!(refused, amqp::BrokerError::QueueArguments { ref queue, .. } if *queue == names.dead_queue()),
+        "{message}"
+    );
+    assert!(
+        message.contains("x-max-length") && message.contains("Upgrading queue arguments"),
+        "{message}"
+    );
+    let cleanup = connection.create_channel().await.unwrap();
+    let _ = cleanup
+        .queue_delete(names.dead_queue().as_str().into(), Default::default())
+        .await;
+    let _ = connection.close(200, "done".into()).await;
+    app.cleanup().await;
+}
