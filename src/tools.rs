@@ -227,21 +227,24 @@ impl Tool<'_> {
                 Ok(code)
             }
             QueueCommand::Replay { all, .. } => {
-                let chosen: Vec<Result<usize, String>> = if all {
-                    (0..letters.len()).map(Ok).collect()
+                // Picked one at a time, after the ones before are done: `replay K K` on
+                // two identical copies replays each once, never one twice.
+                let wanted: Vec<Option<&Target>> = if all {
+                    letters.iter().map(|_| None).collect()
                 } else {
-                    targets
-                        .iter()
-                        .map(|t| self.pick(letters, t, done))
-                        .collect()
+                    targets.iter().map(Some).collect()
                 };
-                if chosen.is_empty() {
+                if wanted.is_empty() {
                     eprintln!("{} is empty: nothing to replay", self.queue);
                     return Ok(1);
                 }
                 let publish = amqp::confirm_channel(self.connection).await?;
                 let mut failures = 0;
-                for choice in chosen {
+                for (n, target) in wanted.into_iter().enumerate() {
+                    let choice = match target {
+                        Some(target) => self.pick(letters, target, done),
+                        None => Ok(n),
+                    };
                     let i = match choice {
                         Ok(i) => i,
                         Err(why) => {

@@ -981,3 +981,69 @@ async fn a_dead_command_is_refused_by_replay_and_removed_by_drop() {
     );
     app.cleanup().await;
 }
+
+/// Byte-identical copies (one request dead-lettered twice) share a key: a replay takes
+/// one copy at a time. A payment id that names two different messages names neither:
+/// replay and drop ask for a key and list them.
+#[tokio::test]
+async fn identical_copies_share_a_key_and_an_ambiguous_payment_id_is_refused() {
+    let app = spawn_services(Store::Sqlite, &[]).await;
+    let dead = app.names.dead_queue();
+    let copied = Uuid::new_v4();
+    dead_letter(&app, copied).await;
+    dead_letter(&app, copied).await;
+    // The same payment, refused for another reason: a different message.
+    let twice = Uuid::new_v4();
+    dead_letter(&app, twice).await;
+    let body = serde_json::to_vec(&TestCard::Good.request_with_id(twice)).unwrap();
+    let properties = amqp::json_properties(&[(headers::REASON, "payment_id_reused")])
+        .with_message_id(twice.to_string().into());
+    amqp::publish_confirmed(
+        app.client.publisher().channel(),
+        "",
+        &dead,
+        &body,
+        properties,
+    )
+    .await
+    .unwrap();
+    assert_eq!(app.queue_depth(&dead, 4).await, 4);
+
+    let listed = baton(&app, &["dead", "list"]).await;
+    let copies = rows_of(&listed.stdout, copied);
+    assert_eq!(copies.len(), 2, "{}", listed.stdout);
+    assert_eq!(copies[0].0, copies[1].0, "identical copies, one key");
+    let key = copies[0].0.clone();
+    let different = rows_of(&listed.stdout, twice);
+    assert_eq!(different.len(), 2, "{}", listed.stdout);
+    assert_ne!(different[0].0, different[1].0);
+
+    let refused = baton(&app, &["dead", "replay", &twice.to_string()]).await;
+    assert_eq!(refused.code, 1, "{}", refused.stdout);
+    assert!(
+        refused.stderr.contains(&format!(
+            "payment {twice} names 2 different messages in {dead} (keys {}, {}): name one by its key",
+            different[0].0, different[1].0
+        )),
+        "{}",
+        refused.stderr
+    );
+    let refused = baton(&app, &["dead", "drop", &twice.to_string()]).await;
+    assert_eq!(refused.code, 1, "{}", refused.stdout);
+
+    // One key twice in one command: each copy once.
+    let replayed = baton(&app, &["dead", "replay", &key, &key]).await;
+    assert_eq!(replayed.code, 0, "{}", replayed.stderr);
+    assert_eq!(
+        replayed.stdout.matches("replayed ").count(),
+        2,
+        "{}",
+        replayed.stdout
+    );
+    assert_eq!(app.take_all(&app.names.requests_queue()).await.len(), 2);
+    let again = baton(&app, &["dead", "replay", &key]).await;
+    assert_eq!(again.code, 1, "no copy left: {}", again.stdout);
+    assert_eq!(app.take_all(&app.names.requests_queue()).await.len(), 0);
+    assert_eq!(order_of(&app, &dead).await, vec![twice, twice]);
+    app.cleanup().await;
+}
