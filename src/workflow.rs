@@ -43,6 +43,9 @@ pub struct Step {
     pub compensation_retry: RetryPolicy,
     /// What to do when the step's service is unavailable.
     pub fallback: Option<Fallback>,
+    /// Reason codes the step's service may decline or fail with (`reasons = [...]`):
+    /// they are metric label values as they are; any other becomes `other`.
+    pub reasons: Vec<String>,
 }
 
 /// How often and how patiently a command is re-sent after a timeout or a transient error.
@@ -169,6 +172,7 @@ struct Entry {
     compensation_retry: Option<RetryEntry>,
     breaker: Option<BreakerEntry>,
     fallback: Option<FallbackEntry>,
+    reasons: Option<Vec<String>>,
 }
 
 #[derive(Deserialize, Clone, Copy)]
@@ -290,6 +294,26 @@ fn breaker_policy(
 
 /// Longest accepted timeout: a reply later than this is an outage, not latency.
 const MAX_TIMEOUT_MS: u64 = 600_000;
+
+/// A reason code: what a metric label may carry.
+fn valid_reason(reason: &str) -> bool {
+    !reason.is_empty()
+        && reason.len() <= 48
+        && reason
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+}
+
+/// Reasons Baton itself gives a result, whatever the workflow.
+pub const BATON_REASONS: &[&str] = &[
+    "service_unavailable",
+    "abandoned",
+    "invalid_request",
+    "payment_id_reused",
+    "journal_corrupt",
+    "declined",
+    "failed",
+];
 
 fn valid_name(name: &str) -> bool {
     !name.is_empty()
@@ -445,6 +469,12 @@ impl Workflow {
                     final_step.name, final_step.name
                 )));
             }
+            let reasons = entry.reasons.unwrap_or_default();
+            if let Some(bad) = reasons.iter().find(|r| !valid_reason(r)) {
+                return Err(fail(format!(
+                    "{at}: reasons: {bad:?} is not a reason code (1-48 characters of a-z, 0-9 or '_')"
+                )));
+            }
             let breaker = breaker_policy(&default_breaker, entry.breaker, &at).map_err(fail)?;
             let mut with_breaker = vec![service.clone()];
             if let Some(Fallback::Service(alternate)) = &fallback {
@@ -472,6 +502,7 @@ impl Workflow {
                 retry,
                 compensation_retry,
                 fallback,
+                reasons,
             });
         }
         Ok(Self {
@@ -529,11 +560,62 @@ impl Workflow {
     pub fn parking(&self) -> &ParkingPolicy {
         &self.parking
     }
+
+    /// `reason` as a metric label: `""` for none, the code itself when Baton gives it
+    /// ([`BATON_REASONS`]) or a step declares it (`reasons = [...]`), else `other` — so
+    /// the label set is the workflow's, whatever a service answers.
+    pub fn reason_label<'a>(&self, reason: Option<&'a str>) -> &'a str {
+        match reason {
+            None => "",
+            Some(r)
+                if BATON_REASONS.contains(&r)
+                    || self.steps.iter().any(|s| s.reasons.iter().any(|k| k == r)) =>
+            {
+                r
+            }
+            Some(_) => "other",
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reason_labels_are_the_workflows_known_set_plus_other() {
+        let workflow = Workflow::builtin();
+        assert_eq!(workflow.reason_label(None), "");
+        assert_eq!(
+            workflow.reason_label(Some("card_declined")),
+            "card_declined"
+        );
+        assert_eq!(workflow.reason_label(Some("high_risk")), "high_risk");
+        assert_eq!(workflow.reason_label(Some("abandoned")), "abandoned");
+        // Well-formed but not declared: a service cannot grow the label set.
+        assert_eq!(workflow.reason_label(Some("made_up_code_17")), "other");
+        assert_eq!(
+            workflow.reason_label(Some("Card declined: 4242424242424242")),
+            "other"
+        );
+        let declared = Workflow::parse(
+            "[[steps]]\nname = \"kyc\"\ntimeout_ms = 100\nreasons = [\"sanctioned\"]\n",
+            "t",
+        )
+        .unwrap();
+        assert_eq!(declared.reason_label(Some("sanctioned")), "sanctioned");
+        assert_eq!(declared.reason_label(Some("card_declined")), "other");
+        let bad = Workflow::parse(
+            "[[steps]]\nname = \"kyc\"\ntimeout_ms = 100\nreasons = [\"Bad Code\"]\n",
+            "t",
+        )
+        .unwrap_err();
+        assert!(
+            bad.to_string()
+                .contains("reasons: \"Bad Code\" is not a reason code"),
+            "{bad}"
+        );
+    }
 
     #[test]
     fn the_builtin_workflow_is_valid_and_in_order() {
