@@ -1,6 +1,6 @@
 //! The command line shared by the four service binaries: parse flags (with environment
 //! fallbacks), set up logging, start the service, run until SIGTERM or Ctrl-C. Also the
-//! `baton-transaction audit` subcommand ([`crate::audit`]).
+//! `baton-transaction audit` and `prune` subcommands ([`crate::audit`], [`crate::prune`]).
 //!
 //! Exit codes of a service: 0 after a graceful shutdown, 2 when RabbitMQ is unreachable
 //! at start (one line on stderr, naming the redacted URL and how to start it), 1 for any
@@ -229,6 +229,24 @@ enum TransactionTool {
         #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
         max_hold_age: std::time::Duration,
     },
+    /// Delete the ledger's old, finished records: processed-command records, voided
+    /// holds, captured holds with their transfer and its ledger lines, older than
+    /// --older-than. Never an open hold or its payment's command records, nor anything
+    /// the audit reports. Prints what it deleted; exit code 0, or 2 when the ledger
+    /// cannot be opened or written
+    Prune {
+        /// Age past which a finished record goes (from when it was written: a hold from
+        /// its placement, a command's record from when it was processed); at least 1d.
+        /// A command repeated after its record went is processed as new
+        #[arg(long, default_value = "30d", value_parser = humantime::parse_duration)]
+        older_than: std::time::Duration,
+        /// Count what would be deleted, delete nothing
+        #[arg(long)]
+        dry_run: bool,
+        /// Print one JSON object instead of text
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// What the command line asks for.
@@ -244,6 +262,17 @@ enum Invocation {
         json: bool,
         /// Open holds older than this are stale.
         max_hold_age: std::time::Duration,
+    },
+    /// `baton-transaction prune`.
+    Prune {
+        /// The ledger to prune.
+        ledger_url: String,
+        /// Finished records older than this go.
+        older_than: std::time::Duration,
+        /// Count only.
+        dry_run: bool,
+        /// JSON instead of text.
+        json: bool,
     },
 }
 
@@ -282,12 +311,23 @@ fn parse(kind: ServiceKind) -> Invocation {
         let matches = command.name(name).about(about).get_matches();
         let cli = LedgerCli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
         if matches.subcommand().is_some() {
-            let TransactionTool::Audit { json, max_hold_age } =
-                TransactionTool::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
-            return Invocation::Audit {
-                ledger_url: cli.ledger_url,
-                json,
-                max_hold_age,
+            let tool = TransactionTool::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+            return match tool {
+                TransactionTool::Audit { json, max_hold_age } => Invocation::Audit {
+                    ledger_url: cli.ledger_url,
+                    json,
+                    max_hold_age,
+                },
+                TransactionTool::Prune {
+                    older_than,
+                    dry_run,
+                    json,
+                } => Invocation::Prune {
+                    ledger_url: cli.ledger_url,
+                    older_than,
+                    dry_run,
+                    json,
+                },
             };
         }
         let log_format = cli.common.log_format;
@@ -449,6 +489,12 @@ pub fn main(kind: ServiceKind) -> ExitCode {
             json,
             max_hold_age,
         } => return audit::run(&ledger_url, json, max_hold_age),
+        Invocation::Prune {
+            ledger_url,
+            older_than,
+            dry_run,
+            json,
+        } => return crate::prune::run(&ledger_url, older_than, dry_run, json),
     };
     init_logging(log_format);
     if kind == ServiceKind::Risk {

@@ -148,13 +148,16 @@ pub struct Capture {
 /// Tables, in an order that never references a missing one. SQL valid on SQLite and
 /// PostgreSQL alike: TEXT keys (uuids), BIGINT amounts, no autoincrement.
 const SCHEMA: &[&str] = &[
+    // `created_at` (Unix epoch milliseconds, for `prune`) may be NULL only in rows
+    // written before it existed: see [`COLUMNS_ADDED`].
     "CREATE TABLE IF NOT EXISTS processed_commands (
         command_id TEXT PRIMARY KEY,
         service TEXT NOT NULL,
-        reply TEXT
+        reply TEXT,
+        created_at BIGINT
     )",
     // `merchant_id` and `created_at` (Unix epoch milliseconds) may be NULL only in rows
-    // placed before they existed: see [`HOLD_COLUMNS_ADDED`].
+    // placed before they existed: see [`COLUMNS_ADDED`].
     "CREATE TABLE IF NOT EXISTS holds (
         hold_id TEXT PRIMARY KEY,
         payment_id TEXT NOT NULL,
@@ -189,17 +192,82 @@ const SCHEMA: &[&str] = &[
     )",
 ];
 
-/// Columns of `holds` added after its first release: a ledger created by an older version
-/// gets them on open (SQLite has no `ADD COLUMN IF NOT EXISTS`, so each is looked up first).
-/// Old rows keep `merchant_id` NULL — capture then declines `hold_mismatch` (it cannot
-/// prove the merchant) and the audit checks their other fields only — and get the time
-/// of the upgrade as `created_at`, so an old hold counts as stale one `--max-hold-age`
-/// after the upgrade, not at once.
-const HOLD_COLUMNS_ADDED: &[(&str, &str)] = &[("merchant_id", "TEXT"), ("created_at", "BIGINT")];
+/// Columns added after a table's first release, `(table, column, type)`: a ledger
+/// created by an older version gets them on open (SQLite has no `ADD COLUMN IF NOT
+/// EXISTS`, so each is looked up first). Old holds keep `merchant_id` NULL — capture
+/// then declines `hold_mismatch` (it cannot prove the merchant) and the audit checks
+/// their other fields only. Old rows get the time of the upgrade as `created_at`, so an
+/// old hold counts as stale one `--max-hold-age` after the upgrade, not at once, and
+/// `prune` counts an old record's age from the upgrade too.
+const COLUMNS_ADDED: &[(&str, &str, &str)] = &[
+    ("holds", "merchant_id", "TEXT"),
+    ("holds", "created_at", "BIGINT"),
+    ("processed_commands", "created_at", "BIGINT"),
+];
 
 /// How long a hold may stay open before the audit reports it (and fails): a payment in
 /// flight holds for seconds; an hour means the orchestrator neither captured nor voided it.
 pub const DEFAULT_MAX_HOLD_AGE: Duration = Duration::from_secs(3600);
+
+/// How old a record must be before `prune` deletes it, by default: 30 days.
+pub const DEFAULT_PRUNE_AGE: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// The shortest age `prune` accepts: a processed command is what makes a repeated
+/// command harmless, and a request can come back long after it was first processed (a
+/// dead letter replayed, a client re-sending), so forgetting faster than a day would
+/// let an authorization repeated after that place a second hold.
+pub const MIN_PRUNE_AGE: Duration = Duration::from_secs(24 * 3600);
+
+/// Rows `prune` deletes per statement or transaction, so that a large prune never holds
+/// SQLite's one write lock (or PostgreSQL row locks) long enough to stall the services.
+const PRUNE_BATCH: i64 = 500;
+
+/// What [`Ledger::prune`] deleted (or, in a dry run, would delete).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Pruned {
+    /// Records of processed commands (with their stored replies).
+    pub processed_commands: u64,
+    /// Voided holds (no money moved).
+    pub voided_holds: u64,
+    /// Captured holds, each deleted with its one transfer.
+    pub captured_holds: u64,
+    /// Transfers (one per captured hold above).
+    pub transfers: u64,
+    /// Double-entry lines of those transfers (they balance per currency, so the books
+    /// stay balanced).
+    pub ledger_entries: u64,
+}
+
+/// Captured holds `prune` may delete with their transfer (`h`, `t`; `$1` = the cutoff):
+/// placed before the cutoff, exactly one transfer for the hold and for the payment, the
+/// transfer matching the hold in every field the audit checks, and the transfer's lines
+/// balanced per currency. Anything the audit would report stays, for the audit to
+/// report: a duplicate transfer, a transfer unlike its hold, unbalanced lines.
+const PRUNABLE_CAPTURES: &str = "FROM holds h JOIN transfers t ON t.hold_id = h.hold_id
+    WHERE h.status = 'captured' AND h.created_at < $1
+      AND t.payment_id = h.payment_id AND t.customer_id = h.customer_id
+      AND t.amount_minor = h.amount_minor AND t.currency = h.currency
+      AND (h.merchant_id IS NULL OR h.merchant_id = t.merchant_id)
+      AND (SELECT COUNT(*) FROM transfers o WHERE o.payment_id = h.payment_id) = 1
+      AND (SELECT COUNT(*) FROM transfers o WHERE o.hold_id = h.hold_id) = 1
+      AND NOT EXISTS (SELECT 1 FROM ledger_entries e WHERE e.transfer_id = t.transfer_id
+          GROUP BY e.currency HAVING SUM(e.debit_minor) <> SUM(e.credit_minor))";
+
+/// Voided holds `prune` may delete (`h`): placed before the cutoff, and no transfer
+/// names them (one that did would be an audit finding).
+const PRUNABLE_VOIDS: &str = "FROM holds h
+    WHERE h.status = 'voided' AND h.created_at < $1
+      AND NOT EXISTS (SELECT 1 FROM transfers t WHERE t.hold_id = h.hold_id)";
+
+/// Processed commands `prune` may delete (`p`): recorded before the cutoff, and not of
+/// a payment whose hold is still open — a compensation that finds no record of its
+/// authorization records a pre-emption instead of voiding, so an open hold's records
+/// must stay for as long as it is open. Command ids are `<payment_id>:<step>…`.
+const PRUNABLE_COMMANDS: &str = "FROM processed_commands p
+    WHERE p.created_at < $1
+      AND NOT EXISTS (SELECT 1 FROM holds h WHERE h.status = 'held'
+          AND h.payment_id = substr(p.command_id, 1, 36)
+          AND substr(p.command_id, 37, 1) = ':')";
 
 /// Per-connection SQLite settings: WAL so readers never block the writer, FULL sync so a
 /// committed hold survives a power cut, and a long busy timeout because authorization and
@@ -385,20 +453,22 @@ async fn create_schema(pool: &AnyPool, postgres: bool) -> Result<(), sqlx::Error
     }
 }
 
-/// Whether `holds` has `column`. A catalog query, not a probe that fails: a failed
+/// Whether `table` has `column`. A catalog query, not a probe that fails: a failed
 /// statement would abort PostgreSQL's transaction.
-async fn holds_has_column(
+async fn has_column(
     conn: &mut AnyConnection,
     postgres: bool,
+    table: &str,
     column: &str,
 ) -> Result<bool, sqlx::Error> {
     let query = if postgres {
         "SELECT COUNT(*) FROM information_schema.columns
-         WHERE table_schema = current_schema() AND table_name = 'holds' AND column_name = $1"
+         WHERE table_schema = current_schema() AND table_name = $1 AND column_name = $2"
     } else {
-        "SELECT COUNT(*) FROM pragma_table_info('holds') WHERE name = $1"
+        "SELECT COUNT(*) FROM pragma_table_info($1) WHERE name = $2"
     };
     let count: i64 = sqlx::query(query)
+        .bind(table)
         .bind(column)
         .fetch_one(&mut *conn)
         .await?
@@ -407,31 +477,35 @@ async fn holds_has_column(
 }
 
 /// Runs [`SCHEMA`], then brings a ledger created by an older version up to it: adds the
-/// [`HOLD_COLUMNS_ADDED`] it lacks and dates undated holds.
+/// [`COLUMNS_ADDED`] it lacks and dates undated holds and processed commands.
 async fn apply_schema(conn: &mut AnyConnection, postgres: bool) -> Result<(), sqlx::Error> {
     for statement in SCHEMA {
         sqlx::query(statement).execute(&mut *conn).await?;
     }
-    for (column, kind) in HOLD_COLUMNS_ADDED {
-        if holds_has_column(conn, postgres, column).await? {
+    for (table, column, kind) in COLUMNS_ADDED {
+        if has_column(conn, postgres, table, column).await? {
             continue;
         }
-        let added = sqlx::query(&format!("ALTER TABLE holds ADD COLUMN {column} {kind}"))
+        let added = sqlx::query(&format!("ALTER TABLE {table} ADD COLUMN {column} {kind}"))
             .execute(&mut *conn)
             .await;
         // Two SQLite processes may both have seen the column missing: the loser's
         // `ADD COLUMN` fails, and the column is there.
         if let Err(e) = added {
-            if postgres || !holds_has_column(conn, postgres, column).await? {
+            if postgres || !has_column(conn, postgres, table, column).await? {
                 return Err(e);
             }
         }
     }
-    // Holds from before `created_at` (or placed by an older process still running).
-    sqlx::query("UPDATE holds SET created_at = $1 WHERE created_at IS NULL")
+    // Rows from before `created_at` (or written by an older process still running).
+    for table in ["holds", "processed_commands"] {
+        sqlx::query(&format!(
+            "UPDATE {table} SET created_at = $1 WHERE created_at IS NULL"
+        ))
         .bind(now_ms())
         .execute(&mut *conn)
         .await?;
+    }
     Ok(())
 }
 
@@ -483,11 +557,12 @@ impl Ledger {
     async fn claim(&self, command_id: &str, service: &str) -> Result<Claim, LedgerError> {
         let mut tx = self.pool.begin().await?;
         let inserted = sqlx::query(
-            "INSERT INTO processed_commands (command_id, service, reply) VALUES ($1, $2, NULL)
-             ON CONFLICT DO NOTHING",
+            "INSERT INTO processed_commands (command_id, service, reply, created_at)
+             VALUES ($1, $2, NULL, $3) ON CONFLICT DO NOTHING",
         )
         .bind(command_id)
         .bind(service)
+        .bind(now_ms())
         .execute(&mut *tx)
         .await?
         .rows_affected();
@@ -637,11 +712,12 @@ impl Ledger {
         // On PostgreSQL this waits for an execute still in flight to commit or roll back,
         // so the answer below never misses a hold being placed concurrently.
         let pre_empted = sqlx::query(
-            "INSERT INTO processed_commands (command_id, service, reply)
-             VALUES ($1, 'authorization', $2) ON CONFLICT DO NOTHING",
+            "INSERT INTO processed_commands (command_id, service, reply, created_at)
+             VALUES ($1, 'authorization', $2, $3) ON CONFLICT DO NOTHING",
         )
         .bind(execute_command_id)
         .bind(pre_empt)
+        .bind(now_ms())
         .execute(&mut *tx)
         .await?
         .rows_affected()
@@ -967,6 +1043,130 @@ impl Ledger {
             })
             .collect::<Result<Vec<_>, sqlx::Error>>()
             .map_err(LedgerError::from)
+    }
+
+    /// Deletes what is older than `older_than` and finished: processed-command records,
+    /// voided holds, and captured holds together with their transfer and its ledger
+    /// lines — never an open (`held`) hold nor the records of its payment's commands,
+    /// and nothing the audit would report (see [`PRUNABLE_CAPTURES`]), so the audit of
+    /// what remains is as sound as before. With `dry_run`, counts instead. In batches of
+    /// [`PRUNE_BATCH`], each its own transaction: safe while the services run, and an
+    /// interrupted prune leaves a consistent ledger (run it again).
+    ///
+    /// A command repeated after its record is pruned is processed as new: a transaction
+    /// finds its hold gone (`hold_not_found`), an authorization places a new hold. Keep
+    /// `older_than` above the time a request can still come back.
+    pub async fn prune(&self, older_than: Duration, dry_run: bool) -> Result<Pruned, LedgerError> {
+        let age_ms = i64::try_from(older_than.as_millis()).unwrap_or(i64::MAX);
+        let cutoff = now_ms().saturating_sub(age_ms);
+        if dry_run {
+            return self.count_prunable(cutoff).await;
+        }
+        let mut pruned = Pruned::default();
+        loop {
+            let mut tx = self.pool.begin().await?;
+            let pairs = sqlx::query(&format!(
+                "SELECT h.hold_id, t.transfer_id {PRUNABLE_CAPTURES}
+                 ORDER BY h.created_at LIMIT {PRUNE_BATCH}"
+            ))
+            .bind(cutoff)
+            .fetch_all(&mut *tx)
+            .await?;
+            if pairs.is_empty() {
+                tx.commit().await?;
+                break;
+            }
+            for row in pairs {
+                let hold_id: String = row.try_get(0)?;
+                let transfer_id: String = row.try_get(1)?;
+                pruned.ledger_entries +=
+                    sqlx::query("DELETE FROM ledger_entries WHERE transfer_id = $1")
+                        .bind(&transfer_id)
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected();
+                pruned.transfers +=
+                    sqlx::query("DELETE FROM transfers WHERE transfer_id = $1 AND hold_id = $2")
+                        .bind(&transfer_id)
+                        .bind(&hold_id)
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected();
+                pruned.captured_holds +=
+                    sqlx::query("DELETE FROM holds WHERE hold_id = $1 AND status = 'captured'")
+                        .bind(&hold_id)
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected();
+            }
+            tx.commit().await?;
+        }
+        pruned.voided_holds = self
+            .delete_in_batches(
+                "holds",
+                "hold_id",
+                &format!("SELECT h.hold_id {PRUNABLE_VOIDS}"),
+                cutoff,
+            )
+            .await?;
+        pruned.processed_commands = self
+            .delete_in_batches(
+                "processed_commands",
+                "command_id",
+                &format!("SELECT p.command_id {PRUNABLE_COMMANDS}"),
+                cutoff,
+            )
+            .await?;
+        Ok(pruned)
+    }
+
+    /// Deletes the rows of `table` whose `key` `select` returns (bound to `cutoff`),
+    /// [`PRUNE_BATCH`] per statement, until none is left; returns how many.
+    async fn delete_in_batches(
+        &self,
+        table: &str,
+        key: &str,
+        select: &str,
+        cutoff: i64,
+    ) -> Result<u64, LedgerError> {
+        let statement =
+            format!("DELETE FROM {table} WHERE {key} IN ({select} LIMIT {PRUNE_BATCH})");
+        let mut deleted = 0;
+        loop {
+            let batch = sqlx::query(&statement)
+                .bind(cutoff)
+                .execute(&self.pool)
+                .await?
+                .rows_affected();
+            if batch == 0 {
+                return Ok(deleted);
+            }
+            deleted += batch;
+        }
+    }
+
+    /// What [`Ledger::prune`] would delete now with this cutoff.
+    async fn count_prunable(&self, cutoff: i64) -> Result<Pruned, LedgerError> {
+        let count = |sql: String| async move {
+            let n: i64 = sqlx::query(&sql)
+                .bind(cutoff)
+                .fetch_one(&self.pool)
+                .await?
+                .try_get(0)?;
+            Ok::<_, LedgerError>(u64_of(n))
+        };
+        let captured = count(format!("SELECT COUNT(*) {PRUNABLE_CAPTURES}")).await?;
+        Ok(Pruned {
+            processed_commands: count(format!("SELECT COUNT(*) {PRUNABLE_COMMANDS}")).await?,
+            voided_holds: count(format!("SELECT COUNT(*) {PRUNABLE_VOIDS}")).await?,
+            captured_holds: captured,
+            transfers: captured,
+            ledger_entries: count(format!(
+                "SELECT COUNT(*) FROM ledger_entries WHERE transfer_id IN
+                 (SELECT t.transfer_id {PRUNABLE_CAPTURES})"
+            ))
+            .await?,
+        })
     }
 
     /// Status of the payment's hold (`held`, `voided`, `captured`), if it has one.
@@ -1565,6 +1765,13 @@ pub(crate) mod tests {
             settlement_currency TEXT NOT NULL,
             fx_rate_micro BIGINT NOT NULL
         )",
+        "CREATE TABLE processed_commands (
+            command_id TEXT PRIMARY KEY,
+            service TEXT NOT NULL,
+            reply TEXT
+        )",
+        "INSERT INTO processed_commands VALUES ('00000000-0000-0000-0000-00000000000b:x',
+            'transaction', NULL)",
         "INSERT INTO holds VALUES
             ('h-old-open', '00000000-0000-0000-0000-00000000000a', 'c-42', 1999, 'EUR', 'held'),
             ('h-old-paid', '00000000-0000-0000-0000-00000000000b', 'c-42', 1999, 'EUR', 'captured')",
@@ -1589,6 +1796,16 @@ pub(crate) mod tests {
             .unwrap()
             .get(0);
         assert_eq!(undated, 0, "old holds are dated at the upgrade");
+        let undated: i64 =
+            sqlx::query("SELECT COUNT(*) FROM processed_commands WHERE created_at IS NULL")
+                .fetch_one(&ledger.pool)
+                .await
+                .unwrap()
+                .get(0);
+        assert_eq!(
+            undated, 0,
+            "old processed commands are dated at the upgrade"
+        );
 
         let old_open = Uuid::parse_str("00000000-0000-0000-0000-00000000000a").unwrap();
         let capture = capture_of(old_open, "h-old-open", money(1999, "EUR"), "EUR");
@@ -1610,6 +1827,211 @@ pub(crate) mod tests {
         assert_eq!(reply.outcome, ReplyOutcome::Approved, "{reply:?}");
         assert!(ledger.audit().await.unwrap().is_sound());
         ledger.close().await;
+    }
+
+    /// Moves every record of `payment_id` `days` into the past.
+    async fn age(ledger: &Ledger, payment_id: Uuid, days: i64) {
+        let shift = days * 24 * 3600 * 1000;
+        sqlx::query("UPDATE holds SET created_at = created_at - $1 WHERE payment_id = $2")
+            .bind(shift)
+            .bind(payment_id.to_string())
+            .execute(&ledger.pool)
+            .await
+            .unwrap();
+        sqlx::query(
+            "UPDATE processed_commands SET created_at = created_at - $1
+             WHERE substr(command_id, 1, 36) = $2",
+        )
+        .bind(shift)
+        .bind(payment_id.to_string())
+        .execute(&ledger.pool)
+        .await
+        .unwrap();
+    }
+
+    async fn processed_for(ledger: &Ledger, payment_id: Uuid) -> i64 {
+        sqlx::query("SELECT COUNT(*) FROM processed_commands WHERE substr(command_id, 1, 36) = $1")
+            .bind(payment_id.to_string())
+            .fetch_one(&ledger.pool)
+            .await
+            .unwrap()
+            .get(0)
+    }
+
+    /// `prune` deletes old finished records only — never an open hold or its payment's
+    /// records, nor anything the audit reports — and the audit says the same after.
+    async fn prune_deletes_old_finished_records_only(ledger: Ledger) {
+        let month = 31;
+        let capture = |payment_id: Uuid, hold_id: &str| {
+            capture_of(payment_id, hold_id, money(1999, "EUR"), "USD")
+        };
+        // Old and captured: pruned with its transfer and lines.
+        let paid = Uuid::new_v4();
+        let hold_id = hold(&ledger, paid, money(1999, "EUR")).await;
+        let reply = ledger
+            .capture(&format!("{paid}:transaction"), &capture(paid, &hold_id))
+            .await
+            .unwrap();
+        assert_eq!(reply.outcome, ReplyOutcome::Approved, "{reply:?}");
+        // Old and voided: pruned.
+        let voided = Uuid::new_v4();
+        hold(&ledger, voided, money(1999, "EUR")).await;
+        ledger
+            .void_hold(
+                &format!("{voided}:authorization:compensate"),
+                &format!("{voided}:authorization"),
+                voided,
+            )
+            .await
+            .unwrap();
+        // Old and still held: kept, with its records.
+        let open = Uuid::new_v4();
+        hold(&ledger, open, money(1999, "EUR")).await;
+        // Old, compensated before it was authorized: only records, pruned.
+        let pre_empted = Uuid::new_v4();
+        ledger
+            .void_hold(
+                &format!("{pre_empted}:authorization:compensate"),
+                &format!("{pre_empted}:authorization"),
+                pre_empted,
+            )
+            .await
+            .unwrap();
+        // Old, but its transfer differs from its hold: an audit finding, kept.
+        let tampered = Uuid::new_v4();
+        let tampered_hold = hold(&ledger, tampered, money(1999, "EUR")).await;
+        ledger
+            .capture(
+                &format!("{tampered}:transaction"),
+                &capture(tampered, &tampered_hold),
+            )
+            .await
+            .unwrap();
+        sqlx::query("UPDATE transfers SET amount_minor = 1 WHERE payment_id = $1")
+            .bind(tampered.to_string())
+            .execute(&ledger.pool)
+            .await
+            .unwrap();
+        // Captured yesterday: younger than the cutoff, kept.
+        let recent = Uuid::new_v4();
+        let recent_hold = hold(&ledger, recent, money(1999, "EUR")).await;
+        ledger
+            .capture(
+                &format!("{recent}:transaction"),
+                &capture(recent, &recent_hold),
+            )
+            .await
+            .unwrap();
+        for payment in [paid, voided, open, pre_empted, tampered] {
+            age(&ledger, payment, month).await;
+        }
+        age(&ledger, recent, 1).await;
+
+        let entries_of_paid: i64 = sqlx::query(
+            "SELECT COUNT(*) FROM ledger_entries e JOIN transfers t ON t.transfer_id = e.transfer_id
+             WHERE t.payment_id = $1",
+        )
+        .bind(paid.to_string())
+        .fetch_one(&ledger.pool)
+        .await
+        .unwrap()
+        .get(0);
+        assert_eq!(
+            entries_of_paid, 4,
+            "a cross-currency transfer has four lines"
+        );
+        let expected = Pruned {
+            // paid ×2, voided ×2, pre_empted ×2, tampered ×2 (its records, not its rows).
+            processed_commands: 8,
+            voided_holds: 1,
+            captured_holds: 1,
+            transfers: 1,
+            ledger_entries: 4,
+        };
+        let before = ledger.audit().await.unwrap();
+        let dry = ledger.prune(DEFAULT_PRUNE_AGE, true).await.unwrap();
+        assert_eq!(dry, expected, "the dry run counts");
+        assert_eq!(ledger.audit().await.unwrap(), before, "and deletes nothing");
+
+        let pruned = ledger.prune(DEFAULT_PRUNE_AGE, false).await.unwrap();
+        assert_eq!(pruned, expected);
+        let after = ledger.audit().await.unwrap();
+        assert_eq!(after.transfers, before.transfers - 1);
+        assert_eq!(
+            after.open_holds, before.open_holds,
+            "no open hold is pruned"
+        );
+        assert_eq!(
+            after.hold_mismatches, before.hold_mismatches,
+            "findings stay"
+        );
+        assert_eq!(after.stale_holds, before.stale_holds);
+        assert_eq!(after.duplicate_transfers, before.duplicate_transfers);
+        assert!(after.balanced && before.balanced);
+        assert_eq!(after.hold_mismatches.len(), 1, "{after:?}");
+        assert_eq!(after.hold_mismatches[0].payment_id, tampered.to_string());
+
+        assert_eq!(ledger.holds_for(paid).await.unwrap(), 0);
+        assert_eq!(ledger.transfers_for(paid).await.unwrap(), 0);
+        assert_eq!(ledger.holds_for(voided).await.unwrap(), 0);
+        assert_eq!(processed_for(&ledger, pre_empted).await, 0);
+        assert_eq!(
+            ledger.hold_status(open).await.unwrap().as_deref(),
+            Some("held")
+        );
+        assert_eq!(
+            processed_for(&ledger, open).await,
+            1,
+            "the open hold's record stays"
+        );
+        assert_eq!(ledger.holds_for(tampered).await.unwrap(), 1);
+        assert_eq!(ledger.transfers_for(tampered).await.unwrap(), 1);
+        assert_eq!(ledger.transfers_for(recent).await.unwrap(), 1);
+        assert_eq!(processed_for(&ledger, recent).await, 2);
+
+        // The open hold can still be voided: its authorization's record was kept.
+        let reply = ledger
+            .void_hold(
+                &format!("{open}:authorization:compensate"),
+                &format!("{open}:authorization"),
+                open,
+            )
+            .await
+            .unwrap();
+        assert_eq!(reply.data["voided"], json!(true), "{reply:?}");
+        // A capture repeated after its records went moves nothing.
+        let reply = ledger
+            .capture(&format!("{paid}:transaction"), &capture(paid, &hold_id))
+            .await
+            .unwrap();
+        assert_eq!(reply.reason.as_deref(), Some("hold_not_found"), "{reply:?}");
+        assert_eq!(ledger.transfers_for(paid).await.unwrap(), 0);
+
+        // Ages count from when a record was written: the hold voided just now was
+        // placed a month ago, so the next prune takes it and its authorization's record,
+        // but not the compensation's record of today. Nothing else is left to take.
+        let again = ledger.prune(DEFAULT_PRUNE_AGE, false).await.unwrap();
+        let just_voided = Pruned {
+            processed_commands: 1,
+            voided_holds: 1,
+            ..Pruned::default()
+        };
+        assert_eq!(again, just_voided);
+        assert_eq!(processed_for(&ledger, open).await, 1);
+        let nothing = ledger.prune(DEFAULT_PRUNE_AGE, false).await.unwrap();
+        assert_eq!(nothing, Pruned::default());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn sqlite_prune_deletes_old_finished_records_only() {
+        let db = sqlite_ledger().await;
+        prune_deletes_old_finished_records_only(db.ledger.clone()).await;
+        db.ledger.close().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn postgres_prune_deletes_old_finished_records_only() {
+        with_postgres_ledger(prune_deletes_old_finished_records_only).await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

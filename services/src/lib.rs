@@ -7,8 +7,9 @@
 //!
 //! Each running service reconnects by itself when the broker connection drops
 //! ([`kit`]), serves its own Prometheus metrics and readiness on an optional HTTP port,
-//! can inject faults to test the orchestrator ([`faults`]), and `baton-transaction
-//! audit` checks the ledger's books ([`audit`]).
+//! can inject faults to test the orchestrator ([`faults`]), `baton-transaction audit`
+//! checks the ledger's books ([`audit`]) and `baton-transaction prune` deletes its old,
+//! finished records ([`prune`]).
 #![forbid(unsafe_code)]
 #![warn(missing_docs, clippy::dbg_macro, clippy::todo)]
 
@@ -19,6 +20,7 @@ pub mod handler;
 pub mod kit;
 pub mod ledger;
 mod metrics;
+pub mod prune;
 pub mod rules;
 
 pub use faults::Faults;
