@@ -546,7 +546,7 @@ async fn an_oversized_request_is_dead_lettered_truncated_and_masked_with_its_hea
     let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_baton"));
     command
         .args(["--amqp-url", &crate::app::amqp_url(), "--prefix"])
-        .args([app.names.prefix(), "dead", "replay", "1"])
+        .args([app.names.prefix(), "dead", "replay", "--all"])
         .env("RUST_LOG", "warn");
     let output = tokio::task::spawn_blocking(move || command.output())
         .await

@@ -90,13 +90,17 @@ async fn an_invalid_copy_of_a_known_payment_does_not_give_it_a_second_result() {
     request["amount"]["minor"] = serde_json::json!(-5);
     app.send(&serde_json::to_vec(&request).unwrap(), "broken")
         .await;
+    // Issue 10: the client gets the payment's own result, not a `rejected` that would
+    // contradict it; what was wrong with this copy is in its dead letter.
     let answer = app.result_for("broken").await.result.unwrap();
-    assert_eq!(
-        answer.status,
-        Status::Rejected,
-        "the client is told what is wrong"
-    );
+    assert_eq!(answer.status, Status::Completed, "{answer:?}");
+    assert_eq!(answer.payment_id, payment_id);
     assert_eq!(app.queue_depth(&app.names.dead_queue(), 1).await, 1);
+    let dead = app.take_all(&app.names.dead_queue()).await;
+    assert_eq!(dead.len(), 1, "the invalid copy is kept for operators");
+    let detail = baton_contract::amqp::header_text(&dead[0].0, baton_contract::headers::DETAIL)
+        .unwrap_or_default();
+    assert!(detail.starts_with("amount.minor"), "{detail}");
     assert_eq!(
         app.queue_depth(&app.names.results_queue(), 2).await,
         1,
