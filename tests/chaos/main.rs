@@ -8,5 +8,6 @@
 mod broker;
 mod crashes;
 mod harness;
+mod liveness;
 mod replicas;
 mod tls;

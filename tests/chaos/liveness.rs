@@ -1,0 +1,205 @@
+//! No payment left without a result, with real `baton run` processes: a restart with a
+//! lower amount limit while a payment is parked, and a rejection whose client is gone.
+
+use crate::harness::{Cluster, JournalStore, BROKER};
+use baton::testcards::TestCard;
+use baton_contract::amqp::publish_confirmed;
+use baton_contract::Status;
+use baton_services::ServiceKind;
+use lapin::options::QueueDeclareOptions;
+use lapin::types::FieldTable;
+use lapin::BasicProperties;
+use std::time::Duration;
+
+/// Risk is given little patience, so a payment parks soon after authorization.
+const WORKFLOW: &str = r#"
+[parking]
+tiers_ms = [500]
+max_parks = 100
+[[steps]]
+name = "authorization"
+timeout_ms = 5000
+card = "number"
+compensate = true
+[[steps]]
+name = "risk"
+timeout_ms = 300
+retry = { attempts = 1 }
+card = "fingerprint"
+[[steps]]
+name = "pci"
+timeout_ms = 2000
+[[steps]]
+name = "transaction"
+timeout_ms = 5000
+side_effects = true
+"#;
+
+async fn depth(cluster: &Cluster, queue: &str) -> u32 {
+    cluster
+        .client
+        .publisher()
+        .channel()
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("the queue exists")
+        .message_count()
+}
+
+fn stop_risk(cluster: &mut Cluster) -> baton_services::RunningService {
+    let queue = cluster.names.command_queue(ServiceKind::Risk.name());
+    let at = cluster
+        .services
+        .iter()
+        .position(|s| s.queue() == queue)
+        .unwrap();
+    cluster.services.remove(at)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restart_with_a_lower_limit_while_parked_gives_one_result_and_voids_the_hold() {
+    let _broker = BROKER.read().await;
+    let mut cluster = Cluster::new(JournalStore::Sqlite).await;
+    stop_risk(&mut cluster).shutdown().await.unwrap();
+    let workflow = std::env::temp_dir().join(format!("{}-workflow.toml", cluster.names.prefix()));
+    std::fs::write(&workflow, WORKFLOW).unwrap();
+    let workflow_arg = workflow.display().to_string();
+
+    let first = cluster.orchestrator_with(None, 5, &["--workflow", &workflow_arg]);
+    let ids = cluster.publish(&[TestCard::Good]).await;
+    let (payment_id, _) = ids[0];
+    // Parked (its hold placed): the orchestrator's own view of the payment says so.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some((200, body)) = first.get(&format!("/payments/{payment_id}")) {
+            let record: serde_json::Value = serde_json::from_str(&body).unwrap();
+            if record["parked"].as_u64().unwrap_or(0) >= 1 {
+                break;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never parked: {}",
+            first.log_text()
+        );
+        // Another process: its HTTP answer is the only thing to watch.
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        cluster
+            .ledger
+            .hold_status(payment_id)
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("held")
+    );
+    let mut first = first;
+    first.signal("TERM");
+    assert!(first.wait_exit(Duration::from_secs(30)).unwrap().success());
+
+    // The amount (1999) is now over the limit: the parked request comes back invalid.
+    let second = cluster.orchestrator_with(
+        None,
+        5,
+        &["--workflow", &workflow_arg, "--max-amount-minor", "1000"],
+    );
+    cluster.collect(&ids, Duration::from_secs(60)).await;
+    let results = &cluster.results[&payment_id];
+    assert_eq!(results.len(), 1, "{results:?}");
+    assert_eq!(results[0].status, Status::Failed, "{results:?}");
+    assert_eq!(results[0].reason.as_deref(), Some("abandoned"));
+    assert_eq!(
+        cluster
+            .ledger
+            .hold_status(payment_id)
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("voided")
+    );
+    let audit = cluster.ledger.audit().await.unwrap();
+    assert_eq!((audit.open_holds, audit.transfers), (0, 0), "{audit:?}");
+    let (_, body) = second.get(&format!("/payments/{payment_id}")).unwrap();
+    let record: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        record["result"]["reason"], "abandoned",
+        "the journal's result: {body}"
+    );
+    // The copy for operators is published after the result: wait for it, bounded.
+    let dead = cluster.names.dead_queue();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while depth(&cluster, &dead).await == 0 {
+        assert!(std::time::Instant::now() < deadline, "no copy in {dead}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(second);
+    assert_eq!(
+        depth(&cluster, &dead).await,
+        1,
+        "one copy of the request, now invalid"
+    );
+    let _ = std::fs::remove_file(&workflow);
+    cluster.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rejection_whose_client_is_gone_gives_one_dead_letter_not_one_per_redelivery() {
+    let _broker = BROKER.read().await;
+    let mut cluster = Cluster::new(JournalStore::Sqlite).await;
+    let mut orchestrator = cluster.orchestrator(None, 5);
+    let channel = cluster.client.publisher().channel().clone();
+    let payment_id = uuid::Uuid::new_v4();
+    let mut request = TestCard::Good.request_with_id(payment_id);
+    request["amount"]["minor"] = serde_json::json!(-5);
+    let gone = format!("{}.client-that-left", cluster.names.prefix());
+    publish_confirmed(
+        &channel,
+        &cluster.names.payments_exchange(),
+        cluster.names.request_routing_key(),
+        &serde_json::to_vec(&request).unwrap(),
+        BasicProperties::default()
+            .with_content_type("application/json".into())
+            .with_reply_to(gone.as_str().into())
+            .with_correlation_id(payment_id.to_string().as_str().into()),
+    )
+    .await
+    .unwrap();
+    let dead = cluster.names.dead_queue();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while depth(&cluster, &dead).await == 0 {
+        assert!(std::time::Instant::now() < deadline, "never dead-lettered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let counted = |o: &crate::harness::Orchestrator| {
+        o.get("/metrics").is_some_and(|(_, m)| {
+            m.lines()
+                .any(|l| l.trim() == "baton_client_replies_unroutable_total 1")
+        })
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !counted(&orchestrator) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}",
+            orchestrator.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Stopping returns anything unacked to the queue: nothing is, and nothing more came.
+    orchestrator.signal("TERM");
+    assert!(orchestrator
+        .wait_exit(Duration::from_secs(30))
+        .unwrap()
+        .success());
+    assert_eq!(depth(&cluster, &cluster.names.requests_queue()).await, 0);
+    assert_eq!(depth(&cluster, &dead).await, 1, "one dead letter");
+    cluster.cleanup().await;
+}
