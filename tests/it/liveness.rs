@@ -171,3 +171,82 @@ async fn a_rejection_whose_client_is_gone_is_dead_lettered_once_and_acked() {
     );
     app.cleanup().await;
 }
+
+/// `baton sagas finish` ends a running saga's lease; the running orchestrator's sweeper
+/// settles it and the tool prints the result. Without an orchestrator it says so, exit 1.
+#[tokio::test]
+async fn sagas_finish_settles_a_saga_through_the_running_sweeper() {
+    let mut app = spawn_services(Store::Sqlite, &ServiceKind::ALL).await;
+    let mut settings = app.orchestrator_settings();
+    // The sweeper looks every fifth of the lease.
+    settings.saga_lease = Duration::from_secs(1);
+    app.start_orchestrator(settings).await;
+    // A saga some owner begun and left with a long lease (5 min, the default; nothing will
+    // ever renew it): only `finish` makes it the sweeper's within this test.
+    let journal = baton::journal::Journal::open(&app.journal_url)
+        .await
+        .unwrap();
+    let payment_id = Uuid::new_v4();
+    let request = TestCard::Good.request_with_id(payment_id);
+    let request = baton_contract::PaymentRequest::parse(
+        &serde_json::to_vec(&request).unwrap(),
+        &Limits::default(),
+    )
+    .unwrap();
+    journal
+        .begin(payment_id, &baton::journal::PaymentSummary::of(&request))
+        .await
+        .unwrap();
+    let baton = |args: &[&str]| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_baton"));
+        command
+            .args(args)
+            .args(["--journal-url", &app.journal_url])
+            .env("RUST_LOG", "warn");
+        command
+    };
+    let stuck = baton(&["sagas", "stuck"]).output().unwrap();
+    assert!(
+        String::from_utf8_lossy(&stuck.stdout).starts_with("1 running, 0 whose lease ran out"),
+        "leased: not stuck yet"
+    );
+    let mut finish = baton(&["sagas", "finish", &payment_id.to_string(), "--wait", "30s"]);
+    let output = tokio::task::spawn_blocking(move || finish.output())
+        .await
+        .unwrap()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let result: baton_contract::PaymentResult = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(result.status, Status::Failed);
+    assert_eq!(result.reason.as_deref(), Some("abandoned"));
+    assert_eq!(
+        journal.load(payment_id).await.unwrap().unwrap().result,
+        Some(result)
+    );
+
+    // No orchestrator: the lease is ended, nobody finishes it, the tool says so.
+    app.orchestrator.take().unwrap().shutdown().await.unwrap();
+    let other = Uuid::new_v4();
+    journal
+        .begin(other, &baton::journal::PaymentSummary::of(&request))
+        .await
+        .unwrap();
+    let output = baton(&["sagas", "finish", &other.to_string(), "--wait", "1s"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("is an orchestrator running on this journal"),
+        "{stderr}"
+    );
+    let stuck = baton(&["sagas", "stuck", "--json"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&stuck.stdout).contains(&other.to_string()));
+    journal.close().await;
+    app.cleanup().await;
+}
