@@ -19,12 +19,41 @@ use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 
-pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 const POSTGRES_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
-/// Shared by tests that keep the broker up; taken exclusively by tests that stop it.
+/// Shared by tests on the shared broker; a test that needs it to itself takes it
+/// exclusively. (A test that stops or restarts a broker runs its own node instead:
+/// [`crate::node::RabbitNode`].)
 pub static BROKER: LazyLock<tokio::sync::RwLock<()>> =
     LazyLock::new(|| tokio::sync::RwLock::new(()));
+
+/// Where a cluster's broker is.
+#[derive(Clone, Debug)]
+pub struct BrokerAddr {
+    /// `host:port` of its plain AMQP listener.
+    pub amqp: String,
+    /// Its management API, with the administrator's login.
+    pub admin_url: String,
+}
+
+impl BrokerAddr {
+    /// The broker every test shares, on 5672 (management 15672).
+    pub fn shared() -> Self {
+        Self {
+            amqp: "127.0.0.1:5672".into(),
+            admin_url: DEFAULT_ADMIN_URL.into(),
+        }
+    }
+
+    /// The administrator's (guest's) AMQP URL.
+    pub fn admin_amqp_url(&self) -> String {
+        format!("amqp://guest:guest@{}/%2f", self.amqp)
+    }
+
+    fn admin_api(&self) -> AdminApi {
+        AdminApi::from_url(&self.admin_url).expect("a valid admin URL")
+    }
+}
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum JournalStore {
@@ -135,11 +164,17 @@ pub fn free_port() -> u16 {
 
 pub struct Cluster {
     pub names: Names,
+    /// The broker every process of the cluster talks to.
+    pub broker: BrokerAddr,
+    /// The parking tiers of the workflow the orchestrators run (their queues are deleted
+    /// at cleanup): the built-in workflow's unless a test says otherwise.
+    pub parking_delays_ms: Vec<u64>,
+    /// The test's directory: logs, journal, ledger, card key; removed at cleanup.
+    pub dir: PathBuf,
     pub journal_url: String,
     pub ledger: Ledger,
     pub services: Vec<RunningService>,
     pub client: Client,
-    dir: PathBuf,
     postgres_db: Option<String>,
     /// Every result seen, by payment id.
     pub results: HashMap<Uuid, Vec<PaymentResult>>,
@@ -147,11 +182,6 @@ pub struct Cluster {
     /// The broker users every process runs as (`baton broker setup` for this prefix),
     /// each sender verified; the test client stays on the administrator connection.
     pub roles: Credentials,
-}
-
-/// The management API of the test broker (administrator guest).
-fn admin_api() -> AdminApi {
-    AdminApi::from_url(DEFAULT_ADMIN_URL).expect("a valid admin URL")
 }
 
 /// The broker role a reference service runs as.
@@ -165,7 +195,13 @@ fn role_of(kind: ServiceKind) -> Role {
 }
 
 impl Cluster {
+    /// A cluster on the shared broker.
     pub async fn new(journal: JournalStore) -> Self {
+        Self::on(BrokerAddr::shared(), journal).await
+    }
+
+    /// A cluster on `broker`.
+    pub async fn on(broker: BrokerAddr, journal: JournalStore) -> Self {
         let id = Uuid::new_v4().simple().to_string();
         let names = Names::new(format!("chaos-{}", &id[..12]));
         let dir = std::env::temp_dir().join(format!("baton-chaos-{}", &id[..12]));
@@ -193,10 +229,15 @@ impl Cluster {
         // as in production.
         let (card_keys, _) =
             baton_contract::CardKeys::load_or_create(&dir.join("card.key")).unwrap();
-        let roles = broker::setup(&admin_api(), names.prefix(), "/", &Passwords::default())
-            .await
-            .expect("create the prefix's broker users (rabbitmq_management must be on)");
-        let url_of = |role: Role| roles.amqp_url(role, "127.0.0.1:5672").expect("a password");
+        let roles = broker::setup(
+            &broker.admin_api(),
+            names.prefix(),
+            "/",
+            &Passwords::default(),
+        )
+        .await
+        .expect("create the prefix's broker users (rabbitmq_management must be on)");
+        let url_of = |role: Role| roles.amqp_url(role, &broker.amqp).expect("a password");
         let mut services = Vec::new();
         for kind in ServiceKind::ALL {
             let config = ServiceConfig {
@@ -217,10 +258,16 @@ impl Cluster {
         }
         Self {
             ledger: Ledger::open(&ledger_url).await.unwrap(),
-            client: Client::connect(AMQP_URL, &amqp::TlsOptions::default(), names.clone())
-                .await
-                .expect("RabbitMQ at 127.0.0.1:5672"),
+            client: Client::connect(
+                &broker.admin_amqp_url(),
+                &amqp::TlsOptions::default(),
+                names.clone(),
+            )
+            .await
+            .expect("RabbitMQ"),
             names,
+            broker,
+            parking_delays_ms: baton::workflow::Workflow::builtin().parking().delays_ms(),
             journal_url,
             services,
             dir,
@@ -273,7 +320,7 @@ impl Cluster {
             .env(
                 "AMQP_URL",
                 self.roles
-                    .amqp_url(Role::Orchestrator, "127.0.0.1:5672")
+                    .amqp_url(Role::Orchestrator, &self.broker.amqp)
                     .expect("a password"),
             )
             .env("BATON_SERVICE_USERS", service_users(self.names.prefix()))
@@ -356,10 +403,14 @@ impl Cluster {
         while !ids.iter().all(|(id, _)| self.results.contains_key(id)) {
             assert!(
                 tokio::time::Instant::now() < deadline,
-                "results missing after {limit:?}"
+                "{} of {} payments without a result after {limit:?}",
+                ids.iter()
+                    .filter(|(id, _)| !self.results.contains_key(id))
+                    .count(),
+                ids.len()
             );
             let Ok(connection) = amqp::connect(
-                AMQP_URL,
+                &self.broker.admin_amqp_url(),
                 "chaos results reader",
                 &amqp::TlsOptions::default(),
             )
@@ -394,7 +445,13 @@ impl Cluster {
                         }
                     }
                     Ok(_) => break,
-                    Err(_) => panic!("results missing after {limit:?}"),
+                    Err(_) => panic!(
+                        "{} of {} payments without a result after {limit:?}",
+                        ids.iter()
+                            .filter(|(id, _)| !self.results.contains_key(id))
+                            .count(),
+                        ids.len()
+                    ),
                 }
             }
             let _ = connection.close(200, "done".into()).await;
@@ -432,6 +489,13 @@ impl Cluster {
         assert!(audit.duplicate_transfers.is_empty(), "{audit:?}");
         assert!(audit.balanced, "{audit:?}");
         assert_eq!(audit.open_holds, 0, "{audit:?}");
+        // Issue 10's bar: once the test settles, no saga is left running in the journal.
+        let journal = baton::journal::Journal::open(&self.journal_url)
+            .await
+            .expect("open the journal");
+        let running = journal.running().await.expect("count running sagas");
+        journal.close().await;
+        assert_eq!(running.count, 0, "sagas left running: {running:?}");
     }
 
     pub async fn cleanup(mut self) {
@@ -439,17 +503,25 @@ impl Cluster {
             let _ = service.shutdown().await;
         }
         // A fresh connection: the client's may have died with the broker in the test.
-        let connection = amqp::connect(AMQP_URL, "chaos cleanup", &amqp::TlsOptions::default())
-            .await
-            .expect("RabbitMQ for cleanup");
+        let connection = amqp::connect(
+            &self.broker.admin_amqp_url(),
+            "chaos cleanup",
+            &amqp::TlsOptions::default(),
+        )
+        .await
+        .expect("RabbitMQ for cleanup");
         let channel = connection.create_channel().await.expect("a channel");
         let services: Vec<&str> = ServiceKind::ALL.iter().map(|k| k.name()).collect();
-        let parking: Vec<u64> = baton::workflow::Workflow::builtin().parking().delays_ms();
-        let _ =
-            amqp::delete_topology_with_parking(&channel, &self.names, &services, &parking).await;
+        let _ = amqp::delete_topology_with_parking(
+            &channel,
+            &self.names,
+            &services,
+            &self.parking_delays_ms,
+        )
+        .await;
         let _ = connection.close(200, "cleaned up".into()).await;
         self.client.close().await;
-        let _ = broker::teardown(&admin_api(), self.names.prefix()).await;
+        let _ = broker::teardown(&self.broker.admin_api(), self.names.prefix()).await;
         self.ledger.close().await;
         let _ = std::fs::remove_dir_all(&self.dir);
         if let Some(db) = self.postgres_db {

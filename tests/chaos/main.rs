@@ -2,12 +2,13 @@
 //! `baton` binary (so they can crash, be killed or be signalled), the four services run in
 //! this process, all against the real RabbitMQ (and PostgreSQL for the shared journal).
 //!
-//! Tests that stop the broker take the broker lock exclusively; the others share it, so
-//! no test sees the broker go away unless it asked for it.
+//! Tests that stop or restart a broker run a RabbitMQ node of their own (`node.rs`); the
+//! shared broker on 5672 never goes away under another test.
 
 mod broker;
 mod crashes;
 mod harness;
 mod liveness;
+mod node;
 mod replicas;
 mod tls;

@@ -7,6 +7,7 @@
 //! one to finish stops it.
 
 use crate::harness::{free_port, http_get, BROKER};
+use crate::node::{self, RabbitNode};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex, Weak};
@@ -18,12 +19,7 @@ use uuid::Uuid;
 const FAST: Duration = Duration::from_secs(10);
 
 fn temp_dir(what: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "baton-tls-{what}-{}",
-        &Uuid::new_v4().simple().to_string()[..12]
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+    node::temp_dir(&format!("tls-{what}"))
 }
 
 /// Runs `openssl` in `dir` with `args`, split on whitespace (none has a space).
@@ -77,22 +73,10 @@ fn make_server_cert(dir: &Path, ca: &str) {
     );
 }
 
-/// RabbitMQ's own scripts run the node as the calling user; Debian's `/usr/sbin` ones
-/// switch to the `rabbitmq` user, who could not read our temporary files.
-fn rabbitmq_tool(name: &str) -> PathBuf {
-    let own = Path::new("/usr/lib/rabbitmq/bin").join(name);
-    if own.is_file() {
-        own
-    } else {
-        PathBuf::from(name)
-    }
-}
-
 /// A RabbitMQ node with TLS listeners on 127.0.0.1 and 127.0.0.2 (same port) and no plain
 /// one. Stopped when dropped.
 struct TlsNode {
-    node: String,
-    dir: PathBuf,
+    node: RabbitNode,
     port: u16,
     /// The CA that signed the node's certificate.
     ca: PathBuf,
@@ -118,82 +102,23 @@ impl TlsNode {
              ssl_options.fail_if_no_peer_cert = false\n",
             dir = dir.display()
         );
-        std::fs::write(dir.join("rabbitmq.conf"), config).unwrap();
         // No plugins: the shared node's management plugin already has port 15672.
-        std::fs::write(dir.join("enabled_plugins"), "[].\n").unwrap();
-        let node = format!(
-            "baton-tls-{}@localhost",
-            &Uuid::new_v4().simple().to_string()[..8]
-        );
-        let status = Command::new(rabbitmq_tool("rabbitmq-server"))
-            .arg("-detached")
-            .env("RABBITMQ_NODENAME", &node)
-            .env("RABBITMQ_NODE_PORT", free_port().to_string())
-            .env("RABBITMQ_DIST_PORT", free_port().to_string())
-            .env("RABBITMQ_MNESIA_BASE", dir.join("mnesia"))
-            .env("RABBITMQ_LOG_BASE", dir.join("log"))
-            .env("RABBITMQ_PID_FILE", dir.join("pid"))
-            .env("RABBITMQ_CONFIG_FILE", dir.join("rabbitmq.conf"))
-            .env("RABBITMQ_ADVANCED_CONFIG_FILE", dir.join("advanced.config"))
-            .env("RABBITMQ_ENABLED_PLUGINS_FILE", dir.join("enabled_plugins"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .status()
-            .expect("rabbitmq-server (Debian package rabbitmq-server)");
-        assert!(status.success(), "rabbitmq-server -detached: {status}");
-        let node = Self {
+        let node = RabbitNode::start("tls", dir, free_port(), None, &config, &[]);
+        Self {
             node,
-            dir,
             port,
             ca,
             other_ca,
-        };
-        // Blocks until the node has booted (or failed to).
-        let waited = node.ctl(&[
-            "wait",
-            &node.dir.join("pid").display().to_string(),
-            "--timeout",
-            "90",
-        ]);
-        assert!(
-            waited.status.success(),
-            "the TLS RabbitMQ node did not start: {}\nits log:\n{}",
-            String::from_utf8_lossy(&waited.stderr),
-            node.log_tail()
-        );
-        node
+        }
     }
 
     fn ctl(&self, args: &[&str]) -> Output {
-        Command::new(rabbitmq_tool("rabbitmqctl"))
-            .args(["-n", &self.node])
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .expect("rabbitmqctl")
-    }
-
-    fn log_tail(&self) -> String {
-        let log = self.dir.join("log").join(format!("{}.log", self.node));
-        let text = std::fs::read_to_string(log).unwrap_or_default();
-        text[text.len().saturating_sub(4000)..].to_owned()
+        self.node.ctl(args)
     }
 
     /// The URL of its TLS listener, by `host` (which the certificate may or may not name).
     fn url(&self, host: &str) -> String {
         format!("amqps://guest:guest@{host}:{}/%2f", self.port)
-    }
-}
-
-impl Drop for TlsNode {
-    fn drop(&mut self) {
-        let stopped = self.ctl(&["stop"]).status.success();
-        if !stopped {
-            if let Ok(pid) = std::fs::read_to_string(self.dir.join("pid")) {
-                let _ = Command::new("kill").arg(pid.trim()).status();
-            }
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
