@@ -203,6 +203,26 @@ impl AmqpTransport {
             .ok_or(CallError::ShuttingDown)
     }
 
+    /// Requests ready in `<prefix>.requests` now, from a passive declare on a channel of
+    /// its own (a failed declare closes its channel). `None` when it cannot be asked.
+    async fn requests_waiting(&self) -> Option<u32> {
+        let session = self.session.read().ok().and_then(|s| s.clone())?;
+        let channel = session.connection.create_channel().await.ok()?;
+        let declared = channel
+            .queue_declare(
+                self.names.requests_queue().as_str().into(),
+                lapin::options::QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .ok()?;
+        let _ = channel.close(200, "counted".into()).await;
+        Some(declared.message_count())
+    }
+
     /// Passes a publish outcome through, noting a dead channel.
     fn watch(&self, outcome: Result<(), BrokerError>) -> Result<(), BrokerError> {
         if let Err(BrokerError::Channel(e)) = &outcome {
@@ -601,9 +621,13 @@ async fn keep_sagas(shared: std::sync::Weak<Shared>, mut stopped: watch::Receive
             }
         }
         // Finishing a saga sends compensations and publishes a result: not while the
-        // broker is away (its lease runs out again and a later round takes it).
-        if shared.env.transport.channel().is_err() {
-            continue;
+        // broker is away (its lease runs out again and a later round takes it). And not
+        // while requests wait in the queue: after an outage longer than a lease, the
+        // requests of expired sagas are back in the queue, and resuming them is better
+        // than abandoning them; each renews its saga's lease when it begins again.
+        match shared.env.transport.requests_waiting().await {
+            Some(0) => {}
+            Some(_) | None => continue,
         }
         match journal.stuck(SWEEP_BATCH).await {
             Ok(stuck) => {

@@ -203,3 +203,36 @@ async fn a_rejection_whose_client_is_gone_gives_one_dead_letter_not_one_per_rede
     assert_eq!(depth(&cluster, &dead).await, 1, "one dead letter");
     cluster.cleanup().await;
 }
+
+/// After an outage longer than the saga lease, the requests of the crashed replica's
+/// sagas are back in the queue: the next orchestrator resumes them (each payment its
+/// card's documented result), its sweeper does not abandon them.
+#[tokio::test(flavor = "multi_thread")]
+async fn sagas_whose_requests_come_back_after_their_lease_are_resumed_not_abandoned() {
+    let _broker = BROKER.read().await;
+    let mut cluster = Cluster::new(JournalStore::Sqlite).await;
+    let mut doomed =
+        cluster.orchestrator_with(Some("after_step_recorded:40"), 5, &["--saga-lease", "1s"]);
+    let ids = cluster.publish_mixed(60).await;
+    let status = doomed
+        .wait_exit(Duration::from_secs(60))
+        .expect("it aborts at its crash point");
+    assert!(!status.success());
+    // Nobody drives the begun sagas for longer than their lease: the lease running out
+    // is the behaviour under test, so time passing is what the test waits for.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // One payment at a time: the others wait in the queue, their leases long run out,
+    // while the survivor's sweeper looks every 200 ms.
+    let survivor =
+        cluster.orchestrator_with(None, 5, &["--saga-lease", "1s", "--concurrency", "1"]);
+    cluster.collect(&ids, Duration::from_secs(120)).await;
+    // Each payment has its card's result: none was failed `abandoned`.
+    cluster.verify(&ids).await;
+    assert!(
+        !survivor.log_contains("abandoned payment finished"),
+        "{}",
+        survivor.log_text()
+    );
+    drop(survivor);
+    cluster.cleanup().await;
+}
