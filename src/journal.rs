@@ -1144,14 +1144,25 @@ impl Journal {
         Ok(changed)
     }
 
-    /// Running sagas whose lease ran out before `now`, oldest lease first, at most `limit`.
+    /// Running sagas whose lease ran out, oldest lease first, at most `limit`.
     pub async fn stuck(&self, limit: u32) -> Result<Vec<StuckSaga>, JournalError> {
+        self.stuck_for(limit, Duration::ZERO).await
+    }
+
+    /// Running sagas whose lease ran out at least `overdue` ago, oldest lease first, at
+    /// most `limit`.
+    pub async fn stuck_for(
+        &self,
+        limit: u32,
+        overdue: Duration,
+    ) -> Result<Vec<StuckSaga>, JournalError> {
+        let before = stamp(SystemTime::now() - overdue);
         let rows = sqlx::query(
             "SELECT payment_id, started_at, lease_until, parked FROM journal_sagas
              WHERE result IS NULL AND lease_until < $1
              ORDER BY lease_until LIMIT $2",
         )
-        .bind(now())
+        .bind(before)
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?;

@@ -576,6 +576,10 @@ fn keeper_tick(lease: Duration) -> Duration {
     (lease / 5).clamp(Duration::from_millis(100), Duration::from_secs(60))
 }
 
+/// While requests wait in the queue, the sweeper takes only sagas whose lease ran out this
+/// many leases ago (20 minutes with the default lease).
+const BACKLOG_GRACE_LEASES: u32 = 4;
+
 /// Sagas the sweeper takes over per round.
 const SWEEP_BATCH: u32 = 32;
 
@@ -625,11 +629,14 @@ async fn keep_sagas(shared: std::sync::Weak<Shared>, mut stopped: watch::Receive
         // while requests wait in the queue: after an outage longer than a lease, the
         // requests of expired sagas are back in the queue, and resuming them is better
         // than abandoning them; each renews its saga's lease when it begins again.
-        match shared.env.transport.requests_waiting().await {
-            Some(0) => {}
-            Some(_) | None => continue,
-        }
-        match journal.stuck(SWEEP_BATCH).await {
+        let overdue = match shared.env.transport.requests_waiting().await {
+            Some(0) => Duration::ZERO,
+            // A backlog: take only sagas overdue by far more than any backlog delays a
+            // request, so a sweeper still works on a system that never drains.
+            Some(_) => shared.settings.saga_lease * BACKLOG_GRACE_LEASES,
+            None => continue,
+        };
+        match journal.stuck_for(SWEEP_BATCH, overdue).await {
             Ok(stuck) => {
                 for saga in stuck {
                     match journal.claim(saga.payment_id).await {
