@@ -732,18 +732,7 @@ async fn finish_from_journal(
         };
         match published {
             Ok(()) => {
-                shared
-                    .env
-                    .metrics
-                    .results
-                    .with_label_values(&[
-                        result.status.as_str(),
-                        shared
-                            .settings
-                            .workflow
-                            .reason_label(result.reason.as_deref()),
-                    ])
-                    .inc();
+                count_result(&result, shared);
                 return Ok(true);
             }
             Err(e) if attempt < 10 => {
@@ -1178,16 +1167,7 @@ async fn handle_request(delivery: Delivery, shared: Arc<Shared>) {
             } => {
                 info!(status = result.status.as_str(), reason = ?result.reason, "payment finished");
                 if finish(&delivery, &result, dead_letter.as_deref(), &shared).await {
-                    metrics
-                        .results
-                        .with_label_values(&[
-                            result.status.as_str(),
-                            shared
-                                .settings
-                                .workflow
-                                .reason_label(result.reason.as_deref()),
-                        ])
-                        .inc();
+                    count_result(&result, &shared);
                     metrics
                         .payment_duration
                         .observe(started.elapsed().as_secs_f64());
@@ -1350,6 +1330,20 @@ async fn set_aside(delivery: &Delivery, reason: &str, detail: &str, shared: &Sha
             nack(delivery).await;
         }
     }
+}
+
+/// Counts a published result in `baton_payment_results_total{status,reason}`.
+fn count_result(result: &PaymentResult, shared: &Shared) {
+    let reason = shared
+        .settings
+        .workflow
+        .reason_label(result.reason.as_deref());
+    shared
+        .env
+        .metrics
+        .results
+        .with_label_values(&[result.status.as_str(), reason])
+        .inc();
 }
 
 /// The client's `reply_to` queue does not exist: the client went away. Not an error — the
@@ -1636,18 +1630,7 @@ async fn reject_known(
         SagaOutcome::Finished { result, .. } => {
             warn!(status = result.status.as_str(), reason = ?result.reason, "payment finished without running on");
             if finish(&delivery, &result, Some("invalid_request"), shared).await {
-                shared
-                    .env
-                    .metrics
-                    .results
-                    .with_label_values(&[
-                        result.status.as_str(),
-                        shared
-                            .settings
-                            .workflow
-                            .reason_label(result.reason.as_deref()),
-                    ])
-                    .inc();
+                count_result(&result, shared);
             }
         }
         SagaOutcome::Park { tier, step, reason } => {

@@ -543,3 +543,36 @@ pub fn service_users(prefix: &str) -> String {
         .collect::<Vec<_>>()
         .join(",")
 }
+
+impl Cluster {
+    /// Messages ready in `queue` now (a passive declare).
+    pub async fn depth(&self, queue: &str) -> u32 {
+        self.client
+            .publisher()
+            .channel()
+            .queue_declare(
+                queue.into(),
+                lapin::options::QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("the queue exists")
+            .message_count()
+    }
+
+    /// Waits until `queue` holds at least one message, up to `within` (the broker has no
+    /// event for a queue's length: polled, bounded).
+    pub async fn wait_for_a_message_in(&self, queue: &str, within: Duration) {
+        let deadline = tokio::time::Instant::now() + within;
+        while self.depth(queue).await == 0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no message in {queue} within {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}

@@ -6,8 +6,6 @@ use baton::testcards::TestCard;
 use baton_contract::amqp::publish_confirmed;
 use baton_contract::Status;
 use baton_services::ServiceKind;
-use lapin::options::QueueDeclareOptions;
-use lapin::types::FieldTable;
 use lapin::BasicProperties;
 use std::time::Duration;
 
@@ -34,24 +32,6 @@ name = "transaction"
 timeout_ms = 5000
 side_effects = true
 "#;
-
-async fn depth(cluster: &Cluster, queue: &str) -> u32 {
-    cluster
-        .client
-        .publisher()
-        .channel()
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .expect("the queue exists")
-        .message_count()
-}
 
 fn stop_risk(cluster: &mut Cluster) -> baton_services::RunningService {
     let queue = cluster.names.command_queue(ServiceKind::Risk.name());
@@ -133,16 +113,14 @@ async fn a_restart_with_a_lower_limit_while_parked_gives_one_result_and_voids_th
         record["result"]["reason"], "abandoned",
         "the journal's result: {body}"
     );
-    // The copy for operators is published after the result: wait for it, bounded.
+    // The copy for operators is published after the result.
     let dead = cluster.names.dead_queue();
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while depth(&cluster, &dead).await == 0 {
-        assert!(std::time::Instant::now() < deadline, "no copy in {dead}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    cluster
+        .wait_for_a_message_in(&dead, Duration::from_secs(20))
+        .await;
     drop(second);
     assert_eq!(
-        depth(&cluster, &dead).await,
+        cluster.depth(&dead).await,
         1,
         "one copy of the request, now invalid"
     );
@@ -173,11 +151,9 @@ async fn a_rejection_whose_client_is_gone_gives_one_dead_letter_not_one_per_rede
     .await
     .unwrap();
     let dead = cluster.names.dead_queue();
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while depth(&cluster, &dead).await == 0 {
-        assert!(std::time::Instant::now() < deadline, "never dead-lettered");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    cluster
+        .wait_for_a_message_in(&dead, Duration::from_secs(20))
+        .await;
     let counted = |o: &crate::harness::Orchestrator| {
         o.get("/metrics").is_some_and(|(_, m)| {
             m.lines()
@@ -199,8 +175,8 @@ async fn a_rejection_whose_client_is_gone_gives_one_dead_letter_not_one_per_rede
         .wait_exit(Duration::from_secs(30))
         .unwrap()
         .success());
-    assert_eq!(depth(&cluster, &cluster.names.requests_queue()).await, 0);
-    assert_eq!(depth(&cluster, &dead).await, 1, "one dead letter");
+    assert_eq!(cluster.depth(&cluster.names.requests_queue()).await, 0);
+    assert_eq!(cluster.depth(&dead).await, 1, "one dead letter");
     cluster.cleanup().await;
 }
 

@@ -15,28 +15,7 @@ use baton::testcards::TestCard;
 use baton_contract::Status;
 use baton_services::ServiceKind;
 use harness::{Cluster, JournalStore};
-use lapin::options::QueueDeclareOptions;
-use lapin::types::FieldTable;
 use std::time::Duration;
-
-/// Messages ready in `queue` (passive declare).
-async fn depth(cluster: &Cluster, queue: &str) -> u32 {
-    cluster
-        .client
-        .publisher()
-        .channel()
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .expect("the queue exists")
-        .message_count()
-}
 
 /// Waits until the orchestrator works on a payment (its in-flight gauge says 1).
 fn wait_in_flight(orchestrator: &harness::Orchestrator) -> bool {
@@ -75,7 +54,7 @@ async fn a_crash_loop_past_the_delivery_limit_gets_one_result_and_its_hold_voide
     let requests = cluster.names.requests_queue();
     let dead = cluster.names.dead_queue();
     let mut kills = 0;
-    while depth(&cluster, &dead).await == 0 {
+    while cluster.depth(&dead).await == 0 {
         let mut orchestrator = cluster.orchestrator_with(None, 1, &lease);
         assert!(
             wait_in_flight(&orchestrator),
@@ -89,16 +68,16 @@ async fn a_crash_loop_past_the_delivery_limit_gets_one_result_and_its_hold_voide
         // The broker returns the request when the connection drops; past the limit it
         // dead-letters it instead. Give it a moment to do either.
         for _ in 0..40 {
-            if depth(&cluster, &requests).await + depth(&cluster, &dead).await > 0 {
+            if cluster.depth(&requests).await + cluster.depth(&dead).await > 0 {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
     assert!(kills >= 2, "killed {kills} times");
-    assert_eq!(depth(&cluster, &requests).await, 0);
+    assert_eq!(cluster.depth(&requests).await, 0);
     assert_eq!(
-        depth(&cluster, &cluster.names.dead_queue()).await,
+        cluster.depth(&cluster.names.dead_queue()).await,
         1,
         "the request is dead-lettered past the limit"
     );
