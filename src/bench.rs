@@ -59,6 +59,12 @@ pub struct Row {
     pub replicas: usize,
     /// Share of the payments each replica took (from its `baton_payments_received_total`).
     pub spread: Vec<u64>,
+    /// Step attempts that timed out during the level (Baton only; the relay has none).
+    /// Under CPU starvation a service answers late, the orchestrator retries and parks,
+    /// and the level's throughput and p99 measure the ladder, not the steady flow.
+    pub step_timeouts: u64,
+    /// Payments parked in a retry queue during the level (Baton only).
+    pub parked: u64,
     /// Every payment had exactly one result.
     pub exactly_once: bool,
 }
@@ -114,15 +120,64 @@ pub fn peak_rss_mib(pid: u32) -> Option<f64> {
     Some(kib / 1024.0)
 }
 
-/// The RabbitMQ node's process (`beam.smp`), if it runs on this machine.
-pub fn broker_pid() -> Option<u32> {
+/// The RabbitMQ node serving `amqp_url`: the local `beam.smp` process that listens on the
+/// URL's port. Several nodes may run on one machine (the chaos and TLS tests start their
+/// own), so the first `beam.smp` found is not necessarily the one under load. `None` when
+/// the URL's host is not this machine or no `beam.smp` listens on its port.
+pub fn broker_pid(amqp_url: &str) -> Option<u32> {
+    let uri: lapin::uri::AMQPUri = amqp_url.parse().ok()?;
+    let host = uri.authority.host.as_str();
+    let local = host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    if !local {
+        return None;
+    }
+    let pid = listener_pid(uri.authority.port)?;
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+    (comm.trim() == "beam.smp").then_some(pid)
+}
+
+/// The socket inodes listening on TCP `port` in a `/proc/net/tcp` or `/proc/net/tcp6`
+/// table.
+fn listening_inodes(table: &str, port: u16) -> Vec<u64> {
+    const LISTEN: &str = "0A";
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let local_port = fields.get(1)?.rsplit_once(':')?.1;
+            let listens =
+                *fields.get(3)? == LISTEN && u16::from_str_radix(local_port, 16).ok()? == port;
+            listens.then(|| fields.get(9)?.parse().ok()).flatten()
+        })
+        .collect()
+}
+
+/// The process holding a socket that listens on TCP `port` on this machine, if it can be
+/// seen (`/proc`, Linux).
+fn listener_pid(port: u16) -> Option<u32> {
+    let inodes: Vec<u64> = ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|table| std::fs::read_to_string(table).ok())
+        .flat_map(|table| listening_inodes(&table, port))
+        .collect();
+    if inodes.is_empty() {
+        return None;
+    }
+    let wanted: Vec<String> = inodes.iter().map(|i| format!("socket:[{i}]")).collect();
     std::fs::read_dir("/proc")
         .ok()?
         .flatten()
         .find_map(|entry| {
             let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
-            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
-            (comm.trim() == "beam.smp").then_some(pid)
+            let fds = std::fs::read_dir(entry.path().join("fd")).ok()?;
+            fds.flatten()
+                .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+                .any(|target| wanted.iter().any(|w| target.as_os_str() == w.as_str()))
+                .then_some(pid)
         })
 }
 
@@ -184,8 +239,9 @@ fn sibling(name: &str) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
-/// `baton_payments_received_total` of the orchestrator whose HTTP port is `port`.
-fn received(port: u16) -> u64 {
+/// The sum of every series of the counter `name` on the `/metrics` of the orchestrator
+/// whose HTTP port is `port` (0 when it cannot be read).
+fn counter(port: u16, name: &str) -> u64 {
     use std::io::{Read, Write};
     let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
         return 0;
@@ -196,11 +252,47 @@ fn received(port: u16) -> u64 {
     );
     let mut text = String::new();
     let _ = stream.read_to_string(&mut text);
-    text.lines()
-        .find(|l| l.starts_with("baton_payments_received_total "))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse::<f64>().ok())
-        .unwrap_or(0.0) as u64
+    counter_sum(&text, name)
+}
+
+/// The sum of every series of `name` in a Prometheus exposition.
+fn counter_sum(exposition: &str, name: &str) -> u64 {
+    exposition
+        .lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+/// What the orchestrators' counters say about one level: how the payments spread over
+/// the replicas, and how many step attempts timed out and payments were parked.
+#[derive(Clone, Debug, Default, PartialEq)]
+struct Counters {
+    received: Vec<u64>,
+    timeouts: u64,
+    parked: u64,
+}
+
+impl Counters {
+    fn read(ports: &[u16]) -> Self {
+        Self {
+            received: ports
+                .iter()
+                .map(|p| counter(*p, "baton_payments_received_total"))
+                .collect(),
+            timeouts: ports
+                .iter()
+                .map(|p| counter(*p, "baton_step_timeouts_total"))
+                .sum(),
+            parked: ports
+                .iter()
+                .map(|p| counter(*p, "baton_parked_total"))
+                .sum(),
+        }
+    }
 }
 
 fn free_port() -> anyhow::Result<u16> {
@@ -212,9 +304,11 @@ fn free_port() -> anyhow::Result<u16> {
 /// Runs the whole benchmark and returns its rows.
 pub async fn run(options: &BenchOptions) -> anyhow::Result<Vec<Row>> {
     let ticks = ticks_per_second();
-    let broker = broker_pid();
+    let broker = broker_pid(&options.amqp_url);
     if broker.is_none() {
-        eprintln!("note: no local beam.smp process; broker CPU is not measured");
+        eprintln!(
+            "note: no local beam.smp process listens on the AMQP URL's port; broker CPU is not measured"
+        );
     }
     let id = Uuid::new_v4().simple().to_string()[..8].to_owned();
     let dir = std::env::temp_dir().join(format!("baton-bench-{id}"));
@@ -337,7 +431,7 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<Vec<Row>> {
             };
             let cpu = |pid: u32| cpu_seconds(pid, ticks).unwrap_or(0.0);
             let sum = |pids: &[u32]| pids.iter().map(|p| cpu(*p)).sum::<f64>();
-            let received_before: Vec<u64> = http_ports.iter().map(|p| received(*p)).collect();
+            let counted_before = Counters::read(&http_ports);
             let before = (sum(&orchestrators), sum(&services), broker.map(cpu));
             let report = load::run(
                 &mut client,
@@ -349,10 +443,12 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<Vec<Row>> {
             )
             .await?;
             let after = (sum(&orchestrators), sum(&services), broker.map(cpu));
-            let spread: Vec<u64> = http_ports
+            let counted = Counters::read(&http_ports);
+            let spread: Vec<u64> = counted
+                .received
                 .iter()
-                .zip(received_before)
-                .map(|(p, before)| received(*p).saturating_sub(before))
+                .zip(&counted_before.received)
+                .map(|(after, before)| after.saturating_sub(*before))
                 .collect();
             processes.check_alive()?;
             let per =
@@ -379,6 +475,8 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<Vec<Row>> {
                     / 10.0,
                 replicas: orchestrators.len(),
                 spread,
+                step_timeouts: counted.timeouts.saturating_sub(counted_before.timeouts),
+                parked: counted.parked.saturating_sub(counted_before.parked),
                 exactly_once: report.exactly_once(),
             };
             eprintln!(
@@ -403,12 +501,12 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<Vec<Row>> {
 /// Prints the rows as a table with Baton / baseline ratios.
 pub fn print_table(rows: &[Row]) {
     println!(
-        "| system | replicas | in flight | payments/s | p50 ms | p99 ms | orchestrator CPU ms/payment | services CPU ms/payment | broker CPU ms/payment | orchestrator peak RSS MiB | exactly once |"
+        "| system | replicas | in flight | payments/s | p50 ms | p99 ms | orchestrator CPU ms/payment | services CPU ms/payment | broker CPU ms/payment | orchestrator peak RSS MiB | step timeouts / parked | exactly once |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     for row in rows {
         println!(
-            "| {} | {} | {} | {:.1} | {:.1} | {:.1} | {:.3} | {:.3} | {} | {:.1} | {} |",
+            "| {} | {} | {} | {:.1} | {:.1} | {:.1} | {:.3} | {:.3} | {} | {:.1} | {} / {} | {} |",
             row.system,
             if row.spread.len() > 1 {
                 format!(
@@ -433,7 +531,23 @@ pub fn print_table(rows: &[Row]) {
                 .map(|c| format!("{c:.3}"))
                 .unwrap_or_else(|| "n/a".into()),
             row.orchestrator_peak_rss_mib,
+            row.step_timeouts,
+            row.parked,
             if row.exactly_once { "yes" } else { "NO" }
+        );
+    }
+    let disturbed: Vec<String> = rows
+        .iter()
+        .filter(|r| r.step_timeouts > 0 || r.parked > 0)
+        .map(|r| format!("{} at {} in flight", r.system, r.in_flight))
+        .collect();
+    if !disturbed.is_empty() {
+        println!();
+        println!(
+            "note: steps timed out or payments were parked in: {}. Those levels measure \
+             the retry ladder (services starved of CPU answer after their step timeout), \
+             not the steady flow; repeat them before comparing.",
+            disturbed.join(", ")
         );
     }
     let baselines: HashMap<usize, &Row> = rows
@@ -645,4 +759,59 @@ pub async fn relay(
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_listening_socket_is_found_by_its_port_only_when_it_listens() {
+        // Two rows of /proc/net/tcp: 127.0.0.1:5672 listening (0A), and a connection
+        // from port 5672's neighbour 5691 (01, established), as the kernel prints them.
+        let table = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 0100007F:1628 00000000:0000 0A 00000000:00000000 00:00000000 00000000   108        0 41234 1 0000000000000000 100 0 0 10 0
+   1: 0100007F:163B 0100007F:C350 01 00000000:00000000 00:00000000 00000000     0        0 51234 1 0000000000000000 20 4 30 10 -1
+";
+        assert_eq!(listening_inodes(table, 5672), vec![41234]);
+        assert_eq!(listening_inodes(table, 5691), Vec::<u64>::new());
+        assert_eq!(listening_inodes("", 5672), Vec::<u64>::new());
+    }
+
+    #[test]
+    fn the_process_listening_on_a_port_is_found() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        assert_eq!(listener_pid(port), Some(std::process::id()));
+        drop(listener);
+        assert_eq!(listener_pid(port), None, "nobody listens there any more");
+        // This test process is not a RabbitMQ node, so it is no broker either.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        assert_eq!(
+            broker_pid(&format!("amqp://guest:guest@127.0.0.1:{port}/%2f")),
+            None
+        );
+        assert_eq!(
+            broker_pid("amqp://guest:guest@broker.example:5672/%2f"),
+            None
+        );
+    }
+
+    #[test]
+    fn counters_sum_every_series_of_one_name_only() {
+        let exposition = "\
+# HELP baton_parked_total Payments parked
+# TYPE baton_parked_total counter
+baton_parked_total{step=\"authorization\"} 3
+baton_parked_total{step=\"risk\"} 4
+baton_parked_totally_other 100
+baton_step_timeouts_total{step=\"risk\"} 7
+baton_payments_received_total 12
+";
+        assert_eq!(counter_sum(exposition, "baton_parked_total"), 7);
+        assert_eq!(counter_sum(exposition, "baton_step_timeouts_total"), 7);
+        assert_eq!(counter_sum(exposition, "baton_payments_received_total"), 12);
+        assert_eq!(counter_sum(exposition, "baton_dead_lettered_total"), 0);
+    }
 }
