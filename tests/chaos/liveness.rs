@@ -188,19 +188,20 @@ async fn sagas_whose_requests_come_back_after_their_lease_are_resumed_not_abando
     let _broker = BROKER.read().await;
     let mut cluster = Cluster::new(JournalStore::Sqlite).await;
     let mut doomed =
-        cluster.orchestrator_with(Some("after_step_recorded:40"), 5, &["--saga-lease", "1s"]);
-    let ids = cluster.publish_mixed(60).await;
+        cluster.orchestrator_with(Some("after_step_recorded:20"), 5, &["--saga-lease", "3s"]);
+    let ids = cluster.publish_mixed(30).await;
     let status = doomed
         .wait_exit(Duration::from_secs(60))
         .expect("it aborts at its crash point");
     assert!(!status.success());
     // Nobody drives the begun sagas for longer than their lease: the lease running out
     // is the behaviour under test, so time passing is what the test waits for.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    // One payment at a time: the others wait in the queue, their leases long run out,
-    // while the survivor's sweeper looks every 200 ms.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    // One payment at a time: the others wait in the queue with expired leases while the
+    // survivor's sweeper looks every 600 ms (a fifth of the lease). With requests waiting
+    // it takes only sagas overdue by four leases (12 s), more than this backlog lasts.
     let survivor =
-        cluster.orchestrator_with(None, 5, &["--saga-lease", "1s", "--concurrency", "1"]);
+        cluster.orchestrator_with(None, 5, &["--saga-lease", "3s", "--concurrency", "1"]);
     cluster.collect(&ids, Duration::from_secs(120)).await;
     // Each payment has its card's result: none was failed `abandoned`.
     cluster.verify(&ids).await;
