@@ -16,3 +16,4 @@ mod operator;
 mod pipeline;
 mod roles;
 mod senders;
+mod status_page;
