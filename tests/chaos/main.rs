@@ -6,6 +6,7 @@
 //! no test sees the broker go away unless it asked for it.
 
 mod broker;
+mod cold_start;
 mod crashes;
 mod harness;
 mod replicas;
