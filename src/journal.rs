@@ -1298,6 +1298,27 @@ impl Journal {
             parked,
         }))
     }
+    /// The records of the `limit` most recently begun payments, newest first (the status
+    /// page's list). Read-only.
+    pub async fn recent(&self, limit: u32) -> Result<Vec<SagaRecord>, JournalError> {
+        let rows = sqlx::query(
+            "SELECT payment_id FROM journal_sagas ORDER BY started_at DESC, payment_id LIMIT $1",
+        )
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut records = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let id: String = row.try_get(0)?;
+            let payment_id = Uuid::parse_str(&id)
+                .map_err(|e| JournalError::Database(sqlx::Error::Decode(Box::new(e))))?;
+            // Pruned between the two reads: simply not listed.
+            if let Some(record) = self.load(payment_id).await? {
+                records.push(record);
+            }
+        }
+        Ok(records)
+    }
 }
 
 /// Creates the tables if missing, in one transaction.

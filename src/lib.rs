@@ -21,6 +21,7 @@ pub mod load;
 pub mod metrics;
 pub mod orchestrator;
 pub mod saga;
+pub mod status_page;
 pub mod telemetry;
 pub mod testcards;
 pub mod tools;

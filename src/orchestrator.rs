@@ -12,17 +12,19 @@ use crate::crash;
 use crate::journal::Journal;
 use crate::metrics::Metrics;
 use crate::saga::{self, AttentionItem, CallError, SagaEnv, SagaEvent, SagaOutcome, Transport};
+use crate::status_page;
 use crate::workflow::Workflow;
 use baton_contract::amqp::{self, header_text, json_properties, publish_confirmed, BrokerError};
 use baton_contract::mask::bounded;
 use baton_contract::{
     headers, Action, Command, Limits, Names, PaymentRequest, PaymentResult, Reply,
 };
-use baton_ops::{Health, HttpServer, Response};
+use baton_ops::{AppRequest, Health, HttpServer, Response};
 use futures_lite::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
+    QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection};
@@ -195,6 +197,31 @@ pub struct AmqpTransport {
 }
 
 impl AmqpTransport {
+    /// Messages in `queue` (a passive declare on a channel of its own, which a missing
+    /// queue closes); `None` while disconnected or when the broker does not answer.
+    async fn queue_depth(&self, queue: &str) -> Option<u32> {
+        let session = self.session.read().ok()?.as_ref().map(Arc::clone)?;
+        let channel = session.connection.create_channel().await.ok()?;
+        let declared = tokio::time::timeout(
+            Duration::from_secs(2),
+            channel.queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            ),
+        )
+        .await;
+        let depth = match declared {
+            Ok(Ok(declared)) => Some(declared.message_count()),
+            _ => None,
+        };
+        let _ = channel.close(200, "queue depth read".into()).await;
+        depth
+    }
+
     fn channel(&self) -> Result<Channel, CallError> {
         self.session
             .read()
@@ -535,9 +562,20 @@ pub async fn start(settings: Settings) -> Result<Running, OrchestratorError> {
                 Some(path) => Some(baton_ops::BearerToken::from_file(path)?),
                 None => None,
             };
-            let handler = baton_ops::handler(move |path: String| {
+            let weak = Arc::downgrade(&shared);
+            let handler = baton_ops::request_handler(move |request: AppRequest| {
                 let journal = journal.clone();
-                async move { payment_status(&journal, &path).await }
+                let shared = weak.clone();
+                async move {
+                    if request.path == "/" {
+                        // Gone only while the process stops.
+                        let shared = shared.upgrade()?;
+                        let overview = overview(&shared, &journal).await;
+                        let html = status_page::index(&overview, &shared.settings.workflow);
+                        return Some(Response::html(200, html));
+                    }
+                    payment_status(&journal, &request).await
+                }
             });
             let routes = baton_ops::AppRoutes::new(handler).with_token(token);
             let mut stop_http = stopped.clone();
@@ -749,16 +787,70 @@ async fn finish_from_journal(
     }
 }
 
-/// `GET /payments/<id>`: the journal's record as JSON.
-async fn payment_status(journal: &Journal, path: &str) -> Option<Response> {
-    let id = path.strip_prefix("/payments/")?;
+/// What the status page (`GET /`) shows, gathered now: the journal's recent payments,
+/// this replica's breakers, and the depths of the parking and operators' queues.
+async fn overview(shared: &Shared, journal: &Journal) -> status_page::Overview {
+    let names = &shared.settings.names;
+    let workflow = &shared.settings.workflow;
+    let breakers = workflow
+        .services()
+        .into_iter()
+        .map(|service| {
+            let state = shared
+                .env
+                .metrics
+                .breaker_state
+                .with_label_values(&[service])
+                .get();
+            (service.to_owned(), state)
+        })
+        .collect();
+    let mut parked = Vec::new();
+    for delay_ms in workflow.parking().delays_ms() {
+        let queue = names.retry_queue(delay_ms);
+        let depth = shared.env.transport.queue_depth(&queue).await;
+        parked.push((queue, depth));
+    }
+    status_page::Overview {
+        instance: shared.settings.instance.clone(),
+        prefix: names.prefix().to_owned(),
+        recent: journal
+            .recent(status_page::RECENT_PAYMENTS)
+            .await
+            .map_err(|e| e.to_string()),
+        breakers,
+        parked,
+        dead: shared.env.transport.queue_depth(&names.dead_queue()).await,
+        attention: shared
+            .env
+            .transport
+            .queue_depth(&names.attention_queue())
+            .await,
+    }
+}
+
+/// `GET /payments/<id>`: the journal's record as JSON, or as an HTML page when a browser
+/// asks for one.
+async fn payment_status(journal: &Journal, request: &AppRequest) -> Option<Response> {
+    let id = request.path.strip_prefix("/payments/")?;
     let Ok(payment_id) = Uuid::try_parse(id) else {
+        if request.wants_html {
+            return Some(Response::text(400, "the payment id must be a UUID"));
+        }
         return Some(Response::json(
             400,
             br#"{"error":"the payment id must be a UUID"}"#.to_vec(),
         ));
     };
-    Some(match journal.load(payment_id).await {
+    let loaded = journal.load(payment_id).await;
+    if request.wants_html {
+        return Some(match loaded {
+            Ok(Some(record)) => Response::html(200, status_page::payment(&record)),
+            Ok(None) => Response::text(404, "unknown payment"),
+            Err(e) => Response::text(503, format!("journal unavailable: {e}")),
+        });
+    }
+    Some(match loaded {
         Ok(Some(record)) => match serde_json::to_vec(&record) {
             Ok(body) => Response::json(200, body),
             Err(e) => Response::json(500, error_json(&e.to_string())),

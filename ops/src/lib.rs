@@ -38,5 +38,7 @@ mod server;
 pub use error::OpsError;
 pub use health::Health;
 pub use metrics::histogram_buckets_seconds;
-pub use server::{handler, Handler, HttpServer, Response, DRAIN_TIMEOUT};
+pub use server::{
+    handler, request_handler, AppRequest, Handler, HttpServer, Response, DRAIN_TIMEOUT,
+};
 pub use server::{AppRoutes, BearerToken};

@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
-use hyper::header::{HeaderValue, ALLOW, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
+use hyper::header::{HeaderValue, ACCEPT, ALLOW, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, StatusCode};
@@ -77,15 +77,34 @@ impl Response {
             body: body.into().into_bytes(),
         }
     }
+
+    /// An HTML page (`text/html; charset=utf-8`); the caller escapes what it puts in.
+    pub fn html(status: u16, body: impl Into<String>) -> Self {
+        Self {
+            status,
+            content_type: "text/html; charset=utf-8",
+            body: body.into().into_bytes(),
+        }
+    }
+}
+
+/// What the application handler is told about one `GET` request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AppRequest {
+    /// The path without the query string (`/payments/p-1`).
+    pub path: String,
+    /// The client asked for HTML (its `Accept` header names `text/html`), as a browser
+    /// does; API clients and `curl` do not.
+    pub wants_html: bool,
 }
 
 /// The application's handler for `GET` paths other than the built-in ones.
 ///
-/// It receives the request path without the query string (`/payments/p-1`) and returns
-/// `None` for "no such resource" (answered 404). Build one from an `async` closure with
-/// [`handler`].
+/// It receives the [`AppRequest`] and returns `None` for "no such resource" (answered
+/// 404). Build one from an `async` closure with [`handler`] (the path only) or
+/// [`request_handler`].
 pub type Handler =
-    Arc<dyn Fn(String) -> Pin<Box<dyn Future<Output = Option<Response>> + Send>> + Send + Sync>;
+    Arc<dyn Fn(AppRequest) -> Pin<Box<dyn Future<Output = Option<Response>> + Send>> + Send + Sync>;
 
 /// Wraps an `async` function of the path into a [`Handler`], so callers do not have to
 /// box futures themselves:
@@ -102,7 +121,16 @@ where
     F: Fn(String) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Option<Response>> + Send + 'static,
 {
-    Arc::new(move |path| Box::pin(f(path)))
+    Arc::new(move |request: AppRequest| Box::pin(f(request.path)))
+}
+
+/// [`handler`] for a function of the whole [`AppRequest`] (to answer a browser with HTML).
+pub fn request_handler<F, Fut>(f: F) -> Handler
+where
+    F: Fn(AppRequest) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Option<Response>> + Send + 'static,
+{
+    Arc::new(move |request| Box::pin(f(request)))
 }
 
 /// The application's own paths (a [`Handler`]) and who may read them.
@@ -412,7 +440,16 @@ async fn route(state: &State, request: Request<Incoming>) -> HttpResponse {
                     if !allowed {
                         return forbidden(app.token.is_some());
                     }
-                    (app.handler)(path.to_owned()).await
+                    let wants_html = request
+                        .headers()
+                        .get(ACCEPT)
+                        .and_then(|v| v.to_str().ok())
+                        .is_some_and(|accept| accept.contains("text/html"));
+                    (app.handler)(AppRequest {
+                        path: path.to_owned(),
+                        wants_html,
+                    })
+                    .await
                 }
                 None => None,
             };

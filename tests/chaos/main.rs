@@ -6,6 +6,7 @@
 //! shared broker on 5672 never goes away under another test.
 
 mod broker;
+mod cold_start;
 mod crashes;
 mod harness;
 mod liveness;
