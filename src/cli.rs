@@ -544,7 +544,8 @@ fn card_keys(
 
 fn load_workflow(file: Option<&std::path::Path>) -> anyhow::Result<Workflow> {
     Ok(match file {
-        Some(path) => Workflow::load(path)?,
+        // Absolute, so start-up lines and errors name the file whatever the directory.
+        Some(path) => Workflow::load(&std::fs::canonicalize(path).unwrap_or(path.to_owned()))?,
         None => Workflow::builtin(),
     })
 }
