@@ -305,6 +305,17 @@ pub async fn connect(url: &str, name: &str, tls: &TlsOptions) -> Result<Connecti
 fn connect_error(url: String, tls: &TlsOptions, error: &lapin::Error) -> BrokerError {
     let not_running = "is it running? Start it with `rabbitmq-server -detached` (or \
                        `docker compose up -d rabbitmq`), or point AMQP_URL / --amqp-url at it";
+    let cause = root_cause(error);
+    if cause.contains("ACCESS_REFUSED") {
+        let user = url_user(&url).unwrap_or_else(|_| "?".into());
+        return BrokerError::Connect {
+            url,
+            cause: format!("the broker refused the login of user {user} (ACCESS_REFUSED)"),
+            hint: "the broker is running: check the user and password in AMQP_URL / \
+                   --amqp-url (`baton broker setup` writes them to its credentials file)"
+                .into(),
+        };
+    }
     let Some(tls_error) = tls_cause(error) else {
         return BrokerError::Connect {
             url,

@@ -816,13 +816,17 @@ pub fn trace_id(traceparent: &str) -> Option<&str> {
 
 /// Handles one delivery end to end; never panics on bad input.
 async fn process(shared: Arc<Shared>, link: Arc<Link>, delivery: Delivery) {
+    // A ping is answered whoever sends it (`baton doctor` runs as an operator, not as an
+    // orchestrator): it does nothing and reveals only the service's name, version and
+    // ledger id and location.
+    if is_ping(&delivery.data) {
+        return answer_ping(&shared, &link, &delivery).await;
+    }
     if !shared.obeys(&delivery.properties) {
         return ack(&delivery).await;
     }
     let command: Command = match serde_json::from_slice(&delivery.data) {
         Ok(command) => command,
-        // A ping has no payment, so it is not a command; it is answered like one.
-        Err(_) if is_ping(&delivery.data) => return answer_ping(&shared, &link, &delivery).await,
         Err(e) => {
             shared.metrics.command(None, Outcome::Malformed);
             return link
