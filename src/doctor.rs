@@ -200,7 +200,10 @@ pub async fn run_checks(settings: &DoctorSettings) -> Vec<Check> {
     // The orchestrators, as the management API shows the request queue's consumers.
     let mut journals = BTreeMap::new();
     if let Some(api) = &api {
-        let (check, found) = orchestrators(api, &vhost, names, workflow).await;
+        let expected = inspect(&connection, &names.requests_queue())
+            .await
+            .map_or(0, |(_, consumers)| consumers);
+        let (check, found) = orchestrators(api, &vhost, names, workflow, expected).await;
         checks.push(check);
         journals = found;
     }
@@ -386,18 +389,48 @@ fn ledger_check(ledgers: &BTreeMap<String, (String, String)>) -> Check {
     }
 }
 
-/// The orchestrators consuming the request queue: all on this workflow? Returns the
-/// check and each orchestrator's announced journal (instance → (id, location)).
+/// How long doctor waits for the management API to list as many consumers of the request
+/// queue as AMQP counts: the API's consumer details come from statistics it collects every
+/// few seconds (`collect_statistics_interval`, 5 s by default), so an orchestrator that
+/// has just started is counted by AMQP at once and listed by the API a little later.
+const CONSUMER_LISTING_WAIT: Duration = Duration::from_secs(15);
+
+/// The queue's management record, once it lists `expected` consumers (or the wait is
+/// over: then what it lists).
+async fn queue_listing(
+    api: &AdminApi,
+    path: &str,
+    expected: u32,
+) -> Result<Option<Value>, crate::broker::BrokerSetupError> {
+    let deadline = Instant::now() + CONSUMER_LISTING_WAIT;
+    loop {
+        let info = api.request(hyper::Method::GET, path, None).await?;
+        let listed = info
+            .as_ref()
+            .and_then(|i| i.get("consumer_details"))
+            .and_then(Value::as_array)
+            .map_or(0, Vec::len);
+        if listed >= expected as usize || Instant::now() >= deadline {
+            return Ok(info);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// The orchestrators consuming the request queue (`expected` of them, as AMQP counts):
+/// all on this workflow? Returns the check and each orchestrator's announced journal
+/// (instance → (id, location)).
 async fn orchestrators(
     api: &AdminApi,
     vhost: &str,
     names: &Names,
     workflow: &Workflow,
+    expected: u32,
 ) -> (Check, BTreeMap<String, (String, String)>) {
     let queue = names.requests_queue();
     let path = format!("/queues/{}/{queue}", encode_vhost(vhost));
     let mut journals = BTreeMap::new();
-    let info = match api.request(hyper::Method::GET, &path, None).await {
+    let info = match queue_listing(api, &path, expected).await {
         Ok(Some(info)) => info,
         Ok(None) => {
             return (

@@ -7,6 +7,7 @@
 
 mod broker;
 mod crashes;
+mod doctor;
 mod harness;
 mod replicas;
 mod tls;
