@@ -99,16 +99,33 @@ fn encode_vhost(vhost: &str) -> String {
     vhost.replace('%', "%25").replace('/', "%2F")
 }
 
+/// How long doctor waits for the broker's AMQP handshake: a readiness check must answer,
+/// even when the broker's port is open but the broker does not speak.
+const CONNECT_WAIT: Duration = Duration::from_secs(10);
+
 /// Runs every check, in order. A broker that cannot be reached ends the list there.
 pub async fn run_checks(settings: &DoctorSettings) -> Vec<Check> {
     let mut checks = Vec::new();
     let shown = redact_url(&settings.amqp_url);
     let user = amqp::url_user(&settings.amqp_url).unwrap_or_else(|_| "?".into());
     let vhost = vhost_of(&settings.amqp_url);
-    let connection = match amqp::connect(&settings.amqp_url, "baton doctor", &settings.tls).await {
-        Ok(c) => c,
-        Err(e) => {
+    let connect = amqp::connect(&settings.amqp_url, "baton doctor", &settings.tls);
+    let connection = match tokio::time::timeout(CONNECT_WAIT, connect).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => {
             checks.push(Check::fail("broker", e.to_string()));
+            return checks;
+        }
+        Err(_) => {
+            checks.push(Check::fail(
+                "broker",
+                format!(
+                    "{shown} did not complete the AMQP handshake within {} s: the port may \
+                     accept connections while the broker is starting, overloaded or blocked \
+                     (see `rabbitmq-diagnostics status` and `rabbitmq-diagnostics alarms`)",
+                    CONNECT_WAIT.as_secs()
+                ),
+            ));
             return checks;
         }
     };
