@@ -93,6 +93,10 @@ pub enum Command {
         #[arg(long, default_value_t = 1024)]
         concurrency: u16,
     },
+    /// Check a running deployment's wiring, one line per check with what to do (exit 0
+    /// when all pass, 1 otherwise): broker, step queues and their consumers, service
+    /// pings, shared ledger, orchestrators' workflow and journal, retry tiers, queue depths
+    Doctor(DoctorArgs),
     /// Print the journal's record of one payment (steps, outcomes, attempts, times, result)
     Status(StatusArgs),
     /// Inspect and replay the dead-letter queue (<prefix>.dead)
@@ -229,6 +233,24 @@ pub enum QueueCommand {
         #[arg(required = true)]
         targets: Vec<String>,
     },
+}
+
+/// Options of `baton doctor`.
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// The workflow file the orchestrators run [default: the built-in workflow]
+    #[arg(long, env = "BATON_WORKFLOW", hide_env_values = true)]
+    pub workflow: Option<PathBuf>,
+    /// Also check this journal is writable and is the orchestrators' (an SQLite file is
+    /// never created) [default: not checked]
+    #[arg(long, env = "BATON_JOURNAL_URL", hide_env_values = true)]
+    pub journal_url: Option<String>,
+    /// Print the checks as one JSON document
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub admin: crate::broker::AdminArgs,
 }
 
 /// Options of `baton run`.
@@ -430,6 +452,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Pay(args) => pay(&cli.common, names, args).await,
         Command::Demo(args) => crate::demo::run(&cli.common.amqp_url, &tls, args).await,
         Command::Status(args) => status(args).await,
+        Command::Doctor(args) => {
+            let settings = crate::doctor::DoctorSettings {
+                amqp_url: cli.common.amqp_url.clone(),
+                tls,
+                names,
+                workflow: load_workflow(args.workflow.as_deref())?,
+                admin_url: args.admin.admin_url,
+                journal_url: args.journal_url,
+            };
+            let checks = crate::doctor::run_checks(&settings).await;
+            Ok(crate::doctor::report(&checks, args.json))
+        }
         Command::Load(args) => load(&cli.common, names, args).await,
         Command::Bench(args) => {
             let options = crate::bench::BenchOptions {
@@ -544,7 +578,8 @@ fn card_keys(
 
 fn load_workflow(file: Option<&std::path::Path>) -> anyhow::Result<Workflow> {
     Ok(match file {
-        Some(path) => Workflow::load(path)?,
+        // Absolute, so start-up lines and errors name the file whatever the directory.
+        Some(path) => Workflow::load(&std::fs::canonicalize(path).unwrap_or(path.to_owned()))?,
         None => Workflow::builtin(),
     })
 }

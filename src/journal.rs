@@ -211,6 +211,14 @@ const SCHEMA: &[&str] = &[
     )",
     "CREATE UNIQUE INDEX IF NOT EXISTS journal_entries_in_order
         ON journal_entries (payment_id, seq)",
+    // One row: the journal's identity, drawn when the database is created (or when a
+    // journal of an older version is first opened by this one). Orchestrators announce
+    // it on the broker, so `baton doctor` can tell replicas that share a journal from
+    // replicas that only think they do.
+    "CREATE TABLE IF NOT EXISTS journal_identity (
+        singleton BIGINT PRIMARY KEY,
+        journal_id TEXT NOT NULL
+    )",
 ];
 
 /// Statements run after [`SCHEMA`] and [`SAGA_COLUMNS_ADDED`]: they name columns an older
@@ -269,6 +277,10 @@ pub struct Journal {
     writer: Option<mpsc::Sender<(Job, Done)>>,
     /// The URL, password removed.
     url: String,
+    /// The journal's identity (`journal_identity`), read once at open.
+    id: String,
+    /// Where the journal is: the file's absolute path, or the URL without its password.
+    location: String,
     /// How long a begun saga is leased before it needs a renewal ([`Journal::renew`]).
     lease: Duration,
 }
@@ -685,10 +697,13 @@ fn now() -> String {
     humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
 }
 
-fn action_name(action: Action) -> &'static str {
+/// The journal's spelling of an action (`execute`, `compensate`).
+pub(crate) fn action_name(action: Action) -> &'static str {
     match action {
         Action::Execute => "execute",
         Action::Compensate => "compensate",
+        // Never journaled: sagas do not ping.
+        Action::Ping => "ping",
     }
 }
 
@@ -783,6 +798,13 @@ impl Journal {
             pool.close().await;
             return Err(open_error(e));
         }
+        let id = match read_identity(&pool).await {
+            Ok(id) => id,
+            Err(e) => {
+                pool.close().await;
+                return Err(open_error(e));
+            }
+        };
         let writer = match backend {
             Backend::Postgres => None,
             Backend::Sqlite => {
@@ -804,8 +826,31 @@ impl Journal {
             pool,
             writer,
             url: redact(url),
+            id,
+            location: baton_contract::amqp::database_location(url),
             lease: DEFAULT_LEASE,
         })
+    }
+
+    /// The journal's identity: a random id drawn when the database was created, the same
+    /// for every process that opens this database.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Where the journal is: the database file's absolute path, or the URL without its
+    /// password.
+    pub fn location(&self) -> &str {
+        &self.location
+    }
+
+    /// Writes to the journal without changing it (rewrites its identity row): `Ok` means
+    /// this process can record decisions. For `baton doctor`.
+    pub async fn check_writable(&self) -> Result<(), JournalError> {
+        sqlx::query("UPDATE journal_identity SET journal_id = journal_id WHERE singleton = 1")
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     /// The same journal, leasing begun sagas for `lease` (default [`DEFAULT_LEASE`]). A
@@ -1370,7 +1415,22 @@ async fn create_schema(pool: &AnyPool, backend: Backend) -> Result<(), sqlx::Err
     for statement in SCHEMA_AFTER_MIGRATION {
         sqlx::query(statement).execute(&mut *tx).await?;
     }
+    // The identity: drawn by the first opener, kept by every later one.
+    sqlx::query(
+        "INSERT INTO journal_identity (singleton, journal_id) VALUES (1, $1) ON CONFLICT DO NOTHING",
+    )
+    .bind(Uuid::new_v4().to_string())
+    .execute(&mut *tx)
+    .await?;
     tx.commit().await
+}
+
+/// The journal's identity, as stored by [`create_schema`].
+async fn read_identity(pool: &AnyPool) -> Result<String, sqlx::Error> {
+    sqlx::query("SELECT journal_id FROM journal_identity WHERE singleton = 1")
+        .fetch_one(pool)
+        .await?
+        .try_get(0)
 }
 
 /// Whether `journal_sagas` has `column` (SQLite has no `ADD COLUMN IF NOT EXISTS`). Asked
@@ -2026,6 +2086,12 @@ mod tests {
         assert_eq!(journal.running().await.unwrap().count, 1);
         assert!(journal.expire(old).await.unwrap(), "the column is there");
         assert_eq!(journal.stuck(10).await.unwrap()[0].payment_id, old);
+        // It gained an identity, which every later opener sees, and stays writable.
+        assert!(Uuid::parse_str(journal.id()).is_ok(), "{}", journal.id());
+        journal.check_writable().await.unwrap();
+        let again = db.open().await;
+        assert_eq!(again.id(), journal.id());
+        again.close().await;
         journal.close().await;
     }
 

@@ -15,6 +15,7 @@ pub mod cli;
 pub mod client;
 pub mod crash;
 pub mod demo;
+pub mod doctor;
 pub mod journal;
 pub mod journal_tools;
 pub mod load;

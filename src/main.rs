@@ -9,7 +9,7 @@ async fn main() {
     let cli = Cli::parse();
     // The demo prints its own progress and summary; its components' logs would bury them.
     let default_filter = match cli.command {
-        cli::Command::Demo(_) => "warn,sqlx=error",
+        cli::Command::Demo(_) | cli::Command::Doctor(_) => "warn,sqlx=error",
         _ => "info",
     };
     // The operator tools wait for a queue's lock by asking again while the broker refuses
@@ -17,6 +17,9 @@ async fn main() {
     // said in the tool's own words.
     let caps: &[(&str, &str)] = match cli.command {
         cli::Command::Dead(_) | cli::Command::Attention(_) => &[("lapin::channel", "off")],
+        // Doctor probes queues with passive declares (a missing one closes the channel)
+        // and may be refused a login: it says so in its own lines.
+        cli::Command::Doctor(_) => &[("lapin", "off"), ("lapin::channels", "off")],
         _ => &[],
     };
     baton::telemetry::init_with_caps(cli.common.log_format, default_filter, caps);

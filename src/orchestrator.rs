@@ -85,6 +85,18 @@ pub struct Settings {
     pub saga_lease: Duration,
 }
 
+/// Consumer argument of an orchestrator's request consumer: its workflow's
+/// [`Workflow::digest`]. RabbitMQ keeps consumer arguments and shows them in its
+/// management API (`consumer_details` of the queue), which is how `baton doctor` sees
+/// every replica consuming a request queue without any clustering of Baton's own.
+pub const CONSUMER_WORKFLOW: &str = "x-baton-workflow";
+/// Consumer argument: the id of the journal the orchestrator records in.
+pub const CONSUMER_JOURNAL: &str = "x-baton-journal";
+/// Consumer argument: where that journal is (absolute path or redacted URL).
+pub const CONSUMER_JOURNAL_AT: &str = "x-baton-journal-at";
+/// Consumer argument: the orchestrator's instance id.
+pub const CONSUMER_INSTANCE: &str = "x-baton-instance";
+
 /// Default journal: a SQLite file in the working directory.
 pub const DEFAULT_JOURNAL_URL: &str = "sqlite://baton-journal.db";
 
@@ -313,6 +325,8 @@ impl Transport for AmqpTransport {
         crash::point(match command.action {
             Action::Execute => "after_command_published",
             Action::Compensate => "mid_compensation",
+            // Sagas never ping (only `baton doctor` does).
+            Action::Ping => "after_ping_published",
         });
         // A dropped sender means the reply consumer stopped: interrupted, not failed.
         rx.await.map_err(|_| CallError::ShuttingDown)
@@ -915,12 +929,22 @@ async fn open_session(shared: &Shared) -> Result<Live, OrchestratorError> {
         .basic_qos(settings.concurrency, BasicQosOptions::default())
         .await?;
     let consumer_tag = format!("baton-{}", settings.instance);
+    let mut announce = FieldTable::default();
+    let journal = &shared.env.log;
+    for (key, value) in [
+        (CONSUMER_WORKFLOW, settings.workflow.digest()),
+        (CONSUMER_JOURNAL, journal.id().to_owned()),
+        (CONSUMER_JOURNAL_AT, journal.location().to_owned()),
+        (CONSUMER_INSTANCE, settings.instance.clone()),
+    ] {
+        announce.insert(key.into(), AMQPValue::LongString(value.into()));
+    }
     let requests = consume
         .basic_consume(
             names.requests_queue().as_str().into(),
             consumer_tag.as_str().into(),
             BasicConsumeOptions::default(),
-            FieldTable::default(),
+            announce,
         )
         .await?;
     let session = Arc::new(Session {
@@ -932,12 +956,24 @@ async fn open_session(shared: &Shared) -> Result<Live, OrchestratorError> {
         *current = Some(session.clone());
     }
     shared.health.set_ready();
+    let steps: Vec<String> = settings
+        .workflow
+        .steps()
+        .iter()
+        .map(|s| format!("{}->{}", s.name, names.command_queue(&s.service)))
+        .collect();
     info!(
         instance = %settings.instance,
+        version = env!("CARGO_PKG_VERSION"),
         broker = %amqp::redact_url(&settings.amqp_url),
+        prefix = %names.prefix(),
         queue = %names.requests_queue(),
+        journal = %journal.location(),
+        journal_id = %journal.id(),
+        workflow = %settings.workflow.source_name(),
+        workflow_digest = %settings.workflow.digest(),
+        steps = %steps.join(","),
         concurrency = settings.concurrency,
-        steps = settings.workflow.steps().len(),
         "orchestrator consuming payment requests"
     );
     Ok(Live {

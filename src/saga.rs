@@ -125,10 +125,7 @@ impl SagaEvent {
         Self {
             payment_id,
             step: entry.step.clone(),
-            action: match entry.action {
-                Action::Execute => "execute".into(),
-                Action::Compensate => "compensate".into(),
-            },
+            action: crate::journal::action_name(entry.action).into(),
             outcome: outcome_name(entry.record.outcome).into(),
             reason: entry.record.reason.clone(),
             record: Some(entry.record.clone()),

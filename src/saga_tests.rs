@@ -567,7 +567,9 @@ async fn a_compensation_that_keeps_failing_goes_to_the_attention_queue() {
     let services = FakeServices::default().on("risk", decline("high_risk")).on(
         "authorization",
         |c, _| match c.action {
-            Action::Execute => Behaviour::Answer(Reply::approved(c.command_id.clone(), Map::new())),
+            Action::Execute | Action::Ping => {
+                Behaviour::Answer(Reply::approved(c.command_id.clone(), Map::new()))
+            }
             Action::Compensate => {
                 Behaviour::Answer(Reply::error(c.command_id.clone(), "hold_store_down", "x"))
             }

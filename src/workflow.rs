@@ -330,6 +330,28 @@ impl Workflow {
             .expect("the built-in workflow is valid; a unit test checks it")
     }
 
+    /// A short fingerprint of what the workflow does (steps and every policy; not the
+    /// file's name, comments or layout): orchestrators announce it on the broker, and
+    /// `baton doctor` flags replicas of one request queue whose fingerprints differ.
+    /// Stable for one Baton version; 16 hex digits of a SHA-256.
+    pub fn digest(&self) -> String {
+        use sha2::{Digest as _, Sha256};
+        let described = format!(
+            "{:?}|{:?}|{}|{:?}",
+            self.steps, self.breakers, self.max_in_flight_per_service, self.parking
+        );
+        Sha256::digest(described.as_bytes())
+            .iter()
+            .take(8)
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
+    /// The file it was read from, or `(built-in default)`.
+    pub fn source_name(&self) -> &str {
+        &self.source_name
+    }
+
     /// Reads and validates a workflow file.
     pub fn load(path: &Path) -> Result<Self, WorkflowError> {
         let name = path.display().to_string();

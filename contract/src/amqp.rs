@@ -134,6 +134,34 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
+/// Where a database URL points, for start-up lines and wiring errors: for `sqlite:` the
+/// file's absolute path (relative paths resolve against the working directory, which is
+/// what the operator must see when two processes run in different ones); for anything
+/// else the URL without its password.
+pub fn database_location(url: &str) -> String {
+    let Some(rest) = url.strip_prefix("sqlite:") else {
+        return redact_url(url);
+    };
+    let rest = rest.strip_prefix("//").unwrap_or(rest);
+    let path = rest.split('?').next().unwrap_or(rest);
+    if path.is_empty() || path.starts_with(':') {
+        return url.split('?').next().unwrap_or(url).to_owned();
+    }
+    let path = std::path::Path::new(path);
+    let absolute = if path.is_absolute() {
+        path.to_owned()
+    } else {
+        std::env::current_dir()
+            .map(|dir| dir.join(path))
+            .unwrap_or_else(|_| path.to_owned())
+    };
+    // Resolves `..` and symbolic links once the file exists (it does after an open).
+    std::fs::canonicalize(&absolute)
+        .unwrap_or(absolute)
+        .display()
+        .to_string()
+}
+
 /// How an `amqps://` connection checks the broker's certificate (`amqp://` is plain TCP
 /// and uses none of this).
 ///
@@ -277,6 +305,17 @@ pub async fn connect(url: &str, name: &str, tls: &TlsOptions) -> Result<Connecti
 fn connect_error(url: String, tls: &TlsOptions, error: &lapin::Error) -> BrokerError {
     let not_running = "is it running? Start it with `rabbitmq-server -detached` (or \
                        `docker compose up -d rabbitmq`), or point AMQP_URL / --amqp-url at it";
+    let cause = root_cause(error);
+    if cause.contains("ACCESS_REFUSED") {
+        let user = url_user(&url).unwrap_or_else(|_| "?".into());
+        return BrokerError::Connect {
+            url,
+            cause: format!("the broker refused the login of user {user} (ACCESS_REFUSED)"),
+            hint: "the broker is running: check the user and password in AMQP_URL / \
+                   --amqp-url (`baton broker setup` writes them to its credentials file)"
+                .into(),
+        };
+    }
     let Some(tls_error) = tls_cause(error) else {
         return BrokerError::Connect {
             url,
@@ -829,6 +868,25 @@ mod tests {
             "postgres://u:***@db/baton"
         );
         assert_eq!(redact_url("amqp://user@host/"), "amqp://user@host/");
+    }
+
+    #[test]
+    fn database_locations_are_absolute_paths_or_redacted_urls() {
+        let cwd = std::env::current_dir().unwrap();
+        let relative = database_location("sqlite://no-such-dir-xyz/ledger.db?mode=rwc");
+        assert_eq!(
+            relative,
+            cwd.join("no-such-dir-xyz/ledger.db").display().to_string()
+        );
+        assert_eq!(
+            database_location("sqlite:///var/lib/baton/j.db"),
+            "/var/lib/baton/j.db"
+        );
+        assert_eq!(database_location("sqlite::memory:"), "sqlite::memory:");
+        assert_eq!(
+            database_location("postgres://baton:hunter2@db:5432/ledger"),
+            "postgres://baton:***@db:5432/ledger"
+        );
     }
 
     #[test]

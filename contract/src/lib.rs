@@ -20,8 +20,8 @@ pub mod amqp;
 pub use card_key::{CardKeyError, CardKeys};
 pub use mask::{contains_card_number, mask_card_numbers};
 pub use message::{
-    Action, CardExposure, CardView, Command, PaymentResult, PaymentView, Reply, ReplyOutcome,
-    Status, StepOutcome, StepRecord,
+    Action, CardExposure, CardView, Command, PaymentResult, PaymentView, Ping, Reply, ReplyOutcome,
+    Status, StepOutcome, StepRecord, LEDGER_AT, LEDGER_ID, LEDGER_MISMATCH,
 };
 pub use names::{headers, Names, CONTENT_TYPE, KNOWN_SCHEMA_VERSIONS, SCHEMA_VERSION};
 pub use request::{

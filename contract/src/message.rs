@@ -14,6 +14,59 @@ pub enum Action {
     Execute,
     /// Undo the step's effect (void a hold). Idempotent, like execute.
     Compensate,
+    /// A liveness probe from `baton doctor`: answer `approved` at once with the
+    /// service's identity ([`Ping`]), touching no store. Carries no payment.
+    Ping,
+}
+
+/// The `data` key under which a step that keeps state says *which* store it wrote to (a
+/// ledger's random id, fixed when the database was created). A later step sharing that
+/// store compares it with its own: a mismatch is a wiring fault (`ledger_mismatch`),
+/// never a business decline. Services also report it in their ping reply.
+pub const LEDGER_ID: &str = "ledger_id";
+
+/// The `data` key beside [`LEDGER_ID`]: where that store is (an absolute file path or a
+/// URL without its password), so a mismatch can name both stores.
+pub const LEDGER_AT: &str = "ledger";
+
+/// The reason of an `error` reply from a step whose store is not the one an earlier step
+/// wrote to (see [`LEDGER_ID`]).
+pub const LEDGER_MISMATCH: &str = "ledger_mismatch";
+
+/// A ping command: `{"command_id": "…", "action": "ping"}` on a service's queue, with
+/// `reply_to` and `correlation_id` like any command. It has no payment, so it does not
+/// decode as a [`Command`]; a service answers it with an `approved` [`Reply`] whose
+/// `data` holds `service` (its name), `version`, and for a service with a store its
+/// [`LEDGER_ID`] and [`LEDGER_AT`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ping {
+    /// Unique per ping (`ping:<uuid>`); echoed in the reply.
+    pub command_id: String,
+    /// Always [`Action::Ping`].
+    pub action: Action,
+}
+
+impl Ping {
+    /// A ping with a fresh command id.
+    pub fn new() -> Self {
+        Self {
+            command_id: format!("ping:{}", Uuid::new_v4()),
+            action: Action::Ping,
+        }
+    }
+
+    /// Decodes a ping; `None` for anything else (a command, garbage).
+    pub fn parse(body: &[u8]) -> Option<Self> {
+        serde_json::from_slice::<Ping>(body)
+            .ok()
+            .filter(|p| p.action == Action::Ping)
+    }
+}
+
+impl Default for Ping {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 /// How much of the card a step receives: the workflow's `card = "…"` of the step.
@@ -131,6 +184,7 @@ impl Command {
         match action {
             Action::Execute => format!("{payment_id}:{step}"),
             Action::Compensate => format!("{payment_id}:{step}:compensate"),
+            Action::Ping => format!("{payment_id}:{step}:ping"),
         }
     }
 }
@@ -366,6 +420,23 @@ mod tests {
             assert_eq!(CardExposure::parse(e.as_str()), Some(e));
         }
         assert_eq!(CardExposure::parse("full"), None);
+    }
+
+    #[test]
+    fn pings_decode_only_as_pings() {
+        let ping = Ping::new();
+        let body = serde_json::to_vec(&ping).unwrap();
+        assert_eq!(
+            serde_json::from_slice::<Value>(&body).unwrap()["action"],
+            "ping"
+        );
+        assert_eq!(Ping::parse(&body), Some(ping));
+        assert!(serde_json::from_slice::<Command>(&body).is_err());
+        assert_eq!(
+            Ping::parse(br#"{"command_id":"x","action":"execute"}"#),
+            None
+        );
+        assert_eq!(Ping::parse(b"garbage"), None);
     }
 
     #[test]

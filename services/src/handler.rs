@@ -5,7 +5,7 @@
 use crate::kit::ServiceKind;
 use crate::ledger::{Answer, Capture, Ledger, LedgerError};
 use crate::rules::{self, Decline, RiskRules, YearMonth};
-use baton_contract::{Action, CardKeys, Command, Reply};
+use baton_contract::{Action, CardKeys, Command, Reply, LEDGER_AT, LEDGER_ID, LEDGER_MISMATCH};
 use serde_json::{Map, Value};
 
 /// A service's command handler, with the store it needs.
@@ -36,6 +36,33 @@ fn hold_id(context: &Map<String, Value>) -> Option<String> {
         .get("authorization")
         .and_then(of)
         .or_else(|| context.values().find_map(of))
+}
+
+/// The `error` reply to a command whose context shows an earlier step wrote to another
+/// ledger than `ledger`: a wiring fault the orchestrator retries, parks and finally fails
+/// `service_unavailable` (voiding the hold), never a decline. `None` when every earlier
+/// step that names a ledger names this one (or none does: an older authorization).
+fn ledger_mismatch(command: &Command, ledger: &Ledger, service: &str) -> Option<Reply> {
+    let (step, data) = command.context.iter().find_map(|(step, data)| {
+        let id = data.get(LEDGER_ID)?.as_str()?;
+        (id != ledger.id()).then_some((step, data))
+    })?;
+    let theirs = data.get(LEDGER_ID).and_then(Value::as_str).unwrap_or("?");
+    let at = data
+        .get(LEDGER_AT)
+        .and_then(Value::as_str)
+        .unwrap_or("an unnamed database");
+    Some(Reply::error(
+        &command.command_id,
+        LEDGER_MISMATCH,
+        format!(
+            "step {step} wrote to ledger {theirs} at {at}, but this {service} service uses \
+             ledger {} at {}: give both services the same --ledger-url (BATON_LEDGER_URL, \
+             one shared database) and restart them; nothing was moved",
+            ledger.id(),
+            ledger.location()
+        ),
+    ))
 }
 
 impl Handler {
@@ -69,7 +96,15 @@ impl Handler {
     /// [`Handler::handle`], also saying whether the reply was replayed from the store
     /// (a repeated command: nothing was done now).
     pub async fn answer(&self, command: &Command) -> Answer {
+        if let (Handler::Authorization(ledger) | Handler::Transaction(ledger), Action::Execute) =
+            (self, command.action)
+        {
+            if let Some(reply) = ledger_mismatch(command, ledger, self.name()) {
+                return Answer::fresh(reply);
+            }
+        }
         let stored = match (self, command.action) {
+            (_, Action::Ping) => return Answer::fresh(self.ping(&command.command_id)),
             (Handler::Risk(rules), Action::Execute) => {
                 return Answer::fresh(decided(
                     command,
@@ -142,6 +177,38 @@ impl Handler {
                 e.to_string(),
             ))
         })
+    }
+
+    /// The answer to a ping: `approved`, with the service's name and version and, for a
+    /// service with a ledger, the ledger's id and location. Touches no store: the id was
+    /// read when the ledger was opened.
+    pub fn ping(&self, command_id: &str) -> Reply {
+        let mut data = Map::new();
+        data.insert("service".into(), self.name().into());
+        data.insert("version".into(), env!("CARGO_PKG_VERSION").into());
+        if let Some(ledger) = self.ledger() {
+            data.insert(LEDGER_ID.into(), ledger.id().into());
+            data.insert(LEDGER_AT.into(), ledger.location().into());
+        }
+        Reply::approved(command_id, data)
+    }
+
+    /// The service's name (`authorization`, `risk`, `pci`, `transaction`).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Handler::Authorization(_) => "authorization",
+            Handler::Risk(_) => "risk",
+            Handler::Pci => "pci",
+            Handler::Transaction(_) => "transaction",
+        }
+    }
+
+    /// The ledger this handler writes to, if any.
+    pub fn ledger(&self) -> Option<&Ledger> {
+        match self {
+            Handler::Authorization(ledger) | Handler::Transaction(ledger) => Some(ledger),
+            Handler::Risk(_) | Handler::Pci => None,
+        }
     }
 
     /// Closes the handler's store, if any.
@@ -292,6 +359,53 @@ mod tests {
             .await;
         assert_eq!(no_hold.reason.as_deref(), Some("hold_missing"));
         db.ledger.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_capture_against_another_ledger_is_an_error_not_a_decline() {
+        let (one, other) = (sqlite_ledger().await, sqlite_ledger().await);
+        assert_ne!(one.ledger.id(), other.ledger.id());
+        let payment_id = Uuid::new_v4();
+        let auth = Handler::Authorization(one.ledger.clone())
+            .handle(&command(
+                payment_id,
+                "authorization",
+                Action::Execute,
+                Some("4242424242424242"),
+            ))
+            .await;
+        assert_eq!(auth.data[LEDGER_ID], one.ledger.id());
+        assert_eq!(auth.data[LEDGER_AT], one.ledger.location());
+        let mut capture = command(payment_id, "transaction", Action::Execute, None);
+        capture
+            .context
+            .insert("authorization".into(), Value::Object(auth.data.clone()));
+        let transaction = Handler::Transaction(other.ledger.clone());
+        let reply = transaction.handle(&capture).await;
+        assert_eq!(reply.outcome, ReplyOutcome::Error, "{reply:?}");
+        assert_eq!(reply.reason.as_deref(), Some(LEDGER_MISMATCH));
+        let detail = reply.detail.unwrap();
+        for part in [
+            one.ledger.id(),
+            one.ledger.location(),
+            other.ledger.id(),
+            other.ledger.location(),
+            "--ledger-url",
+        ] {
+            assert!(detail.contains(part), "{part} missing in {detail}");
+        }
+        // Nothing stored: once rewired, the same command id captures.
+        let rewired = Handler::Transaction(one.ledger.clone())
+            .handle(&capture)
+            .await;
+        assert_eq!(rewired.outcome, ReplyOutcome::Approved, "{rewired:?}");
+        // Pings report the ledger without touching it.
+        let ping = transaction.ping("ping:1");
+        assert_eq!(ping.data[LEDGER_ID], other.ledger.id());
+        assert_eq!(ping.data["service"], "transaction");
+        other.ledger.close().await;
+        assert_eq!(transaction.ping("ping:2").outcome, ReplyOutcome::Approved);
+        one.ledger.close().await;
     }
 
     #[tokio::test]

@@ -478,7 +478,11 @@ pub async fn start(kind: ServiceKind, config: ServiceConfig) -> anyhow::Result<R
     }
     let ledger = if kind.uses_ledger() {
         let ledger = Ledger::open(&config.ledger_url).await?;
-        tracing::info!(ledger = %amqp::redact_url(&config.ledger_url), "ledger open");
+        tracing::info!(
+            ledger = %ledger.location(),
+            ledger_id = %ledger.id(),
+            "ledger open"
+        );
         Some(ledger)
     } else {
         None
@@ -557,9 +561,15 @@ pub async fn start(kind: ServiceKind, config: ServiceConfig) -> anyhow::Result<R
     if config.faults.any() {
         tracing::warn!(service = kind.name(), faults = ?config.faults, "fault injection on");
     }
+    let ledger = shared.handler.ledger();
     tracing::info!(
         service = kind.name(),
+        version = env!("CARGO_PKG_VERSION"),
+        broker = %amqp::redact_url(&shared.amqp_url),
+        prefix = %shared.names.prefix(),
         queue = %shared.queue,
+        ledger = ledger.map(Ledger::location),
+        ledger_id = ledger.map(Ledger::id),
         concurrency = config.concurrency,
         connection = %shared.connection_name,
         "consuming commands"
@@ -806,6 +816,12 @@ pub fn trace_id(traceparent: &str) -> Option<&str> {
 
 /// Handles one delivery end to end; never panics on bad input.
 async fn process(shared: Arc<Shared>, link: Arc<Link>, delivery: Delivery) {
+    // A ping is answered whoever sends it (`baton doctor` runs as an operator, not as an
+    // orchestrator): it does nothing and reveals only the service's name, version and
+    // ledger id and location.
+    if is_ping(&delivery.data) {
+        return answer_ping(&shared, &link, &delivery).await;
+    }
     if !shared.obeys(&delivery.properties) {
         return ack(&delivery).await;
     }
@@ -857,6 +873,15 @@ async fn process(shared: Arc<Shared>, link: Arc<Link>, delivery: Delivery) {
         };
         let reply = answer.reply;
         let metrics = &shared.metrics;
+        if reply.reason.as_deref() == Some(baton_contract::LEDGER_MISMATCH) {
+            metrics.ledger_mismatch();
+            tracing::error!(
+                detail = reply.detail.as_deref().unwrap_or_default(),
+                "ledger mismatch: this service and an earlier step use different ledger \
+                 databases; answered error (the payment fails service_unavailable, never \
+                 declined)"
+            );
+        }
         metrics.handled_in(started.elapsed());
         metrics.command(Some(command.action), Outcome::Replied(reply.outcome));
         if answer.replayed {
@@ -913,6 +938,53 @@ async fn process(shared: Arc<Shared>, link: Arc<Link>, delivery: Delivery) {
     }
     .instrument(span)
     .await
+}
+
+fn is_ping(body: &[u8]) -> bool {
+    baton_contract::Ping::parse(body).is_some()
+}
+
+/// Answers a ping (`baton doctor`): the handler's identity, no store touched. A black-hole
+/// fault swallows pings too, as a hung service would; injected errors and latency do not
+/// apply (they stand for failing work, and a ping does none).
+async fn answer_ping(shared: &Shared, link: &Link, delivery: &Delivery) {
+    let Some(ping) = baton_contract::Ping::parse(&delivery.data) else {
+        return ack(delivery).await;
+    };
+    if shared.faults.borrow().blackhole {
+        return ack(delivery).await;
+    }
+    shared.metrics.command(
+        Some(baton_contract::Action::Ping),
+        Outcome::Replied(baton_contract::ReplyOutcome::Approved),
+    );
+    let reply = shared.handler.ping(&ping.command_id);
+    let Some(reply_to) = delivery
+        .properties
+        .reply_to()
+        .as_ref()
+        .map(|q| q.as_str().to_owned())
+    else {
+        return ack(delivery).await;
+    };
+    let Ok(body) = serde_json::to_vec(&reply) else {
+        return ack(delivery).await;
+    };
+    let mut properties = amqp::with_sender(
+        amqp::json_properties(&[(headers::COMMAND_ID, ping.command_id.as_str())]),
+        &shared.user,
+    );
+    if let Some(correlation_id) = delivery.properties.correlation_id() {
+        properties = properties.with_correlation_id(correlation_id.clone());
+    }
+    match amqp::publish_confirmed(&link.publish, "", &reply_to, &body, properties).await {
+        Err(e) if e.is_transient() && !matches!(e, BrokerError::Unroutable { .. }) => {
+            link.check();
+            nack_requeue(delivery).await
+        }
+        // Delivered, or the pinger is gone (nobody waits any more).
+        _ => ack(delivery).await,
+    }
 }
 
 impl Shared {

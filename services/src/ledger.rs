@@ -23,7 +23,7 @@ use baton_contract::{Money, Reply};
 use serde_json::{json, Map, Value};
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{Any, AnyConnection, AnyPool, Row, Transaction};
-use std::sync::Once;
+use std::sync::{Arc, Once};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use uuid::Uuid;
 
@@ -190,6 +190,14 @@ const SCHEMA: &[&str] = &[
         debit_minor BIGINT NOT NULL,
         credit_minor BIGINT NOT NULL
     )",
+    // One row: the ledger's identity, a random id drawn when the database is created
+    // (and, for a ledger of an older version, when it is first opened by this one).
+    // Authorization's approval carries it; transaction compares it with its own, so two
+    // services wired to two different databases say so instead of declining payments.
+    "CREATE TABLE IF NOT EXISTS ledger_identity (
+        singleton BIGINT PRIMARY KEY,
+        ledger_id TEXT NOT NULL
+    )",
 ];
 
 /// Columns added after a table's first release, `(table, column, type)`: a ledger
@@ -311,6 +319,11 @@ impl Answer {
 pub struct Ledger {
     /// Pool of `Any` connections: the same code runs on SQLite and PostgreSQL.
     pool: AnyPool,
+    /// The database's identity (`ledger_identity`), read once at open: pings and
+    /// approvals report it without touching the database.
+    id: Arc<str>,
+    /// Where the database is: an absolute file path or the URL without its password.
+    location: Arc<str>,
 }
 
 /// Registers sqlx's `Any` drivers, once per process.
@@ -506,7 +519,22 @@ async fn apply_schema(conn: &mut AnyConnection, postgres: bool) -> Result<(), sq
         .execute(&mut *conn)
         .await?;
     }
+    // The identity: drawn by whichever opener comes first, read by every later one.
+    sqlx::query(
+        "INSERT INTO ledger_identity (singleton, ledger_id) VALUES (1, $1) ON CONFLICT DO NOTHING",
+    )
+    .bind(Uuid::new_v4().to_string())
+    .execute(&mut *conn)
+    .await?;
     Ok(())
+}
+
+/// The ledger's identity, as stored by [`apply_schema`].
+async fn read_identity(pool: &AnyPool) -> Result<String, sqlx::Error> {
+    sqlx::query("SELECT ledger_id FROM ledger_identity WHERE singleton = 1")
+        .fetch_one(pool)
+        .await?
+        .try_get(0)
 }
 
 impl Ledger {
@@ -545,7 +573,24 @@ impl Ledger {
             .await
             .map_err(open_error)?;
         create_schema(&pool, !sqlite).await.map_err(open_error)?;
-        Ok(Self { pool })
+        let id = read_identity(&pool).await.map_err(open_error)?;
+        Ok(Self {
+            pool,
+            id: id.into(),
+            location: baton_contract::amqp::database_location(&url).into(),
+        })
+    }
+
+    /// The ledger's identity: a random id drawn when the database was created, the same
+    /// for every process that opens this database and different for any other.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Where the ledger is: the database file's absolute path, or the URL without its
+    /// password.
+    pub fn location(&self) -> &str {
+        &self.location
     }
 
     /// Closes every connection (waits for checked-out ones to come back).
@@ -671,7 +716,16 @@ impl Ledger {
         .bind(now_ms())
         .execute(&mut *tx)
         .await?;
-        let reply = Reply::approved(command_id, data(json!({ "hold_id": hold_id })));
+        // The ledger's identity travels with the hold: the capture checks it is looking at
+        // the same ledger before it looks for the hold.
+        let reply = Reply::approved(
+            command_id,
+            data(json!({
+                "hold_id": hold_id,
+                baton_contract::LEDGER_ID: self.id(),
+                baton_contract::LEDGER_AT: self.location(),
+            })),
+        );
         self.finish(tx, command_id, reply).await
     }
 

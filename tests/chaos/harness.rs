@@ -27,6 +27,9 @@ const POSTGRES_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 pub static BROKER: LazyLock<tokio::sync::RwLock<()>> =
     LazyLock::new(|| tokio::sync::RwLock::new(()));
 
+/// The shared broker's administrator URL (`BrokerAddr::shared().admin_amqp_url()`).
+pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
 /// Where a cluster's broker is.
 #[derive(Clone, Debug)]
 pub struct BrokerAddr {

@@ -8,6 +8,7 @@
 mod broker;
 mod cold_start;
 mod crashes;
+mod doctor;
 mod harness;
 mod liveness;
 mod node;

@@ -1,0 +1,676 @@
+//! `baton doctor`: checks a running deployment's wiring and prints one line per check,
+//! `✓` or `✗`, with what to do. Exit 0 when every check passes, 1 otherwise; `--json`
+//! prints the same checks as one JSON document for scripts and readiness probes.
+//!
+//! What it checks: the broker (login, vhost permissions); each workflow step's queue
+//! (exists, how many consumers); each service answers a `ping` within its step's timeout;
+//! the services that keep a ledger all report the same ledger id; the orchestrators
+//! consuming the request queue run this workflow and record in one journal (they announce
+//! both as consumer arguments, read through the management API); the journal given here
+//! is writable; the retry tiers and the dead-letter, attention and results queues exist,
+//! and how deep the last three are.
+//!
+//! What it is not: a load test, or a fixer. It sends only pings (no payment, no store
+//! touched) and declares nothing (passive declares only), so it is safe against
+//! production.
+
+use crate::broker::AdminApi;
+use crate::orchestrator::{
+    CONSUMER_INSTANCE, CONSUMER_JOURNAL, CONSUMER_JOURNAL_AT, CONSUMER_WORKFLOW,
+};
+use crate::workflow::Workflow;
+use baton_contract::amqp::{self, redact_url, TlsOptions};
+use baton_contract::{Names, Ping, Reply, LEDGER_AT, LEDGER_ID};
+use futures_lite::StreamExt;
+use lapin::options::{BasicPublishOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Connection};
+use serde::Serialize;
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+/// One check's verdict.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Check {
+    /// What was checked (`broker`, `queue baton.cmd.pci`, `ledger`, …).
+    pub check: String,
+    /// Whether it passed.
+    pub ok: bool,
+    /// What was found and, on failure, what to do.
+    pub detail: String,
+}
+
+impl Check {
+    fn pass(check: impl Into<String>, detail: impl Into<String>) -> Self {
+        Self {
+            check: check.into(),
+            ok: true,
+            detail: detail.into(),
+        }
+    }
+
+    fn fail(check: impl Into<String>, detail: impl Into<String>) -> Self {
+        Self {
+            check: check.into(),
+            ok: false,
+            detail: detail.into(),
+        }
+    }
+
+    /// The line the operator sees: `✓ check: detail` or `✗ check: detail`.
+    pub fn line(&self) -> String {
+        let mark = if self.ok { '✓' } else { '✗' };
+        format!("{mark} {}: {}", self.check, self.detail)
+    }
+}
+
+/// What `baton doctor` needs to know.
+#[derive(Clone, Debug)]
+pub struct DoctorSettings {
+    /// Broker URL (may hold a password: only ever shown redacted).
+    pub amqp_url: String,
+    /// How `amqps://` checks the broker's certificate.
+    pub tls: TlsOptions,
+    /// The deployment's names.
+    pub names: Names,
+    /// The workflow the deployment should run.
+    pub workflow: Workflow,
+    /// The management API, for permissions and the orchestrators' announcements.
+    pub admin_url: String,
+    /// A journal to check for writing (and compare with the orchestrators'), if given.
+    pub journal_url: Option<String>,
+}
+
+/// The vhost of an AMQP URL (`/` when the path is empty; `%2f` decoded).
+fn vhost_of(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let rest = &rest[rest.rfind('@').map_or(0, |at| at + 1)..];
+    let path = rest.split_once('/').map_or("", |(_, p)| p);
+    let path = path.split('?').next().unwrap_or("");
+    if path.is_empty() {
+        "/".into()
+    } else {
+        path.replace("%2f", "/").replace("%2F", "/")
+    }
+}
+
+fn encode_vhost(vhost: &str) -> String {
+    vhost.replace('%', "%25").replace('/', "%2F")
+}
+
+/// How long doctor waits for the broker's AMQP handshake: a readiness check must answer,
+/// even when the broker's port is open but the broker does not speak.
+const CONNECT_WAIT: Duration = Duration::from_secs(10);
+
+/// Runs every check, in order. A broker that cannot be reached ends the list there.
+pub async fn run_checks(settings: &DoctorSettings) -> Vec<Check> {
+    let mut checks = Vec::new();
+    let shown = redact_url(&settings.amqp_url);
+    let user = amqp::url_user(&settings.amqp_url).unwrap_or_else(|_| "?".into());
+    let vhost = vhost_of(&settings.amqp_url);
+    let connect = amqp::connect(&settings.amqp_url, "baton doctor", &settings.tls);
+    let connection = match tokio::time::timeout(CONNECT_WAIT, connect).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => {
+            checks.push(Check::fail("broker", e.to_string()));
+            return checks;
+        }
+        Err(_) => {
+            checks.push(Check::fail(
+                "broker",
+                format!(
+                    "{shown} did not complete the AMQP handshake within {} s: the port may \
+                     accept connections while the broker is starting, overloaded or blocked \
+                     (see `rabbitmq-diagnostics status` and `rabbitmq-diagnostics alarms`)",
+                    CONNECT_WAIT.as_secs()
+                ),
+            ));
+            return checks;
+        }
+    };
+    checks.push(Check::pass(
+        "broker",
+        format!("{shown} reachable, logged in as {user} (vhost {vhost})"),
+    ));
+    let api = AdminApi::from_url(&settings.admin_url);
+    let api = match api {
+        Ok(api) => Some(api),
+        Err(e) => {
+            checks.push(Check::fail("management API", e.to_string()));
+            None
+        }
+    };
+    if let Some(api) = &api {
+        checks.push(permissions(api, &user, &vhost).await);
+    }
+    let names = &settings.names;
+    let workflow = &settings.workflow;
+
+    // Step queues: passive declares, each on its own channel (a missing queue closes it).
+    let mut consumed = Vec::new();
+    for service in workflow.services() {
+        let queue = names.command_queue(service);
+        match inspect(&connection, &queue).await {
+            None => checks.push(Check::fail(
+                format!("queue {queue}"),
+                format!(
+                    "does not exist: start `baton run` (it declares every step's queue) and the \
+                     {service} service with --prefix {}",
+                    names.prefix()
+                ),
+            )),
+            Some((_, 0)) => checks.push(Check::fail(
+                format!("queue {queue}"),
+                format!(
+                    "no consumer: start the {service} service (baton-{service} --prefix {}, or \
+                     --queue {service}); commands wait there until one consumes them",
+                    names.prefix()
+                ),
+            )),
+            Some((messages, consumers)) => {
+                checks.push(Check::pass(
+                    format!("queue {queue}"),
+                    format!("{consumers} consumer(s), {messages} command(s) waiting"),
+                ));
+                consumed.push(service.to_owned());
+            }
+        }
+    }
+
+    // Pings, each within the longest timeout of the steps its service serves.
+    let mut ledgers: BTreeMap<String, (String, String)> = BTreeMap::new();
+    for service in &consumed {
+        let timeout = workflow
+            .steps()
+            .iter()
+            .filter(|s| &s.service == service)
+            .map(|s| s.timeout)
+            .max()
+            .unwrap_or(Duration::from_secs(2));
+        match ping(&connection, &names.command_queue(service), timeout).await {
+            Ok((reply, took)) => {
+                let version = reply
+                    .data
+                    .get("version")
+                    .and_then(Value::as_str)
+                    .unwrap_or("?");
+                let ledger = reply.data.get(LEDGER_ID).and_then(Value::as_str);
+                let at = reply
+                    .data
+                    .get(LEDGER_AT)
+                    .and_then(Value::as_str)
+                    .unwrap_or("?");
+                if let Some(id) = ledger {
+                    ledgers.insert(service.clone(), (id.to_owned(), at.to_owned()));
+                }
+                checks.push(Check::pass(
+                    format!("ping {service}"),
+                    format!("answered in {} ms (version {version})", took.as_millis()),
+                ));
+            }
+            Err(why) => checks.push(Check::fail(format!("ping {service}"), why)),
+        }
+    }
+    checks.push(ledger_check(&ledgers));
+
+    // The orchestrators, as the management API shows the request queue's consumers.
+    let mut journals = BTreeMap::new();
+    if let Some(api) = &api {
+        let expected = inspect(&connection, &names.requests_queue())
+            .await
+            .map_or(0, |(_, consumers)| consumers);
+        let (check, found) = orchestrators(api, &vhost, names, workflow, expected).await;
+        checks.push(check);
+        journals = found;
+    }
+    checks.extend(journal_checks(settings.journal_url.as_deref(), &journals).await);
+
+    // The rest of the topology.
+    for delay_ms in workflow.parking().delays_ms() {
+        let queue = names.retry_queue(delay_ms);
+        checks.push(match inspect(&connection, &queue).await {
+            Some((messages, _)) => Check::pass(
+                format!("queue {queue}"),
+                format!("exists, {messages} parked payment(s)"),
+            ),
+            None => Check::fail(
+                format!("queue {queue}"),
+                "retry tier missing: start `baton run` with this workflow (it declares the tiers)",
+            ),
+        });
+    }
+    for (queue, what, hint) in [
+        (
+            names.dead_queue(),
+            "dead letter(s)",
+            "inspect with `baton dead list`",
+        ),
+        (
+            names.attention_queue(),
+            "item(s) for an operator",
+            "inspect with `baton attention list`",
+        ),
+        (names.results_queue(), "result(s) not yet consumed", ""),
+    ] {
+        checks.push(match inspect(&connection, &queue).await {
+            Some((messages, _)) => Check::pass(
+                format!("queue {queue}"),
+                if messages > 0 && !hint.is_empty() {
+                    format!("{messages} {what}: {hint}")
+                } else {
+                    format!("{messages} {what}")
+                },
+            ),
+            None => Check::fail(
+                format!("queue {queue}"),
+                "missing: start `baton run` (it declares the topology)",
+            ),
+        });
+    }
+    let _ = connection.close(200, "doctor done".into()).await;
+    checks
+}
+
+/// The user's permissions on the vhost, from the management API.
+async fn permissions(api: &AdminApi, user: &str, vhost: &str) -> Check {
+    let path = format!(
+        "/permissions/{}/{}",
+        encode_vhost(vhost),
+        user.replace('%', "%25").replace('/', "%2F")
+    );
+    match api.request(hyper::Method::GET, &path, None).await {
+        Ok(Some(p)) => {
+            let field = |k: &str| p.get(k).and_then(Value::as_str).unwrap_or("").to_owned();
+            let (configure, write, read) = (field("configure"), field("write"), field("read"));
+            if configure.is_empty() && write.is_empty() && read.is_empty() {
+                Check::fail(
+                    "permissions",
+                    format!("user {user} may do nothing on vhost {vhost}: `baton broker setup`"),
+                )
+            } else {
+                Check::pass(
+                    "permissions",
+                    format!(
+                        "user {user} on vhost {vhost}: configure {configure:?}, write {write:?}, \
+                         read {read:?}"
+                    ),
+                )
+            }
+        }
+        Ok(None) => Check::fail(
+            "permissions",
+            format!(
+                "user {user} has no permissions on vhost {vhost}: grant them (`baton broker \
+                 setup` creates users with the permissions each process needs)"
+            ),
+        ),
+        Err(e) => Check::fail("management API", e.to_string()),
+    }
+}
+
+/// `(messages, consumers)` of a queue, or `None` when it does not exist.
+async fn inspect(connection: &Connection, queue: &str) -> Option<(u32, u32)> {
+    let channel = connection.create_channel().await.ok()?;
+    let declared = channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .ok()?;
+    let _ = channel.close(200, "inspected".into()).await;
+    Some((declared.message_count(), declared.consumer_count()))
+}
+
+/// Pings `queue` and waits up to `timeout` for the reply.
+async fn ping(
+    connection: &Connection,
+    queue: &str,
+    timeout: Duration,
+) -> Result<(Reply, Duration), String> {
+    let failed = |e: &dyn std::fmt::Display| format!("cannot send a ping: {e}");
+    let channel = connection.create_channel().await.map_err(|e| failed(&e))?;
+    let (reply_queue, mut replies) = amqp::consume_exclusive(&channel, "")
+        .await
+        .map_err(|e| failed(&e))?;
+    let ping = Ping::new();
+    let body = serde_json::to_vec(&ping).map_err(|e| failed(&e))?;
+    let properties = BasicProperties::default()
+        .with_content_type("application/json".into())
+        .with_reply_to(reply_queue.as_str().into())
+        .with_correlation_id(ping.command_id.as_str().into());
+    let started = Instant::now();
+    channel
+        .basic_publish(
+            "".into(),
+            queue.into(),
+            BasicPublishOptions::default(),
+            &body,
+            properties,
+        )
+        .await
+        .map_err(|e| failed(&e))?;
+    let answer = tokio::time::timeout(timeout, async {
+        while let Some(Ok(delivery)) = replies.next().await {
+            if let Ok(reply) = serde_json::from_slice::<Reply>(&delivery.data) {
+                if reply.command_id == ping.command_id {
+                    return Some(reply);
+                }
+            }
+        }
+        None
+    })
+    .await;
+    let _ = channel.close(200, "pinged".into()).await;
+    match answer {
+        Ok(Some(reply)) => Ok((reply, started.elapsed())),
+        _ => Err(format!(
+            "no answer to a ping within {} ms (the step's timeout): the service is stuck, \
+             overloaded, or older than the ping action (see its log and /readyz)",
+            timeout.as_millis()
+        )),
+    }
+}
+
+/// Every service that keeps a ledger must report the same one.
+fn ledger_check(ledgers: &BTreeMap<String, (String, String)>) -> Check {
+    let ids: BTreeSet<&str> = ledgers.values().map(|(id, _)| id.as_str()).collect();
+    let described: Vec<String> = ledgers
+        .iter()
+        .map(|(service, (id, at))| format!("{service} uses ledger {id} at {at}"))
+        .collect();
+    match ids.len() {
+        0 => Check::pass("ledger", "no service reported a ledger"),
+        1 => Check::pass(
+            "ledger",
+            format!(
+                "{} share ledger {}",
+                ledgers.keys().cloned().collect::<Vec<_>>().join(" and "),
+                described[0].rsplit_once("ledger ").map_or("", |(_, r)| r)
+            ),
+        ),
+        _ => Check::fail(
+            "ledger",
+            format!(
+                "{}: they must share one database — give every service the same --ledger-url \
+                 (BATON_LEDGER_URL), an absolute sqlite path on a shared volume or one \
+                 postgres://… URL, and restart them",
+                described.join(", ")
+            ),
+        ),
+    }
+}
+
+/// How long doctor waits for the management API to list as many consumers of the request
+/// queue as AMQP counts: the API's consumer details come from statistics it collects every
+/// few seconds (`collect_statistics_interval`, 5 s by default), so an orchestrator that
+/// has just started is counted by AMQP at once and listed by the API a little later.
+const CONSUMER_LISTING_WAIT: Duration = Duration::from_secs(15);
+
+/// The queue's management record, once it lists `expected` consumers (or the wait is
+/// over: then what it lists).
+async fn queue_listing(
+    api: &AdminApi,
+    path: &str,
+    expected: u32,
+) -> Result<Option<Value>, crate::broker::BrokerSetupError> {
+    let deadline = Instant::now() + CONSUMER_LISTING_WAIT;
+    loop {
+        let info = api.request(hyper::Method::GET, path, None).await?;
+        let listed = info
+            .as_ref()
+            .and_then(|i| i.get("consumer_details"))
+            .and_then(Value::as_array)
+            .map_or(0, Vec::len);
+        if listed >= expected as usize || Instant::now() >= deadline {
+            return Ok(info);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// The orchestrators consuming the request queue (`expected` of them, as AMQP counts):
+/// all on this workflow? Returns the check and each orchestrator's announced journal
+/// (instance → (id, location)).
+async fn orchestrators(
+    api: &AdminApi,
+    vhost: &str,
+    names: &Names,
+    workflow: &Workflow,
+    expected: u32,
+) -> (Check, BTreeMap<String, (String, String)>) {
+    let queue = names.requests_queue();
+    let path = format!("/queues/{}/{queue}", encode_vhost(vhost));
+    let mut journals = BTreeMap::new();
+    let info = match queue_listing(api, &path, expected).await {
+        Ok(Some(info)) => info,
+        Ok(None) => {
+            return (
+                Check::fail(
+                    "orchestrators",
+                    format!(
+                        "{queue} does not exist: start `baton run --prefix {}`",
+                        names.prefix()
+                    ),
+                ),
+                journals,
+            )
+        }
+        Err(e) => return (Check::fail("management API", e.to_string()), journals),
+    };
+    let consumers = info
+        .get("consumer_details")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let mine = workflow.digest();
+    let mut by_digest: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for consumer in &consumers {
+        let args = consumer.get("arguments").cloned().unwrap_or(Value::Null);
+        let text = |k: &str| args.get(k).and_then(Value::as_str).map(str::to_owned);
+        let instance = text(CONSUMER_INSTANCE).unwrap_or_else(|| {
+            consumer
+                .get("consumer_tag")
+                .and_then(Value::as_str)
+                .unwrap_or("?")
+                .to_owned()
+        });
+        let digest = text(CONSUMER_WORKFLOW).unwrap_or_else(|| "none announced".into());
+        if let Some(id) = text(CONSUMER_JOURNAL) {
+            journals.insert(
+                instance.clone(),
+                (id, text(CONSUMER_JOURNAL_AT).unwrap_or_else(|| "?".into())),
+            );
+        }
+        by_digest.entry(digest).or_default().push(instance);
+    }
+    let listed = |m: &BTreeMap<String, Vec<String>>| {
+        m.iter()
+            .map(|(digest, who)| format!("{} with workflow {digest}", who.join(", ")))
+            .collect::<Vec<_>>()
+            .join("; ")
+    };
+    let check = match by_digest.len() {
+        0 => Check::fail(
+            "orchestrators",
+            format!(
+                "nobody consumes {queue}: start `baton run --prefix {}`",
+                names.prefix()
+            ),
+        ),
+        1 if by_digest.contains_key(&mine) => Check::pass(
+            "orchestrators",
+            format!(
+                "{} consume {queue} with workflow {mine} (this one)",
+                consumers.len()
+            ),
+        ),
+        1 => Check::fail(
+            "orchestrators",
+            format!(
+                "{}, but --workflow here ({}) is {mine}: run doctor with the orchestrators' \
+                 workflow file, or restart them with this one",
+                listed(&by_digest),
+                workflow.source_name()
+            ),
+        ),
+        _ => Check::fail(
+            "orchestrators",
+            format!(
+                "{queue} is consumed with different workflows: {}; every orchestrator of a \
+                 prefix must run the same --workflow file (this one is {mine}): restart the odd \
+                 ones with it",
+                listed(&by_digest)
+            ),
+        ),
+    };
+    (check, journals)
+}
+
+/// The journal: the orchestrators share one, and the one given here is writable.
+async fn journal_checks(
+    journal_url: Option<&str>,
+    announced: &BTreeMap<String, (String, String)>,
+) -> Vec<Check> {
+    let mut checks = Vec::new();
+    let ids: BTreeSet<&str> = announced.values().map(|(id, _)| id.as_str()).collect();
+    if ids.len() > 1 {
+        let described: Vec<String> = announced
+            .iter()
+            .map(|(who, (id, at))| format!("{who} records in journal {id} at {at}"))
+            .collect();
+        checks.push(Check::fail(
+            "journal",
+            format!(
+                "{}: replicas must share one journal, or a payment redelivered to another \
+                 replica starts over — give every orchestrator the same --journal-url \
+                 postgres://…",
+                described.join(", ")
+            ),
+        ));
+    } else if let Some((id, at)) = announced.values().next() {
+        checks.push(Check::pass(
+            "journal",
+            format!(
+                "{} orchestrator(s) record in journal {id} at {at}",
+                announced.len()
+            ),
+        ));
+    }
+    let Some(url) = journal_url else {
+        return checks;
+    };
+    let at = amqp::database_location(url);
+    if url.starts_with("sqlite:") && !std::path::Path::new(&at).exists() {
+        checks.push(Check::fail(
+            "journal writable",
+            format!(
+                "no journal at {at} (doctor creates none): give the orchestrators' --journal-url"
+            ),
+        ));
+        return checks;
+    }
+    match crate::journal::Journal::open(url).await {
+        Ok(journal) => {
+            let written = journal.check_writable().await;
+            let foreign = !ids.is_empty() && !ids.contains(journal.id());
+            checks.push(match (written, foreign) {
+                (Err(e), _) => Check::fail("journal writable", format!("{at}: {e}")),
+                (Ok(()), true) => Check::fail(
+                    "journal writable",
+                    format!(
+                        "{at} (journal {}) is writable, but no running orchestrator records \
+                         there: give this doctor the orchestrators' --journal-url",
+                        journal.id()
+                    ),
+                ),
+                (Ok(()), false) => Check::pass(
+                    "journal writable",
+                    format!("{at} (journal {})", journal.id()),
+                ),
+            });
+            journal.close().await;
+        }
+        Err(e) => checks.push(Check::fail("journal writable", e.to_string())),
+    }
+    checks
+}
+
+/// Prints the checks (lines, or JSON) and returns the exit code: 0 all passed, 1 not.
+pub fn report(checks: &[Check], json: bool) -> i32 {
+    let ok = checks.iter().all(|c| c.ok);
+    if json {
+        let doc = serde_json::json!({ "ok": ok, "checks": checks });
+        println!("{doc}");
+    } else {
+        for check in checks {
+            println!("{}", check.line());
+        }
+        let failed = checks.iter().filter(|c| !c.ok).count();
+        if ok {
+            println!("all {} checks passed", checks.len());
+        } else {
+            println!("{failed} of {} checks failed", checks.len());
+        }
+    }
+    i32::from(!ok)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vhosts_come_from_the_url_path() {
+        assert_eq!(vhost_of("amqp://u:p@h:5672/%2f"), "/");
+        assert_eq!(vhost_of("amqp://u:p@h:5672"), "/");
+        assert_eq!(vhost_of("amqp://u:p/x@h:5672/prod?heartbeat=5"), "prod");
+        assert_eq!(encode_vhost("/"), "%2F");
+    }
+
+    #[test]
+    fn ledgers_that_differ_are_named_with_what_to_change() {
+        let mut ledgers = BTreeMap::new();
+        ledgers.insert(
+            "authorization".to_owned(),
+            ("a1".to_owned(), "/x/l.db".to_owned()),
+        );
+        ledgers.insert(
+            "transaction".to_owned(),
+            ("a1".to_owned(), "/x/l.db".to_owned()),
+        );
+        let same = ledger_check(&ledgers);
+        assert!(same.ok, "{same:?}");
+        assert_eq!(
+            same.line(),
+            "✓ ledger: authorization and transaction share ledger a1 at /x/l.db"
+        );
+        ledgers.insert(
+            "transaction".to_owned(),
+            ("b2".to_owned(), "/y/l.db".to_owned()),
+        );
+        let differ = ledger_check(&ledgers);
+        assert!(!differ.ok);
+        assert!(
+            differ.line().starts_with(
+                "✗ ledger: authorization uses ledger a1 at /x/l.db, transaction uses ledger b2 \
+                 at /y/l.db: they must share one database"
+            ),
+            "{}",
+            differ.line()
+        );
+        assert!(differ.detail.contains("--ledger-url"));
+    }
+
+    #[test]
+    fn the_exit_code_is_one_when_any_check_fails() {
+        let pass = Check::pass("a", "fine");
+        assert_eq!(report(std::slice::from_ref(&pass), true), 0);
+        assert_eq!(report(&[pass, Check::fail("b", "broken")], false), 1);
+    }
+}
