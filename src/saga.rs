@@ -102,7 +102,7 @@ pub struct SagaEvent {
     pub step: String,
     /// `execute`, `compensate`, or `result`.
     pub action: String,
-    /// The step outcome (`approved`, `declined`, `failed`, `compensated`,
+    /// The step outcome (`approved`, `declined`, `failed`, `skipped`, `compensated`,
     /// `compensation_failed`) or the payment status.
     pub outcome: String,
     /// Reason code, if any.
@@ -278,6 +278,14 @@ impl Source<'_> {
         match self {
             Source::Request(request) => request.payment_id,
             Source::Journal(id, _) => *id,
+        }
+    }
+
+    /// The payment as the journal keeps it (no card number): what conditions read.
+    fn summary(&self) -> PaymentSummary {
+        match self {
+            Source::Request(request) => PaymentSummary::of(request),
+            Source::Journal(_, summary) => (*summary).clone(),
         }
     }
 
@@ -484,7 +492,7 @@ pub async fn run<T: Transport, L: SagaLog>(
         Ok(saga) => saga,
         Err(e) => return journal_failed(env, e),
     };
-    if saga.summary != summary {
+    if !summary.same_payment(&saga.summary) {
         warn!("payment id reused for a different payment; refusing it");
         return SagaOutcome::Reused(format!(
             "payment_id: {payment_id} is already used by a payment with another amount, \
@@ -550,12 +558,31 @@ async fn drive<T: Transport, L: SagaLog>(
         detail: None,
     };
 
+    // What conditions read of the payment: the same in both modes, so a sweeper
+    // finishing the saga decides a condition as the live run would have.
+    let summary = source.summary();
     for step in env.workflow.steps() {
         let span = tracing::info_span!("step", step = %step.name);
         let decided = match saga.entry(&step.name, Action::Execute) {
             Some(recorded) => recorded.clone(),
             None => {
+                let skip = match &step.when {
+                    Some(when) => !should_run(when, &summary, &context, &span),
+                    None => false,
+                };
                 let decision = match mode {
+                    _ if skip => {
+                        let record_ =
+                            StepRecord::new(step.name.clone(), StepOutcome::Skipped, 0, 0);
+                        let _entered = span.enter();
+                        info!(when = %when_source(step), "condition false; step skipped");
+                        record(
+                            env,
+                            payment_id,
+                            entry(step, Action::Execute, record_, None, Map::new()),
+                        )
+                        .await
+                    }
                     Mode::Live => {
                         execute(env, source, step, &context, saga)
                             .instrument(span.clone())
@@ -606,7 +633,9 @@ async fn drive<T: Transport, L: SagaLog>(
                     to_compensate.push(step);
                 }
             }
-            StepOutcome::Compensated | StepOutcome::CompensationFailed => {}
+            // Skipped: no command went out, so nothing to undo and no data for later
+            // steps (`steps.<name>` is absent from their conditions and commands).
+            StepOutcome::Skipped | StepOutcome::Compensated | StepOutcome::CompensationFailed => {}
         }
         applied.push(decided);
         if verdict.status != Status::Completed {
@@ -662,6 +691,29 @@ async fn drive<T: Transport, L: SagaLog>(
     }
 }
 
+/// Whether a step with condition `when` runs for this payment. A condition that cannot
+/// be evaluated (an earlier step's data lacks the field it reads, or holds another type)
+/// runs the step: a check is never skipped by accident. The error is logged.
+fn should_run(
+    when: &crate::condition::Condition,
+    summary: &PaymentSummary,
+    context: &Map<String, Value>,
+    span: &tracing::Span,
+) -> bool {
+    match when.evaluate(summary, context) {
+        Ok(run) => run,
+        Err(e) => {
+            let _entered = span.enter();
+            warn!(when = %when.source(), error = %e, "condition could not be evaluated; running the step");
+            true
+        }
+    }
+}
+
+fn when_source(step: &Step) -> &str {
+    step.when.as_ref().map(|w| w.source()).unwrap_or_default()
+}
+
 fn dead_letter_reason(result: &PaymentResult) -> Option<String> {
     (result.reason.as_deref() == Some("service_unavailable"))
         .then(|| "service_unavailable".to_owned())
@@ -683,6 +735,7 @@ fn outcome_name(outcome: StepOutcome) -> &'static str {
         StepOutcome::Failed => "failed",
         StepOutcome::Compensated => "compensated",
         StepOutcome::CompensationFailed => "compensation_failed",
+        StepOutcome::Skipped => "skipped",
     }
 }
 
