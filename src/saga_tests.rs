@@ -1144,3 +1144,20 @@ async fn an_abandoned_saga_decides_conditions_as_the_live_run_would() {
         assert_eq!(outcomes(&result), expected, "{merchant_currency}");
     }
 }
+
+#[tokio::test]
+async fn a_payment_journalled_before_brands_were_kept_is_not_taken_for_a_reused_id() {
+    let env = env(conditional_workflow(), scored(10));
+    let req = request_in(1999, "EUR", "EUR");
+    let mut old = PaymentSummary::of(&req);
+    old.card_brand.clear();
+    env.log.begin(req.payment_id, &old).await.unwrap();
+    let (result, _) = finished(run(&env, &req).await);
+    assert_eq!(result.status, Status::Completed);
+    // Another card under the same id is still refused.
+    let mut other = request_in(1999, "EUR", "EUR");
+    other.card.number = baton_contract::CardNumber::new("5555555555554444");
+    let env = env_with_workflow(conditional_workflow(), scored(10));
+    env.log.begin(req.payment_id, &old).await.unwrap();
+    assert!(matches!(run(&env, &other).await, SagaOutcome::Reused(_)));
+}
