@@ -10,6 +10,8 @@ enum Behaviour {
     Answer(Reply),
     /// Takes the command and never answers.
     Silent,
+    /// Answers after a delay.
+    After(Duration, Reply),
 }
 
 /// How a fake service answers: by command and by how many commands it has seen.
@@ -62,6 +64,10 @@ impl Transport for FakeServices {
         match behaviour {
             Behaviour::Answer(reply) => Ok(reply),
             Behaviour::Silent => std::future::pending().await,
+            Behaviour::After(delay, reply) => {
+                tokio::time::sleep(delay).await;
+                Ok(reply)
+            }
         }
     }
 
@@ -1160,4 +1166,141 @@ async fn a_payment_journalled_before_brands_were_kept_is_not_taken_for_a_reused_
     let env = env_with_workflow(conditional_workflow(), scored(10));
     env.log.begin(req.payment_id, &old).await.unwrap();
     assert!(matches!(run(&env, &other).await, SagaOutcome::Reused(_)));
+}
+
+// Parallel groups.
+
+fn grouped_workflow() -> Workflow {
+    Workflow::parse(
+        r#"
+        [defaults]
+        retry = { attempts = 1, initial_backoff_ms = 10, max_backoff_ms = 10 }
+        [[steps]]
+        name = "authorization"
+        timeout_ms = 1000
+        card = "number"
+        compensate = true
+        [[steps]]
+        name = "risk"
+        timeout_ms = 1000
+        card = "fingerprint"
+        group = "checks"
+        [[steps]]
+        name = "pci"
+        timeout_ms = 1000
+        compensate = true
+        group = "checks"
+        [[steps]]
+        name = "transaction"
+        timeout_ms = 1000
+        side_effects = true
+        "#,
+        "test",
+    )
+    .unwrap()
+}
+
+fn slow(
+    ms: u64,
+    reply: impl Fn(&Command) -> Reply + Send + Sync + 'static,
+) -> impl Fn(&Command, usize) -> Behaviour + Send + Sync {
+    move |c: &Command, _| Behaviour::After(Duration::from_millis(ms), reply(c))
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_group_sends_its_commands_at_once_and_goes_on_when_all_approve() {
+    let services = happy_services()
+        .on(
+            "risk",
+            slow(300, |c| Reply::approved(c.command_id.clone(), Map::new())),
+        )
+        .on(
+            "pci",
+            slow(300, |c| Reply::approved(c.command_id.clone(), Map::new())),
+        );
+    let env = env(grouped_workflow(), services);
+    let started = Instant::now();
+    let (result, _) = finished(run(&env, &request()).await);
+    let elapsed = started.elapsed();
+    assert_eq!(result.status, Status::Completed);
+    assert_eq!(
+        outcomes(&result),
+        [
+            ("authorization", StepOutcome::Approved),
+            ("risk", StepOutcome::Approved),
+            ("pci", StepOutcome::Approved),
+            ("transaction", StepOutcome::Approved),
+        ]
+    );
+    // Both took 300 ms; one after the other would be 600.
+    assert!(
+        elapsed >= Duration::from_millis(300) && elapsed < Duration::from_millis(400),
+        "{elapsed:?}"
+    );
+    let order: Vec<String> = env
+        .transport
+        .sent
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(s, _)| s.clone())
+        .collect();
+    assert_eq!(order, ["authorization", "risk", "pci", "transaction"]);
+    let pci = env.transport.sent_to("pci");
+    assert!(
+        pci[0].context.get("risk").is_none(),
+        "members do not see each other"
+    );
+    assert_eq!(pci[0].context["authorization"]["hold_id"], "h-1");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_decline_in_a_group_compensates_what_approved() {
+    let services = happy_services()
+        .on(
+            "risk",
+            slow(200, |c| {
+                Reply::declined(c.command_id.clone(), "high_risk", "no")
+            }),
+        )
+        .on(
+            "pci",
+            slow(100, |c| Reply::approved(c.command_id.clone(), Map::new())),
+        );
+    let env = env(grouped_workflow(), services);
+    let (result, _) = finished(run(&env, &request()).await);
+    assert_eq!(result.status, Status::Declined);
+    assert_eq!(result.reason.as_deref(), Some("high_risk"));
+    assert_eq!(
+        outcomes(&result),
+        [
+            ("authorization", StepOutcome::Approved),
+            ("risk", StepOutcome::Declined),
+            ("pci", StepOutcome::Approved),
+            ("pci", StepOutcome::Compensated),
+            ("authorization", StepOutcome::Compensated),
+        ]
+    );
+    assert!(env.transport.sent_to("transaction").is_empty());
+    let pci = env.transport.sent_to("pci");
+    assert_eq!(pci[1].action, Action::Compensate);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_parked_group_member_resumes_without_resending_the_others() {
+    let services = happy_services().on("pci", |_, _| Behaviour::Silent);
+    let env = env(grouped_workflow(), services);
+    let outcome = run(&env, &request()).await;
+    assert!(
+        matches!(outcome, SagaOutcome::Park { ref step, .. } if step == "pci"),
+        "{outcome:?}"
+    );
+    let saga = env.log.sagas.lock().unwrap()[&request().payment_id].clone();
+    assert_eq!(
+        saga.entry("risk", Action::Execute)
+            .map(|e| e.record.outcome),
+        Some(StepOutcome::Approved),
+        "risk decided while pci waited"
+    );
+    assert_eq!(env.transport.sent_to("risk").len(), 1);
 }

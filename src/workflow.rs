@@ -50,6 +50,9 @@ pub struct Step {
     /// Run the step only when this holds for the payment (`when = "…"`); otherwise it
     /// is skipped: no command, recorded as `skipped`, never compensated.
     pub when: Option<Condition>,
+    /// The parallel group it belongs to (`group = "…"`): adjacent steps of one group
+    /// are sent at once and the payment goes on when all have decided.
+    pub group: Option<String>,
 }
 
 /// How often and how patiently a command is re-sent after a timeout or a transient error.
@@ -178,6 +181,7 @@ struct Entry {
     fallback: Option<FallbackEntry>,
     reasons: Option<Vec<String>>,
     when: Option<toml::Spanned<String>>,
+    group: Option<String>,
 }
 
 #[derive(Deserialize, Clone, Copy)]
@@ -530,10 +534,35 @@ impl Workflow {
                     None => breakers.push((name, breaker.clone())),
                 }
             }
+            if let Some(group) = &entry.group {
+                if !valid_name(group) {
+                    return Err(fail(format!(
+                        "{at}: group must be 1-64 characters of a-z, 0-9, '_' or '-'"
+                    )));
+                }
+                let previous = steps.last().and_then(|s| s.group.as_ref());
+                if previous != Some(group) && steps.iter().any(|s| s.group.as_ref() == Some(group))
+                {
+                    return Err(fail(format!(
+                        "{at}: the steps of group {group:?} must be next to each other"
+                    )));
+                }
+                if side_effects && !entry.compensate {
+                    return Err(fail(format!(
+                        "{at}: a step with side effects and no compensation cannot be in a \
+                         group: a member's decline could not undo it"
+                    )));
+                }
+            }
             let when = match &entry.when {
                 None => None,
                 Some(spanned) => {
-                    let earlier: Vec<&str> = steps.iter().map(|s| s.name.as_str()).collect();
+                    // Steps of the same group decide at once: none reads another's data.
+                    let earlier: Vec<&str> = steps
+                        .iter()
+                        .filter(|s| entry.group.is_none() || s.group != entry.group)
+                        .map(|s| s.name.as_str())
+                        .collect();
                     let condition = Condition::compile(spanned.get_ref(), &earlier)
                         .map_err(|e| fail(format!("{at}: when{}", where_in(text, spanned, &e))))?;
                     if let Some(read) = condition
@@ -563,7 +592,23 @@ impl Workflow {
                 fallback,
                 reasons,
                 when,
+                group: entry.group,
             });
+        }
+        for (i, step) in steps.iter().enumerate() {
+            let Some(group) = &step.group else { continue };
+            if steps
+                .iter()
+                .filter(|s| s.group.as_ref() == Some(group))
+                .count()
+                < 2
+            {
+                return Err(fail(format!(
+                    "steps[{i}] ({:?}): group {group:?} has no other step; a group decides \
+                     two or more steps at once",
+                    step.name
+                )));
+            }
         }
         Ok(Self {
             steps,
@@ -860,6 +905,42 @@ when = "steps.risk.score > 70"
         assert!(
             e.contains("steps[4] (\"three_ds\"): when reads steps.fx, but \"fx\" has a condition"),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn groups_are_adjacent_undoable_and_of_two_or_more() {
+        let steps = |extra: [&str; 3]| {
+            format!(
+                "[[steps]]\nname = \"a\"\ntimeout_ms = 5\n{}\n\
+                 [[steps]]\nname = \"b\"\ntimeout_ms = 5\n{}\n\
+                 [[steps]]\nname = \"c\"\ntimeout_ms = 5\n{}\n",
+                extra[0], extra[1], extra[2]
+            )
+        };
+        let g = "group = \"checks\"";
+        let wf = Workflow::parse(&steps([g, g, ""]), "t").unwrap();
+        let groups: Vec<Option<&str>> = wf.steps().iter().map(|s| s.group.as_deref()).collect();
+        assert_eq!(groups, [Some("checks"), Some("checks"), None]);
+        let apart = error_of(&steps([g, "", g]));
+        assert!(
+            apart.contains("steps[2] (\"c\")") && apart.contains("next to each other"),
+            "{apart}"
+        );
+        let alone = error_of(&steps(["", g, ""]));
+        assert!(
+            alone.contains("steps[1] (\"b\")") && alone.contains("no other step"),
+            "{alone}"
+        );
+        let irreversible = error_of(&steps([g, "group = \"checks\"\nside_effects = true", ""]));
+        assert!(
+            irreversible.contains("cannot be in a group"),
+            "{irreversible}"
+        );
+        let reads = error_of(&steps([g, "group = \"checks\"\nwhen = \"steps.a.ok\"", ""]));
+        assert!(
+            reads.contains("steps[1] (\"b\"): when") && reads.contains("unknown step: `steps.a`"),
+            "{reads}"
         );
     }
 
