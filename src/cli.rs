@@ -530,6 +530,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                     step.card.as_str(),
                     step.compensate
                 );
+                if let Some(when) = &step.when {
+                    println!("{:<16} when {}", "", when.source());
+                }
             }
             println!("ok: {} steps", workflow.steps().len());
             Ok(0)

@@ -112,6 +112,10 @@ pub struct PaymentSummary {
     pub merchant_currency: Currency,
     /// Last four digits of the card: the only part of the number ever stored.
     pub card_last4: String,
+    /// The card brand (`visa`, …: `CardNumber::brand`, no digit of the number), which
+    /// workflow conditions read. Empty in a record begun before Baton kept it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub card_brand: String,
 }
 
 impl PaymentSummary {
@@ -123,7 +127,21 @@ impl PaymentSummary {
             amount: request.amount,
             merchant_currency: request.settlement_currency(),
             card_last4: request.card.number.last4().to_owned(),
+            card_brand: request.card.number.brand().to_owned(),
         }
+    }
+
+    /// Whether `self` (from a request) is the payment `stored` was begun with. A record
+    /// begun before the journal kept the brand has none, and matches on the rest.
+    pub fn same_payment(&self, stored: &PaymentSummary) -> bool {
+        if stored.card_brand.is_empty() {
+            let without = PaymentSummary {
+                card_brand: String::new(),
+                ..self.clone()
+            };
+            return without == *stored;
+        }
+        self == stored
     }
 }
 

@@ -13,6 +13,7 @@ pub mod breaker;
 pub mod broker;
 pub mod cli;
 pub mod client;
+pub mod condition;
 pub mod crash;
 pub mod demo;
 pub mod doctor;

@@ -102,7 +102,7 @@ pub struct SagaEvent {
     pub step: String,
     /// `execute`, `compensate`, or `result`.
     pub action: String,
-    /// The step outcome (`approved`, `declined`, `failed`, `compensated`,
+    /// The step outcome (`approved`, `declined`, `failed`, `skipped`, `compensated`,
     /// `compensation_failed`) or the payment status.
     pub outcome: String,
     /// Reason code, if any.
@@ -275,6 +275,14 @@ impl Source<'_> {
         match self {
             Source::Request(request) => request.payment_id,
             Source::Journal(id, _) => *id,
+        }
+    }
+
+    /// The payment as the journal keeps it (no card number): what conditions read.
+    fn summary(&self) -> PaymentSummary {
+        match self {
+            Source::Request(request) => PaymentSummary::of(request),
+            Source::Journal(_, summary) => (*summary).clone(),
         }
     }
 
@@ -481,7 +489,7 @@ pub async fn run<T: Transport, L: SagaLog>(
         Ok(saga) => saga,
         Err(e) => return journal_failed(env, e),
     };
-    if saga.summary != summary {
+    if !summary.same_payment(&saga.summary) {
         warn!("payment id reused for a different payment; refusing it");
         return SagaOutcome::Reused(format!(
             "payment_id: {payment_id} is already used by a payment with another amount, \
@@ -547,65 +555,100 @@ async fn drive<T: Transport, L: SagaLog>(
         detail: None,
     };
 
-    for step in env.workflow.steps() {
-        let span = tracing::info_span!("step", step = %step.name);
-        let decided = match saga.entry(&step.name, Action::Execute) {
-            Some(recorded) => recorded.clone(),
-            None => {
-                let decision = match mode {
-                    Mode::Live => {
-                        execute(env, source, step, &context, saga)
-                            .instrument(span.clone())
-                            .await
-                    }
-                    Mode::Abandon(detail) => {
-                        give_up(env, source, step, &context, detail)
-                            .instrument(span.clone())
-                            .await
-                    }
-                };
-                match decision {
-                    StepDecision::Recorded(entry) => entry,
-                    StepDecision::Leave(outcome) => return outcome,
-                }
-            }
+    // What conditions read of the payment: the same in both modes, so a sweeper
+    // finishing the saga decides a condition as the live run would have.
+    let summary = source.summary();
+    let steps = env.workflow.steps();
+    let mut next = 0;
+    while next < steps.len() {
+        // A stage: one step, or a group whose steps decide at once (their commands are
+        // sent together, each with the context of the stages before).
+        let len = match &steps[next].group {
+            Some(group) => steps[next..]
+                .iter()
+                .take_while(|s| s.group.as_ref() == Some(group))
+                .count(),
+            None => 1,
         };
-        let _entered = span.enter();
-        let outcome = decided.record.outcome;
-        match outcome {
-            StepOutcome::Approved => {
-                context.insert(step.name.clone(), Value::Object(decided.data.clone()));
-                if step.compensate {
-                    to_compensate.push(step);
+        let stage = &steps[next..next + len];
+        next += len;
+        let undecided: Vec<&Step> = stage
+            .iter()
+            .filter(|s| saga.entry(&s.name, Action::Execute).is_none())
+            .collect();
+        let decisions = join_all(
+            undecided
+                .iter()
+                .map(|step| decide(env, source, step, &context, &summary, saga, mode))
+                .collect(),
+        )
+        .await;
+        let mut fresh: HashMap<&str, JournalEntry> = HashMap::new();
+        for (step, decision) in undecided.iter().zip(decisions) {
+            match decision {
+                StepDecision::Recorded(entry) => {
+                    fresh.insert(step.name.as_str(), entry);
                 }
+                // The others' decisions are recorded; the payment resumes from them.
+                StepDecision::Leave(outcome) => return outcome,
             }
-            StepOutcome::Declined | StepOutcome::Failed => {
-                let reason = decided
-                    .record
-                    .reason
-                    .clone()
-                    .unwrap_or_else(|| outcome_name(outcome).into());
-                verdict = Verdict {
-                    status: if outcome == StepOutcome::Declined {
-                        Status::Declined
-                    } else {
-                        Status::Failed
-                    },
-                    detail: decided
-                        .detail
-                        .clone()
-                        .or_else(|| Some(format!("{} {}", step.name, outcome_name(outcome)))),
-                    reason: Some(reason),
-                };
-                // An in-doubt step that failed for good may still have acted: undo it
-                // too if it can be undone (its compensation is safe either way).
-                if outcome == StepOutcome::Failed && step.compensate {
-                    to_compensate.push(step);
-                }
-            }
-            StepOutcome::Compensated | StepOutcome::CompensationFailed => {}
         }
-        applied.push(decided);
+        for step in stage {
+            let span = tracing::info_span!("step", step = %step.name);
+            let decided = match fresh.remove(step.name.as_str()) {
+                Some(entry) => entry,
+                None => saga
+                    .entry(&step.name, Action::Execute)
+                    .expect("decided in the journal or just now")
+                    .clone(),
+            };
+            let _entered = span.enter();
+            let outcome = decided.record.outcome;
+            match outcome {
+                StepOutcome::Approved => {
+                    context.insert(step.name.clone(), Value::Object(decided.data.clone()));
+                    if step.compensate {
+                        to_compensate.push(step);
+                    }
+                }
+                StepOutcome::Declined | StepOutcome::Failed => {
+                    let reason = decided
+                        .record
+                        .reason
+                        .clone()
+                        .unwrap_or_else(|| outcome_name(outcome).into());
+                    // In a group several may decline at once: the first in file order
+                    // gives the result.
+                    if verdict.status != Status::Completed {
+                        applied.push(decided);
+                        continue;
+                    }
+                    verdict = Verdict {
+                        status: if outcome == StepOutcome::Declined {
+                            Status::Declined
+                        } else {
+                            Status::Failed
+                        },
+                        detail: decided
+                            .detail
+                            .clone()
+                            .or_else(|| Some(format!("{} {}", step.name, outcome_name(outcome)))),
+                        reason: Some(reason),
+                    };
+                    // An in-doubt step that failed for good may still have acted: undo it
+                    // too if it can be undone (its compensation is safe either way).
+                    if outcome == StepOutcome::Failed && step.compensate {
+                        to_compensate.push(step);
+                    }
+                }
+                // Skipped: no command went out, so nothing to undo and no data for later
+                // steps (`steps.<name>` is absent from their conditions and commands).
+                StepOutcome::Skipped
+                | StepOutcome::Compensated
+                | StepOutcome::CompensationFailed => {}
+            }
+            applied.push(decided);
+        }
         if verdict.status != Status::Completed {
             break;
         }
@@ -659,6 +702,97 @@ async fn drive<T: Transport, L: SagaLog>(
     }
 }
 
+/// Decides one step the journal has no decision for: skipped if its condition is false,
+/// else run (live) or settled without its request (abandoned).
+async fn decide<T: Transport, L: SagaLog>(
+    env: &SagaEnv<T, L>,
+    source: Source<'_>,
+    step: &Step,
+    context: &Map<String, Value>,
+    summary: &PaymentSummary,
+    saga: &SagaRecord,
+    mode: Mode<'_>,
+) -> StepDecision {
+    let span = tracing::info_span!("step", step = %step.name);
+    let skip = match &step.when {
+        Some(when) => !should_run(when, summary, context, &span),
+        None => false,
+    };
+    if skip {
+        let record_ = StepRecord::new(step.name.clone(), StepOutcome::Skipped, 0, 0);
+        span.in_scope(|| info!(when = %when_source(step), "condition false; step skipped"));
+        return record(
+            env,
+            source.payment_id(),
+            entry(step, Action::Execute, record_, None, Map::new()),
+        )
+        .instrument(span)
+        .await;
+    }
+    match mode {
+        Mode::Live => {
+            execute(env, source, step, context, saga)
+                .instrument(span)
+                .await
+        }
+        Mode::Abandon(detail) => {
+            give_up(env, source, step, context, detail)
+                .instrument(span)
+                .await
+        }
+    }
+}
+
+/// Runs the futures at once and returns their outputs in order.
+async fn join_all<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
+    let mut futures: Vec<std::pin::Pin<Box<F>>> = futures.into_iter().map(Box::pin).collect();
+    let mut outputs: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut done = true;
+        for (future, output) in futures.iter_mut().zip(outputs.iter_mut()) {
+            if output.is_none() {
+                match future.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => *output = Some(v),
+                    std::task::Poll::Pending => done = false,
+                }
+            }
+        }
+        if done {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await;
+    outputs
+        .into_iter()
+        .map(|o| o.expect("every future finished"))
+        .collect()
+}
+
+/// Whether a step with condition `when` runs for this payment. A condition that cannot
+/// be evaluated (an earlier step's data lacks the field it reads, or holds another type)
+/// runs the step: a check is never skipped by accident. The error is logged.
+fn should_run(
+    when: &crate::condition::Condition,
+    summary: &PaymentSummary,
+    context: &Map<String, Value>,
+    span: &tracing::Span,
+) -> bool {
+    match when.evaluate(summary, context) {
+        Ok(run) => run,
+        Err(e) => {
+            let _entered = span.enter();
+            warn!(when = %when.source(), error = %e, "condition could not be evaluated; running the step");
+            true
+        }
+    }
+}
+
+fn when_source(step: &Step) -> &str {
+    step.when.as_ref().map(|w| w.source()).unwrap_or_default()
+}
+
 fn dead_letter_reason(result: &PaymentResult) -> Option<String> {
     (result.reason.as_deref() == Some("service_unavailable"))
         .then(|| "service_unavailable".to_owned())
@@ -680,6 +814,7 @@ fn outcome_name(outcome: StepOutcome) -> &'static str {
         StepOutcome::Failed => "failed",
         StepOutcome::Compensated => "compensated",
         StepOutcome::CompensationFailed => "compensation_failed",
+        StepOutcome::Skipped => "skipped",
     }
 }
 

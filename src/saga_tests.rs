@@ -10,6 +10,8 @@ enum Behaviour {
     Answer(Reply),
     /// Takes the command and never answers.
     Silent,
+    /// Answers after a delay.
+    After(Duration, Reply),
 }
 
 /// How a fake service answers: by command and by how many commands it has seen.
@@ -62,6 +64,10 @@ impl Transport for FakeServices {
         match behaviour {
             Behaviour::Answer(reply) => Ok(reply),
             Behaviour::Silent => std::future::pending().await,
+            Behaviour::After(delay, reply) => {
+                tokio::time::sleep(delay).await;
+                Ok(reply)
+            }
         }
     }
 
@@ -856,4 +862,447 @@ async fn an_abandoned_saga_asks_its_irreversible_step_what_it_did() {
 
 fn env_with(services: FakeServices) -> SagaEnv<FakeServices, MemoryLog> {
     env(workflow(""), services)
+}
+
+// Conditions (`when`).
+
+/// Steps with the issue's example conditions: conversion when the currencies differ,
+/// 3-D Secure when risk scores above 70, due diligence from 10 000.00.
+fn conditional_workflow() -> Workflow {
+    Workflow::parse(
+        r#"
+        [defaults]
+        retry = { attempts = 1, initial_backoff_ms = 10, max_backoff_ms = 10 }
+        [[steps]]
+        name = "authorization"
+        timeout_ms = 100
+        card = "number"
+        compensate = true
+        [[steps]]
+        name = "fx"
+        timeout_ms = 100
+        compensate = true
+        when = "payment.merchant_currency != payment.amount.currency"
+        [[steps]]
+        name = "risk"
+        timeout_ms = 100
+        [[steps]]
+        name = "three_ds"
+        timeout_ms = 100
+        when = "steps.risk.score > 70"
+        [[steps]]
+        name = "edd"
+        timeout_ms = 100
+        when = "payment.amount.minor >= 1000000"
+        [[steps]]
+        name = "transaction"
+        timeout_ms = 100
+        side_effects = true
+        "#,
+        "test",
+    )
+    .unwrap()
+}
+
+fn request_in(minor: u64, currency: &str, merchant_currency: &str) -> PaymentRequest {
+    let body = serde_json::json!({
+        "payment_id": PAYMENT_ID, "merchant_id": "m-1", "customer_id": "c-1",
+        "amount": {"minor": minor, "currency": currency},
+        "merchant_currency": merchant_currency,
+        "card": {"number": "4242424242424242", "expiry": "12/30"}
+    });
+    PaymentRequest::parse(body.to_string().as_bytes(), &Limits::default()).unwrap()
+}
+
+fn scored(score: i64) -> FakeServices {
+    happy_services().on("risk", approve_with(serde_json::json!({ "score": score })))
+}
+
+fn event_keys(env: &SagaEnv<FakeServices, MemoryLog>) -> Vec<String> {
+    env.transport
+        .events
+        .lock()
+        .unwrap()
+        .iter()
+        .map(SagaEvent::routing_key)
+        .collect()
+}
+
+#[tokio::test]
+async fn a_false_condition_skips_its_step_without_a_command() {
+    let env = env(conditional_workflow(), scored(10));
+    let req = request_in(1999, "EUR", "EUR");
+    let (result, _) = finished(run(&env, &req).await);
+    assert_eq!(result.status, Status::Completed);
+    assert_eq!(
+        outcomes(&result),
+        [
+            ("authorization", StepOutcome::Approved),
+            ("fx", StepOutcome::Skipped),
+            ("risk", StepOutcome::Approved),
+            ("three_ds", StepOutcome::Skipped),
+            ("edd", StepOutcome::Skipped),
+            ("transaction", StepOutcome::Approved),
+        ]
+    );
+    for skipped in ["fx", "three_ds", "edd"] {
+        assert!(env.transport.sent_to(skipped).is_empty(), "{skipped}");
+        let line = result.steps.iter().find(|s| s.step == skipped).unwrap();
+        assert_eq!((line.attempts, line.duration_ms), (0, 0));
+    }
+    let json = serde_json::to_value(&result).unwrap();
+    assert_eq!(json["steps"][1]["outcome"], "skipped");
+    assert_eq!(
+        event_keys(&env),
+        [
+            "event.authorization.approved",
+            "event.fx.skipped",
+            "event.risk.approved",
+            "event.three_ds.skipped",
+            "event.edd.skipped",
+            "event.transaction.approved",
+            "event.payment.completed",
+        ]
+    );
+    let saga = env.log.sagas.lock().unwrap()[&req.payment_id].clone();
+    let fx = saga
+        .entry("fx", Action::Execute)
+        .expect("the skip is journalled");
+    assert_eq!(fx.record.outcome, StepOutcome::Skipped);
+    // A skipped step gives later steps no data.
+    let tx = env.transport.sent_to("transaction");
+    assert!(tx[0].context.get("fx").is_none(), "{:?}", tx[0].context);
+}
+
+#[tokio::test]
+async fn true_conditions_run_their_steps_with_the_data_they_read() {
+    let env = env(conditional_workflow(), scored(80));
+    let (result, _) = finished(run(&env, &request_in(1_000_000, "EUR", "USD")).await);
+    assert_eq!(result.status, Status::Completed);
+    assert!(
+        result
+            .steps
+            .iter()
+            .all(|s| s.outcome == StepOutcome::Approved),
+        "{:?}",
+        outcomes(&result)
+    );
+    assert_eq!(result.steps.len(), 6);
+    let three_ds = env.transport.sent_to("three_ds");
+    assert_eq!(three_ds.len(), 1);
+    assert_eq!(three_ds[0].context["risk"]["score"], 80);
+    // The boundaries: 70 is not above 70; 999 999 is below 1 000 000.
+    let env = env_with_workflow(conditional_workflow(), scored(70));
+    let (result, _) = finished(run(&env, &request_in(999_999, "EUR", "USD")).await);
+    assert_eq!(
+        outcomes(&result)[1..5],
+        [
+            ("fx", StepOutcome::Approved),
+            ("risk", StepOutcome::Approved),
+            ("three_ds", StepOutcome::Skipped),
+            ("edd", StepOutcome::Skipped),
+        ]
+    );
+}
+
+fn env_with_workflow(
+    workflow: Workflow,
+    services: FakeServices,
+) -> SagaEnv<FakeServices, MemoryLog> {
+    env(workflow, services)
+}
+
+#[tokio::test]
+async fn a_skipped_step_is_never_compensated() {
+    // fx is compensable, but was skipped: the decline voids the hold only.
+    let services = scored(10).on("transaction", decline("amount_too_large"));
+    let env = env(conditional_workflow(), services);
+    let (result, _) = finished(run(&env, &request_in(1999, "EUR", "EUR")).await);
+    assert_eq!(result.status, Status::Declined);
+    assert_eq!(
+        outcomes(&result),
+        [
+            ("authorization", StepOutcome::Approved),
+            ("fx", StepOutcome::Skipped),
+            ("risk", StepOutcome::Approved),
+            ("three_ds", StepOutcome::Skipped),
+            ("edd", StepOutcome::Skipped),
+            ("transaction", StepOutcome::Declined),
+            ("authorization", StepOutcome::Compensated),
+        ]
+    );
+    assert!(
+        env.transport.sent_to("fx").is_empty(),
+        "no compensate for fx"
+    );
+    // The same payment with fx run: fx is compensated too, newest first.
+    let services = scored(10).on("transaction", decline("amount_too_large"));
+    let env = env_with_workflow(conditional_workflow(), services);
+    let (result, _) = finished(run(&env, &request_in(1999, "EUR", "USD")).await);
+    assert_eq!(
+        outcomes(&result)[5..],
+        [
+            ("transaction", StepOutcome::Declined),
+            ("fx", StepOutcome::Compensated),
+            ("authorization", StepOutcome::Compensated),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_journalled_condition_is_never_evaluated_again() {
+    // The currencies differ (fx would run) and risk scores 10 (3-D Secure would be
+    // skipped); the journal says otherwise for both, and the journal wins.
+    let env = env(conditional_workflow(), scored(10));
+    let req = request_in(1999, "EUR", "USD");
+    env.log
+        .begin(req.payment_id, &PaymentSummary::of(&req))
+        .await
+        .unwrap();
+    let recorded = |step: &str, outcome, data: Value| JournalEntry {
+        step: step.into(),
+        action: Action::Execute,
+        record: StepRecord::new(step, outcome, u32::from(outcome != StepOutcome::Skipped), 1),
+        detail: None,
+        data: data.as_object().unwrap().clone(),
+        recorded_at: now_rfc3339(),
+    };
+    for e in [
+        recorded(
+            "authorization",
+            StepOutcome::Approved,
+            serde_json::json!({"hold_id": "h-1"}),
+        ),
+        recorded("fx", StepOutcome::Skipped, serde_json::json!({})),
+        recorded(
+            "risk",
+            StepOutcome::Approved,
+            serde_json::json!({"score": 10}),
+        ),
+        recorded("three_ds", StepOutcome::Approved, serde_json::json!({})),
+    ] {
+        env.log.record(req.payment_id, &e).await.unwrap();
+    }
+    let (result, _) = finished(run(&env, &req).await);
+    assert_eq!(result.status, Status::Completed);
+    assert_eq!(
+        outcomes(&result)[1..4],
+        [
+            ("fx", StepOutcome::Skipped),
+            ("risk", StepOutcome::Approved),
+            ("three_ds", StepOutcome::Approved),
+        ]
+    );
+    for step in ["authorization", "fx", "risk", "three_ds"] {
+        assert!(
+            env.transport.sent_to(step).is_empty(),
+            "{step} not sent again"
+        );
+    }
+    assert_eq!(env.transport.sent_to("transaction").len(), 1);
+}
+
+#[tokio::test]
+async fn a_condition_that_cannot_be_evaluated_runs_its_step() {
+    // Risk approved without a score: 3-D Secure is not skipped by accident.
+    let env = env(conditional_workflow(), happy_services());
+    let (result, _) = finished(run(&env, &request_in(1999, "EUR", "EUR")).await);
+    assert_eq!(result.status, Status::Completed);
+    assert_eq!(outcomes(&result)[3], ("three_ds", StepOutcome::Approved));
+    assert_eq!(env.transport.sent_to("three_ds").len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_abandoned_saga_decides_conditions_as_the_live_run_would() {
+    for (merchant_currency, fx) in [("EUR", StepOutcome::Skipped), ("USD", StepOutcome::Failed)] {
+        let env = env(conditional_workflow(), scored(10));
+        let req = request_in(1999, "EUR", merchant_currency);
+        env.log
+            .begin(req.payment_id, &PaymentSummary::of(&req))
+            .await
+            .unwrap();
+        let auth = JournalEntry {
+            step: "authorization".into(),
+            action: Action::Execute,
+            record: StepRecord::new("authorization", StepOutcome::Approved, 1, 1),
+            detail: None,
+            data: data(serde_json::json!({"hold_id": "h-1"})),
+            recorded_at: now_rfc3339(),
+        };
+        env.log.record(req.payment_id, &auth).await.unwrap();
+        let saga = env.log.sagas.lock().unwrap()[&req.payment_id].clone();
+        let (result, _) = finished(abandon(&env, &saga, "gone").await);
+        assert_eq!(result.status, Status::Failed, "{merchant_currency}");
+        assert_eq!(result.reason.as_deref(), Some(ABANDONED));
+        let expected: Vec<(&str, StepOutcome)> = match fx {
+            // Skipped as live would have; the next open step is the one abandoned.
+            StepOutcome::Skipped => vec![
+                ("authorization", StepOutcome::Approved),
+                ("fx", StepOutcome::Skipped),
+                ("risk", StepOutcome::Failed),
+                ("authorization", StepOutcome::Compensated),
+            ],
+            _ => vec![
+                ("authorization", StepOutcome::Approved),
+                ("fx", StepOutcome::Failed),
+                ("fx", StepOutcome::Compensated),
+                ("authorization", StepOutcome::Compensated),
+            ],
+        };
+        assert_eq!(outcomes(&result), expected, "{merchant_currency}");
+    }
+}
+
+#[tokio::test]
+async fn a_payment_journalled_before_brands_were_kept_is_not_taken_for_a_reused_id() {
+    let env = env(conditional_workflow(), scored(10));
+    let req = request_in(1999, "EUR", "EUR");
+    let mut old = PaymentSummary::of(&req);
+    old.card_brand.clear();
+    env.log.begin(req.payment_id, &old).await.unwrap();
+    let (result, _) = finished(run(&env, &req).await);
+    assert_eq!(result.status, Status::Completed);
+    // Another card under the same id is still refused.
+    let mut other = request_in(1999, "EUR", "EUR");
+    other.card.number = baton_contract::CardNumber::new("5555555555554444");
+    let env = env_with_workflow(conditional_workflow(), scored(10));
+    env.log.begin(req.payment_id, &old).await.unwrap();
+    assert!(matches!(run(&env, &other).await, SagaOutcome::Reused(_)));
+}
+
+// Parallel groups.
+
+fn grouped_workflow() -> Workflow {
+    Workflow::parse(
+        r#"
+        [defaults]
+        retry = { attempts = 1, initial_backoff_ms = 10, max_backoff_ms = 10 }
+        [[steps]]
+        name = "authorization"
+        timeout_ms = 1000
+        card = "number"
+        compensate = true
+        [[steps]]
+        name = "risk"
+        timeout_ms = 1000
+        card = "fingerprint"
+        group = "checks"
+        [[steps]]
+        name = "pci"
+        timeout_ms = 1000
+        compensate = true
+        group = "checks"
+        [[steps]]
+        name = "transaction"
+        timeout_ms = 1000
+        side_effects = true
+        "#,
+        "test",
+    )
+    .unwrap()
+}
+
+fn slow(
+    ms: u64,
+    reply: impl Fn(&Command) -> Reply + Send + Sync + 'static,
+) -> impl Fn(&Command, usize) -> Behaviour + Send + Sync {
+    move |c: &Command, _| Behaviour::After(Duration::from_millis(ms), reply(c))
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_group_sends_its_commands_at_once_and_goes_on_when_all_approve() {
+    let services = happy_services()
+        .on(
+            "risk",
+            slow(300, |c| Reply::approved(c.command_id.clone(), Map::new())),
+        )
+        .on(
+            "pci",
+            slow(300, |c| Reply::approved(c.command_id.clone(), Map::new())),
+        );
+    let env = env(grouped_workflow(), services);
+    let started = Instant::now();
+    let (result, _) = finished(run(&env, &request()).await);
+    let elapsed = started.elapsed();
+    assert_eq!(result.status, Status::Completed);
+    assert_eq!(
+        outcomes(&result),
+        [
+            ("authorization", StepOutcome::Approved),
+            ("risk", StepOutcome::Approved),
+            ("pci", StepOutcome::Approved),
+            ("transaction", StepOutcome::Approved),
+        ]
+    );
+    // Both took 300 ms; one after the other would be 600.
+    assert!(
+        elapsed >= Duration::from_millis(300) && elapsed < Duration::from_millis(400),
+        "{elapsed:?}"
+    );
+    let order: Vec<String> = env
+        .transport
+        .sent
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(s, _)| s.clone())
+        .collect();
+    assert_eq!(order, ["authorization", "risk", "pci", "transaction"]);
+    let pci = env.transport.sent_to("pci");
+    assert!(
+        pci[0].context.get("risk").is_none(),
+        "members do not see each other"
+    );
+    assert_eq!(pci[0].context["authorization"]["hold_id"], "h-1");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_decline_in_a_group_compensates_what_approved() {
+    let services = happy_services()
+        .on(
+            "risk",
+            slow(200, |c| {
+                Reply::declined(c.command_id.clone(), "high_risk", "no")
+            }),
+        )
+        .on(
+            "pci",
+            slow(100, |c| Reply::approved(c.command_id.clone(), Map::new())),
+        );
+    let env = env(grouped_workflow(), services);
+    let (result, _) = finished(run(&env, &request()).await);
+    assert_eq!(result.status, Status::Declined);
+    assert_eq!(result.reason.as_deref(), Some("high_risk"));
+    assert_eq!(
+        outcomes(&result),
+        [
+            ("authorization", StepOutcome::Approved),
+            ("risk", StepOutcome::Declined),
+            ("pci", StepOutcome::Approved),
+            ("pci", StepOutcome::Compensated),
+            ("authorization", StepOutcome::Compensated),
+        ]
+    );
+    assert!(env.transport.sent_to("transaction").is_empty());
+    let pci = env.transport.sent_to("pci");
+    assert_eq!(pci[1].action, Action::Compensate);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_parked_group_member_resumes_without_resending_the_others() {
+    let services = happy_services().on("pci", |_, _| Behaviour::Silent);
+    let env = env(grouped_workflow(), services);
+    let outcome = run(&env, &request()).await;
+    assert!(
+        matches!(outcome, SagaOutcome::Park { ref step, .. } if step == "pci"),
+        "{outcome:?}"
+    );
+    let saga = env.log.sagas.lock().unwrap()[&request().payment_id].clone();
+    assert_eq!(
+        saga.entry("risk", Action::Execute)
+            .map(|e| e.record.outcome),
+        Some(StepOutcome::Approved),
+        "risk decided while pci waited"
+    );
+    assert_eq!(env.transport.sent_to("risk").len(), 1);
 }

@@ -2,6 +2,7 @@
 //! reached. It is data (a TOML file), not code, so adding a step never means changing the
 //! orchestrator. This module only parses and validates it; running it is the saga's job.
 
+use crate::condition::Condition;
 use baton_contract::CardExposure;
 use serde::Deserialize;
 use std::path::Path;
@@ -46,6 +47,12 @@ pub struct Step {
     /// Reason codes the step's service may decline or fail with (`reasons = [...]`):
     /// they are metric label values as they are; any other becomes `other`.
     pub reasons: Vec<String>,
+    /// Run the step only when this holds for the payment (`when = "…"`); otherwise it
+    /// is skipped: no command, recorded as `skipped`, never compensated.
+    pub when: Option<Condition>,
+    /// The parallel group it belongs to (`group = "…"`): adjacent steps of one group
+    /// are sent at once and the payment goes on when all have decided.
+    pub group: Option<String>,
 }
 
 /// How often and how patiently a command is re-sent after a timeout or a transient error.
@@ -173,6 +180,8 @@ struct Entry {
     breaker: Option<BreakerEntry>,
     fallback: Option<FallbackEntry>,
     reasons: Option<Vec<String>>,
+    when: Option<toml::Spanned<String>>,
+    group: Option<String>,
 }
 
 #[derive(Deserialize, Clone, Copy)]
@@ -321,6 +330,39 @@ fn valid_name(name: &str) -> bool {
         && name
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
+/// Where a condition's error is, as `: line L, column C: message`, with the expression
+/// and a caret under the spot: the file's line and column when the expression is one
+/// line written as it is (no escapes), else the line and column within the expression.
+fn where_in(
+    text: &str,
+    spanned: &toml::Spanned<String>,
+    e: &crate::condition::ConditionError,
+) -> String {
+    let expr = spanned.get_ref();
+    let span = spanned.span();
+    let raw = text.get(span.clone()).unwrap_or("");
+    let verbatim =
+        !expr.contains('\n') && raw.len() == expr.len() + 2 && raw[1..].starts_with(expr.as_str());
+    let (line, column, of) = if verbatim {
+        let before = &text[..span.start];
+        let line = before.matches('\n').count() + 1;
+        let column = before.rsplit('\n').next().unwrap_or("").chars().count() + 1;
+        (line, column + e.column as usize, "")
+    } else {
+        (e.line as usize, e.column as usize, " of the expression")
+    };
+    let shown = expr
+        .lines()
+        .nth(e.line.saturating_sub(1) as usize)
+        .unwrap_or("");
+    format!(
+        ": line {line}, column {column}{of}: {}\n    {shown}\n    {:>width$}",
+        e.message,
+        "^",
+        width = e.column as usize
+    )
 }
 
 impl Workflow {
@@ -514,6 +556,52 @@ impl Workflow {
                     None => breakers.push((name, breaker.clone())),
                 }
             }
+            if let Some(group) = &entry.group {
+                if !valid_name(group) {
+                    return Err(fail(format!(
+                        "{at}: group must be 1-64 characters of a-z, 0-9, '_' or '-'"
+                    )));
+                }
+                let previous = steps.last().and_then(|s| s.group.as_ref());
+                if previous != Some(group) && steps.iter().any(|s| s.group.as_ref() == Some(group))
+                {
+                    return Err(fail(format!(
+                        "{at}: the steps of group {group:?} must be next to each other"
+                    )));
+                }
+                if side_effects && !entry.compensate {
+                    return Err(fail(format!(
+                        "{at}: a step with side effects and no compensation cannot be in a \
+                         group: a member's decline could not undo it"
+                    )));
+                }
+            }
+            let when = match &entry.when {
+                None => None,
+                Some(spanned) => {
+                    // Steps of the same group decide at once: none reads another's data.
+                    let earlier: Vec<&str> = steps
+                        .iter()
+                        .filter(|s| entry.group.is_none() || s.group != entry.group)
+                        .map(|s| s.name.as_str())
+                        .collect();
+                    let condition = Condition::compile(spanned.get_ref(), &earlier)
+                        .map_err(|e| fail(format!("{at}: when{}", where_in(text, spanned, &e))))?;
+                    if let Some(read) = condition
+                        .reads()
+                        .iter()
+                        .find(|r| steps.iter().any(|s| &s.name == *r && s.when.is_some()))
+                    {
+                        return Err(fail(format!(
+                            "{at}: when reads steps.{read}, but {read:?} has a condition \
+                             of its own and may be skipped; a condition may only read steps \
+                             that always run (drop the condition on {read:?} or read the \
+                             payment instead)"
+                        )));
+                    }
+                    Some(condition)
+                }
+            };
             steps.push(Step {
                 name: entry.name,
                 service,
@@ -525,7 +613,24 @@ impl Workflow {
                 compensation_retry,
                 fallback,
                 reasons,
+                when,
+                group: entry.group,
             });
+        }
+        for (i, step) in steps.iter().enumerate() {
+            let Some(group) = &step.group else { continue };
+            if steps
+                .iter()
+                .filter(|s| s.group.as_ref() == Some(group))
+                .count()
+                < 2
+            {
+                return Err(fail(format!(
+                    "steps[{i}] ({:?}): group {group:?} has no other step; a group decides \
+                     two or more steps at once",
+                    step.name
+                )));
+            }
         }
         Ok(Self {
             steps,
@@ -717,6 +822,148 @@ mod tests {
 
         let empty = error_of("steps = []\n");
         assert!(empty.contains("no [[steps]]"), "{empty}");
+    }
+
+    const CONDITIONAL: &str = r#"
+[[steps]]
+name = "authorization"
+timeout_ms = 100
+card = "number"
+compensate = true
+
+[[steps]]
+name = "fx"
+service = "pci"
+timeout_ms = 100
+when = "payment.merchant_currency != payment.amount.currency"
+
+[[steps]]
+name = "risk"
+timeout_ms = 100
+
+[[steps]]
+name = "edd"
+service = "pci"
+timeout_ms = 100
+when = "payment.amount.minor >= 1000000"
+
+[[steps]]
+name = "three_ds"
+service = "pci"
+timeout_ms = 100
+when = "steps.risk.score > 70"
+"#;
+
+    #[test]
+    fn conditions_are_compiled_with_the_steps() {
+        let wf = Workflow::parse(CONDITIONAL, "wf.toml").unwrap();
+        let whens: Vec<Option<&str>> = wf
+            .steps()
+            .iter()
+            .map(|s| s.when.as_ref().map(|c| c.source()))
+            .collect();
+        assert_eq!(
+            whens,
+            [
+                None,
+                Some("payment.merchant_currency != payment.amount.currency"),
+                None,
+                Some("payment.amount.minor >= 1000000"),
+                Some("steps.risk.score > 70"),
+            ]
+        );
+        assert_eq!(wf.steps()[4].when.as_ref().unwrap().reads(), ["risk"]);
+        assert!(Workflow::builtin().steps().iter().all(|s| s.when.is_none()));
+    }
+
+    #[test]
+    fn condition_errors_name_the_entry_line_and_column() {
+        let syntax = error_of(&CONDITIONAL.replace(">= 1000000", ">== 1000000"));
+        assert!(
+            syntax.contains("wf.toml")
+                && syntax.contains("steps[3] (\"edd\"): when: line 22, column 32: syntax error"),
+            "{syntax}"
+        );
+        assert!(
+            syntax.contains("\n    payment.amount.minor >== 1000000\n                           ^"),
+            "{syntax}"
+        );
+        let field = error_of(&CONDITIONAL.replace("payment.amount.minor", "payment.amount.minr"));
+        assert!(
+            field.contains("steps[3] (\"edd\"): when: line 22, column 23: unknown field")
+                && field.contains("`payment.amount` has no `minr`; it has minor, currency"),
+            "{field}"
+        );
+        let types = error_of(&CONDITIONAL.replace(">= 1000000", ">= '1000000'"));
+        assert!(
+            types.contains("steps[3] (\"edd\"): when: line") && types.contains("type error"),
+            "{types}"
+        );
+        let later = error_of(&CONDITIONAL.replace("steps.risk.score", "steps.three_ds.score"));
+        assert!(
+            later.contains("steps[4] (\"three_ds\")")
+                && later.contains("unknown step: `steps.three_ds`")
+                && later.contains("authorization, fx, risk, edd"),
+            "{later}"
+        );
+        // Escaped or multi-line: the position within the expression.
+        let multi = error_of(&CONDITIONAL.replace(
+            "when = \"payment.amount.minor >= 1000000\"",
+            "when = \"\"\"\npayment.amount.minor >= 1000000 &&\n  payment.card.bran == 'visa'\"\"\"",
+        ));
+        assert!(
+            multi.contains("when: line 2, column 15 of the expression: unknown field")
+                && multi.contains("`payment.card` has no `bran`"),
+            "{multi}"
+        );
+    }
+
+    #[test]
+    fn a_condition_on_a_step_another_reads_is_refused() {
+        let e = error_of(&CONDITIONAL.replace(
+            "when = \"steps.risk.score > 70\"",
+            "when = \"has(steps.fx.rate)\"",
+        ));
+        assert!(
+            e.contains("steps[4] (\"three_ds\"): when reads steps.fx, but \"fx\" has a condition"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn groups_are_adjacent_undoable_and_of_two_or_more() {
+        let steps = |extra: [&str; 3]| {
+            format!(
+                "[[steps]]\nname = \"a\"\ntimeout_ms = 5\n{}\n\
+                 [[steps]]\nname = \"b\"\ntimeout_ms = 5\n{}\n\
+                 [[steps]]\nname = \"c\"\ntimeout_ms = 5\n{}\n",
+                extra[0], extra[1], extra[2]
+            )
+        };
+        let g = "group = \"checks\"";
+        let wf = Workflow::parse(&steps([g, g, ""]), "t").unwrap();
+        let groups: Vec<Option<&str>> = wf.steps().iter().map(|s| s.group.as_deref()).collect();
+        assert_eq!(groups, [Some("checks"), Some("checks"), None]);
+        let apart = error_of(&steps([g, "", g]));
+        assert!(
+            apart.contains("steps[2] (\"c\")") && apart.contains("next to each other"),
+            "{apart}"
+        );
+        let alone = error_of(&steps(["", g, ""]));
+        assert!(
+            alone.contains("steps[1] (\"b\")") && alone.contains("no other step"),
+            "{alone}"
+        );
+        let irreversible = error_of(&steps([g, "group = \"checks\"\nside_effects = true", ""]));
+        assert!(
+            irreversible.contains("cannot be in a group"),
+            "{irreversible}"
+        );
+        let reads = error_of(&steps([g, "group = \"checks\"\nwhen = \"steps.a.ok\"", ""]));
+        assert!(
+            reads.contains("steps[1] (\"b\"): when") && reads.contains("unknown step: `steps.a`"),
+            "{reads}"
+        );
     }
 
     #[test]

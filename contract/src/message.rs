@@ -302,6 +302,9 @@ pub enum StepOutcome {
     Compensated,
     /// Undoing the step's effect failed; an operator must look.
     CompensationFailed,
+    /// The step's condition (`when`) was false for this payment: no command was sent,
+    /// and there is nothing to compensate.
+    Skipped,
 }
 
 /// One line of a result's `steps`.

@@ -89,6 +89,31 @@ impl CardNumber {
         &self.0[self.0.len().saturating_sub(4)..]
     }
 
+    /// The card brand, from the issuer identification number (the leading digits, which
+    /// PCI DSS allows to be known with the last four): `visa`, `mastercard`, `amex`,
+    /// `discover`, `jcb`, `diners`, `unionpay`, `maestro`, else `other`. No digit of the
+    /// number is in it, so workflow conditions, logs and the journal may carry it.
+    pub fn brand(&self) -> &'static str {
+        let digits = self.0.as_bytes();
+        let prefix = |n: usize| -> u32 {
+            digits
+                .iter()
+                .take(n)
+                .fold(0, |acc, d| acc * 10 + u32::from(d.wrapping_sub(b'0')))
+        };
+        match (prefix(1), prefix(2), prefix(3), prefix(4), prefix(6)) {
+            (4, ..) => "visa",
+            (_, 34 | 37, ..) => "amex",
+            (_, 51..=55, ..) | (_, _, _, 2221..=2720, _) => "mastercard",
+            (_, 65, ..) | (_, _, 644..=649, ..) | (_, _, _, 6011, _) => "discover",
+            (_, _, _, 3528..=3589, _) => "jcb",
+            (_, 36 | 38 | 39, ..) | (_, _, 300..=305, ..) => "diners",
+            (_, 62, ..) => "unionpay",
+            (_, 50 | 56..=58, ..) | (_, _, _, 6304 | 6759, _) | (.., 676770 | 676774) => "maestro",
+            _ => "other",
+        }
+    }
+
     /// `****4242`.
     pub fn masked(&self) -> String {
         format!("****{}", self.last4())
@@ -547,6 +572,27 @@ mod tests {
         assert_eq!(r.settlement_currency().as_str(), "USD");
         assert_eq!(r.card.number.last4(), "4242");
         assert_eq!(r.card.expiry, "12/30");
+    }
+
+    #[test]
+    fn the_brand_comes_from_the_leading_digits_only() {
+        for (number, brand) in [
+            ("4242424242424242", "visa"),
+            ("5555555555554444", "mastercard"),
+            ("2223003122003222", "mastercard"),
+            ("378282246310005", "amex"),
+            ("6011111111111117", "discover"),
+            ("6445644564456445", "discover"),
+            ("3566002020360505", "jcb"),
+            ("30569309025904", "diners"),
+            ("6200000000000005", "unionpay"),
+            ("6759649826438453", "maestro"),
+            ("9999999999999995", "other"),
+            ("2720999999999996", "mastercard"),
+            ("2721000000000004", "other"),
+        ] {
+            assert_eq!(CardNumber::new(number).brand(), brand, "{number}");
+        }
     }
 
     #[test]

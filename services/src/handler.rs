@@ -106,10 +106,16 @@ impl Handler {
         let stored = match (self, command.action) {
             (_, Action::Ping) => return Answer::fresh(self.ping(&command.command_id)),
             (Handler::Risk(rules), Action::Execute) => {
-                return Answer::fresh(decided(
-                    command,
-                    rules.assess(&command.step, &command.payment.card),
-                ))
+                let card = &command.payment.card;
+                return Answer::fresh(match rules.assess(&command.step, card) {
+                    // The score, for later steps' conditions (`steps.risk.score > 70`).
+                    Ok(()) => {
+                        let mut data = Map::new();
+                        data.insert("score".into(), rules.score(card).into());
+                        Reply::approved(&command.command_id, data)
+                    }
+                    Err(d) => Reply::declined(&command.command_id, d.reason, d.detail),
+                });
             }
             (Handler::Pci, Action::Execute) => {
                 return Answer::fresh(decided(

@@ -20,7 +20,8 @@
 //! | risk | fingerprint not `<key_id>:<64 hex>` | declined `card_fingerprint_invalid` |
 //! | risk | fingerprint made with a key this service's key file lacks | declined `card_key_unknown` |
 //! | risk | fingerprint of `4100000000000019` under any of its keys | declined `high_risk` |
-//! | risk | anything else | approved |
+//! | risk | fingerprint of `4000000000003220` | approved `{"score": 85}` (elevated: a workflow may ask for 3-D Secure) |
+//! | risk | anything else | approved `{"score": 10}` |
 //! | pci | `merchant_id` starts with `noncompliant-` | declined `merchant_not_compliant` |
 //! | pci | anything else | approved |
 //! | risk, pci (compensate) | — | approved (nothing to undo) |
@@ -73,6 +74,12 @@ pub const CARD_DECLINED: &str = "4000000000000002";
 pub const CARD_INSUFFICIENT_FUNDS: &str = "4000000000009995";
 /// Test card the risk service declines.
 pub const CARD_HIGH_RISK: &str = "4100000000000019";
+/// Test card the risk service approves with an elevated score (85; others get 10).
+pub const CARD_ELEVATED_RISK: &str = "4000000000003220";
+/// The score risk gives a card it approves, in its reply's `data.score`.
+pub const SCORE_ELEVATED: u32 = 85;
+/// The score of any other card it approves.
+pub const SCORE_LOW: u32 = 10;
 /// Merchant ids with this prefix fail the PCI check.
 pub const NONCOMPLIANT_MERCHANT_PREFIX: &str = "noncompliant-";
 
@@ -164,6 +171,8 @@ pub fn authorize(step: &str, card: &CardView, now: YearMonth) -> Result<(), Decl
 pub struct RiskRules {
     keys: CardKeys,
     high_risk: HashSet<String>,
+    /// Approved with [`SCORE_ELEVATED`].
+    elevated: HashSet<String>,
 }
 
 impl fmt::Debug for RiskRules {
@@ -182,7 +191,21 @@ impl RiskRules {
             .iter()
             .flat_map(|number| keys.fingerprints(number))
             .collect();
-        Self { keys, high_risk }
+        let elevated = keys.fingerprints(CARD_ELEVATED_RISK).into_iter().collect();
+        Self {
+            keys,
+            high_risk,
+            elevated,
+        }
+    }
+
+    /// The score of a card [`RiskRules::assess`] approved: [`SCORE_ELEVATED`] for the
+    /// elevated-risk test card, else [`SCORE_LOW`].
+    pub fn score(&self, card: &CardView) -> u32 {
+        match card.fingerprint.as_deref() {
+            Some(f) if self.elevated.contains(f) => SCORE_ELEVATED,
+            _ => SCORE_LOW,
+        }
     }
 
     /// Risk: declines the high-risk test card, by the command's fingerprint.
@@ -542,6 +565,13 @@ mod tests {
         assert_eq!(
             assess(by_fingerprint(Some(keys.fingerprint("4242424242424242")))),
             "approved"
+        );
+        let elevated = by_fingerprint(Some(keys.fingerprint(CARD_ELEVATED_RISK)));
+        assert_eq!(assess(elevated.clone()), "approved");
+        assert_eq!(rules.score(&elevated), SCORE_ELEVATED);
+        assert_eq!(
+            rules.score(&by_fingerprint(Some(keys.fingerprint("4242424242424242")))),
+            SCORE_LOW
         );
         // The number alone is not looked at: risk works on fingerprints only.
         assert_eq!(

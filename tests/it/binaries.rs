@@ -82,3 +82,67 @@ fn a_broken_workflow_file_is_refused_naming_the_entry() {
     );
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn workflow_check_reports_each_kind_of_condition_error_with_its_position() {
+    let dir = std::env::temp_dir().join(format!("baton-wf-when-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let check = |name: &str, when_fx: &str, when_edd: &str| {
+        let file = dir.join(name);
+        std::fs::write(
+            &file,
+            format!(
+                "[[steps]]\nname = \"authorization\"\ntimeout_ms = 5\ncard = \"number\"\ncompensate = true\n\
+                 [[steps]]\nname = \"fx\"\ntimeout_ms = 5\nwhen = \"{when_fx}\"\n\
+                 [[steps]]\nname = \"edd\"\ntimeout_ms = 5\nwhen = \"{when_edd}\"\n"
+            ),
+        )
+        .unwrap();
+        let output = baton()
+            .args(["workflow", "check"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        (
+            output.status.code(),
+            String::from_utf8(output.stdout).unwrap(),
+            String::from_utf8(output.stderr).unwrap(),
+        )
+    };
+    let fx = "payment.merchant_currency != payment.amount.currency";
+    let (code, stdout, stderr) = check("ok.toml", fx, "payment.amount.minor >= 1000000");
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stdout.contains(&format!("when {fx}")), "{stdout}");
+    for (name, when_fx, when_edd, expected) in [
+        (
+            "syntax.toml",
+            fx,
+            "payment.amount.minor >== 1",
+            "steps[2] (\"edd\"): when: line 13, column 32: syntax error",
+        ),
+        (
+            "field.toml",
+            "payment.merchant_curency != 'EUR'",
+            "true",
+            "steps[1] (\"fx\"): when: line 9, column 16: unknown field: `payment` has no `merchant_curency`",
+        ),
+        (
+            "type.toml",
+            fx,
+            "payment.amount.minor >= 'lots'",
+            "steps[2] (\"edd\"): when: line 13, column 30: type error: `>=` cannot order an int and a string",
+        ),
+        (
+            "depends.toml",
+            fx,
+            "has(steps.fx.rate)",
+            "steps[2] (\"edd\"): when reads steps.fx, but \"fx\" has a condition of its own",
+        ),
+    ] {
+        let (code, _, stderr) = check(name, when_fx, when_edd);
+        assert_eq!(code, Some(1), "{name}: {stderr}");
+        assert!(stderr.contains(expected), "{name}: {stderr}");
+        assert!(stderr.contains(name), "{name} names the file: {stderr}");
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}

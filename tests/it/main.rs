@@ -6,6 +6,7 @@ mod app;
 mod bad_input;
 mod binaries;
 mod card_data;
+mod conditions;
 mod deploy;
 mod idempotency;
 mod ladder;

@@ -995,7 +995,11 @@ async fn one_traceparent_is_in_the_logs_of_the_orchestrator_and_all_four_service
 
 /// A server-named exclusive queue bound to the payments exchange with `key`, consumed
 /// without acks.
-async fn bound_consumer(channel: &lapin::Channel, app: &TestApp, key: &str) -> lapin::Consumer {
+pub(crate) async fn bound_consumer(
+    channel: &lapin::Channel,
+    app: &TestApp,
+    key: &str,
+) -> lapin::Consumer {
     let queue = channel
         .queue_declare(
             "".into(),
