@@ -75,10 +75,14 @@ fn variables_in(text: &str) -> BTreeSet<String> {
     names
 }
 
-/// What `baton run` and the four service binaries document.
+/// What `baton run`, `pay`, `doctor` and the four service binaries document.
 fn known_variables() -> BTreeSet<String> {
     let baton = Path::new(env!("CARGO_BIN_EXE_baton"));
-    let mut helps = vec![help(baton, &["run"]), help(baton, &["pay"])];
+    let mut helps = vec![
+        help(baton, &["run"]),
+        help(baton, &["pay"]),
+        help(baton, &["doctor"]),
+    ];
     for service in [
         "baton-authorization",
         "baton-risk",
