@@ -131,7 +131,7 @@ async fn a_cold_start_of_a_scaled_to_zero_step_makes_the_payment_slower_not_fail
 
     // The service starts, as KEDA starts its pod on the queue's depth.
     let log = std::fs::File::create(dir.join("pci-sanctions.log")).unwrap();
-    let _service = ServiceProcess(
+    let service = ServiceProcess(
         Command::new(binary("baton-pci"))
             .env(
                 "AMQP_URL",
@@ -174,6 +174,9 @@ async fn a_cold_start_of_a_scaled_to_zero_step_makes_the_payment_slower_not_fail
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
+    // Stopped first: a running service declares its queue (and the dead-letter queue)
+    // again when its consumer is cancelled by the delete.
+    drop(service);
     for queue in
         std::iter::once(queue).chain(PARKING_MS.iter().map(|ms| cluster.names.retry_queue(*ms)))
     {

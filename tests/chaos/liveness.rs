@@ -125,6 +125,17 @@ async fn a_restart_with_a_lower_limit_while_parked_gives_one_result_and_voids_th
         "one copy of the request, now invalid"
     );
     let _ = std::fs::remove_file(&workflow);
+    // The cleanup knows the built-in parking tiers only.
+    cluster
+        .client
+        .publisher()
+        .channel()
+        .queue_delete(
+            cluster.names.retry_queue(500).as_str().into(),
+            Default::default(),
+        )
+        .await
+        .unwrap();
     cluster.cleanup().await;
 }
 
