@@ -1681,8 +1681,21 @@ async fn reject(delivery: Delivery, invalid: baton_contract::InvalidRequest, sha
     };
     // The result first: if the dead-letter copy then fails, the request comes back and
     // its (identical) rejection is published again, rather than copied twice to `.dead`.
+    set_aside_answered(&channel, &delivery, answered, &detail, shared).await;
+}
+
+/// After the client was answered (`answered`), copies an invalid request to the
+/// dead-letter queue and acks it; if either failed it goes back to the queue (after a
+/// pause) and is answered again, rather than copied twice to `.dead`.
+async fn set_aside_answered(
+    channel: &Channel,
+    delivery: &Delivery,
+    answered: Result<(), BrokerError>,
+    detail: &str,
+    shared: &Shared,
+) {
     let done = match answered {
-        Ok(()) => dead_letter_copy(&channel, &delivery, "invalid_request", &detail, shared).await,
+        Ok(()) => dead_letter_copy(channel, delivery, "invalid_request", detail, shared).await,
         Err(e) => Err(e),
     };
     match done {
@@ -1690,8 +1703,8 @@ async fn reject(delivery: Delivery, invalid: baton_contract::InvalidRequest, sha
             let _ = delivery.acker.ack(BasicAckOptions::default()).await;
         }
         Err(e) => {
-            error!(error = %e, "could not reject an invalid request; returning it to the queue");
-            nack(&delivery).await;
+            error!(error = %e, "could not answer and dead-letter an invalid request; returning it to the queue");
+            nack(delivery).await;
         }
     }
 }
@@ -1716,21 +1729,7 @@ async fn reject_known(
             return;
         };
         let answered = publish_to_client(&channel, result, &delivery.properties, shared).await;
-        let done = match answered {
-            Ok(()) => {
-                dead_letter_copy(&channel, &delivery, "invalid_request", detail, shared).await
-            }
-            Err(e) => Err(e),
-        };
-        match done {
-            Ok(()) => {
-                let _ = delivery.acker.ack(BasicAckOptions::default()).await;
-            }
-            Err(e) => {
-                error!(error = %e, "could not answer an invalid copy of a decided payment; returning it to the queue");
-                nack(&delivery).await;
-            }
-        }
+        set_aside_answered(&channel, &delivery, answered, detail, shared).await;
         return;
     }
     let unbounded = Limits {

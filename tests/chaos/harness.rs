@@ -566,6 +566,23 @@ impl Cluster {
             .message_count()
     }
 
+    /// The payment got exactly one result, `failed`/`abandoned`; its hold is voided and the
+    /// ledger has no open hold and no transfer.
+    pub async fn assert_abandoned_with_its_hold_voided(&self, payment_id: Uuid) {
+        let results = &self.results[&payment_id];
+        assert_eq!(results.len(), 1, "{results:?}");
+        assert_eq!(results[0].status, Status::Failed, "{results:?}");
+        assert_eq!(
+            results[0].reason.as_deref(),
+            Some("abandoned"),
+            "{results:?}"
+        );
+        let hold = self.ledger.hold_status(payment_id).await.unwrap();
+        assert_eq!(hold.as_deref(), Some("voided"));
+        let audit = self.ledger.audit().await.unwrap();
+        assert_eq!((audit.open_holds, audit.transfers), (0, 0), "{audit:?}");
+    }
+
     /// Waits until `queue` holds at least one message, up to `within` (the broker has no
     /// event for a queue's length: polled, bounded).
     pub async fn wait_for_a_message_in(&self, queue: &str, within: Duration) {

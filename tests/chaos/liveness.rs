@@ -4,7 +4,6 @@
 use crate::harness::{Cluster, JournalStore, BROKER};
 use baton::testcards::TestCard;
 use baton_contract::amqp::publish_confirmed;
-use baton_contract::Status;
 use baton_services::ServiceKind;
 use lapin::BasicProperties;
 use std::time::Duration;
@@ -92,21 +91,9 @@ async fn a_restart_with_a_lower_limit_while_parked_gives_one_result_and_voids_th
         &["--workflow", &workflow_arg, "--max-amount-minor", "1000"],
     );
     cluster.collect(&ids, Duration::from_secs(60)).await;
-    let results = &cluster.results[&payment_id];
-    assert_eq!(results.len(), 1, "{results:?}");
-    assert_eq!(results[0].status, Status::Failed, "{results:?}");
-    assert_eq!(results[0].reason.as_deref(), Some("abandoned"));
-    assert_eq!(
-        cluster
-            .ledger
-            .hold_status(payment_id)
-            .await
-            .unwrap()
-            .as_deref(),
-        Some("voided")
-    );
-    let audit = cluster.ledger.audit().await.unwrap();
-    assert_eq!((audit.open_holds, audit.transfers), (0, 0), "{audit:?}");
+    cluster
+        .assert_abandoned_with_its_hold_voided(payment_id)
+        .await;
     let (_, body) = second.get(&format!("/payments/{payment_id}")).unwrap();
     let record: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(

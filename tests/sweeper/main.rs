@@ -12,7 +12,6 @@
 mod harness;
 
 use baton::testcards::TestCard;
-use baton_contract::Status;
 use baton_services::ServiceKind;
 use harness::{Cluster, JournalStore};
 use std::time::Duration;
@@ -98,27 +97,14 @@ async fn a_crash_loop_past_the_delivery_limit_gets_one_result_and_its_hold_voide
     cluster
         .collect_from_results_queue(&ids, Duration::from_secs(60))
         .await;
-    let results = &cluster.results[&payment_id];
-    assert_eq!(results.len(), 1, "{results:?}");
-    assert_eq!(results[0].status, Status::Failed, "{results:?}");
-    assert_eq!(results[0].reason.as_deref(), Some("abandoned"));
+    cluster
+        .assert_abandoned_with_its_hold_voided(payment_id)
+        .await;
     assert!(
         sweeper.log_contains("abandoned payment finished"),
         "{}",
         sweeper.log_text()
     );
-    assert_eq!(
-        cluster
-            .ledger
-            .hold_status(payment_id)
-            .await
-            .unwrap()
-            .as_deref(),
-        Some("voided")
-    );
-    let audit = cluster.ledger.audit().await.unwrap();
-    assert_eq!(audit.open_holds, 0, "{audit:?}");
-    assert_eq!(audit.transfers, 0, "{audit:?}");
 
     // The journal: nothing running, and the operators' tool agrees.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_baton"))
