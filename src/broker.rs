@@ -14,7 +14,7 @@
 
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
-use baton_contract::amqp::{redact_url, BrokerError};
+use baton_amqp::{redact_url, BrokerError};
 use clap::{Args, Subcommand};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
@@ -1133,7 +1133,7 @@ pub async fn declare_core_if_missing(
         return Ok(());
     }
     let channel = connection.create_channel().await?;
-    baton_contract::amqp::declare_core(&channel, names).await?;
+    baton_amqp::declare_core(&channel, names).await?;
     let _ = channel.close(200, "declared".into()).await;
     Ok(())
 }

@@ -3,11 +3,13 @@
 //! documents both and never prints a password.
 
 use crate::client::Client;
-use crate::orchestrator::{self, Settings};
+use crate::config::Settings;
+use crate::runtime;
 use crate::workflow::Workflow;
 use anyhow::Context;
-use baton_contract::amqp::{BrokerError, TlsOptions, DEFAULT_AMQP_URL};
-use baton_contract::{Limits, Names, Status};
+use baton_amqp::{BrokerError, TlsOptions, DEFAULT_AMQP_URL};
+use baton_contract::{parse_prefix, Limits, Names, Status};
+use baton_ops::{shutdown_signal, LogFormat};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -57,15 +59,6 @@ pub struct Common {
     /// Log format
     #[arg(long, env = "BATON_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true, hide_env_values = true)]
     pub log_format: LogFormat,
-}
-
-/// How logs are written (to stderr). `RUST_LOG` filters them.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line.
-    Json,
 }
 
 /// The subcommands.
@@ -124,7 +117,7 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct JournalArgs {
     /// Saga journal: sqlite://<file> (one machine) or postgres://… (shared by replicas)
-    #[arg(long, env = "BATON_JOURNAL_URL", default_value = orchestrator::DEFAULT_JOURNAL_URL, hide_env_values = true)]
+    #[arg(long, env = "BATON_JOURNAL_URL", default_value = crate::config::DEFAULT_JOURNAL_URL, hide_env_values = true)]
     pub journal_url: String,
 }
 
@@ -257,7 +250,7 @@ pub struct DoctorArgs {
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// Payments in flight at once (the request queue prefetch)
-    #[arg(long, env = "BATON_CONCURRENCY", default_value_t = 256, value_parser = clap::value_parser!(u16).range(1..), hide_env_values = true)]
+    #[arg(long, env = "BATON_CONCURRENCY", default_value_t = crate::config::DEFAULT_CONCURRENCY, value_parser = clap::value_parser!(u16).range(1..), hide_env_values = true)]
     pub concurrency: u16,
 
     /// Workflow file (TOML) [default: the built-in workflows/default.toml]
@@ -276,7 +269,7 @@ pub struct RunArgs {
     #[arg(
         long,
         env = "BATON_SHUTDOWN_TIMEOUT",
-        default_value_t = 30,
+        default_value_t = crate::config::DEFAULT_SHUTDOWN_TIMEOUT.as_secs(),
         hide_env_values = true
     )]
     pub shutdown_timeout: u64,
@@ -294,7 +287,7 @@ pub struct RunArgs {
 
     /// HTTP address for /metrics, /healthz, /readyz and /payments/<id> (port 0: any free
     /// port, logged; "off": no HTTP port)
-    #[arg(long, env = "BATON_HTTP_ADDR", default_value = orchestrator::DEFAULT_HTTP_ADDR, hide_env_values = true)]
+    #[arg(long, env = "BATON_HTTP_ADDR", default_value = crate::config::DEFAULT_HTTP_ADDR, hide_env_values = true)]
     pub http_addr: String,
 
     /// File holding a bearer token that /payments/<id> then requires (at least 16
@@ -406,20 +399,6 @@ pub enum WorkflowCommand {
     },
 }
 
-/// Accepts prefixes (and instance ids) that are safe in queue names.
-pub fn parse_prefix(text: &str) -> Result<String, String> {
-    let ok = !text.is_empty()
-        && text.len() <= 64
-        && text
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-    if ok {
-        Ok(text.to_owned())
-    } else {
-        Err("use 1-64 characters of A-Z, a-z, 0-9, '.', '_' or '-'".into())
-    }
-}
-
 /// Exit code for "the broker is unreachable".
 pub const EXIT_BROKER_UNREACHABLE: i32 = 2;
 
@@ -430,8 +409,8 @@ pub fn exit_code_for(error: &anyhow::Error) -> i32 {
             cause.downcast_ref::<BrokerError>(),
             Some(BrokerError::Connect { .. } | BrokerError::BadUrl { .. })
         ) || matches!(
-            cause.downcast_ref::<orchestrator::OrchestratorError>(),
-            Some(orchestrator::OrchestratorError::Broker(
+            cause.downcast_ref::<runtime::OrchestratorError>(),
+            Some(runtime::OrchestratorError::Broker(
                 BrokerError::Connect { .. } | BrokerError::BadUrl { .. }
             ))
         )
@@ -611,7 +590,7 @@ async fn run_orchestrator(common: &Common, names: Names, args: RunArgs) -> anyho
     if let Some(instance) = args.instance {
         settings.instance = instance;
     }
-    let running = orchestrator::start(settings).await?;
+    let running = runtime::start(settings).await?;
     let stopper = running.stopper();
     tokio::spawn(async move {
         shutdown_signal().await;
@@ -669,7 +648,7 @@ async fn status(args: StatusArgs) -> anyhow::Result<i32> {
         eprintln!(
             "payment {} is not in the journal {}",
             args.payment_id,
-            baton_contract::amqp::redact_url(&args.journal.journal_url)
+            baton_amqp::redact_url(&args.journal.journal_url)
         );
         return Ok(1);
     };
@@ -738,29 +717,6 @@ async fn status(args: StatusArgs) -> anyhow::Result<i32> {
         }
     }
     Ok(0)
-}
-
-/// Resolves on SIGTERM or Ctrl-C.
-pub async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
 }
 
 async fn pay(common: &Common, names: Names, args: PayArgs) -> anyhow::Result<i32> {

@@ -5,10 +5,12 @@
 
 use crate::cli::DemoArgs;
 use crate::client::Client;
-use crate::orchestrator::{self, Settings};
+use crate::config::Settings;
+use crate::runtime;
 use crate::testcards::{mixed_batch, TestCard};
 use anyhow::Context;
-use baton_contract::{amqp, Names, Status};
+use baton_amqp as amqp;
+use baton_contract::{Names, Status};
 use baton_services::{ServiceConfig, ServiceKind};
 
 use std::time::Duration;
@@ -73,7 +75,7 @@ pub async fn run(amqp_url: &str, tls: &amqp::TlsOptions, args: DemoArgs) -> anyh
     );
     settings.amqp_ca_file = tls.ca_file.clone();
     settings.card_keys = Some(card_keys);
-    let orchestrator = orchestrator::start(settings).await?;
+    let orchestrator = runtime::start(settings).await?;
     eprintln!("  four services and one orchestrator running; publishing...");
 
     let mut client = Client::connect(amqp_url, tls, names.clone()).await?;

@@ -22,7 +22,7 @@ async fn main() {
         cli::Command::Doctor(_) => &[("lapin", "off"), ("lapin::channels", "off")],
         _ => &[],
     };
-    baton::telemetry::init_with_caps(cli.common.log_format, default_filter, caps);
+    baton_ops::logging::init_with_caps(cli.common.log_format, default_filter, caps);
     let code = match cli::run(cli).await {
         Ok(code) => code,
         Err(error) => {

@@ -42,7 +42,7 @@
 
 use crate::cli::QueueCommand;
 use crate::saga::AttentionItem;
-use baton_contract::amqp::{self, header_text, json_properties, publish_confirmed};
+use baton_amqp::{self as amqp, header_text, json_properties, publish_confirmed};
 use baton_contract::{headers, mask_card_numbers, Names, Reply, ReplyOutcome};
 use futures_lite::StreamExt;
 use lapin::message::Delivery;

@@ -333,7 +333,7 @@ pub(crate) fn install_drivers() {
 }
 
 fn redact(url: &str) -> String {
-    baton_contract::amqp::redact_url(url)
+    baton_amqp::redact_url(url)
 }
 
 /// `sqlite://x.db` → `sqlite://x.db?mode=rwc` so a missing file is created.
@@ -577,7 +577,7 @@ impl Ledger {
         Ok(Self {
             pool,
             id: id.into(),
-            location: baton_contract::amqp::database_location(&url).into(),
+            location: baton_amqp::database_location(&url).into(),
         })
     }
 

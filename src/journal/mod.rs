@@ -164,7 +164,7 @@ fn now() -> String {
 }
 
 fn redact(url: &str) -> String {
-    baton_contract::amqp::redact_url(url)
+    baton_amqp::redact_url(url)
 }
 
 /// `sqlite://x.db` → `sqlite://x.db?mode=rwc` so a missing file is created.
@@ -265,7 +265,7 @@ impl Journal {
             store,
             url: redact(url),
             id,
-            location: baton_contract::amqp::database_location(url),
+            location: baton_amqp::database_location(url),
             lease: DEFAULT_LEASE,
         })
     }

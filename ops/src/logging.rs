@@ -1,10 +1,18 @@
-//! Logging set-up, done once per process: text or JSON lines on stderr, filtered by
-//! `RUST_LOG` (default `info`). Card numbers never reach it: their types print masked,
-//! and the lapin targets that print whole message bodies stay capped whatever `RUST_LOG`
-//! says, unless it names them ([`baton_contract::mask::log_filter`]).
+//! Logging set-up, done once per process by every Baton binary: text or JSON lines on
+//! stderr, filtered by `RUST_LOG` (default `info`). Card numbers never reach it: their
+//! types print masked, and the lapin targets that print whole message bodies stay capped
+//! whatever `RUST_LOG` says, unless it names them ([`baton_contract::mask::log_filter`]).
 
-use crate::cli::LogFormat;
 use tracing_subscriber::EnvFilter;
+
+/// Log output format (`--log-format`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
 
 /// Installs the global subscriber; `default_filter` applies when `RUST_LOG` is not set.
 /// Safe to call more than once (later calls do nothing).
@@ -30,7 +38,7 @@ pub fn init_with_caps(format: LogFormat, default_filter: &str, caps: &[(&str, &s
         rust_log.as_deref(),
         default_filter,
     )))
-    // An unparsable RUST_LOG falls back to the default, as before.
+    // An unparsable RUST_LOG falls back to the default.
     .unwrap_or_else(|_| {
         EnvFilter::new(with_caps(baton_contract::mask::log_filter(
             None,
