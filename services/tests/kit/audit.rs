@@ -45,7 +45,8 @@ async fn prepare(url: &str) -> Uuid {
             Ok(()),
         )
         .await
-        .unwrap();
+        .unwrap()
+        .reply;
     let capture = Capture {
         payment_id: paid,
         hold_id: hold.data["hold_id"].as_str().unwrap().to_owned(),
@@ -57,7 +58,8 @@ async fn prepare(url: &str) -> Uuid {
     let reply = ledger
         .capture(&format!("{paid}:transaction"), &capture)
         .await
-        .unwrap();
+        .unwrap()
+        .reply;
     assert!(reply.reason.is_none(), "{reply:?}");
     let open = Uuid::new_v4();
     ledger

@@ -1,29 +1,11 @@
-//! The command line shared by the four service binaries: parse flags (with environment
-//! fallbacks), set up logging, start the service, run until SIGTERM or Ctrl-C. Also the
-//! `baton-transaction audit` and `prune` subcommands ([`crate::audit`], [`crate::prune`]).
-//!
-//! Exit codes of a service: 0 after a graceful shutdown, 2 when RabbitMQ is unreachable
-//! at start (one line on stderr, naming the redacted URL and how to start it), 1 for any
-//! other start-up failure (ledger, HTTP port taken). A connection lost later is not an
-//! exit: the service reconnects. clap itself exits 2 on a usage error. The audit exits 0
-//! (sound), 1 (duplicate transfer or imbalance) or 2 (ledger cannot be opened).
+//! The flags of each service binary, with environment fallbacks, and what a command line
+//! asks for ([`Invocation`]).
 
-use crate::audit;
-use crate::faults::Faults;
-use crate::kit::{self, ServiceConfig, ServiceKind};
-use baton_contract::amqp::{BrokerError, DEFAULT_AMQP_URL};
-use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
-use std::process::ExitCode;
+use super::LogFormat;
+use crate::{Faults, ServiceConfig, ServiceKind};
+use baton_contract::amqp::DEFAULT_AMQP_URL;
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use std::time::Duration;
-
-/// Log output format.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line.
-    Json,
-}
 
 /// Flags every service has.
 #[derive(Args)]
@@ -250,7 +232,7 @@ enum TransactionTool {
 }
 
 /// What the command line asks for.
-enum Invocation {
+pub(super) enum Invocation {
     /// Run the service; for risk, with the card key file to load once logging is set
     /// up (`None`: the default file).
     Serve(ServiceConfig, LogFormat, Option<std::path::PathBuf>),
@@ -289,7 +271,7 @@ pub fn parse_prefix(prefix: &str) -> Result<String, String> {
     }
 }
 
-fn parse(kind: ServiceKind) -> Invocation {
+pub(super) fn parse(kind: ServiceKind) -> Invocation {
     // clap (without its `string` feature) wants a static name.
     let name = match kind {
         ServiceKind::Authorization => "baton-authorization",
@@ -308,7 +290,11 @@ fn parse(kind: ServiceKind) -> Invocation {
             command = TransactionTool::augment_subcommands(command);
         }
         // After the subcommands, which would otherwise replace the about text.
-        let matches = command.name(name).about(about).get_matches();
+        let matches = command
+            .name(name)
+            .version(env!("CARGO_PKG_VERSION"))
+            .about(about)
+            .get_matches();
         let cli = LedgerCli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
         if matches.subcommand().is_some() {
             let tool = TransactionTool::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
@@ -339,6 +325,7 @@ fn parse(kind: ServiceKind) -> Invocation {
     } else if kind == ServiceKind::Risk {
         let matches = for_kind(RiskCli::command(), kind)
             .name(name)
+            .version(env!("CARGO_PKG_VERSION"))
             .about(about)
             .get_matches();
         let cli = RiskCli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
@@ -348,6 +335,7 @@ fn parse(kind: ServiceKind) -> Invocation {
     } else {
         let matches = for_kind(StatelessCli::command(), kind)
             .name(name)
+            .version(env!("CARGO_PKG_VERSION"))
             .about(about)
             .get_matches();
         let cli = StatelessCli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
@@ -380,152 +368,6 @@ fn config(kind: ServiceKind, common: Common, faults: &FaultArgs) -> ServiceConfi
         require_verified_senders: common.require_verified_senders,
         ..ServiceConfig::default()
     }
-}
-
-/// Risk's card keys: the given file, else `./baton-card.key` (created with a new key if
-/// missing, so a development machine works out of the box: `baton run` started in the
-/// same directory uses the same file). Warns when the file was created or others can
-/// read it.
-fn risk_card_keys(
-    file: Option<std::path::PathBuf>,
-) -> Result<baton_contract::CardKeys, baton_contract::CardKeyError> {
-    use baton_contract::card_key::{CardKeys, DEFAULT_CARD_KEY_FILE};
-    let (path, keys) = match file {
-        Some(path) => {
-            let keys = CardKeys::load(&path)?;
-            (path, keys)
-        }
-        None => {
-            let path = std::path::PathBuf::from(DEFAULT_CARD_KEY_FILE);
-            let (keys, created) = CardKeys::load_or_create(&path)?;
-            if created {
-                tracing::warn!(
-                    file = %path.display(),
-                    key_id = keys.key_ids().next().unwrap_or_default(),
-                    "created a new card key file: the orchestrator must use the same file \
-                     (on this machine, start `baton run` in this directory; elsewhere pass \
-                     --card-key-file to both)"
-                );
-            }
-            (path, keys)
-        }
-    };
-    if let Some(warning) = CardKeys::permission_warning(&path) {
-        tracing::warn!("{warning}");
-    }
-    tracing::info!(
-        file = %path.display(),
-        keys = %keys.key_ids().collect::<Vec<_>>().join(","),
-        "card keys loaded: fingerprints made with any of them are recognised"
-    );
-    Ok(keys)
-}
-
-fn init_logging(format: LogFormat) {
-    use std::io::IsTerminal as _;
-    use tracing_subscriber::EnvFilter;
-    // lapin's body-printing targets stay capped whatever RUST_LOG says, unless it names
-    // them (baton_contract::mask::log_filter); an unparsable RUST_LOG falls back to info.
-    let rust_log = std::env::var(EnvFilter::DEFAULT_ENV).ok();
-    let filter = EnvFilter::try_new(baton_contract::mask::log_filter(
-        rust_log.as_deref(),
-        "info",
-    ))
-    .unwrap_or_else(|_| EnvFilter::new(baton_contract::mask::log_filter(None, "info")));
-    match format {
-        LogFormat::Text => tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            // Colour codes only on a terminal, never in a log file or a collector.
-            .with_ansi(std::io::stderr().is_terminal())
-            .with_writer(std::io::stderr)
-            .init(),
-        LogFormat::Json => tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .with_writer(std::io::stderr)
-            .json()
-            .flatten_event(true)
-            .init(),
-    }
-}
-
-/// Completes on SIGTERM or Ctrl-C.
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        if let Ok(mut terminate) = signal(SignalKind::terminate()) {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = terminate.recv() => {}
-            }
-            tracing::info!("shutdown signal received");
-            return;
-        }
-    }
-    let _ = tokio::signal::ctrl_c().await;
-    tracing::info!("shutdown signal received");
-}
-
-/// Prints one `error:` line and picks the exit code.
-fn report(error: &anyhow::Error) -> ExitCode {
-    let broker = error
-        .chain()
-        .find_map(|cause| cause.downcast_ref::<BrokerError>());
-    if let Some(connect @ BrokerError::Connect { .. }) = broker {
-        eprintln!("error: {connect}");
-        return ExitCode::from(2);
-    }
-    eprintln!("error: {error:#}");
-    ExitCode::from(1)
-}
-
-/// The whole `main` of a service binary.
-pub fn main(kind: ServiceKind) -> ExitCode {
-    let (mut config, log_format, card_key_file) = match parse(kind) {
-        Invocation::Serve(config, log_format, card_key_file) => (config, log_format, card_key_file),
-        // No logging set up: the report is the output.
-        Invocation::Audit {
-            ledger_url,
-            json,
-            max_hold_age,
-        } => return audit::run(&ledger_url, json, max_hold_age),
-        Invocation::Prune {
-            ledger_url,
-            older_than,
-            dry_run,
-            json,
-        } => return crate::prune::run(&ledger_url, older_than, dry_run, json),
-    };
-    init_logging(log_format);
-    if kind == ServiceKind::Risk {
-        match risk_card_keys(card_key_file) {
-            Ok(keys) => config.card_keys = Some(keys),
-            Err(e) => {
-                eprintln!("error: {e}");
-                return ExitCode::from(1);
-            }
-        }
-    }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::from(1);
-        }
-    };
-    runtime.block_on(async move {
-        let service = match kit::start(kind, config).await {
-            Ok(service) => service,
-            Err(e) => return report(&e),
-        };
-        match service.run_until(shutdown_signal()).await {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => report(&e),
-        }
-    })
 }
 
 #[cfg(test)]
