@@ -271,7 +271,9 @@ pub fn parse_prefix(prefix: &str) -> Result<String, String> {
     }
 }
 
-pub(super) fn parse(kind: ServiceKind) -> Invocation {
+/// The whole command line of `kind`'s binary: its flags, `transaction`'s tools, name,
+/// version (`--version`) and about text.
+fn command(kind: ServiceKind) -> clap::Command {
     // clap (without its `string` feature) wants a static name.
     let name = match kind {
         ServiceKind::Authorization => "baton-authorization",
@@ -279,68 +281,69 @@ pub(super) fn parse(kind: ServiceKind) -> Invocation {
         ServiceKind::Pci => "baton-pci",
         ServiceKind::Transaction => "baton-transaction",
     };
-    let about = format!(
-        "Baton's {} service: answers the commands on <prefix>.cmd.{}",
-        kind.name(),
-        kind.name()
-    );
-    if kind.uses_ledger() {
-        let mut command = for_kind(LedgerCli::command(), kind);
-        if kind == ServiceKind::Transaction {
-            command = TransactionTool::augment_subcommands(command);
-        }
-        // After the subcommands, which would otherwise replace the about text.
-        let matches = command
-            .name(name)
-            .version(env!("CARGO_PKG_VERSION"))
-            .about(about)
-            .get_matches();
-        let cli = LedgerCli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
-        if matches.subcommand().is_some() {
-            let tool = TransactionTool::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
-            return match tool {
-                TransactionTool::Audit { json, max_hold_age } => Invocation::Audit {
-                    ledger_url: cli.ledger_url,
-                    json,
-                    max_hold_age,
-                },
-                TransactionTool::Prune {
-                    older_than,
-                    dry_run,
-                    json,
-                } => Invocation::Prune {
-                    ledger_url: cli.ledger_url,
-                    older_than,
-                    dry_run,
-                    json,
-                },
+    let flags = match kind {
+        ServiceKind::Authorization => LedgerCli::command(),
+        ServiceKind::Transaction => TransactionTool::augment_subcommands(LedgerCli::command()),
+        ServiceKind::Risk => RiskCli::command(),
+        ServiceKind::Pci => StatelessCli::command(),
+    };
+    // The about text after the subcommands, which would otherwise replace it.
+    for_kind(flags, kind)
+        .name(name)
+        .version(env!("CARGO_PKG_VERSION"))
+        .about(format!(
+            "Baton's {} service: answers the commands on <prefix>.cmd.{}",
+            kind.name(),
+            kind.name()
+        ))
+}
+
+/// Parses the process's command line for `kind` (clap exits on a usage error, `--help`
+/// and `--version`).
+pub(super) fn parse(kind: ServiceKind) -> Invocation {
+    let matches = command(kind).get_matches();
+    let exit = |e: clap::Error| -> ! { e.exit() };
+    match kind {
+        ServiceKind::Authorization | ServiceKind::Transaction => {
+            let cli = LedgerCli::from_arg_matches(&matches).unwrap_or_else(|e| exit(e));
+            if matches.subcommand().is_some() {
+                let tool = TransactionTool::from_arg_matches(&matches).unwrap_or_else(|e| exit(e));
+                return match tool {
+                    TransactionTool::Audit { json, max_hold_age } => Invocation::Audit {
+                        ledger_url: cli.ledger_url,
+                        json,
+                        max_hold_age,
+                    },
+                    TransactionTool::Prune {
+                        older_than,
+                        dry_run,
+                        json,
+                    } => Invocation::Prune {
+                        ledger_url: cli.ledger_url,
+                        older_than,
+                        dry_run,
+                        json,
+                    },
+                };
+            }
+            let log_format = cli.common.log_format;
+            let config = ServiceConfig {
+                ledger_url: cli.ledger_url,
+                ..config(kind, cli.common, &cli.faults)
             };
+            Invocation::Serve(config, log_format, None)
         }
-        let log_format = cli.common.log_format;
-        let config = ServiceConfig {
-            ledger_url: cli.ledger_url,
-            ..config(kind, cli.common, &cli.faults)
-        };
-        Invocation::Serve(config, log_format, None)
-    } else if kind == ServiceKind::Risk {
-        let matches = for_kind(RiskCli::command(), kind)
-            .name(name)
-            .version(env!("CARGO_PKG_VERSION"))
-            .about(about)
-            .get_matches();
-        let cli = RiskCli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
-        let log_format = cli.common.log_format;
-        let config = config(kind, cli.common, &cli.faults);
-        Invocation::Serve(config, log_format, cli.card_key_file)
-    } else {
-        let matches = for_kind(StatelessCli::command(), kind)
-            .name(name)
-            .version(env!("CARGO_PKG_VERSION"))
-            .about(about)
-            .get_matches();
-        let cli = StatelessCli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
-        let log_format = cli.common.log_format;
-        Invocation::Serve(config(kind, cli.common, &cli.faults), log_format, None)
+        ServiceKind::Risk => {
+            let cli = RiskCli::from_arg_matches(&matches).unwrap_or_else(|e| exit(e));
+            let log_format = cli.common.log_format;
+            let config = config(kind, cli.common, &cli.faults);
+            Invocation::Serve(config, log_format, cli.card_key_file)
+        }
+        ServiceKind::Pci => {
+            let cli = StatelessCli::from_arg_matches(&matches).unwrap_or_else(|e| exit(e));
+            let log_format = cli.common.log_format;
+            Invocation::Serve(config(kind, cli.common, &cli.faults), log_format, None)
+        }
     }
 }
 
@@ -544,5 +547,40 @@ mod tests {
             assert_eq!(cli.faults.blackhole, on, "BATON_BLACKHOLE={value}");
         }
         std::env::remove_var("BATON_BLACKHOLE");
+    }
+
+    #[test]
+    fn every_binary_tells_its_version() {
+        for kind in ServiceKind::ALL {
+            let e = command(kind)
+                .try_get_matches_from(["x", "--version"])
+                .unwrap_err();
+            assert_eq!(e.kind(), clap::error::ErrorKind::DisplayVersion, "{kind}");
+            let shown = e.to_string();
+            assert!(
+                shown.contains(&format!("baton-{kind} {}", env!("CARGO_PKG_VERSION"))),
+                "{shown}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_misspelt_flag_gets_a_suggestion() {
+        let e = command(ServiceKind::Authorization)
+            .try_get_matches_from(["baton-authorization", "--ledger-ur", "x"])
+            .unwrap_err();
+        assert_eq!(e.kind(), clap::error::ErrorKind::UnknownArgument);
+        let shown = e.to_string();
+        assert!(
+            shown.contains("similar argument exists: '--ledger-url'"),
+            "{shown}"
+        );
+        let e = command(ServiceKind::Transaction)
+            .try_get_matches_from(["baton-transaction", "audti"])
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("similar subcommand exists: 'audit'"),
+            "{e}"
+        );
     }
 }
