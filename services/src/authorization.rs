@@ -156,7 +156,7 @@ impl Handler for Authorization {
                     .await
             }
         };
-        Ledgered::settle(command, stored)
+        Ledgered::or_unavailable(command, stored)
     }
 
     fn ping(&self, command_id: &str) -> Reply {

@@ -69,7 +69,7 @@ impl Ledgered {
 
     /// The answer from the ledger, or a transient `error` reply when the ledger failed
     /// (nothing was stored, so the orchestrator's retry may act).
-    pub(crate) fn settle(command: &Command, stored: Result<Answer, LedgerError>) -> Answer {
+    pub(crate) fn or_unavailable(command: &Command, stored: Result<Answer, LedgerError>) -> Answer {
         stored.unwrap_or_else(|e| {
             tracing::warn!(error = %e, command_id = %command.command_id, "ledger unavailable");
             Answer::fresh(Reply::error(

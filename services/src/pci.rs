@@ -6,9 +6,9 @@
 //! | pci | anything else | approved |
 //! | risk, pci (compensate) | — | approved (nothing to undo) |
 
-use crate::ledger::Answer;
 use crate::reply::{decided, Decline};
 use baton_contract::{Action, Command, Reply};
+use baton_worker::Answer;
 use baton_worker::Handler;
 use serde_json::Map;
 

@@ -12,10 +12,10 @@
 //! | risk | anything else | approved `{"score": 10}` |
 //! | risk, pci (compensate) | — | approved (nothing to undo) |
 
-use crate::ledger::Answer;
 use crate::reply::Decline;
 use baton_contract::card_key::fingerprint_key_id;
 use baton_contract::{Action, CardKeys, CardView, Command, Reply};
+use baton_worker::Answer;
 use baton_worker::Handler;
 use serde_json::Map;
 use std::collections::HashSet;

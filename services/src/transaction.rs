@@ -16,7 +16,7 @@
 //! minor-unit exponent; `converted = round_half_up(amount_minor * per_eur[dst] *
 //! 10^exp_dst / (per_eur[src] * 10^exp_src))`, in `u128`, never floats.
 
-use crate::ledger::{Answer, Capture, Ledger};
+use crate::ledger::{Answer, Capture, Conversion, Entry, Ledger, Settlement};
 use crate::ledgered::Ledgered;
 use crate::reply::Decline;
 use baton_contract::{Action, Command, Currency, Money, Reply};
@@ -99,15 +99,6 @@ fn div_round_half_up(numerator: u128, denominator: u128) -> u128 {
     (2 * numerator + denominator) / (2 * denominator)
 }
 
-/// The result of converting an amount for settlement.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Conversion {
-    /// What the merchant receives.
-    pub settlement: Money,
-    /// Units of the settlement currency per unit of the amount's, in millionths.
-    pub fx_rate_micro: u64,
-}
-
 /// Converts `amount` into `to` with the fixed FX table.
 pub fn convert(amount: Money, to: Currency) -> Result<Conversion, Decline> {
     let unsupported = |c: Currency| {
@@ -134,19 +125,6 @@ pub fn convert(amount: Money, to: Currency) -> Result<Conversion, Decline> {
         },
         fx_rate_micro,
     })
-}
-
-/// One double-entry line.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Entry {
-    /// `customer:<id>`, `merchant:<id>` or `fx:<currency>`.
-    pub account: String,
-    /// Currency of the line.
-    pub currency: Currency,
-    /// Debit, minor units.
-    pub debit_minor: u64,
-    /// Credit, minor units.
-    pub credit_minor: u64,
 }
 
 /// The double-entry lines of a transfer: balanced per currency. Across currencies the
@@ -187,6 +165,22 @@ pub fn transfer_entries(
         ),
         line(merchant, settlement.currency, 0, settlement.minor),
     ]
+}
+
+/// What a capture moves, by the rules: the conversion into the merchant's currency and
+/// the balanced lines of the transfer; or why not (the ledger stores the decline).
+pub fn settle(capture: &Capture) -> Result<Settlement, Decline> {
+    let conversion = convert(capture.amount, capture.settlement_currency)?;
+    let entries = transfer_entries(
+        &capture.customer_id,
+        &capture.merchant_id,
+        capture.amount,
+        conversion.settlement,
+    );
+    Ok(Settlement {
+        conversion,
+        entries,
+    })
 }
 
 /// The hold id authorization gave: `context.authorization.hold_id`, or else the
@@ -239,12 +233,13 @@ impl Handler for Transaction {
                     amount: payment.amount,
                     settlement_currency: payment.merchant_currency,
                 };
+                let settlement = settle(&capture);
                 let stored = self
                     .ledger
                     .ledger
-                    .capture(&command.command_id, &capture)
+                    .capture(&command.command_id, &capture, settlement)
                     .await;
-                Ledgered::settle(command, stored)
+                Ledgered::or_unavailable(command, stored)
             }
             Action::Compensate => Answer::fresh(Reply::declined(
                 &command.command_id,

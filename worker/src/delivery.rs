@@ -12,7 +12,7 @@
 use crate::faults::INJECTED_FAULT;
 use crate::handler::{Answer, Handler};
 use crate::metrics::Outcome;
-use crate::session::{Link, Shared};
+use crate::shared::{Link, Shared};
 use baton_contract::amqp::{self, BrokerError};
 use baton_contract::{headers, Action, Command, Reply};
 use lapin::message::Delivery;

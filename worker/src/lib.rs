@@ -35,6 +35,7 @@ pub mod idempotency;
 mod metrics;
 pub mod running;
 mod session;
+mod shared;
 
 pub use config::{validate_queue, WorkerConfig};
 pub use delivery::trace_id;

@@ -5,7 +5,9 @@ use crate::error::WorkerError;
 use crate::faults::{Dice, Faults, InvalidFailRate};
 use crate::handler::Handler;
 use crate::metrics::Metrics;
-use crate::session::{self, Shared};
+use crate::session;
+pub use crate::shared::Health;
+use crate::shared::Shared;
 use baton_contract::amqp;
 use baton_contract::Names;
 use baton_ops::HttpServer;
@@ -15,16 +17,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-
-/// Whether a service is taking commands, and how often it had to reconnect.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Health {
-    /// Connected, command queue declared and consuming. False while reconnecting and
-    /// after shutdown began.
-    pub ready: bool,
-    /// Times the broker connection (or a channel) was lost and opened again.
-    pub reconnects: u64,
-}
 
 /// A service consuming its queue. Stop it with [`RunningService::shutdown`]. `K` is
 /// whatever the caller calls its services (a kind enum), given to [`start`] and handed

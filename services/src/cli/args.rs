@@ -1,11 +1,19 @@
 //! The flags of each service binary, with environment fallbacks, and what a command line
 //! asks for ([`Invocation`]).
 
-use super::LogFormat;
 use crate::{Faults, ServiceConfig, ServiceKind};
 use baton_contract::amqp::DEFAULT_AMQP_URL;
-use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use std::time::Duration;
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
 
 /// Flags every service has.
 #[derive(Args)]

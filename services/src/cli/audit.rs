@@ -17,7 +17,7 @@ use std::time::Duration;
 /// Runs the audit of the ledger at `ledger_url` and prints it to stdout; open holds older
 /// than `max_hold_age` are stale.
 pub(super) fn run(ledger_url: &str, as_json: bool, max_hold_age: Duration) -> ExitCode {
-    super::run_on_ledger(
+    super::tool::run_on_ledger(
         ledger_url,
         |ledger| async move { ledger.audit_with(max_hold_age).await },
         |audit| {

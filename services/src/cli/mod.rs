@@ -1,7 +1,7 @@
 //! The command line shared by the four service binaries: parse flags (with environment
 //! fallbacks, `args`), set up logging, start the service, run until SIGTERM or
 //! Ctrl-C. Also the `baton-transaction audit` and `prune` subcommands (`audit`,
-//! `prune`: their reports), run on the ledger by one runner (`run_on_ledger`).
+//! `prune`: their reports), run on the ledger by one runner (`tool`).
 //!
 //! Exit codes of a service: 0 after a graceful shutdown, 2 when RabbitMQ is unreachable
 //! at start or its URL is unusable (one line on stderr, naming the redacted URL; the
@@ -13,24 +13,13 @@
 mod args;
 mod audit;
 mod prune;
+mod tool;
 
-pub use args::parse_prefix;
+pub use args::{parse_prefix, LogFormat};
 
-use crate::ledger::{Ledger, LedgerError};
 use crate::{ServiceError, ServiceKind};
 use args::Invocation;
-use clap::ValueEnum;
-use std::future::Future;
 use std::process::ExitCode;
-
-/// Log output format.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line.
-    Json,
-}
 
 /// Risk's card keys: the given file, else `./baton-card.key` (created with a new key if
 /// missing, so a development machine works out of the box: `baton run` started in the
@@ -120,45 +109,6 @@ async fn shutdown_signal() {
 fn report(error: &ServiceError) -> ExitCode {
     eprintln!("error: {error}");
     ExitCode::from(error.exit_code())
-}
-
-/// Runs a tool (`audit`, `prune`) on the ledger at `ledger_url`: opens it, runs `tool`,
-/// closes it, and lets `print` report the result and pick the exit code. Exit code 2
-/// when the runtime cannot start or the ledger cannot be opened or used (one `error:`
-/// line naming the URL without its password). No logging is set up: the report is the
-/// output.
-fn run_on_ledger<T, F, Fut>(
-    ledger_url: &str,
-    tool: F,
-    print: impl FnOnce(T) -> ExitCode,
-) -> ExitCode
-where
-    F: FnOnce(Ledger) -> Fut,
-    Fut: Future<Output = Result<T, LedgerError>>,
-{
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let result = runtime.block_on(async {
-        let ledger = Ledger::open(ledger_url).await?;
-        let result = tool(ledger.clone()).await;
-        ledger.close().await;
-        result
-    });
-    match result {
-        Ok(value) => print(value),
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::from(2)
-        }
-    }
 }
 
 /// The whole `main` of a service binary.

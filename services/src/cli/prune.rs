@@ -26,7 +26,7 @@ pub(super) fn run(
         eprintln!("error: {problem}");
         return ExitCode::from(2);
     }
-    super::run_on_ledger(
+    super::tool::run_on_ledger(
         ledger_url,
         |ledger| async move { ledger.prune(older_than, dry_run).await },
         |pruned| {

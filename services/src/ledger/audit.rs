@@ -3,7 +3,7 @@
 //! long. Reads only.
 
 use super::holds::StoredHold;
-use super::{u64_of, Ledger, LedgerError};
+use super::store::{u64_of, Ledger, LedgerError};
 use baton_worker::idempotency::now_ms;
 use sqlx::Row;
 use std::time::Duration;

@@ -1,8 +1,8 @@
 //! Authorization's half of the ledger: placing a hold (what a capture must then match)
 //! and voiding it, each idempotent by command id ([`baton_worker::idempotency`]).
 
-use super::{data, declined, finish, i64_of, Ledger, LedgerError};
-use crate::reply::Decline;
+use super::store::{data, finish, i64_of, Ledger, LedgerError};
+use crate::reply::{declined, Decline};
 use baton_contract::{Money, Reply};
 use baton_worker::idempotency::{self, now_ms, try_begin, Begin};
 use baton_worker::Answer;

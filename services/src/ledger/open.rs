@@ -1,7 +1,7 @@
 //! Opening a ledger: the connection pool (SQLite pragmas), the tables, the upgrade of an
 //! older version's tables, and the ledger's identity.
 
-use super::{install_drivers, redact, Ledger, LedgerError};
+use super::store::{install_drivers, redact, Ledger, LedgerError};
 use baton_worker::idempotency::{self, now_ms};
 use sqlx::any::AnyPoolOptions;
 use sqlx::{AnyConnection, AnyPool, Row};

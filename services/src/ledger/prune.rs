@@ -1,7 +1,7 @@
 //! `baton-transaction prune`: deleting old, finished records — never an open hold, its
 //! payment's command records, or anything the audit would report.
 
-use super::{u64_of, Ledger, LedgerError};
+use super::store::{u64_of, Ledger, LedgerError};
 use baton_worker::idempotency::now_ms;
 use sqlx::Row;
 use std::time::Duration;

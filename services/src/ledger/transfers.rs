@@ -2,10 +2,9 @@
 //! into one transfer with balanced double-entry lines, idempotent by command id.
 
 use super::holds::{hold_mismatch, StoredHold};
-use super::{data, declined, finish, i64_of, Ledger, LedgerError};
-use crate::reply::Decline;
-use crate::transaction::{convert, transfer_entries};
-use baton_contract::{Money, Reply};
+use super::store::{data, finish, i64_of, Ledger, LedgerError};
+use crate::reply::{declined, Decline};
+use baton_contract::{Currency, Money, Reply};
 use baton_worker::idempotency::{try_begin, Begin};
 use baton_worker::Answer;
 use serde_json::json;
@@ -29,20 +28,59 @@ pub struct Capture {
     pub settlement_currency: baton_contract::Currency,
 }
 
+/// The result of converting an amount for settlement.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Conversion {
+    /// What the merchant receives.
+    pub settlement: Money,
+    /// Units of the settlement currency per unit of the amount's, in millionths.
+    pub fx_rate_micro: u64,
+}
+
+/// One double-entry line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    /// `customer:<id>`, `merchant:<id>` or `fx:<currency>`.
+    pub account: String,
+    /// Currency of the line.
+    pub currency: Currency,
+    /// Debit, minor units.
+    pub debit_minor: u64,
+    /// Credit, minor units.
+    pub credit_minor: u64,
+}
+
+/// What a capture moves, decided by the transaction service's rules before the ledger
+/// checks the hold: the conversion and the transfer's double-entry lines.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Settlement {
+    /// The amount in the merchant's currency, and the rate.
+    pub conversion: Conversion,
+    /// The transfer's lines, balanced per currency.
+    pub entries: Vec<Entry>,
+}
+
 impl Ledger {
-    /// Transaction, execute: captures the hold, records one transfer and its balanced
-    /// double-entry lines, and replies with the settlement. Idempotent by `command_id`.
+    /// Transaction, execute: if `settlement` (the rules' decision,
+    /// [`crate::transaction::settle`]) is one, captures the hold — only if it is exactly
+    /// what was authorized — records one transfer and its balanced double-entry lines,
+    /// and replies with the settlement; otherwise stores the decline. Idempotent by
+    /// `command_id`.
     pub async fn capture(
         &self,
         command_id: &str,
         capture: &Capture,
+        settlement: Result<Settlement, Decline>,
     ) -> Result<Answer, LedgerError> {
         let mut tx = match try_begin(&self.pool, command_id, "transaction").await? {
             Begin::Done(answer) => return Ok(answer),
             Begin::Start(tx) => tx,
         };
-        let conversion = match convert(capture.amount, capture.settlement_currency) {
-            Ok(c) => c,
+        let Settlement {
+            conversion,
+            entries,
+        } = match settlement {
+            Ok(settlement) => settlement,
             Err(decline) => return finish(tx, declined(command_id, decline)).await,
         };
         let settlement = conversion.settlement;
@@ -128,12 +166,6 @@ impl Ledger {
         .bind(fx_rate_micro)
         .execute(&mut *tx)
         .await?;
-        let entries = transfer_entries(
-            &capture.customer_id,
-            &capture.merchant_id,
-            capture.amount,
-            settlement,
-        );
         for entry in entries {
             // Each line fits: it is the amount or the settlement, both checked above.
             let debit = i64_of(entry.debit_minor, "debit").unwrap_or(i64::MAX);

@@ -56,7 +56,11 @@ async fn prepare(url: &str) -> Uuid {
         settlement_currency: Currency::parse("EUR").unwrap(),
     };
     let reply = ledger
-        .capture(&format!("{paid}:transaction"), &capture)
+        .capture(
+            &format!("{paid}:transaction"),
+            &capture,
+            baton_services::transaction::settle(&capture),
+        )
         .await
         .unwrap()
         .reply;

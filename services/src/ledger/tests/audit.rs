@@ -11,7 +11,11 @@ async fn audit_finds_transfers_unlike_their_hold_and_stale_holds(ledger: Ledger)
     let hold_id = hold(&ledger, paid, money(1999, "EUR")).await;
     let capture = capture_of(paid, &hold_id, money(1999, "EUR"), "EUR");
     let reply = ledger
-        .capture(&format!("{paid}:transaction"), &capture)
+        .capture(
+            &format!("{paid}:transaction"),
+            &capture,
+            crate::transaction::settle(&capture),
+        )
         .await
         .unwrap()
         .reply;

@@ -7,9 +7,14 @@ mod prune;
 mod upgrade;
 
 use super::open::with_create_mode;
+use super::store::install_drivers;
 use super::*;
+use crate::reply::Decline;
+use baton_contract::Reply;
 use baton_contract::{Currency, Money, ReplyOutcome};
 use sqlx::Connection as _;
+use sqlx::Row;
+use uuid::Uuid;
 
 /// A ledger on a fresh SQLite file; the file is removed on drop.
 pub(crate) struct SqliteLedger {

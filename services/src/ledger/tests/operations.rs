@@ -114,7 +114,11 @@ async fn compensation_voids_the_hold(ledger: &Ledger) {
     assert_eq!(again, void);
     let capture = capture_of(payment_id, &hold_id, money(1999, "EUR"), "EUR");
     let reply = ledger
-        .capture(&format!("{payment_id}:transaction"), &capture)
+        .capture(
+            &format!("{payment_id}:transaction"),
+            &capture,
+            crate::transaction::settle(&capture),
+        )
         .await
         .unwrap()
         .reply;
@@ -162,7 +166,13 @@ async fn capture_moves_money_once(ledger: &Ledger) {
     let attempts: Vec<_> = (0..8)
         .map(|_| {
             let (ledger, capture, id) = (ledger.clone(), capture.clone(), id.clone());
-            tokio::spawn(async move { ledger.capture(&id, &capture).await.unwrap().reply })
+            tokio::spawn(async move {
+                ledger
+                    .capture(&id, &capture, crate::transaction::settle(&capture))
+                    .await
+                    .unwrap()
+                    .reply
+            })
         })
         .collect();
     let mut replies = Vec::new();
@@ -183,7 +193,11 @@ async fn capture_moves_money_once(ledger: &Ledger) {
 
     // Another command id cannot capture the same hold again.
     let other = ledger
-        .capture(&format!("{id}-again"), &capture)
+        .capture(
+            &format!("{id}-again"),
+            &capture,
+            crate::transaction::settle(&capture),
+        )
         .await
         .unwrap()
         .reply;
@@ -201,14 +215,22 @@ async fn capture_moves_money_once(ledger: &Ledger) {
 
     let unknown = capture_of(payment_id, "no-such-hold", money(1, "EUR"), "EUR");
     let reply = ledger
-        .capture(&format!("{id}-x"), &unknown)
+        .capture(
+            &format!("{id}-x"),
+            &unknown,
+            crate::transaction::settle(&unknown),
+        )
         .await
         .unwrap()
         .reply;
     assert_eq!(reply.reason.as_deref(), Some("hold_not_found"));
     let exotic = capture_of(payment_id, &hold_id, money(1, "EUR"), "XAU");
     let reply = ledger
-        .capture(&format!("{id}-y"), &exotic)
+        .capture(
+            &format!("{id}-y"),
+            &exotic,
+            crate::transaction::settle(&exotic),
+        )
         .await
         .unwrap()
         .reply;
@@ -261,7 +283,10 @@ async fn capture_checks_its_hold(ledger: &Ledger) {
     ];
     for (field, forged) in &forgeries {
         let id = format!("{payment_id}:transaction:forged-{field}");
-        let answer = ledger.capture(&id, forged).await.unwrap();
+        let answer = ledger
+            .capture(&id, forged, crate::transaction::settle(forged))
+            .await
+            .unwrap();
         let reply = &answer.reply;
         assert_eq!(reply.outcome, ReplyOutcome::Declined, "{field}: {reply:?}");
         assert_eq!(reply.reason.as_deref(), Some("hold_mismatch"), "{reply:?}");
@@ -281,7 +306,10 @@ async fn capture_checks_its_hold(ledger: &Ledger) {
             assert!(!detail.contains(value), "{field}: {detail}");
         }
         assert!(!answer.replayed);
-        let again = ledger.capture(&id, &honest).await.unwrap();
+        let again = ledger
+            .capture(&id, &honest, crate::transaction::settle(&honest))
+            .await
+            .unwrap();
         assert!(again.replayed, "a repeat gets the stored decline");
         assert_eq!(&again.reply, reply);
         assert_eq!(ledger.transfers_for(payment_id).await.unwrap(), 0);
@@ -297,7 +325,11 @@ async fn capture_checks_its_hold(ledger: &Ledger) {
         ..honest.clone()
     };
     let reply = ledger
-        .capture(&format!("{payment_id}:transaction:forged-all"), &everything)
+        .capture(
+            &format!("{payment_id}:transaction:forged-all"),
+            &everything,
+            crate::transaction::settle(&everything),
+        )
         .await
         .unwrap()
         .reply;
@@ -313,7 +345,11 @@ async fn capture_checks_its_hold(ledger: &Ledger) {
     assert!(audit.is_sound(), "{audit:?}");
 
     let reply = ledger
-        .capture(&format!("{payment_id}:transaction"), &honest)
+        .capture(
+            &format!("{payment_id}:transaction"),
+            &honest,
+            crate::transaction::settle(&honest),
+        )
         .await
         .unwrap()
         .reply;

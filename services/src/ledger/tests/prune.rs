@@ -42,7 +42,11 @@ async fn prune_deletes_old_finished_records_only(ledger: Ledger) {
     let paid = Uuid::new_v4();
     let hold_id = hold(&ledger, paid, money(1999, "EUR")).await;
     let reply = ledger
-        .capture(&format!("{paid}:transaction"), &capture(paid, &hold_id))
+        .capture(
+            &format!("{paid}:transaction"),
+            &capture(paid, &hold_id),
+            crate::transaction::settle(&capture(paid, &hold_id)),
+        )
         .await
         .unwrap()
         .reply;
@@ -78,6 +82,7 @@ async fn prune_deletes_old_finished_records_only(ledger: Ledger) {
         .capture(
             &format!("{tampered}:transaction"),
             &capture(tampered, &tampered_hold),
+            crate::transaction::settle(&capture(tampered, &tampered_hold)),
         )
         .await
         .unwrap();
@@ -93,6 +98,7 @@ async fn prune_deletes_old_finished_records_only(ledger: Ledger) {
         .capture(
             &format!("{recent}:transaction"),
             &capture(recent, &recent_hold),
+            crate::transaction::settle(&capture(recent, &recent_hold)),
         )
         .await
         .unwrap();
@@ -176,7 +182,11 @@ async fn prune_deletes_old_finished_records_only(ledger: Ledger) {
     assert_eq!(reply.data["voided"], json!(true), "{reply:?}");
     // A capture repeated after its records went moves nothing.
     let reply = ledger
-        .capture(&format!("{paid}:transaction"), &capture(paid, &hold_id))
+        .capture(
+            &format!("{paid}:transaction"),
+            &capture(paid, &hold_id),
+            crate::transaction::settle(&capture(paid, &hold_id)),
+        )
         .await
         .unwrap()
         .reply;

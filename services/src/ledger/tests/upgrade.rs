@@ -68,7 +68,11 @@ async fn an_old_ledger_is_upgraded_on_open(url: String) {
     let old_open = Uuid::parse_str("00000000-0000-0000-0000-00000000000a").unwrap();
     let capture = capture_of(old_open, "h-old-open", money(1999, "EUR"), "EUR");
     let reply = ledger
-        .capture(&format!("{old_open}:transaction"), &capture)
+        .capture(
+            &format!("{old_open}:transaction"),
+            &capture,
+            crate::transaction::settle(&capture),
+        )
         .await
         .unwrap()
         .reply;
@@ -80,7 +84,11 @@ async fn an_old_ledger_is_upgraded_on_open(url: String) {
     let hold_id = hold(&ledger, payment_id, money(1999, "EUR")).await;
     let capture = capture_of(payment_id, &hold_id, money(1999, "EUR"), "EUR");
     let reply = ledger
-        .capture(&format!("{payment_id}:transaction"), &capture)
+        .capture(
+            &format!("{payment_id}:transaction"),
+            &capture,
+            crate::transaction::settle(&capture),
+        )
         .await
         .unwrap()
         .reply;
