@@ -172,9 +172,13 @@ async fn a_capture_against_another_ledger_is_an_error_not_a_decline() {
         .context
         .insert("authorization".into(), Value::Object(auth.data.clone()));
     let transaction = Transaction::new(other.ledger.clone());
+    let registry = prometheus::Registry::new();
+    transaction.register_metrics(&registry).unwrap();
+    assert_eq!(mismatches(&registry), Some(0), "exposed from the start");
     let reply = transaction.answer(&capture).await.reply;
     assert_eq!(reply.outcome, ReplyOutcome::Error, "{reply:?}");
     assert_eq!(reply.reason.as_deref(), Some(LEDGER_MISMATCH));
+    assert_eq!(mismatches(&registry), Some(1), "counted");
     let detail = reply.detail.unwrap();
     for part in [
         one.ledger.id(),
@@ -215,4 +219,18 @@ async fn a_closed_ledger_gives_a_transient_error_and_stores_nothing() {
         .reply;
     assert_eq!(reply.outcome, ReplyOutcome::Error, "{reply:?}");
     assert_eq!(reply.reason.as_deref(), Some("ledger_unavailable"));
+}
+
+/// `baton_service_ledger_mismatches_total{service="transaction"}` in `registry`.
+fn mismatches(registry: &prometheus::Registry) -> Option<u64> {
+    let family = registry
+        .gather()
+        .into_iter()
+        .find(|f| f.name() == "baton_service_ledger_mismatches_total")?;
+    let metric = family.get_metric().first()?;
+    let labelled = metric
+        .get_label()
+        .iter()
+        .any(|l| l.name() == "service" && l.value() == "transaction");
+    labelled.then(|| metric.get_counter().get_value() as u64)
 }
