@@ -64,6 +64,12 @@ pub async fn run(amqp_url: &str, tls: &amqp::TlsOptions, args: DemoArgs) -> anyh
         services.push(
             baton_services::start(kind, config)
                 .await
+                // The broker's own error when it is one, so the exit code is 2 as for
+                // the orchestrator (`cli::exit_code_for`).
+                .map_err(|e| match e.into_broker() {
+                    Ok(broker) => anyhow::Error::from(broker),
+                    Err(other) => anyhow::Error::from(other),
+                })
                 .with_context(|| format!("starting the {} service", kind.name()))?,
         );
     }

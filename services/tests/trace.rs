@@ -32,7 +32,7 @@ async fn log_lines_carry_the_trace_id() {
     let captured = Captured::default();
     let writer = captured.clone();
     tracing_subscriber::fmt()
-        .with_env_filter("baton_services=info")
+        .with_env_filter("baton_services=info,baton_worker=info")
         .with_ansi(false)
         .with_writer(move || writer.clone())
         .init();

@@ -45,7 +45,8 @@ async fn prepare(url: &str) -> Uuid {
             Ok(()),
         )
         .await
-        .unwrap();
+        .unwrap()
+        .reply;
     let capture = Capture {
         payment_id: paid,
         hold_id: hold.data["hold_id"].as_str().unwrap().to_owned(),
@@ -55,9 +56,14 @@ async fn prepare(url: &str) -> Uuid {
         settlement_currency: Currency::parse("EUR").unwrap(),
     };
     let reply = ledger
-        .capture(&format!("{paid}:transaction"), &capture)
+        .capture(
+            &format!("{paid}:transaction"),
+            &capture,
+            baton_services::transaction::settle(&capture),
+        )
         .await
-        .unwrap();
+        .unwrap()
+        .reply;
     assert!(reply.reason.is_none(), "{reply:?}");
     let open = Uuid::new_v4();
     ledger

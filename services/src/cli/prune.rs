@@ -8,53 +8,40 @@
 //! anything `audit` reports (a transfer unlike its hold, a payment paid twice, unbalanced
 //! lines): the audit of what remains says what it said before. See [`Ledger::prune`].
 
-use crate::ledger::{Ledger, Pruned, MIN_PRUNE_AGE};
+use crate::ledger::{Pruned, MIN_PRUNE_AGE};
 use serde_json::{json, Value};
 use std::process::ExitCode;
 use std::time::Duration;
 
 /// Prunes the ledger at `ledger_url` of what is older than `older_than` and prints it.
-pub fn run(ledger_url: &str, older_than: Duration, dry_run: bool, as_json: bool) -> ExitCode {
+/// Batches already committed when an error stops it stay deleted; the ledger is
+/// consistent after each.
+pub(super) fn run(
+    ledger_url: &str,
+    older_than: Duration,
+    dry_run: bool,
+    as_json: bool,
+) -> ExitCode {
     if let Err(problem) = check_age(older_than) {
         eprintln!("error: {problem}");
         return ExitCode::from(2);
     }
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let pruned = runtime.block_on(async {
-        let ledger = Ledger::open(ledger_url).await?;
-        let pruned = ledger.prune(older_than, dry_run).await;
-        ledger.close().await;
-        pruned
-    });
-    match pruned {
-        Ok(pruned) => {
+    super::tool::run_on_ledger(
+        ledger_url,
+        |ledger| async move { ledger.prune(older_than, dry_run).await },
+        |pruned| {
             if as_json {
                 println!("{}", to_json(&pruned, older_than, dry_run));
             } else {
                 print!("{}", to_text(&pruned, older_than, dry_run));
             }
             ExitCode::SUCCESS
-        }
-        Err(e) => {
-            // The error names the URL without its password. Batches already committed
-            // stay deleted; the ledger is consistent after each.
-            eprintln!("error: {e}");
-            ExitCode::from(2)
-        }
-    }
+        },
+    )
 }
 
 /// `--older-than` must be at least [`MIN_PRUNE_AGE`].
-pub fn check_age(older_than: Duration) -> Result<(), String> {
+pub(super) fn check_age(older_than: Duration) -> Result<(), String> {
     if older_than < MIN_PRUNE_AGE {
         return Err(format!(
             "--older-than {} is below the minimum of {}: a processed command's record is \
@@ -67,7 +54,7 @@ pub fn check_age(older_than: Duration) -> Result<(), String> {
 }
 
 /// The report for people.
-pub fn to_text(pruned: &Pruned, older_than: Duration, dry_run: bool) -> String {
+pub(super) fn to_text(pruned: &Pruned, older_than: Duration, dry_run: bool) -> String {
     let verb = if dry_run { "would delete" } else { "deleted" };
     format!(
         "ledger prune, records older than {age}: {verb}\n\
@@ -87,7 +74,7 @@ pub fn to_text(pruned: &Pruned, older_than: Duration, dry_run: bool) -> String {
 
 /// The report for scripts: `{"older_than_seconds", "dry_run", "processed_commands",
 /// "voided_holds", "captured_holds", "transfers", "ledger_entries"}`.
-pub fn to_json(pruned: &Pruned, older_than: Duration, dry_run: bool) -> Value {
+pub(super) fn to_json(pruned: &Pruned, older_than: Duration, dry_run: bool) -> Value {
     json!({
         "older_than_seconds": older_than.as_secs(),
         "dry_run": dry_run,

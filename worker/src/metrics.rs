@@ -61,14 +61,11 @@ pub(crate) struct Metrics {
     /// `baton_service_commands_rejected_total{service,reason}`: commands dropped unread
     /// because they did not come from a configured orchestrator user.
     rejected: IntCounterVec,
-    /// `baton_service_ledger_mismatches_total{service}`: commands refused because an
-    /// earlier step wrote to another ledger than this service's (a wiring fault).
-    ledger_mismatches: IntCounter,
 }
 
 impl Metrics {
     /// Registers the metrics of `service` in a new registry.
-    pub(crate) fn new(service: &'static str) -> Result<Self, prometheus::Error> {
+    pub(crate) fn new(service: &str) -> Result<Self, prometheus::Error> {
         let registry = Registry::new();
         let commands = IntCounterVec::new(
             Opts::new(
@@ -112,15 +109,6 @@ impl Metrics {
         )?;
         registry.register(Box::new(rejected.clone()))?;
         rejected.with_label_values(&[WRONG_SENDER]);
-        let ledger_mismatches = IntCounter::with_opts(
-            Opts::new(
-                "baton_service_ledger_mismatches_total",
-                "Commands answered error/ledger_mismatch: an earlier step wrote to another \
-                 ledger database than this service's (fix --ledger-url)",
-            )
-            .const_label("service", service),
-        )?;
-        registry.register(Box::new(ledger_mismatches.clone()))?;
         // Every usual series exists from the start at 0, so rates and alerts work before
         // the first command.
         for action in [Action::Execute, Action::Compensate] {
@@ -142,7 +130,6 @@ impl Metrics {
             handle_duration,
             reconnects,
             rejected,
-            ledger_mismatches,
         })
     }
 
@@ -166,11 +153,6 @@ impl Metrics {
     /// Counts a command dropped for `reason` (e.g. [`WRONG_SENDER`]).
     pub(crate) fn rejected(&self, reason: &str) {
         self.rejected.with_label_values(&[reason]).inc();
-    }
-
-    /// Counts a command refused with `ledger_mismatch`.
-    pub(crate) fn ledger_mismatch(&self) {
-        self.ledger_mismatches.inc();
     }
 
     /// Counts a reconnect.
@@ -204,7 +186,6 @@ mod tests {
         metrics.handled_in(Duration::from_millis(3));
         metrics.reconnected();
         metrics.rejected(WRONG_SENDER);
-        metrics.ledger_mismatch();
         let text = exposition(&metrics);
         for line in [
             r#"baton_service_commands_total{action="execute",outcome="approved",service="authorization"} 1"#,
@@ -215,7 +196,6 @@ mod tests {
             r#"baton_service_handle_duration_seconds_count{service="authorization"} 1"#,
             "baton_broker_reconnects_total 1",
             r#"baton_service_commands_rejected_total{reason="wrong_sender",service="authorization"} 1"#,
-            r#"baton_service_ledger_mismatches_total{service="authorization"} 1"#,
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line} in\n{text}");
         }

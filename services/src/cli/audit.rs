@@ -8,7 +8,7 @@
 //! as any service would), and the ledger holds no card data to leak. Mismatches name the
 //! fields that differ, never their values.
 
-use crate::ledger::{Audit, Ledger};
+use crate::ledger::Audit;
 use serde_json::{json, Value};
 use std::fmt::Write as _;
 use std::process::ExitCode;
@@ -16,43 +16,24 @@ use std::time::Duration;
 
 /// Runs the audit of the ledger at `ledger_url` and prints it to stdout; open holds older
 /// than `max_hold_age` are stale.
-pub fn run(ledger_url: &str, as_json: bool, max_hold_age: Duration) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let audit = runtime.block_on(async {
-        let ledger = Ledger::open(ledger_url).await?;
-        let audit = ledger.audit_with(max_hold_age).await;
-        ledger.close().await;
-        audit
-    });
-    match audit {
-        Ok(audit) => {
+pub(super) fn run(ledger_url: &str, as_json: bool, max_hold_age: Duration) -> ExitCode {
+    super::tool::run_on_ledger(
+        ledger_url,
+        |ledger| async move { ledger.audit_with(max_hold_age).await },
+        |audit| {
             if as_json {
                 println!("{}", to_json(&audit));
             } else {
                 print!("{}", to_text(&audit));
             }
             exit_code(&audit)
-        }
-        Err(e) => {
-            // The error names the URL without its password.
-            eprintln!("error: {e}");
-            ExitCode::from(2)
-        }
-    }
+        },
+    )
 }
 
 /// 0 when the books are sound, 1 otherwise. Open holds younger than the maximum hold age
 /// are normal (payments in flight) and do not fail the audit; older ones do.
-pub fn exit_code(audit: &Audit) -> ExitCode {
+pub(super) fn exit_code(audit: &Audit) -> ExitCode {
     if audit.is_sound() {
         ExitCode::SUCCESS
     } else {
@@ -65,7 +46,7 @@ pub fn exit_code(audit: &Audit) -> ExitCode {
 /// "hold_mismatches": [{"transfer_id", "payment_id", "hold_id", "fields"}],
 /// "max_hold_age_seconds", "stale_holds": [{"hold_id", "payment_id", "age_seconds"}],
 /// "sound"}`.
-pub fn to_json(audit: &Audit) -> Value {
+pub(super) fn to_json(audit: &Audit) -> Value {
     json!({
         "transfers": audit.transfers,
         "duplicate_transfers": audit
@@ -109,7 +90,7 @@ pub fn to_json(audit: &Audit) -> Value {
 }
 
 /// The report for people, one fact per line.
-pub fn to_text(audit: &Audit) -> String {
+pub(super) fn to_text(audit: &Audit) -> String {
     let mut out = String::new();
     // Writing to a String cannot fail.
     let _ = writeln!(out, "transfers: {}", audit.transfers);

@@ -1,0 +1,161 @@
+//! The command line shared by the four service binaries: parse flags (with environment
+//! fallbacks, `args`), set up logging, start the service, run until SIGTERM or
+//! Ctrl-C. Also the `baton-transaction audit` and `prune` subcommands (`audit`,
+//! `prune`: their reports), run on the ledger by one runner (`tool`).
+//!
+//! Exit codes of a service: 0 after a graceful shutdown, 2 when RabbitMQ is unreachable
+//! at start or its URL is unusable (one line on stderr, naming the redacted URL; the
+//! same code `baton` exits with), 1 for any other start-up failure (ledger, HTTP port
+//! taken). A connection lost later is not an exit: the service reconnects. clap itself
+//! exits 2 on a usage error. The audit exits 0 (sound), 1 (duplicate transfer or
+//! imbalance) or 2 (ledger cannot be opened); the prune 0 or 2.
+
+mod args;
+mod audit;
+mod prune;
+mod tool;
+
+pub use args::{parse_prefix, LogFormat};
+
+use crate::{ServiceError, ServiceKind};
+use args::Invocation;
+use std::process::ExitCode;
+
+/// Risk's card keys: the given file, else `./baton-card.key` (created with a new key if
+/// missing, so a development machine works out of the box: `baton run` started in the
+/// same directory uses the same file). Warns when the file was created or others can
+/// read it.
+fn risk_card_keys(
+    file: Option<std::path::PathBuf>,
+) -> Result<baton_contract::CardKeys, baton_contract::CardKeyError> {
+    use baton_contract::card_key::{CardKeys, DEFAULT_CARD_KEY_FILE};
+    let (path, keys) = match file {
+        Some(path) => {
+            let keys = CardKeys::load(&path)?;
+            (path, keys)
+        }
+        None => {
+            let path = std::path::PathBuf::from(DEFAULT_CARD_KEY_FILE);
+            let (keys, created) = CardKeys::load_or_create(&path)?;
+            if created {
+                tracing::warn!(
+                    file = %path.display(),
+                    key_id = keys.key_ids().next().unwrap_or_default(),
+                    "created a new card key file: the orchestrator must use the same file \
+                     (on this machine, start `baton run` in this directory; elsewhere pass \
+                     --card-key-file to both)"
+                );
+            }
+            (path, keys)
+        }
+    };
+    if let Some(warning) = CardKeys::permission_warning(&path) {
+        tracing::warn!("{warning}");
+    }
+    tracing::info!(
+        file = %path.display(),
+        keys = %keys.key_ids().collect::<Vec<_>>().join(","),
+        "card keys loaded: fingerprints made with any of them are recognised"
+    );
+    Ok(keys)
+}
+
+fn init_logging(format: LogFormat) {
+    use std::io::IsTerminal as _;
+    use tracing_subscriber::EnvFilter;
+    // lapin's body-printing targets stay capped whatever RUST_LOG says, unless it names
+    // them (baton_contract::mask::log_filter); an unparsable RUST_LOG falls back to info.
+    let rust_log = std::env::var(EnvFilter::DEFAULT_ENV).ok();
+    let filter = EnvFilter::try_new(baton_contract::mask::log_filter(
+        rust_log.as_deref(),
+        "info",
+    ))
+    .unwrap_or_else(|_| EnvFilter::new(baton_contract::mask::log_filter(None, "info")));
+    match format {
+        LogFormat::Text => tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            // Colour codes only on a terminal, never in a log file or a collector.
+            .with_ansi(std::io::stderr().is_terminal())
+            .with_writer(std::io::stderr)
+            .init(),
+        LogFormat::Json => tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .json()
+            .flatten_event(true)
+            .init(),
+    }
+}
+
+/// Completes on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut terminate) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = terminate.recv() => {}
+            }
+            tracing::info!("shutdown signal received");
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+    tracing::info!("shutdown signal received");
+}
+
+/// Prints one `error:` line and picks the exit code ([`ServiceError::exit_code`]).
+fn report(error: &ServiceError) -> ExitCode {
+    eprintln!("error: {error}");
+    ExitCode::from(error.exit_code())
+}
+
+/// The whole `main` of a service binary.
+pub fn main(kind: ServiceKind) -> ExitCode {
+    let (mut config, log_format, card_key_file) = match args::parse(kind) {
+        Invocation::Serve(config, log_format, card_key_file) => (config, log_format, card_key_file),
+        // No logging set up: the report is the output.
+        Invocation::Audit {
+            ledger_url,
+            json,
+            max_hold_age,
+        } => return audit::run(&ledger_url, json, max_hold_age),
+        Invocation::Prune {
+            ledger_url,
+            older_than,
+            dry_run,
+            json,
+        } => return prune::run(&ledger_url, older_than, dry_run, json),
+    };
+    init_logging(log_format);
+    if kind == ServiceKind::Risk {
+        match risk_card_keys(card_key_file) {
+            Ok(keys) => config.card_keys = Some(keys),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(1);
+            }
+        }
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    runtime.block_on(async move {
+        let service = match crate::start(kind, config).await {
+            Ok(service) => service,
+            Err(e) => return report(&e),
+        };
+        match service.run_until(shutdown_signal()).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => report(&ServiceError::from(e)),
+        }
+    })
+}
