@@ -89,6 +89,25 @@ pub struct BenchOptions {
     pub journal_url: Option<String>,
     /// Concurrency (prefetch) of each orchestrator.
     pub concurrency: u16,
+    /// The workflow file the orchestrators run (an absolute path, passed on as
+    /// `--workflow`) and the workflow it holds; `None`: the built-in workflow. Its services
+    /// must be the four the bench starts.
+    pub workflow: Option<(PathBuf, crate::workflow::Workflow)>,
+}
+
+/// Refuses a workflow naming a service the bench does not start: its payments would wait
+/// on a queue nobody consumes.
+pub fn check_bench_workflow(workflow: &crate::workflow::Workflow) -> anyhow::Result<()> {
+    for service in workflow.services() {
+        if !SERVICES.contains(&service) {
+            anyhow::bail!(
+                "workflow {}: service {service:?} is not one the bench starts; it runs {} only",
+                workflow.source_name(),
+                SERVICES.join(", ")
+            );
+        }
+    }
+    Ok(())
 }
 
 fn ticks_per_second() -> f64 {
@@ -387,7 +406,7 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<Vec<Row>> {
                 http_ports.push(port);
                 let http = format!("127.0.0.1:{port}");
                 let concurrency = options.concurrency.to_string();
-                let args = common(&[
+                let mut args = common(&[
                     "run",
                     "--journal-url",
                     &journal,
@@ -398,6 +417,9 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<Vec<Row>> {
                     "--card-key-file",
                     &card_key_file,
                 ]);
+                if let Some((path, _)) = &options.workflow {
+                    args.extend(["--workflow".into(), path.display().to_string()]);
+                }
                 let log = dir.join(format!("orchestrator-{replica}.log"));
                 orchestrators.push(processes.spawn("orchestrator", &baton, &args, &log)?);
             }
@@ -490,7 +512,10 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<Vec<Row>> {
         let connection =
             amqp::connect(&options.amqp_url, "baton bench cleanup", &options.amqp_tls).await?;
         let channel = connection.create_channel().await?;
-        let parking: Vec<u64> = crate::workflow::Workflow::builtin().parking().delays_ms();
+        let parking: Vec<u64> = match &options.workflow {
+            Some((_, workflow)) => workflow.parking().delays_ms(),
+            None => crate::workflow::Workflow::builtin().parking().delays_ms(),
+        };
         amqp::delete_topology_with_parking(&channel, &names, &SERVICES, &parking).await?;
         let _ = connection.close(200, "done".into()).await;
     }

@@ -188,6 +188,10 @@ pub struct BenchArgs {
     /// Concurrency (prefetch) of each orchestrator
     #[arg(long, default_value_t = 1024)]
     pub concurrency: u16,
+    /// The workflow file the orchestrators run (its services must be the four reference
+    /// services) [default: the built-in workflow]
+    #[arg(long)]
+    pub workflow: Option<PathBuf>,
     /// Print the rows as JSON too
     #[arg(long)]
     pub json: bool,
@@ -445,6 +449,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Load(args) => load(&cli.common, names, args).await,
         Command::Bench(args) => {
+            let workflow = match &args.workflow {
+                Some(path) => {
+                    let absolute = std::fs::canonicalize(path).with_context(|| {
+                        format!("cannot read the workflow file {}", path.display())
+                    })?;
+                    let workflow = load_workflow(Some(&absolute))?;
+                    crate::bench::check_bench_workflow(&workflow)?;
+                    Some((absolute, workflow))
+                }
+                None => None,
+            };
             let options = crate::bench::BenchOptions {
                 amqp_url: cli.common.amqp_url.clone(),
                 amqp_tls: tls,
@@ -454,6 +469,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                 replicas: args.replicas,
                 journal_url: args.journal_url,
                 concurrency: args.concurrency,
+                workflow,
             };
             if options.replicas > 1
                 && !options
