@@ -24,6 +24,7 @@ pub mod load;
 pub mod metrics;
 pub mod runtime;
 pub mod saga;
+pub mod scripted;
 pub mod status_page;
 pub mod testcards;
 pub mod tools;
