@@ -401,6 +401,15 @@ pub enum WorkflowCommand {
         /// The file [default: the built-in workflow]
         file: Option<PathBuf>,
     },
+    /// Run a workflow against scripted service answers, in memory on a paused clock (no
+    /// broker), and check each case's result; exit 0 all pass, 1 one failed, 2 a bad file
+    Test {
+        /// The workflow file [default: the built-in workflow]
+        file: Option<PathBuf>,
+        /// The case file (TOML): `[[cases]]` with a payment, answers and `expect`
+        #[arg(long)]
+        cases: PathBuf,
+    },
 }
 
 /// Exit code for "the broker is unreachable".
@@ -532,6 +541,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             println!("ok: {} steps", workflow.steps().len());
             Ok(0)
         }
+        Command::Workflow(WorkflowCommand::Test { file, cases }) => {
+            Ok(workflow_test(file.as_deref(), &cases))
+        }
     }
 }
 
@@ -572,6 +584,25 @@ fn card_keys(
         "card keys loaded"
     );
     Ok(Some(keys))
+}
+
+/// `baton workflow test`: 0 every case passed, 1 one failed, 2 a file could not be used.
+fn workflow_test(file: Option<&std::path::Path>, cases: &std::path::Path) -> i32 {
+    use crate::harness;
+    let loaded = load_workflow(file).and_then(|workflow| {
+        let cases = harness::CaseFile::load(cases, &workflow)?;
+        Ok((workflow, cases))
+    });
+    let (workflow, cases) = match loaded {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return 2;
+        }
+    };
+    let verdicts = harness::run_file(&workflow, &cases);
+    print!("{}", harness::report(&verdicts));
+    i32::from(!verdicts.iter().all(harness::Verdict::passed))
 }
 
 fn load_workflow(file: Option<&std::path::Path>) -> anyhow::Result<Workflow> {

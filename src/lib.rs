@@ -18,6 +18,7 @@ pub mod config;
 pub mod crash;
 pub mod demo;
 pub mod doctor;
+pub mod harness;
 pub mod journal;
 pub mod journal_tools;
 pub mod load;
