@@ -537,6 +537,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                 if let Some(when) = &step.when {
                     println!("{:<16} when {}", "", when.source());
                 }
+                if let Some(group) = &step.group {
+                    println!("{:<16} group {group}", "");
+                }
             }
             println!("ok: {} steps", workflow.steps().len());
             Ok(0)

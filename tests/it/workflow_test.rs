@@ -1,6 +1,6 @@
 //! `baton workflow test` as a user runs it: the shipped cases pass, a wrong expectation
 //! fails with a diff naming the field, a bad case file is refused saying what to fix. No
-//! broker: the harness runs the saga in memory.
+//! broker: the harness runs the saga in memory. And `workflow check` shows a group.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -146,4 +146,22 @@ fn a_bad_case_file_is_refused_saying_what_to_fix() {
     let bad_workflow = workflow_test(cases, &repo("workflows/cases/default.toml"));
     assert_eq!(bad_workflow.status.code(), Some(2));
     assert!(text(&bad_workflow.stderr).contains(&format!("error: workflow {}", cases.display())));
+}
+
+#[test]
+fn workflow_check_shows_the_parallel_group() {
+    let output = Command::new(env!("CARGO_BIN_EXE_baton"))
+        .args(["workflow", "check"])
+        .arg(repo("workflows/parallel-checks.toml"))
+        .output()
+        .expect("baton runs");
+    let stdout = text(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{stdout}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert!(
+        lines[1].starts_with("risk ") && lines[3].starts_with("pci "),
+        "{stdout}"
+    );
+    assert_eq!(lines[2].trim(), "group checks", "{stdout}");
+    assert_eq!(lines[4].trim(), "group checks", "{stdout}");
 }
