@@ -230,11 +230,13 @@ fn parse_answer(value: &toml::Value, nested: bool) -> Result<Answer, String> {
         },
         toml::Value::Table(t) => {
             let keys: Vec<&str> = t.keys().map(String::as_str).collect();
-            let allowed = |extra: &[&str]| {
-                keys.iter()
-                    .find(|k| !extra.contains(k))
-                    .map(|k| Err(format!("unknown key {k:?} in {{ {} … }}", keys[0])))
-                    .unwrap_or(Ok(()))
+            let allowed = |takes: &[&str]| match keys.iter().find(|k| !takes.contains(k)) {
+                Some(k) => Err(format!(
+                    "unknown key {k:?} in a {} answer; it takes {}",
+                    takes[0],
+                    takes.join(", ")
+                )),
+                None => Ok(()),
             };
             if let Some(data) = t.get("approve") {
                 allowed(&["approve"])?;
@@ -1140,6 +1142,15 @@ mod tests {
             "answers.risk = { slow = \"3 parsecs\" }\nexpect = { status = \"completed\" }",
         ));
         assert!(slow.contains("is not a duration"), "{slow}");
+        let extra = error_of(&case(
+            "answers.risk = { slow = \"3s\", than = \"approve\" }\nexpect = { status = \"completed\" }",
+        ));
+        assert!(
+            extra.contains(
+                "answers.risk: unknown key \"than\" in a slow answer; it takes slow, then"
+            ),
+            "{extra}"
+        );
         let empty = error_of(&case(
             "answers.risk = []\nexpect = { status = \"completed\" }",
         ));
