@@ -89,6 +89,25 @@ pub struct BenchOptions {
     pub journal_url: Option<String>,
     /// Concurrency (prefetch) of each orchestrator.
     pub concurrency: u16,
+    /// The workflow file the orchestrators run (an absolute path, passed on as
+    /// `--workflow`) and the workflow it holds; `None`: the built-in workflow. Its services
+    /// must be the four the bench starts.
+    pub workflow: Option<(PathBuf, crate::workflow::Workflow)>,
+}
+
+/// Refuses a workflow naming a service the bench does not start: its payments would wait
+/// on a queue nobody consumes.
+pub fn check_bench_workflow(workflow: &crate::workflow::Workflow) -> anyhow::Result<()> {
+    for service in workflow.services() {
+        if !SERVICES.contains(&service) {
+            anyhow::bail!(
+                "workflow {}: service {service:?} is not one the bench starts; it runs {} only",
+                workflow.source_name(),
+                SERVICES.join(", ")
+            );
+        }
+    }
+    Ok(())
 }
 
 fn ticks_per_second() -> f64 {
@@ -255,6 +274,42 @@ fn counter(port: u16, name: &str) -> u64 {
     counter_sum(&text, name)
 }
 
+/// Whether the orchestrator whose HTTP port is `port` answers `/readyz` with 200: it has
+/// declared its topology and consumes requests.
+fn ready(port: u16) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = write!(
+        stream,
+        "GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    );
+    let mut text = String::new();
+    let _ = stream.read_to_string(&mut text);
+    text.starts_with("HTTP/1.1 200")
+}
+
+/// Waits until every orchestrator is ready, so that the first request is not published
+/// before the request queue is bound to the payments exchange (it would be unroutable).
+async fn wait_ready(ports: &[u16], processes: &mut Processes, logs: &Path) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for &port in ports {
+        // Another process: nothing to await but its answer, asked every 50 ms.
+        while !ready(port) {
+            processes.check_alive()?;
+            if Instant::now() > deadline {
+                anyhow::bail!(
+                    "the orchestrator on port {port} was not ready within 60 s; see the logs in {}",
+                    logs.display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    Ok(())
+}
+
 /// The sum of every series of `name` in a Prometheus exposition.
 fn counter_sum(exposition: &str, name: &str) -> u64 {
     exposition
@@ -387,7 +442,7 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<Vec<Row>> {
                 http_ports.push(port);
                 let http = format!("127.0.0.1:{port}");
                 let concurrency = options.concurrency.to_string();
-                let args = common(&[
+                let mut args = common(&[
                     "run",
                     "--journal-url",
                     &journal,
@@ -398,101 +453,115 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<Vec<Row>> {
                     "--card-key-file",
                     &card_key_file,
                 ]);
+                if let Some((path, _)) = &options.workflow {
+                    args.extend(["--workflow".into(), path.display().to_string()]);
+                }
                 let log = dir.join(format!("orchestrator-{replica}.log"));
                 orchestrators.push(processes.spawn("orchestrator", &baton, &args, &log)?);
             }
             (orchestrators, pids)
         };
 
-        let mut client =
-            Client::connect(&options.amqp_url, &options.amqp_tls, names.clone()).await?;
-        // Warm up, which is also the readiness check: a payment through the whole flow.
-        let warm = load::run(
-            &mut client,
-            &load::cards(20, false),
-            Pace::InFlight(20),
-            Duration::from_secs(60),
-            Duration::ZERO,
-            false,
-        )
-        .await?;
-        processes.check_alive()?;
-        if !warm.exactly_once() {
-            anyhow::bail!(
-                "{system}: the warm-up payments did not all complete; see the logs in {}",
-                dir.display()
-            );
-        }
-        for &level in &options.levels {
-            let payments = if level == 1 {
-                (options.payments / 10).max(100)
-            } else {
-                options.payments.max(level * 4)
-            };
-            let cpu = |pid: u32| cpu_seconds(pid, ticks).unwrap_or(0.0);
-            let sum = |pids: &[u32]| pids.iter().map(|p| cpu(*p)).sum::<f64>();
-            let counted_before = Counters::read(&http_ports);
-            let before = (sum(&orchestrators), sum(&services), broker.map(cpu));
-            let report = load::run(
+        // Measured in a block of its own, so that a level that fails still has its
+        // processes stopped and its queues deleted below.
+        let measured: anyhow::Result<()> = async {
+            wait_ready(&http_ports, &mut processes, &dir).await?;
+            let mut client =
+                Client::connect(&options.amqp_url, &options.amqp_tls, names.clone()).await?;
+            // Warm up, which is also the readiness check: a payment through the whole flow.
+            let warm = load::run(
                 &mut client,
-                &load::cards(payments, false),
-                Pace::InFlight(level),
-                Duration::from_secs(120),
-                Duration::from_millis(200),
+                &load::cards(20, false),
+                Pace::InFlight(20),
+                Duration::from_secs(60),
+                Duration::ZERO,
                 false,
             )
             .await?;
-            let after = (sum(&orchestrators), sum(&services), broker.map(cpu));
-            let counted = Counters::read(&http_ports);
-            let spread: Vec<u64> = counted
-                .received
-                .iter()
-                .zip(&counted_before.received)
-                .map(|(after, before)| after.saturating_sub(*before))
-                .collect();
             processes.check_alive()?;
-            let per =
-                |a: f64, b: f64| ((a - b) * 1000.0 / payments as f64 * 1000.0).round() / 1000.0;
-            let row = Row {
-                system: system.to_string(),
-                in_flight: level,
-                payments,
-                payments_per_s: report.payments_per_s,
-                p50_ms: report.p50_ms,
-                p99_ms: report.p99_ms,
-                orchestrator_cpu_ms: per(after.0, before.0),
-                services_cpu_ms: per(after.1, before.1),
-                broker_cpu_ms: match (after.2, before.2) {
-                    (Some(a), Some(b)) => Some(per(a, b)),
-                    _ => None,
-                },
-                orchestrator_peak_rss_mib: (orchestrators
+            if !warm.exactly_once() {
+                anyhow::bail!(
+                    "{system}: the warm-up payments did not all complete; see the logs in {}",
+                    dir.display()
+                );
+            }
+            for &level in &options.levels {
+                let payments = if level == 1 {
+                    (options.payments / 10).max(100)
+                } else {
+                    options.payments.max(level * 4)
+                };
+                let cpu = |pid: u32| cpu_seconds(pid, ticks).unwrap_or(0.0);
+                let sum = |pids: &[u32]| pids.iter().map(|p| cpu(*p)).sum::<f64>();
+                let counted_before = Counters::read(&http_ports);
+                let before = (sum(&orchestrators), sum(&services), broker.map(cpu));
+                let report = load::run(
+                    &mut client,
+                    &load::cards(payments, false),
+                    Pace::InFlight(level),
+                    Duration::from_secs(120),
+                    Duration::from_millis(200),
+                    false,
+                )
+                .await?;
+                let after = (sum(&orchestrators), sum(&services), broker.map(cpu));
+                let counted = Counters::read(&http_ports);
+                let spread: Vec<u64> = counted
+                    .received
                     .iter()
-                    .filter_map(|p| peak_rss_mib(*p))
-                    .fold(0.0, f64::max)
-                    * 10.0)
-                    .round()
-                    / 10.0,
-                replicas: orchestrators.len(),
-                spread,
-                step_timeouts: counted.timeouts.saturating_sub(counted_before.timeouts),
-                parked: counted.parked.saturating_sub(counted_before.parked),
-                exactly_once: report.exactly_once(),
-            };
-            eprintln!(
-                "  {:<8} in flight {:>4}: {:>7.1} payments/s  p50 {:>7.1} ms  p99 {:>7.1} ms",
-                row.system, row.in_flight, row.payments_per_s, row.p50_ms, row.p99_ms
-            );
-            rows.push(row);
+                    .zip(&counted_before.received)
+                    .map(|(after, before)| after.saturating_sub(*before))
+                    .collect();
+                processes.check_alive()?;
+                let per =
+                    |a: f64, b: f64| ((a - b) * 1000.0 / payments as f64 * 1000.0).round() / 1000.0;
+                let row = Row {
+                    system: system.to_string(),
+                    in_flight: level,
+                    payments,
+                    payments_per_s: report.payments_per_s,
+                    p50_ms: report.p50_ms,
+                    p99_ms: report.p99_ms,
+                    orchestrator_cpu_ms: per(after.0, before.0),
+                    services_cpu_ms: per(after.1, before.1),
+                    broker_cpu_ms: match (after.2, before.2) {
+                        (Some(a), Some(b)) => Some(per(a, b)),
+                        _ => None,
+                    },
+                    orchestrator_peak_rss_mib: (orchestrators
+                        .iter()
+                        .filter_map(|p| peak_rss_mib(*p))
+                        .fold(0.0, f64::max)
+                        * 10.0)
+                        .round()
+                        / 10.0,
+                    replicas: orchestrators.len(),
+                    spread,
+                    step_timeouts: counted.timeouts.saturating_sub(counted_before.timeouts),
+                    parked: counted.parked.saturating_sub(counted_before.parked),
+                    exactly_once: report.exactly_once(),
+                };
+                eprintln!(
+                    "  {:<8} in flight {:>4}: {:>7.1} payments/s  p50 {:>7.1} ms  p99 {:>7.1} ms",
+                    row.system, row.in_flight, row.payments_per_s, row.p50_ms, row.p99_ms
+                );
+                rows.push(row);
+            }
+            client.close().await;
+            Ok(())
         }
-        client.close().await;
+        .await;
         drop(processes);
         let connection =
             amqp::connect(&options.amqp_url, "baton bench cleanup", &options.amqp_tls).await?;
         let channel = connection.create_channel().await?;
-        let parking: Vec<u64> = crate::workflow::Workflow::builtin().parking().delays_ms();
+        let parking: Vec<u64> = match &options.workflow {
+            Some((_, workflow)) => workflow.parking().delays_ms(),
+            None => crate::workflow::Workflow::builtin().parking().delays_ms(),
+        };
         amqp::delete_topology_with_parking(&channel, &names, &SERVICES, &parking).await?;
         let _ = connection.close(200, "done".into()).await;
+        measured?;
     }
     let _ = std::fs::remove_dir_all(&dir);
     Ok(rows)

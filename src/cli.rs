@@ -188,6 +188,10 @@ pub struct BenchArgs {
     /// Concurrency (prefetch) of each orchestrator
     #[arg(long, default_value_t = 1024)]
     pub concurrency: u16,
+    /// The workflow file the orchestrators run (its services must be the four reference
+    /// services) [default: the built-in workflow]
+    #[arg(long)]
+    pub workflow: Option<PathBuf>,
     /// Print the rows as JSON too
     #[arg(long)]
     pub json: bool,
@@ -397,6 +401,15 @@ pub enum WorkflowCommand {
         /// The file [default: the built-in workflow]
         file: Option<PathBuf>,
     },
+    /// Run a workflow against scripted service answers, in memory on a paused clock (no
+    /// broker), and check each case's result; exit 0 all pass, 1 one failed, 2 a bad file
+    Test {
+        /// The workflow file [default: the built-in workflow]
+        file: Option<PathBuf>,
+        /// The case file (TOML): `[[cases]]` with a payment, answers and `expect`
+        #[arg(long)]
+        cases: PathBuf,
+    },
 }
 
 /// Exit code for "the broker is unreachable".
@@ -445,6 +458,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Load(args) => load(&cli.common, names, args).await,
         Command::Bench(args) => {
+            let workflow = match &args.workflow {
+                Some(path) => {
+                    let absolute = std::fs::canonicalize(path).with_context(|| {
+                        format!("cannot read the workflow file {}", path.display())
+                    })?;
+                    let workflow = load_workflow(Some(&absolute))?;
+                    crate::bench::check_bench_workflow(&workflow)?;
+                    Some((absolute, workflow))
+                }
+                None => None,
+            };
             let options = crate::bench::BenchOptions {
                 amqp_url: cli.common.amqp_url.clone(),
                 amqp_tls: tls,
@@ -454,6 +478,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                 replicas: args.replicas,
                 journal_url: args.journal_url,
                 concurrency: args.concurrency,
+                workflow,
             };
             if options.replicas > 1
                 && !options
@@ -512,9 +537,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                 if let Some(when) = &step.when {
                     println!("{:<16} when {}", "", when.source());
                 }
+                if let Some(group) = &step.group {
+                    println!("{:<16} group {group}", "");
+                }
             }
             println!("ok: {} steps", workflow.steps().len());
             Ok(0)
+        }
+        Command::Workflow(WorkflowCommand::Test { file, cases }) => {
+            Ok(workflow_test(file.as_deref(), &cases))
         }
     }
 }
@@ -556,6 +587,25 @@ fn card_keys(
         "card keys loaded"
     );
     Ok(Some(keys))
+}
+
+/// `baton workflow test`: 0 every case passed, 1 one failed, 2 a file could not be used.
+fn workflow_test(file: Option<&std::path::Path>, cases: &std::path::Path) -> i32 {
+    use crate::harness;
+    let loaded = load_workflow(file).and_then(|workflow| {
+        let cases = harness::CaseFile::load(cases, &workflow)?;
+        Ok((workflow, cases))
+    });
+    let (workflow, cases) = match loaded {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return 2;
+        }
+    };
+    let verdicts = harness::run_file(&workflow, &cases);
+    print!("{}", harness::report(&verdicts));
+    i32::from(!verdicts.iter().all(harness::Verdict::passed))
 }
 
 fn load_workflow(file: Option<&std::path::Path>) -> anyhow::Result<Workflow> {

@@ -1,136 +1,10 @@
-//! Unit tests of the saga with a fake transport and an in-memory journal: no broker, no
-//! database, paused time.
+//! Unit tests of the saga with scripted services and an in-memory journal
+//! ([`crate::scripted`], which `baton workflow test` uses too): no broker, no database,
+//! paused time.
 
 use super::*;
+use crate::scripted::{Behaviour, MemoryJournal, ScriptedServices};
 use baton_contract::{Currency, Limits};
-use std::sync::Mutex;
-
-/// What a fake service does with a command.
-enum Behaviour {
-    Answer(Reply),
-    /// Takes the command and never answers.
-    Silent,
-    /// Answers after a delay.
-    After(Duration, Reply),
-}
-
-/// How a fake service answers: by command and by how many commands it has seen.
-type Rule = Box<dyn Fn(&Command, usize) -> Behaviour + Send + Sync>;
-
-#[derive(Default)]
-struct FakeServices {
-    rules: HashMap<String, Rule>,
-    sent: Mutex<Vec<(String, Command)>>,
-    attention: Mutex<Vec<AttentionItem>>,
-    events: Mutex<Vec<SagaEvent>>,
-    stopping: bool,
-}
-
-impl FakeServices {
-    fn on(
-        mut self,
-        service: &str,
-        rule: impl Fn(&Command, usize) -> Behaviour + Send + Sync + 'static,
-    ) -> Self {
-        self.rules.insert(service.into(), Box::new(rule));
-        self
-    }
-
-    fn sent_to(&self, service: &str) -> Vec<Command> {
-        self.sent
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|(s, _)| s == service)
-            .map(|(_, c)| c.clone())
-            .collect()
-    }
-}
-
-impl Transport for FakeServices {
-    async fn call(&self, service: &str, command: Command) -> Result<Reply, CallError> {
-        if self.stopping {
-            return Err(CallError::ShuttingDown);
-        }
-        let seen = {
-            let mut sent = self.sent.lock().unwrap();
-            sent.push((service.to_owned(), command.clone()));
-            sent.iter().filter(|(s, _)| s == service).count()
-        };
-        let behaviour = match self.rules.get(service) {
-            Some(rule) => rule(&command, seen),
-            None => Behaviour::Answer(Reply::approved(command.command_id.clone(), Map::new())),
-        };
-        match behaviour {
-            Behaviour::Answer(reply) => Ok(reply),
-            Behaviour::Silent => std::future::pending().await,
-            Behaviour::After(delay, reply) => {
-                tokio::time::sleep(delay).await;
-                Ok(reply)
-            }
-        }
-    }
-
-    async fn attention(&self, item: AttentionItem) -> Result<(), CallError> {
-        self.attention.lock().unwrap().push(item);
-        Ok(())
-    }
-
-    fn event(&self, event: SagaEvent) {
-        self.events.lock().unwrap().push(event);
-    }
-}
-
-/// The journal's contract in memory: first writer wins.
-#[derive(Default)]
-struct MemoryLog {
-    sagas: Mutex<HashMap<Uuid, SagaRecord>>,
-}
-
-impl SagaLog for MemoryLog {
-    async fn begin(&self, id: Uuid, summary: &PaymentSummary) -> Result<SagaRecord, JournalError> {
-        let mut sagas = self.sagas.lock().unwrap();
-        Ok(sagas
-            .entry(id)
-            .or_insert_with(|| SagaRecord {
-                payment_id: id,
-                summary: summary.clone(),
-                started_at: now_rfc3339(),
-                updated_at: now_rfc3339(),
-                entries: Vec::new(),
-                result: None,
-                parked: 0,
-            })
-            .clone())
-    }
-
-    async fn record(&self, id: Uuid, entry: &JournalEntry) -> Result<JournalEntry, JournalError> {
-        let mut sagas = self.sagas.lock().unwrap();
-        let saga = sagas.get_mut(&id).expect("begun");
-        if let Some(existing) = saga.entry(&entry.step, entry.action) {
-            return Ok(existing.clone());
-        }
-        saga.entries.push(entry.clone());
-        Ok(entry.clone())
-    }
-
-    async fn finish(
-        &self,
-        id: Uuid,
-        result: &PaymentResult,
-    ) -> Result<PaymentResult, JournalError> {
-        let mut sagas = self.sagas.lock().unwrap();
-        let saga = sagas.get_mut(&id).expect("begun");
-        Ok(saga.result.get_or_insert_with(|| result.clone()).clone())
-    }
-
-    async fn park(&self, id: Uuid, _back_within: Duration) -> Result<u32, JournalError> {
-        let mut sagas = self.sagas.lock().unwrap();
-        let saga = sagas.get_mut(&id).expect("begun");
-        saga.parked += 1;
-        Ok(saga.parked)
-    }
-}
 
 const PAYMENT_ID: &str = "6f1c3a52-3b1e-4f4e-9d7a-0c2b8e1f5a10";
 
@@ -183,8 +57,8 @@ fn workflow(extra_risk: &str) -> Workflow {
     .unwrap()
 }
 
-fn env(workflow: Workflow, services: FakeServices) -> SagaEnv<FakeServices, MemoryLog> {
-    let mut env = SagaEnv::new(workflow, services, MemoryLog::default(), Metrics::new());
+fn env(workflow: Workflow, services: ScriptedServices) -> SagaEnv<ScriptedServices, MemoryJournal> {
+    let mut env = SagaEnv::new(workflow, services, MemoryJournal::default(), Metrics::new());
     env.card_keys = Some(baton_contract::CardKeys::generate("t1"));
     env
 }
@@ -221,8 +95,8 @@ fn outcomes(result: &PaymentResult) -> Vec<(&str, StepOutcome)> {
         .collect()
 }
 
-fn happy_services() -> FakeServices {
-    FakeServices::default()
+fn happy_services() -> ScriptedServices {
+    ScriptedServices::default()
         .on(
             "authorization",
             approve_with(serde_json::json!({"hold_id": "h-1"})),
@@ -345,7 +219,7 @@ async fn a_decline_after_authorization_voids_the_hold() {
 async fn a_decline_at_the_first_step_compensates_nothing() {
     let env = env(
         workflow(""),
-        FakeServices::default().on("authorization", decline("card_declined")),
+        ScriptedServices::default().on("authorization", decline("card_declined")),
     );
     let (result, _) = finished(run(&env, &request()).await);
     assert_eq!(result.status, Status::Declined);
@@ -570,17 +444,16 @@ async fn a_decided_payment_is_answered_from_the_journal() {
 
 #[tokio::test(start_paused = true)]
 async fn a_compensation_that_keeps_failing_goes_to_the_attention_queue() {
-    let services = FakeServices::default().on("risk", decline("high_risk")).on(
-        "authorization",
-        |c, _| match c.action {
+    let services = ScriptedServices::default()
+        .on("risk", decline("high_risk"))
+        .on("authorization", |c, _| match c.action {
             Action::Execute | Action::Ping => {
                 Behaviour::Answer(Reply::approved(c.command_id.clone(), Map::new()))
             }
             Action::Compensate => {
                 Behaviour::Answer(Reply::error(c.command_id.clone(), "hold_store_down", "x"))
             }
-        },
-    );
+        });
     let env = env(workflow(""), services);
     let (result, _) = finished(run(&env, &request()).await);
     assert_eq!(result.status, Status::Declined);
@@ -681,9 +554,9 @@ async fn an_in_doubt_step_that_answers_late_is_taken_as_answered() {
 
 #[tokio::test]
 async fn shutdown_interrupts_without_a_result() {
-    let services = FakeServices {
+    let services = ScriptedServices {
         stopping: true,
-        ..FakeServices::default()
+        ..ScriptedServices::default()
     };
     let env = env(workflow(""), services);
     assert!(matches!(
@@ -764,7 +637,10 @@ async fn a_side_effecting_step_parked_behind_an_open_breaker_is_still_in_doubt()
 }
 
 /// A saga as an owner that died left it: begun, with `approved` steps recorded.
-async fn left_behind(env: &SagaEnv<FakeServices, MemoryLog>, approved: &[&str]) -> SagaRecord {
+async fn left_behind(
+    env: &SagaEnv<ScriptedServices, MemoryJournal>,
+    approved: &[&str],
+) -> SagaRecord {
     let request = request();
     env.log
         .begin(request.payment_id, &PaymentSummary::of(&request))
@@ -860,7 +736,7 @@ async fn an_abandoned_saga_asks_its_irreversible_step_what_it_did() {
     );
 }
 
-fn env_with(services: FakeServices) -> SagaEnv<FakeServices, MemoryLog> {
+fn env_with(services: ScriptedServices) -> SagaEnv<ScriptedServices, MemoryJournal> {
     env(workflow(""), services)
 }
 
@@ -914,11 +790,11 @@ fn request_in(minor: u64, currency: &str, merchant_currency: &str) -> PaymentReq
     PaymentRequest::parse(body.to_string().as_bytes(), &Limits::default()).unwrap()
 }
 
-fn scored(score: i64) -> FakeServices {
+fn scored(score: i64) -> ScriptedServices {
     happy_services().on("risk", approve_with(serde_json::json!({ "score": score })))
 }
 
-fn event_keys(env: &SagaEnv<FakeServices, MemoryLog>) -> Vec<String> {
+fn event_keys(env: &SagaEnv<ScriptedServices, MemoryJournal>) -> Vec<String> {
     env.transport
         .events
         .lock()
@@ -1007,8 +883,8 @@ async fn true_conditions_run_their_steps_with_the_data_they_read() {
 
 fn env_with_workflow(
     workflow: Workflow,
-    services: FakeServices,
-) -> SagaEnv<FakeServices, MemoryLog> {
+    services: ScriptedServices,
+) -> SagaEnv<ScriptedServices, MemoryJournal> {
     env(workflow, services)
 }
 

@@ -18,3 +18,4 @@ mod pipeline;
 mod roles;
 mod senders;
 mod status_page;
+mod workflow_test;
