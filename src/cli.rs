@@ -662,14 +662,14 @@ async fn load(common: &Common, names: Names, args: LoadArgs) -> anyhow::Result<i
 }
 
 async fn status(args: StatusArgs) -> anyhow::Result<i32> {
-    let journal = crate::journal::Journal::open(&args.journal.journal_url).await?;
+    let journal = crate::journal::Journal::open_existing(&args.journal.journal_url).await?;
     let record = journal.load(args.payment_id).await?;
     journal.close().await;
     let Some(record) = record else {
         eprintln!(
-            "payment {} is not in the journal {}",
+            "payment {} is not in the journal at {}",
             args.payment_id,
-            baton_contract::amqp::redact_url(&args.journal.journal_url)
+            journal.location()
         );
         return Ok(1);
     };

@@ -20,10 +20,13 @@
 
 use crate::rules::{self, Decline};
 use baton_contract::{Money, Reply};
+use baton_ops::sql::{Backend, Database, OpenMode, SqlError};
 use serde_json::{json, Map, Value};
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{Any, AnyConnection, AnyPool, Row, Transaction};
-use std::sync::{Arc, Once};
+use std::sync::Arc;
+#[cfg(test)]
+use std::sync::Once;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use uuid::Uuid;
 
@@ -36,13 +39,12 @@ pub enum LedgerError {
         /// The URL, password removed.
         url: String,
     },
-    /// The database could not be opened or its tables created.
-    #[error("cannot open the ledger at {url}: {source}")]
+    /// The database could not be opened (its message names the file or the URL without
+    /// its password), or its tables not created.
+    #[error("cannot open the ledger: {cause}")]
     Open {
-        /// The URL, password removed.
-        url: String,
-        /// What sqlx said.
-        source: sqlx::Error,
+        /// Why, as the SQL opener says it.
+        cause: SqlError,
     },
     /// A query failed (connection lost, lock timeout, …): retry later.
     #[error("ledger database error: {0}")]
@@ -277,15 +279,6 @@ const PRUNABLE_COMMANDS: &str = "FROM processed_commands p
           AND h.payment_id = substr(p.command_id, 1, 36)
           AND substr(p.command_id, 37, 1) = ':')";
 
-/// Per-connection SQLite settings: WAL so readers never block the writer, FULL sync so a
-/// committed hold survives a power cut, and a long busy timeout because authorization and
-/// transaction (possibly two processes) write to the same file.
-const SQLITE_PRAGMAS: &[&str] = &[
-    "PRAGMA journal_mode = WAL",
-    "PRAGMA synchronous = FULL",
-    "PRAGMA busy_timeout = 10000",
-];
-
 /// Outcome of claiming a command id at the start of a transaction.
 enum Claim {
     /// First time: act inside this transaction, then [`Ledger::finish`].
@@ -326,17 +319,17 @@ pub struct Ledger {
     location: Arc<str>,
 }
 
-/// Registers sqlx's `Any` drivers, once per process.
-pub(crate) fn install_drivers() {
+/// Registers sqlx's `Any` drivers, once per process (the tests' own connections; the
+/// opener registers them for `open`).
+#[cfg(test)]
+fn install_drivers() {
     static DRIVERS: Once = Once::new();
     DRIVERS.call_once(sqlx::any::install_default_drivers);
 }
 
-fn redact(url: &str) -> String {
-    baton_contract::amqp::redact_url(url)
-}
-
-/// `sqlite://x.db` → `sqlite://x.db?mode=rwc` so a missing file is created.
+/// `sqlite://x.db` → `sqlite://x.db?mode=rwc` so a missing file is created (the tests'
+/// own connections).
+#[cfg(test)]
 fn with_create_mode(url: &str) -> String {
     if url.contains("mode=") {
         url.to_owned()
@@ -541,43 +534,51 @@ impl Ledger {
     /// Opens (creating if needed) the ledger at `url`, creates its tables and upgrades
     /// those of an older version (holds gain `merchant_id` and `created_at`).
     pub async fn open(url: &str) -> Result<Self, LedgerError> {
-        install_drivers();
+        Self::open_with(url, OpenMode::Create).await
+    }
 
-        let (url, sqlite) = if url.starts_with("sqlite:") {
-            (with_create_mode(url), true)
-        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            (url.to_owned(), false)
-        } else {
-            return Err(LedgerError::UnsupportedUrl { url: redact(url) });
+    /// Opens an existing ledger, for tools that read it (`baton-transaction audit`): a
+    /// missing SQLite file is an error naming the absolute path looked at, never a new
+    /// empty ledger, and a database without the ledger's tables is refused. (An older
+    /// ledger's tables are upgraded, as `open` does.)
+    pub async fn open_existing(url: &str) -> Result<Self, LedgerError> {
+        Self::open_with(url, OpenMode::MustExist).await
+    }
+
+    async fn open_with(url: &str, mode: OpenMode) -> Result<Self, LedgerError> {
+        let open_error = |cause: SqlError| match cause {
+            SqlError::UnsupportedUrl { url, .. } => LedgerError::UnsupportedUrl { url },
+            cause => LedgerError::Open { cause },
         };
-        let open_error = |source| LedgerError::Open {
-            url: redact(&url),
-            source,
+        let database = Database::new(url, mode).map_err(open_error)?;
+        let postgres = database.backend() == Backend::Postgres;
+        // SQLite admits one writer at a time. Several connections in one process would
+        // only wait on each other in SQLite's busy handler, which sleeps in steps of up to
+        // 100 ms; one connection queues them fairly in the pool.
+        let options = AnyPoolOptions::new().max_connections(if postgres { 16 } else { 1 });
+        let pool = database.pool(options).await.map_err(open_error)?;
+        let schema = async {
+            if mode == OpenMode::MustExist {
+                database
+                    .require_table(&pool, "processed_commands", "Baton ledger")
+                    .await?;
+            }
+            create_schema(&pool, postgres)
+                .await
+                .map_err(|e| database.error(e))?;
+            read_identity(&pool).await.map_err(|e| database.error(e))
         };
-        let pool = AnyPoolOptions::new()
-            // SQLite admits one writer at a time. Several connections in one process
-            // would only wait on each other in SQLite's busy handler, which sleeps in
-            // steps of up to 100 ms; one connection queues them fairly in the pool.
-            .max_connections(if sqlite { 1 } else { 16 })
-            .after_connect(|conn, _meta| {
-                Box::pin(async move {
-                    if conn.backend_name() == "SQLite" {
-                        for pragma in SQLITE_PRAGMAS {
-                            sqlx::query(pragma).execute(&mut *conn).await?;
-                        }
-                    }
-                    Ok(())
-                })
-            })
-            .connect(&url)
-            .await
-            .map_err(open_error)?;
-        create_schema(&pool, !sqlite).await.map_err(open_error)?;
-        let id = read_identity(&pool).await.map_err(open_error)?;
+        let id = match schema.await {
+            Ok(id) => id,
+            Err(e) => {
+                pool.close().await;
+                return Err(open_error(e));
+            }
+        };
         Ok(Self {
             pool,
             id: id.into(),
-            location: baton_contract::amqp::database_location(&url).into(),
+            location: database.location().into(),
         })
     }
 

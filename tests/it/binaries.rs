@@ -146,3 +146,117 @@ fn workflow_check_reports_each_kind_of_condition_error_with_its_position() {
     }
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// A scratch directory of the test's own, removed at the end.
+fn scratch_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("baton-bin-{name}-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::canonicalize(&dir).unwrap()
+}
+
+/// Runs `baton` with `args` in `dir`, without the developer's journal variable.
+fn baton_in(dir: &std::path::Path, args: &[&str]) -> (Option<i32>, String, String) {
+    let output = baton()
+        .args(args)
+        .current_dir(dir)
+        .env_remove("BATON_JOURNAL_URL")
+        .output()
+        .unwrap();
+    (
+        output.status.code(),
+        String::from_utf8(output.stdout).unwrap(),
+        String::from_utf8(output.stderr).unwrap(),
+    )
+}
+
+/// Run in the wrong directory, `status` used to create an empty journal there and answer
+/// "not in the journal". The operators' journal tools create nothing and name the
+/// absolute path they looked at.
+#[test]
+fn journal_tools_in_the_wrong_directory_create_nothing_and_name_the_file() {
+    let dir = scratch_dir("cwd");
+    let id = uuid::Uuid::new_v4().to_string();
+    let expected = format!("no database at {}", dir.join("baton-journal.db").display());
+    for args in [
+        &["status", id.as_str()][..],
+        &["sagas", "stuck"],
+        &["sagas", "finish", id.as_str(), "--wait", "1s"],
+        &["journal", "prune"],
+    ] {
+        let (code, stdout, stderr) = baton_in(&dir, args);
+        assert_eq!(code, Some(1), "{args:?}: {stderr}");
+        assert!(stderr.contains(&expected), "{args:?}: {stderr}");
+        assert!(!stderr.contains("not in the journal"), "{args:?}: {stderr}");
+        assert!(stdout.is_empty(), "{args:?}: {stdout}");
+        assert_eq!(
+            std::fs::read_dir(&dir).unwrap().count(),
+            0,
+            "{args:?} created a file"
+        );
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// `baton run` with a journal in a directory that is not there: one error line saying
+/// so (it was the same sqlx message three times).
+#[test]
+fn a_journal_in_a_missing_directory_says_which_directory() {
+    let dir = scratch_dir("nodir");
+    let url = format!("sqlite://{}/state/journal.db", dir.display());
+    let (code, _, stderr) = baton_in(&dir, &["run", "--http-addr", "off", "--journal-url", &url]);
+    assert_eq!(code, Some(1), "{stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    assert!(
+        lines[0].contains(&format!("directory {}/state does not exist", dir.display())),
+        "{stderr}"
+    );
+    assert_eq!(lines[0].matches("journal.db").count(), 1, "{stderr}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A journal that is not a database, or a PostgreSQL port with nothing listening, used
+/// to be 30 silent seconds then "pool timed out". Both fail at once with the cause.
+#[test]
+fn a_journal_that_cannot_be_opened_fails_at_once_with_the_cause() {
+    let dir = scratch_dir("notdb");
+    std::fs::write(dir.join("notes.db"), "not SQLite\n".repeat(100)).unwrap();
+    // A port nobody listens on: bind one, note it, close it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let postgres = format!("postgres://baton:hunter2@127.0.0.1:{port}/journal");
+    let id = uuid::Uuid::new_v4().to_string();
+    for (url, cause) in [
+        (
+            "sqlite://notes.db".to_owned(),
+            format!(
+                "{} is not an SQLite database",
+                dir.join("notes.db").display()
+            ),
+        ),
+        (
+            postgres.clone(),
+            format!("postgres://baton:***@127.0.0.1:{port}/journal: connection refused"),
+        ),
+    ] {
+        for args in [
+            &["status", id.as_str(), "--journal-url", &url][..],
+            &["run", "--http-addr", "off", "--journal-url", &url],
+        ] {
+            let started = std::time::Instant::now();
+            let (code, _, stderr) = baton_in(&dir, args);
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(5),
+                "{args:?} took {:?}",
+                started.elapsed()
+            );
+            assert_eq!(code, Some(1), "{args:?}: {stderr}");
+            assert!(stderr.contains(&cause), "{args:?}: {stderr}");
+            assert!(!stderr.contains("hunter2") && !stderr.contains("timed out"));
+        }
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
