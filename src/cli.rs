@@ -781,6 +781,23 @@ async fn pay(common: &Common, names: Names, args: PayArgs) -> anyhow::Result<i32
             serde_json::to_vec(&request)?
         }
     };
+    // Checked here, before anything is published: an orchestrator dead-letters a request
+    // it cannot read without answering anyone (it has no payment id to answer), and this
+    // command would wait out its timeout. The limits are the orchestrator's to enforce
+    // (an amount over its limit is answered `rejected`).
+    let unbounded = Limits {
+        max_body_bytes: usize::MAX,
+        max_amount_minor: u64::MAX,
+    };
+    let request = baton_contract::PaymentRequest::parse(&body, &unbounded).map_err(|invalid| {
+        let what = match &args.file {
+            Some(path) => format!("the request file {}", path.display()),
+            None => "the request".to_owned(),
+        };
+        anyhow::anyhow!("{what} is not a valid payment request, nothing was published: {invalid}")
+    })?;
+    let payment_id = request.payment_id;
+    let requests_queue = names.requests_queue();
     let mut client = Client::connect(
         &common.amqp_url,
         &TlsOptions::with_ca_file(common.amqp_ca_file.clone()),
@@ -794,11 +811,24 @@ async fn pay(common: &Common, names: Names, args: PayArgs) -> anyhow::Result<i32
     loop {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         let Some(received) = client.next_result(left).await else {
-            anyhow::bail!(
-                "no result within {} s: is an orchestrator (`baton run`) and every service running on prefix {:?}?",
-                args.timeout,
-                common.prefix
-            );
+            let consumers = request_consumers(&client, &requests_queue).await;
+            client.close().await;
+            match consumers {
+                // An orchestrator took the request: the payment is parked for a retry or
+                // waiting for a service, and its result comes when it is decided.
+                Some(n) if n > 0 => anyhow::bail!(
+                    "no result within {} s: payment {payment_id} is still running (an \
+                     orchestrator has it, parked for a retry or waiting for a service); its \
+                     result will be published when decided: see `baton status {payment_id}`",
+                    args.timeout
+                ),
+                _ => anyhow::bail!(
+                    "no result within {} s: no orchestrator consumes {requests_queue}, where \
+                     payment {payment_id} waits: start `baton run --prefix {}`",
+                    args.timeout,
+                    common.prefix
+                ),
+            }
         };
         if received.correlation_id.as_deref() != Some(correlation.as_str()) {
             continue;
@@ -809,4 +839,19 @@ async fn pay(common: &Common, names: Names, args: PayArgs) -> anyhow::Result<i32
         let completed = received.result.map(|r| r.status) == Some(Status::Completed);
         return Ok(if completed { 0 } else { 1 });
     }
+}
+
+/// How many consumers the request queue has (orchestrators), if the broker says.
+async fn request_consumers(client: &Client, queue: &str) -> Option<u32> {
+    let options = lapin::options::QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    let publisher = client.publisher();
+    let declared = publisher
+        .channel()
+        .queue_declare(queue.into(), options, lapin::types::FieldTable::default())
+        .await
+        .ok()?;
+    Some(declared.consumer_count())
 }

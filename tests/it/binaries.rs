@@ -260,3 +260,150 @@ fn a_journal_that_cannot_be_opened_fails_at_once_with_the_cause() {
     }
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// Runs `baton` with `args` on the test broker, off the async runtime's threads.
+async fn baton_on_broker(args: Vec<String>) -> (Option<i32>, String, String) {
+    let mut command = baton();
+    command
+        .args(["--amqp-url", &crate::app::amqp_url()])
+        .args(args)
+        .env("RUST_LOG", "warn");
+    let output = tokio::task::spawn_blocking(move || command.output())
+        .await
+        .unwrap()
+        .expect("run the baton binary");
+    (
+        output.status.code(),
+        String::from_utf8(output.stdout).unwrap(),
+        String::from_utf8(output.stderr).unwrap(),
+    )
+}
+
+/// Whether `queue` exists on the test broker.
+async fn queue_exists(queue: &str) -> bool {
+    let connection =
+        baton_contract::amqp::connect(&crate::app::amqp_url(), "test probe", &Default::default())
+            .await
+            .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    let options = lapin::options::QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    let exists = channel
+        .queue_declare(queue.into(), options, Default::default())
+        .await
+        .is_ok();
+    let _ = connection.close(200, "done".into()).await;
+    exists
+}
+
+/// Invalid JSON from `--file` used to be published, dead-lettered at once without an
+/// answer (it has no payment id to answer), and waited for 60 s before asking whether an
+/// orchestrator runs. `pay` checks the request first: nothing is published.
+#[tokio::test]
+async fn pay_refuses_an_invalid_request_file_at_once_and_publishes_nothing() {
+    let dir = scratch_dir("pay");
+    let file = dir.join("request.json");
+    std::fs::write(
+        &file,
+        r#"{"payment_id": "8c3f5a0e-1d2b-4c5d-9e6f-7a8b9c0d1e2f", "amount": "#,
+    )
+    .unwrap();
+    let prefix = format!("test-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    let started = std::time::Instant::now();
+    let (code, stdout, stderr) = baton_on_broker(vec![
+        "pay".into(),
+        "--prefix".into(),
+        prefix.clone(),
+        "--file".into(),
+        file.display().to_string(),
+    ])
+    .await;
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "the request file {} is not a valid payment request, nothing was published",
+            file.display()
+        )),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("orchestrator"), "{stderr}");
+    assert!(stdout.is_empty(), "{stdout}");
+    assert!(
+        !queue_exists(&format!("{prefix}.requests")).await,
+        "pay declared and published"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A payment an orchestrator has (waiting for a service that is down, or parked) when
+/// `pay` gives up is "still running, see `baton status <id>`"; only a request nobody
+/// consumes is a missing orchestrator.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pay_tells_a_running_payment_from_a_missing_orchestrator() {
+    use baton::workflow::Workflow;
+    use baton_contract::{amqp, Names};
+    let prefix = format!("test-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    let names = Names::new(prefix.clone());
+    let journal = std::env::temp_dir().join(format!("baton-pay-{prefix}-journal.db"));
+    let pay = |id: uuid::Uuid| {
+        baton_on_broker(vec![
+            "pay".into(),
+            "--prefix".into(),
+            prefix.clone(),
+            "--timeout".into(),
+            "2".into(),
+            "--payment-id".into(),
+            id.to_string(),
+        ])
+    };
+
+    // No orchestrator on this prefix: the request waits in the request queue.
+    let waiting = uuid::Uuid::new_v4();
+    let (code, _, stderr) = pay(waiting).await;
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "no orchestrator consumes {prefix}.requests, where payment {waiting} waits"
+        )),
+        "{stderr}"
+    );
+
+    // An orchestrator and no services: it takes the payments (the waiting one too), and
+    // their commands wait for a service.
+    let mut settings = baton::orchestrator::Settings::new(
+        crate::app::amqp_url(),
+        &prefix,
+        format!("sqlite://{}", journal.display()),
+    );
+    settings.card_keys = Some(baton_contract::CardKeys::generate("pay-test"));
+    // Its payments never finish: no point waiting for them at shutdown.
+    settings.shutdown_timeout = std::time::Duration::ZERO;
+    let orchestrator = baton::orchestrator::start(settings).await.unwrap();
+    let running = uuid::Uuid::new_v4();
+    let (code, _, stderr) = pay(running).await;
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("payment {running} is still running"))
+            && stderr.contains(&format!("see `baton status {running}`")),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("no orchestrator"), "{stderr}");
+
+    orchestrator.shutdown().await.unwrap();
+    let connection = amqp::connect(&crate::app::amqp_url(), "test cleanup", &Default::default())
+        .await
+        .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    let builtin = Workflow::builtin();
+    let services = builtin.services();
+    amqp::delete_topology_with_parking(&channel, &names, &services, &builtin.parking().delays_ms())
+        .await
+        .unwrap();
+    let _ = connection.close(200, "done".into()).await;
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", journal.display()));
+    }
+}
