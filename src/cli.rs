@@ -293,9 +293,10 @@ pub struct RunArgs {
     pub instance: Option<String>,
 
     /// HTTP address for /metrics, /healthz, /readyz and /payments/<id> (port 0: any free
-    /// port, logged; "off": no HTTP port)
-    #[arg(long, env = "BATON_HTTP_ADDR", default_value = orchestrator::DEFAULT_HTTP_ADDR, hide_env_values = true)]
-    pub http_addr: String,
+    /// port, logged; "off": no HTTP port) [default: 127.0.0.1:9460, or a free port, logged,
+    /// when another process has that one; given, a taken address is an error]
+    #[arg(long, env = "BATON_HTTP_ADDR", hide_env_values = true)]
+    pub http_addr: Option<String>,
 
     /// File holding a bearer token that /payments/<id> then requires (at least 16
     /// characters); without it, /payments/<id> is served on a loopback address only
@@ -594,7 +595,16 @@ async fn run_orchestrator(common: &Common, names: Names, args: RunArgs) -> anyho
         args.journal.journal_url.clone(),
     );
     settings.amqp_ca_file = common.amqp_ca_file.clone();
-    settings.http_addr = (args.http_addr != "off").then(|| args.http_addr.clone());
+    settings.http_addr = match args.http_addr.as_deref() {
+        Some("off") => None,
+        Some(addr) => Some(addr.to_owned()),
+        // The default port is the first replica's; a second on this machine takes a free
+        // one (logged) rather than refuse to start.
+        None => {
+            settings.http_fallback_to_free_port = true;
+            Some(orchestrator::DEFAULT_HTTP_ADDR.to_owned())
+        }
+    };
     settings.events = args.events == Switch::On;
     settings.concurrency = args.concurrency;
     settings.workflow = load_workflow(args.workflow.as_deref())?;

@@ -61,6 +61,10 @@ pub struct Settings {
     pub journal_url: String,
     /// Where to serve `/metrics`, `/healthz`, `/readyz`, `/payments/<id>`; `None`: nowhere.
     pub http_addr: Option<String>,
+    /// When `http_addr` is taken by another process (a second `baton run` on the
+    /// default port), listen on a free port of the same host instead, with a warning,
+    /// rather than refuse to start. Off: a taken address is an error.
+    pub http_fallback_to_free_port: bool,
     /// Publish saga events (`event.<step>.<outcome>`) for audit consumers. They cost
     /// about a fifth of the throughput on a busy two-core machine; turn them off when
     /// nobody consumes them.
@@ -121,6 +125,7 @@ impl Settings {
             instance: new_instance_id(),
             journal_url: journal_url.into(),
             http_addr: None,
+            http_fallback_to_free_port: false,
             events: true,
             service_users: BTreeMap::new(),
             require_verified_senders: false,
@@ -592,19 +597,34 @@ pub async fn start(settings: Settings) -> Result<Running, OrchestratorError> {
                 }
             });
             let routes = baton_ops::AppRoutes::new(handler).with_token(token);
-            let mut stop_http = stopped.clone();
-            Some(
-                HttpServer::start(
-                    addr,
-                    shared.env.metrics.registry.clone(),
-                    shared.health.clone(),
-                    Some(routes),
-                    async move {
+            let serve = |addr: String| {
+                let mut stop_http = stopped.clone();
+                let registry = shared.env.metrics.registry.clone();
+                let health = shared.health.clone();
+                let routes = routes.clone();
+                async move {
+                    let stop = async move {
                         let _ = stop_http.wait_for(|s| *s).await;
-                    },
-                )
-                .await?,
-            )
+                    };
+                    HttpServer::start(&addr, registry, health, Some(routes), stop).await
+                }
+            };
+            match serve(addr.clone()).await {
+                Err(e) if e.is_addr_in_use() && shared.settings.http_fallback_to_free_port => {
+                    let host = addr
+                        .rsplit_once(':')
+                        .map_or(addr.as_str(), |(host, _)| host);
+                    let server = serve(format!("{host}:0")).await?;
+                    warn!(
+                        taken = %addr,
+                        addr = %server.local_addr(),
+                        "HTTP port taken (another baton run on this machine?): listening on a free \
+                         port instead; give each replica its own with --http-addr / BATON_HTTP_ADDR"
+                    );
+                    Some(server)
+                }
+                served => Some(served?),
+            }
         }
         None => None,
     };

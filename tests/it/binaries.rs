@@ -407,3 +407,139 @@ async fn pay_tells_a_running_payment_from_a_missing_orchestrator() {
         let _ = std::fs::remove_file(format!("{}{suffix}", journal.display()));
     }
 }
+
+/// A second `baton run` on one machine used to fail on the fixed HTTP port. Without
+/// `--http-addr` it takes a free port and says so; an address given and taken is still
+/// an error naming the flag.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_baton_run_takes_a_free_http_port_unless_one_is_given() {
+    use std::io::BufRead as _;
+    // The default port, taken: by this test, or already by another process.
+    let default = baton::orchestrator::DEFAULT_HTTP_ADDR;
+    let _held = std::net::TcpListener::bind(default).ok();
+    let prefix = format!("test-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    let dir = scratch_dir("port");
+    let journal = format!("sqlite://{}/journal.db", dir.display());
+    baton_contract::CardKeys::load_or_create(&dir.join("card.key")).unwrap();
+
+    // Given and taken: an error that says how to choose another.
+    let (code, _, stderr) = baton_on_broker(vec![
+        "run".into(),
+        "--prefix".into(),
+        prefix.clone(),
+        "--journal-url".into(),
+        journal.clone(),
+        "--card-key-file".into(),
+        dir.join("card.key").display().to_string(),
+        "--http-addr".into(),
+        default.into(),
+    ])
+    .await;
+    assert_eq!(code, Some(1), "{stderr}");
+    let error = stderr
+        .lines()
+        .find(|l| l.starts_with("error:"))
+        .unwrap_or("");
+    assert!(
+        error.contains(&format!("cannot listen on {default}: address in use"))
+            && error.contains("--http-addr / BATON_HTTP_ADDR"),
+        "{stderr}"
+    );
+    assert!(
+        !error.contains("os error"),
+        "the cause once, in words: {error}"
+    );
+
+    // Not given: a free port on the same host, logged, and served.
+    let mut child = KillOnDrop(
+        baton()
+            .args(["--amqp-url", &crate::app::amqp_url(), "--prefix", &prefix])
+            .args(["run", "--journal-url", &journal, "--card-key-file"])
+            .arg(dir.join("card.key"))
+            .env_remove("BATON_HTTP_ADDR")
+            .env("RUST_LOG", "info")
+            .env("BATON_LOG_FORMAT", "text")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let stderr = child.0.stderr.take().unwrap();
+    let lines = tokio::task::spawn_blocking(move || {
+        let mut seen = Vec::new();
+        for line in std::io::BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            // Logged once the fallback port listens.
+            let done = line.contains("HTTP port taken");
+            seen.push(line);
+            if done {
+                break;
+            }
+        }
+        seen
+    });
+    let lines = tokio::time::timeout(std::time::Duration::from_secs(30), lines)
+        .await
+        .expect("baton run logs that it took another HTTP port")
+        .unwrap();
+    let text = lines.join("\n");
+    let served: Option<std::net::SocketAddr> = lines
+        .iter()
+        .find(|l| l.contains("HTTP port listening"))
+        .and_then(|l| {
+            l.rsplit_once("addr=")?
+                .1
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        });
+    let health = match served {
+        Some(addr) => crate::app::http_get(addr, "/healthz").await.ok(),
+        None => None,
+    };
+    drop(child);
+    assert_eq!(health.map(|(status, _)| status), Some(200), "{text}");
+    let warning = lines
+        .iter()
+        .find(|l| l.contains("HTTP port taken"))
+        .unwrap_or_else(|| panic!("no warning: {text}"));
+    assert!(warning.contains(&format!("taken={default}")), "{warning}");
+    assert!(warning.contains("--http-addr"), "{warning}");
+    let listening = lines
+        .iter()
+        .find(|l| l.contains("HTTP port listening"))
+        .unwrap_or_else(|| panic!("no HTTP port: {text}"));
+    assert!(
+        listening.contains("addr=127.0.0.1:") && !listening.contains(default),
+        "{text}"
+    );
+
+    let connection =
+        baton_contract::amqp::connect(&crate::app::amqp_url(), "test cleanup", &Default::default())
+            .await
+            .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    let builtin = baton::workflow::Workflow::builtin();
+    baton_contract::amqp::delete_topology_with_parking(
+        &channel,
+        &baton_contract::Names::new(prefix.clone()),
+        &builtin.services(),
+        &builtin.parking().delays_ms(),
+    )
+    .await
+    .unwrap();
+    let _ = connection.close(200, "done".into()).await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A child process killed (and reaped) when the test ends, passed or not.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
