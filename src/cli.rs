@@ -139,6 +139,38 @@ pub struct StatusArgs {
     #[command(flatten)]
     #[allow(missing_docs)]
     pub journal: JournalArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub no_broker: NoBroker,
+    /// Shadows the global --prefix (hidden, refused when given).
+    #[arg(long, hide = true, value_parser = refuse_status_prefix)]
+    pub prefix: Option<String>,
+}
+
+/// The broker connection options (global to the other subcommands) shadowed in a
+/// subcommand that never talks to RabbitMQ: hidden from its `--help`, and refused when
+/// given rather than silently ignored. Their environment variables are not read there.
+#[derive(Debug, Args)]
+pub struct NoBroker {
+    #[arg(long, hide = true, value_parser = refuse_broker_option)]
+    amqp_url: Option<String>,
+    #[arg(long, hide = true, value_parser = refuse_broker_option)]
+    amqp_ca_file: Option<String>,
+}
+
+fn refuse_broker_option(_: &str) -> Result<String, String> {
+    Err(
+        "this subcommand does not talk to RabbitMQ: it takes no --amqp-url or --amqp-ca-file"
+            .into(),
+    )
+}
+
+fn refuse_status_prefix(_: &str) -> Result<String, String> {
+    Err(
+        "baton status reads the journal, which holds the payments of every prefix: it \
+         takes no --prefix"
+            .into(),
+    )
 }
 
 /// Which test cards a load run uses.
@@ -395,6 +427,18 @@ pub struct DemoArgs {
     /// Keep the demo's queues and ledger instead of deleting them at the end
     #[arg(long)]
     pub keep: bool,
+    /// Shadows the global --prefix (hidden, refused when given): the demo runs on a fresh
+    /// prefix of its own, which it deletes at the end.
+    #[arg(long, hide = true, value_parser = refuse_demo_prefix)]
+    pub prefix: Option<String>,
+}
+
+fn refuse_demo_prefix(_: &str) -> Result<String, String> {
+    Err(
+        "baton demo runs on a fresh prefix of its own (demo-xxxxxxxx) and deletes it at \
+         the end (keep it with --keep); it takes no --prefix"
+            .into(),
+    )
 }
 
 /// `baton workflow …`.
@@ -404,6 +448,9 @@ pub enum WorkflowCommand {
     Check {
         /// The file [default: the built-in workflow]
         file: Option<PathBuf>,
+        #[command(flatten)]
+        #[allow(missing_docs)]
+        no_broker: NoBroker,
     },
 }
 
@@ -520,7 +567,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Broker(command) => crate::broker::run(&cli.common.prefix, command).await,
         Command::Sagas(command) => crate::journal_tools::sagas(command).await,
         Command::Journal(command) => crate::journal_tools::journal(command).await,
-        Command::Workflow(WorkflowCommand::Check { file }) => {
+        Command::Workflow(WorkflowCommand::Check { file, .. }) => {
             let workflow = load_workflow(file.as_deref())?;
             for step in workflow.steps() {
                 println!(

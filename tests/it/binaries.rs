@@ -543,3 +543,66 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+/// `status` and `workflow check` do not talk to RabbitMQ: their `--help` does not list
+/// the broker options, given they are refused (not silently ignored), and the broker
+/// variables are not read there. `baton demo` refuses `--prefix`, which it used to
+/// ignore (it runs on a fresh prefix of its own). Other subcommands keep them.
+#[test]
+fn subcommands_list_and_take_only_the_broker_options_they_use() {
+    let help = |args: &[&str]| {
+        let output = baton().args(args).arg("--help").output().unwrap();
+        assert!(output.status.success(), "{args:?}");
+        String::from_utf8(output.stdout).unwrap()
+    };
+    for args in [&["status"][..], &["workflow", "check"]] {
+        let text = help(args);
+        for option in ["--amqp-url", "--amqp-ca-file", "AMQP_URL"] {
+            assert!(!text.contains(option), "{args:?} lists {option}:\n{text}");
+        }
+    }
+    assert!(!help(&["status"]).contains("--prefix"));
+    // workflow check names the queues with the prefix: it keeps it.
+    assert!(help(&["workflow", "check"]).contains("--prefix"));
+    for args in [&["run"][..], &["pay"], &["dead", "list"], &["doctor"]] {
+        let text = help(args);
+        assert!(
+            text.contains("--amqp-url") && text.contains("--prefix"),
+            "{args:?}:\n{text}"
+        );
+    }
+
+    let id = uuid::Uuid::new_v4().to_string();
+    for (args, refused) in [
+        (vec!["status", id.as_str(), "--prefix", "x"], "--prefix"),
+        (
+            vec!["status", id.as_str(), "--amqp-url", "amqp://h"],
+            "--amqp-url",
+        ),
+        (
+            vec!["workflow", "check", "--amqp-url", "amqp://h"],
+            "--amqp-url",
+        ),
+        (vec!["demo", "--prefix", "x"], "--prefix"),
+    ] {
+        let output = baton().args(&args).output().unwrap();
+        let stderr = String::from_utf8(output.stderr).unwrap();
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(&format!("'{refused} <")) && stderr.contains("takes no"),
+            "{args:?}: {stderr}"
+        );
+    }
+
+    // The variables are everyone's (a shell exports them): not read where unused.
+    let output = baton()
+        .args(["workflow", "check"])
+        .env("AMQP_URL", "amqp://elsewhere")
+        .env("BATON_PREFIX", "env-prefix")
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    assert!(String::from_utf8(output.stdout)
+        .unwrap()
+        .contains("env-prefix.cmd.authorization"));
+}
