@@ -544,6 +544,34 @@ impl Drop for KillOnDrop {
     }
 }
 
+/// `baton … | head` used to panic ("failed printing to stdout: Broken pipe") once the
+/// reader was gone. It stops quietly with the shell's SIGPIPE status. The output is
+/// larger than a pipe's buffer and never read, so the write that fails is certain to
+/// come after the reader is gone.
+#[test]
+fn a_reader_going_away_ends_the_output_quietly() {
+    let dir = scratch_dir("pipe");
+    let file = dir.join("long.toml");
+    let steps: String = (0..2000)
+        .map(|i| format!("[[steps]]\nname = \"step-{i}\"\ntimeout_ms = 5\n"))
+        .collect();
+    std::fs::write(&file, steps).unwrap();
+    let mut child = baton()
+        .args(["workflow", "check"])
+        .arg(&file)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(stderr.is_empty(), "{stderr}");
+    assert_eq!(output.status.code(), Some(141));
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 /// `status` and `workflow check` do not talk to RabbitMQ: their `--help` does not list
 /// the broker options, given they are refused (not silently ignored), and the broker
 /// variables are not read there. `baton demo` refuses `--prefix`, which it used to
