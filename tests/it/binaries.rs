@@ -634,3 +634,20 @@ fn subcommands_list_and_take_only_the_broker_options_they_use() {
         .unwrap()
         .contains("env-prefix.cmd.authorization"));
 }
+
+/// A misspelt subcommand or flag gets clap's "did you mean".
+#[test]
+fn a_misspelt_subcommand_or_flag_suggests_the_right_one() {
+    for (args, tip) in [
+        (&["stauts"][..], "'status'"),
+        (&["pay", "--fiel", "x.json"], "'--file'"),
+        (&["workflow", "chek"], "'check'"),
+        (&["run", "--concurency", "8"], "'--concurrency'"),
+    ] {
+        let output = baton().args(args).output().unwrap();
+        let stderr = String::from_utf8(output.stderr).unwrap();
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+        let line = stderr.lines().find(|l| l.contains("tip:")).unwrap_or("");
+        assert!(line.contains(tip), "{args:?}: {stderr}");
+    }
+}
