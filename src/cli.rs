@@ -668,7 +668,12 @@ async fn run_orchestrator(common: &Common, names: Names, args: RunArgs) -> anyho
     if let Some(instance) = args.instance {
         settings.instance = instance;
     }
+    // A failed start is one line of ours (a refused login, an unreachable broker);
+    // lapin's own lines about it are dropped until the orchestrator runs (and stay
+    // dropped on the way out: lapin's thread may still log the failure after it).
+    crate::telemetry::quiet_lapin(true);
     let running = orchestrator::start(settings).await?;
+    crate::telemetry::quiet_lapin(false);
     let stopper = running.stopper();
     tokio::spawn(async move {
         shutdown_signal().await;

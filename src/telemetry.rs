@@ -4,7 +4,21 @@
 //! says, unless it names them ([`baton_contract::mask::log_filter`]).
 
 use crate::cli::LogFormat;
+use std::sync::atomic::{AtomicBool, Ordering};
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::EnvFilter;
+
+/// While set, lapin's own log lines are dropped (see [`quiet_lapin`]).
+static LAPIN_QUIET: AtomicBool = AtomicBool::new(false);
+
+/// Drops (`true`) or lets through again (`false`) lapin's own log lines. A refused login
+/// or an unreachable broker at start is reported by the caller in one line with what to
+/// do; lapin's ERROR lines about the same failure (the connection closed, its recovery
+/// "aborting") would only bury it. Set around a start-up; a running process keeps them.
+pub fn quiet_lapin(quiet: bool) {
+    LAPIN_QUIET.store(quiet, Ordering::Relaxed);
+}
 
 /// Installs the global subscriber; `default_filter` applies when `RUST_LOG` is not set.
 /// Safe to call more than once (later calls do nothing).
@@ -43,8 +57,16 @@ pub fn init_with_caps(format: LogFormat, default_filter: &str, caps: &[(&str, &s
         // Colour codes only on a terminal, never in a log file or a collector.
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
+    let quiet = tracing_subscriber::filter::filter_fn(|meta| {
+        !(LAPIN_QUIET.load(Ordering::Relaxed) && meta.target().starts_with("lapin"))
+    });
     let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Text => builder.finish().with(quiet).try_init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .finish()
+            .with(quiet)
+            .try_init(),
     };
 }

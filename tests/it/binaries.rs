@@ -651,3 +651,54 @@ fn a_misspelt_subcommand_or_flag_suggests_the_right_one() {
         assert!(line.contains(tip), "{args:?}: {stderr}");
     }
 }
+
+/// A wrong broker password used to be followed by "is it running? Start it with
+/// rabbitmq-server -detached" and three lapin ERROR lines. It is one line saying the
+/// login was refused, and nothing from lapin.
+#[test]
+fn a_refused_login_is_one_line_saying_so() {
+    let dir = scratch_dir("login");
+    let url = crate::app::amqp_url().replacen("guest:guest@", "guest:wrong-password@", 1);
+    assert!(
+        url.contains("wrong-password"),
+        "the test broker URL has guest:guest: {url}"
+    );
+    let journal = format!("sqlite://{}/journal.db", dir.display());
+    let key = dir.join("card.key").display().to_string();
+    for args in [
+        &[
+            "run",
+            "--http-addr",
+            "off",
+            "--journal-url",
+            &journal,
+            "--card-key-file",
+            &key,
+        ][..],
+        &["pay", "--timeout", "5"],
+        &["dead", "list"],
+    ] {
+        baton_contract::CardKeys::load_or_create(&dir.join("card.key")).unwrap();
+        let output = baton()
+            .args(args)
+            .args(["--amqp-url", &url])
+            .env("RUST_LOG", "info")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8(output.stderr).unwrap();
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+        let errors: Vec<&str> = stderr
+            .lines()
+            .filter(|l| l.contains("ERROR") || l.starts_with("error:"))
+            .collect();
+        assert_eq!(errors.len(), 1, "{args:?}: {stderr}");
+        assert!(
+            errors[0].contains("the broker refused the login of user guest"),
+            "{args:?}: {stderr}"
+        );
+        assert!(!stderr.contains("lapin"), "{args:?}: {stderr}");
+        assert!(!stderr.contains("rabbitmq-server"), "{args:?}: {stderr}");
+        assert!(!stderr.contains("wrong-password"), "{args:?}: {stderr}");
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
