@@ -702,3 +702,59 @@ fn a_refused_login_is_one_line_saying_so() {
     }
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// Ctrl-C during `baton demo` used to leave its queues and files behind. It stops the
+/// pipeline, deletes its prefix's queues and its files, and exits 130.
+#[test]
+fn an_interrupted_demo_cleans_up_its_queues_and_files() {
+    use std::io::BufRead as _;
+    let tmp = scratch_dir("demo");
+    let mut child = KillOnDrop(
+        baton()
+            .args(["--amqp-url", &crate::app::amqp_url()])
+            .args(["demo", "--payments", "50"])
+            // Its journal and ledger files go to the temporary directory: this one.
+            .env("TMPDIR", &tmp)
+            .env_remove("BATON_LEDGER_URL")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut stderr = std::io::BufReader::new(child.0.stderr.take().unwrap()).lines();
+    // The first line names the prefix; the signal handlers are installed before it.
+    let first = stderr.next().expect("a first line").unwrap();
+    let prefix = first
+        .strip_prefix("baton demo: prefix ")
+        .and_then(|rest| rest.split(',').next())
+        .unwrap_or_else(|| panic!("{first}"))
+        .to_owned();
+    let killed = Command::new("kill")
+        .args(["-INT", &child.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let rest: Vec<String> = stderr.map_while(Result::ok).collect();
+    let status = child.0.wait().unwrap();
+    let text = rest.join("\n");
+    assert_eq!(status.code(), Some(130), "{text}");
+    assert!(
+        text.contains(&format!("interrupted: {prefix} and its files deleted")),
+        "{text}"
+    );
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    for queue in [
+        "requests",
+        "results",
+        "dead",
+        "cmd.authorization",
+        "cmd.risk",
+    ] {
+        let queue = format!("{prefix}.{queue}");
+        assert!(!runtime.block_on(queue_exists(&queue)), "{queue} is left");
+    }
+    let left: Vec<_> = std::fs::read_dir(&tmp).unwrap().collect();
+    assert!(left.is_empty(), "files left: {left:?}");
+    let _ = std::fs::remove_dir_all(tmp);
+}
