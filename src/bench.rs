@@ -14,7 +14,7 @@
 
 use crate::client::Client;
 use crate::load::{self, Pace};
-use baton_contract::amqp::{self, json_properties, publish_confirmed};
+use baton_amqp::{self as amqp, json_properties, publish_confirmed};
 use baton_contract::{headers, Names, Reply};
 use futures_lite::StreamExt;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};

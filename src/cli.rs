@@ -3,11 +3,13 @@
 //! documents both and never prints a password.
 
 use crate::client::Client;
-use crate::orchestrator::{self, Settings};
+use crate::config::Settings;
+use crate::runtime;
 use crate::workflow::Workflow;
 use anyhow::Context;
-use baton_contract::amqp::{BrokerError, TlsOptions, DEFAULT_AMQP_URL};
-use baton_contract::{Limits, Names, Status};
+use baton_amqp::{BrokerError, TlsOptions, DEFAULT_AMQP_URL};
+use baton_contract::{parse_prefix, Limits, Names, Status};
+use baton_ops::{shutdown_signal, LogFormat};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -57,15 +59,6 @@ pub struct Common {
     /// Log format
     #[arg(long, env = "BATON_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true, hide_env_values = true)]
     pub log_format: LogFormat,
-}
-
-/// How logs are written (to stderr). `RUST_LOG` filters them.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line.
-    Json,
 }
 
 /// The subcommands.
@@ -124,7 +117,7 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct JournalArgs {
     /// Saga journal: sqlite://<file> (one machine) or postgres://… (shared by replicas)
-    #[arg(long, env = "BATON_JOURNAL_URL", default_value = orchestrator::DEFAULT_JOURNAL_URL, hide_env_values = true)]
+    #[arg(long, env = "BATON_JOURNAL_URL", default_value = crate::config::DEFAULT_JOURNAL_URL, hide_env_values = true)]
     pub journal_url: String,
 }
 
@@ -289,7 +282,7 @@ pub struct DoctorArgs {
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// Payments in flight at once (the request queue prefetch)
-    #[arg(long, env = "BATON_CONCURRENCY", default_value_t = 256, value_parser = clap::value_parser!(u16).range(1..), hide_env_values = true)]
+    #[arg(long, env = "BATON_CONCURRENCY", default_value_t = crate::config::DEFAULT_CONCURRENCY, value_parser = clap::value_parser!(u16).range(1..), hide_env_values = true)]
     pub concurrency: u16,
 
     /// Workflow file (TOML) [default: the built-in workflows/default.toml]
@@ -308,7 +301,7 @@ pub struct RunArgs {
     #[arg(
         long,
         env = "BATON_SHUTDOWN_TIMEOUT",
-        default_value_t = 30,
+        default_value_t = crate::config::DEFAULT_SHUTDOWN_TIMEOUT.as_secs(),
         hide_env_values = true
     )]
     pub shutdown_timeout: u64,
@@ -454,20 +447,6 @@ pub enum WorkflowCommand {
     },
 }
 
-/// Accepts prefixes (and instance ids) that are safe in queue names.
-pub fn parse_prefix(text: &str) -> Result<String, String> {
-    let ok = !text.is_empty()
-        && text.len() <= 64
-        && text
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-    if ok {
-        Ok(text.to_owned())
-    } else {
-        Err("use 1-64 characters of A-Z, a-z, 0-9, '.', '_' or '-'".into())
-    }
-}
-
 /// Exit code for "the broker is unreachable".
 pub const EXIT_BROKER_UNREACHABLE: i32 = 2;
 
@@ -478,8 +457,8 @@ pub fn exit_code_for(error: &anyhow::Error) -> i32 {
             cause.downcast_ref::<BrokerError>(),
             Some(BrokerError::Connect { .. } | BrokerError::BadUrl { .. })
         ) || matches!(
-            cause.downcast_ref::<orchestrator::OrchestratorError>(),
-            Some(orchestrator::OrchestratorError::Broker(
+            cause.downcast_ref::<runtime::OrchestratorError>(),
+            Some(runtime::OrchestratorError::Broker(
                 BrokerError::Connect { .. } | BrokerError::BadUrl { .. }
             ))
         )
@@ -649,7 +628,7 @@ async fn run_orchestrator(common: &Common, names: Names, args: RunArgs) -> anyho
         // one (logged) rather than refuse to start.
         None => {
             settings.http_fallback_to_free_port = true;
-            Some(orchestrator::DEFAULT_HTTP_ADDR.to_owned())
+            Some(crate::config::DEFAULT_HTTP_ADDR.to_owned())
         }
     };
     settings.events = args.events == Switch::On;
@@ -671,9 +650,9 @@ async fn run_orchestrator(common: &Common, names: Names, args: RunArgs) -> anyho
     // A failed start is one line of ours (a refused login, an unreachable broker);
     // lapin's own lines about it are dropped until the orchestrator runs (and stay
     // dropped on the way out: lapin's thread may still log the failure after it).
-    crate::telemetry::quiet_lapin(true);
-    let running = orchestrator::start(settings).await?;
-    crate::telemetry::quiet_lapin(false);
+    baton_ops::logging::quiet_lapin(true);
+    let running = runtime::start(settings).await?;
+    baton_ops::logging::quiet_lapin(false);
     let stopper = running.stopper();
     tokio::spawn(async move {
         shutdown_signal().await;
@@ -800,29 +779,6 @@ async fn status(args: StatusArgs) -> anyhow::Result<i32> {
         }
     }
     Ok(0)
-}
-
-/// Resolves on SIGTERM or Ctrl-C.
-pub async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
 }
 
 async fn pay(common: &Common, names: Names, args: PayArgs) -> anyhow::Result<i32> {

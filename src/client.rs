@@ -4,7 +4,7 @@
 //! `baton pay`, `baton demo` and the integration tests use it; it goes through the broker
 //! only, never through the orchestrator's internals.
 
-use baton_contract::amqp::{self, json_properties, publish_confirmed, BrokerError};
+use baton_amqp::{self as amqp, json_properties, publish_confirmed, BrokerError};
 use baton_contract::{Names, PaymentResult};
 use futures_lite::StreamExt;
 use lapin::{BasicProperties, Channel, Connection};

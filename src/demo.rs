@@ -5,10 +5,12 @@
 
 use crate::cli::DemoArgs;
 use crate::client::Client;
-use crate::orchestrator::{self, Settings};
+use crate::config::Settings;
+use crate::runtime;
 use crate::testcards::{mixed_batch, TestCard};
 use anyhow::Context;
-use baton_contract::{amqp, Names, Status};
+use baton_amqp as amqp;
+use baton_contract::{Names, Status};
 use baton_services::{ServiceConfig, ServiceKind};
 
 use std::time::Duration;
@@ -187,7 +189,7 @@ async fn start(
     ledger_url: &str,
     journal_file: &std::path::Path,
     services: &mut Vec<baton_services::RunningService>,
-    orchestrator: &mut Option<orchestrator::Running>,
+    orchestrator: &mut Option<runtime::Running>,
 ) -> anyhow::Result<()> {
     // A throw-away card key, shared by this process's orchestrator and risk service
     // and gone with it: demo fingerprints match nothing outside the demo.
@@ -217,7 +219,7 @@ async fn start(
     settings.card_keys = Some(card_keys);
     // Interrupted, the demo deletes everything: no point waiting for payments in flight.
     settings.shutdown_timeout = Duration::from_secs(1);
-    *orchestrator = Some(orchestrator::start(settings).await?);
+    *orchestrator = Some(runtime::start(settings).await?);
     Ok(())
 }
 

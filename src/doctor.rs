@@ -15,11 +15,9 @@
 //! production.
 
 use crate::broker::AdminApi;
-use crate::orchestrator::{
-    CONSUMER_INSTANCE, CONSUMER_JOURNAL, CONSUMER_JOURNAL_AT, CONSUMER_WORKFLOW,
-};
+use crate::runtime::{CONSUMER_INSTANCE, CONSUMER_JOURNAL, CONSUMER_JOURNAL_AT, CONSUMER_WORKFLOW};
 use crate::workflow::Workflow;
-use baton_contract::amqp::{self, redact_url, TlsOptions};
+use baton_amqp::{self as amqp, redact_url, TlsOptions};
 use baton_contract::{Names, Ping, Reply, LEDGER_AT, LEDGER_ID};
 use futures_lite::StreamExt;
 use lapin::options::{BasicPublishOptions, QueueDeclareOptions};

@@ -208,7 +208,7 @@ pub async fn run(
 fn publish_next(
     queue: &mut Vec<(String, TestCard)>,
     publisher: &crate::client::Publisher,
-    confirms: &mut tokio::task::JoinSet<Result<(), baton_contract::amqp::BrokerError>>,
+    confirms: &mut tokio::task::JoinSet<Result<(), baton_amqp::BrokerError>>,
     expected: &mut HashMap<String, TestCard>,
     sent_at: &mut HashMap<String, Instant>,
 ) -> anyhow::Result<()> {

@@ -47,12 +47,12 @@ async fn main() {
         cli::Command::Doctor(_) => &[("lapin", "off"), ("lapin::channels", "off")],
         _ => &[],
     };
-    baton::telemetry::init_with_caps(cli.common.log_format, default_filter, caps);
+    baton_ops::logging::init_with_caps(cli.common.log_format, default_filter, caps);
     // The tools report every broker failure in their own words (a refused login, an
     // unreachable broker: one line with what to do); lapin's lines about the same
     // failure would bury it. `baton run` keeps them once it runs.
     if !matches!(cli.command, cli::Command::Run(_)) {
-        baton::telemetry::quiet_lapin(true);
+        baton_ops::logging::quiet_lapin(true);
     }
     let code = match cli::run(cli).await {
         Ok(code) => code,

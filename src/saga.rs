@@ -175,25 +175,6 @@ pub trait SagaLog: Send + Sync {
     ) -> impl Future<Output = Result<u32, JournalError>> + Send;
 }
 
-impl SagaLog for crate::journal::Journal {
-    async fn begin(&self, id: Uuid, summary: &PaymentSummary) -> Result<SagaRecord, JournalError> {
-        crate::journal::Journal::begin(self, id, summary).await
-    }
-    async fn record(&self, id: Uuid, entry: &JournalEntry) -> Result<JournalEntry, JournalError> {
-        crate::journal::Journal::record(self, id, entry).await
-    }
-    async fn finish(
-        &self,
-        id: Uuid,
-        result: &PaymentResult,
-    ) -> Result<PaymentResult, JournalError> {
-        crate::journal::Journal::finish(self, id, result).await
-    }
-    async fn park(&self, id: Uuid, back_within: Duration) -> Result<u32, JournalError> {
-        crate::journal::Journal::park(self, id, back_within).await
-    }
-}
-
 /// What the saga runs with: the workflow and everything shared between payments.
 pub struct SagaEnv<T, L> {
     /// The steps and their policies.

@@ -131,3 +131,79 @@ mod tests {
         assert_eq!(names.attention_queue(), "acme.attention");
     }
 }
+
+/// Checks a prefix (or an instance id): it is part of every queue name, so 1 to 64
+/// characters that RabbitMQ and shells take literally — `A-Z a-z 0-9 . _ -`. The one
+/// check of every binary's `--prefix`.
+pub fn parse_prefix(text: &str) -> Result<String, String> {
+    let ok = (1..=64).contains(&text.len())
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if ok {
+        Ok(text.to_owned())
+    } else {
+        Err("use 1-64 characters of A-Z, a-z, 0-9, '.', '_' or '-'".into())
+    }
+}
+
+/// The trace id of a W3C `traceparent` header (`00-<32 hex trace id>-<16 hex parent
+/// id>-<2 hex flags>`), if it is well formed as the Trace Context spec says: lower-case
+/// hex only, version `ff` invalid, an all-zero trace id invalid, exactly four fields in
+/// version 00 (a later version may append more). The one parser of every binary, so a
+/// trace id is logged by all of them or by none.
+pub fn trace_id(traceparent: &str) -> Option<&str> {
+    let hex = |s: &str, len: usize| {
+        s.len() == len && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    };
+    let mut parts = traceparent.trim().split('-');
+    let (version, id, parent, flags) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let fields_ok = version != "00" || parts.next().is_none();
+    let valid = hex(version, 2)
+        && version != "ff"
+        && hex(id, 32)
+        && id.bytes().any(|b| b != b'0')
+        && hex(parent, 16)
+        && hex(flags, 2)
+        && fields_ok;
+    valid.then_some(id)
+}
+
+#[cfg(test)]
+mod prefix_and_trace_tests {
+    use super::*;
+
+    #[test]
+    fn prefixes_are_short_and_literal() {
+        for ok in ["baton", "a", "t-1.x_y", &"p".repeat(64)] {
+            assert_eq!(parse_prefix(ok).as_deref(), Ok(ok));
+        }
+        for bad in ["", "a b", "a/b", "a*", "é", &"p".repeat(65)] {
+            let e = parse_prefix(bad).unwrap_err();
+            assert!(e.contains("1-64 characters"), "{bad:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn trace_ids_come_from_well_formed_traceparents_only() {
+        let id = "4bf92f3577b34da6a3ce929d0e0e4736";
+        assert_eq!(trace_id(&format!("00-{id}-00f067aa0ba902b7-01")), Some(id));
+        // A later version may append fields; version 00 may not.
+        assert_eq!(
+            trace_id(&format!("01-{id}-00f067aa0ba902b7-01-x")),
+            Some(id)
+        );
+        for bad in [
+            format!("00-{id}-00f067aa0ba902b7-01-x"),
+            format!("00-{}-00f067aa0ba902b7-01", id.to_uppercase()),
+            format!("00-{}-00f067aa0ba902b7-01", "0".repeat(32)),
+            format!("ff-{id}-00f067aa0ba902b7-01"),
+            format!("00-{id}-00f067aa0ba902b-01"),
+            format!("00-{id}-00f067aa0ba902b7"),
+            "00-xyz-00f067aa0ba902b7-01".to_owned(),
+            "garbage".to_owned(),
+        ] {
+            assert_eq!(trace_id(&bad), None, "{bad}");
+        }
+    }
+}

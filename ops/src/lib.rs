@@ -34,12 +34,16 @@
 
 mod error;
 mod health;
+mod lifecycle;
+pub mod logging;
 mod metrics;
 mod server;
 pub mod sql;
 
 pub use error::OpsError;
 pub use health::Health;
+pub use lifecycle::{reconnect_delays, shutdown_signal, RECONNECT_MAX_DELAY};
+pub use logging::LogFormat;
 pub use metrics::histogram_buckets_seconds;
 pub use server::{
     handler, request_handler, AppRequest, Handler, HttpServer, Response, DRAIN_TIMEOUT,

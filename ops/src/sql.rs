@@ -17,7 +17,7 @@
 //! # Ok(()) }
 //! ```
 
-use baton_contract::amqp::{database_location, redact_url};
+use baton_contract::{database_location, redact_url};
 use sqlx::any::AnyPoolOptions;
 use sqlx::{AnyConnection, AnyPool, Connection as _, Row as _};
 use std::io;

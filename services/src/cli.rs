@@ -11,7 +11,7 @@
 use crate::audit;
 use crate::faults::Faults;
 use crate::kit::{self, ServiceConfig, ServiceKind};
-use baton_contract::amqp::{BrokerError, DEFAULT_AMQP_URL};
+use baton_amqp::{BrokerError, DEFAULT_AMQP_URL};
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use std::process::ExitCode;
 use std::time::Duration;

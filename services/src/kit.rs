@@ -32,7 +32,7 @@ use crate::handler::Handler;
 use crate::ledger::{Answer, Ledger};
 use crate::metrics::{Metrics, Outcome};
 use anyhow::Context as _;
-use baton_contract::amqp::{self, BrokerError};
+use baton_amqp::{self as amqp, BrokerError};
 use baton_contract::{headers, Command, Names, Reply};
 use baton_ops::HttpServer;
 use futures_lite::StreamExt;

@@ -4,7 +4,7 @@
 //! Needs RabbitMQ at `AMQP_URL` (default `amqp://guest:guest@127.0.0.1:5672/%2f`). Each
 //! run uses its own prefix and ledger file, and deletes its queues at the end.
 
-use baton_contract::amqp::{self, BrokerError};
+use baton_amqp::{self as amqp, BrokerError};
 use baton_contract::{
     Action, CardNumber, CardView, Command, Currency, Money, Names, PaymentView, Reply, ReplyOutcome,
 };

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use baton::broker::Role;
 use baton::testcards::TestCard;
-use baton_contract::{amqp, Status, StepOutcome};
+use baton_amqp as amqp;
+use baton_contract::{Status, StepOutcome};
 use lapin::options::{QueueDeclareOptions, QueueDeleteOptions};
 use lapin::types::FieldTable;
 

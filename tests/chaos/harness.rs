@@ -4,7 +4,8 @@
 use baton::broker::{self, AdminApi, Credentials, Passwords, Role, DEFAULT_ADMIN_URL};
 use baton::client::Client;
 use baton::testcards::{mixed_batch, TestCard};
-use baton_contract::{amqp, Names, PaymentResult, Status};
+use baton_amqp as amqp;
+use baton_contract::{Names, PaymentResult, Status};
 use baton_services::ledger::Ledger;
 use baton_services::{RunningService, ServiceConfig, ServiceKind};
 use futures_lite::StreamExt;

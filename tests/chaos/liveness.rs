@@ -3,7 +3,7 @@
 
 use crate::harness::{Cluster, JournalStore, BROKER};
 use baton::testcards::TestCard;
-use baton_contract::amqp::publish_confirmed;
+use baton_amqp::publish_confirmed;
 use baton_services::ServiceKind;
 use lapin::BasicProperties;
 use std::time::Duration;

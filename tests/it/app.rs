@@ -3,10 +3,12 @@
 
 use baton::broker::{self, AdminApi, Credentials, Passwords, Role, DEFAULT_ADMIN_URL};
 use baton::client::{Client, Received};
-use baton::orchestrator::{self, Running, Settings};
+use baton::config::Settings;
+use baton::runtime::{self, Running};
 use baton::testcards::TestCard;
 use baton::workflow::Workflow;
-use baton_contract::{amqp, Names, PaymentResult};
+use baton_amqp as amqp;
+use baton_contract::{Names, PaymentResult};
 use baton_services::ledger::Ledger;
 use baton_services::{RunningService, ServiceConfig, ServiceKind};
 use lapin::options::{BasicAckOptions, BasicGetOptions, QueueDeclareOptions};
@@ -30,7 +32,7 @@ pub fn amqp_url() -> String {
 
 fn init_logs() {
     if std::env::var_os("TEST_LOG").is_some() {
-        baton::telemetry::init(baton::cli::LogFormat::Text, "info");
+        baton_ops::logging::init(baton_ops::LogFormat::Text, "info");
     }
 }
 
@@ -293,7 +295,7 @@ impl TestApp {
             }
         }
         self.workflows.push(settings.workflow.clone());
-        let running = orchestrator::start(settings)
+        let running = runtime::start(settings)
             .await
             .expect("start the orchestrator");
         self.orchestrator = Some(running);

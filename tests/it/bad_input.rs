@@ -3,7 +3,8 @@
 
 use crate::app::spawn_app;
 use baton::testcards::TestCard;
-use baton_contract::{amqp, headers, Status};
+use baton_amqp as amqp;
+use baton_contract::{headers, Status};
 use lapin::options::{BasicAckOptions, BasicGetOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::BasicProperties;

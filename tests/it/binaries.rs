@@ -282,7 +282,7 @@ async fn baton_on_broker(args: Vec<String>) -> (Option<i32>, String, String) {
 /// Whether `queue` exists on the test broker.
 async fn queue_exists(queue: &str) -> bool {
     let connection =
-        baton_contract::amqp::connect(&crate::app::amqp_url(), "test probe", &Default::default())
+        baton_amqp::connect(&crate::app::amqp_url(), "test probe", &Default::default())
             .await
             .unwrap();
     let channel = connection.create_channel().await.unwrap();
@@ -344,7 +344,8 @@ async fn pay_refuses_an_invalid_request_file_at_once_and_publishes_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pay_tells_a_running_payment_from_a_missing_orchestrator() {
     use baton::workflow::Workflow;
-    use baton_contract::{amqp, Names};
+    use baton_amqp as amqp;
+    use baton_contract::Names;
     let prefix = format!("test-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
     let names = Names::new(prefix.clone());
     let journal = std::env::temp_dir().join(format!("baton-pay-{prefix}-journal.db"));
@@ -373,7 +374,7 @@ async fn pay_tells_a_running_payment_from_a_missing_orchestrator() {
 
     // An orchestrator and no services: it takes the payments (the waiting one too), and
     // their commands wait for a service.
-    let mut settings = baton::orchestrator::Settings::new(
+    let mut settings = baton::config::Settings::new(
         crate::app::amqp_url(),
         &prefix,
         format!("sqlite://{}", journal.display()),
@@ -381,7 +382,7 @@ async fn pay_tells_a_running_payment_from_a_missing_orchestrator() {
     settings.card_keys = Some(baton_contract::CardKeys::generate("pay-test"));
     // Its payments never finish: no point waiting for them at shutdown.
     settings.shutdown_timeout = std::time::Duration::ZERO;
-    let orchestrator = baton::orchestrator::start(settings).await.unwrap();
+    let orchestrator = baton::runtime::start(settings).await.unwrap();
     let running = uuid::Uuid::new_v4();
     let (code, _, stderr) = pay(running).await;
     assert_eq!(code, Some(1), "{stderr}");
@@ -415,7 +416,7 @@ async fn pay_tells_a_running_payment_from_a_missing_orchestrator() {
 async fn a_second_baton_run_takes_a_free_http_port_unless_one_is_given() {
     use std::io::BufRead as _;
     // The default port, taken: by this test, or already by another process.
-    let default = baton::orchestrator::DEFAULT_HTTP_ADDR;
+    let default = baton::config::DEFAULT_HTTP_ADDR;
     let _held = std::net::TcpListener::bind(default).ok();
     let prefix = format!("test-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
     let dir = scratch_dir("port");
@@ -517,12 +518,12 @@ async fn a_second_baton_run_takes_a_free_http_port_unless_one_is_given() {
     );
 
     let connection =
-        baton_contract::amqp::connect(&crate::app::amqp_url(), "test cleanup", &Default::default())
+        baton_amqp::connect(&crate::app::amqp_url(), "test cleanup", &Default::default())
             .await
             .unwrap();
     let channel = connection.create_channel().await.unwrap();
     let builtin = baton::workflow::Workflow::builtin();
-    baton_contract::amqp::delete_topology_with_parking(
+    baton_amqp::delete_topology_with_parking(
         &channel,
         &baton_contract::Names::new(prefix.clone()),
         &builtin.services(),

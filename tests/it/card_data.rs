@@ -2,7 +2,7 @@
 //! keyed fingerprint and still declines the high-risk card by it, through a key rotation.
 
 use crate::app::{spawn_services, Store, TestApp};
-use baton::orchestrator;
+use baton::runtime;
 use baton::testcards::TestCard;
 use baton_contract::{CardKeys, Command, Status, StepOutcome};
 use baton_services::ServiceKind;
@@ -138,7 +138,7 @@ async fn a_fingerprint_workflow_without_a_card_key_is_refused_at_start() {
     let app = spawn_services(Store::Sqlite, &[]).await;
     let mut settings = app.orchestrator_settings();
     settings.card_keys = None;
-    let error = match orchestrator::start(settings).await {
+    let error = match runtime::start(settings).await {
         Ok(_) => panic!("started without the card key the risk step needs"),
         Err(e) => e.to_string(),
     };

@@ -98,8 +98,8 @@ async fn an_invalid_copy_of_a_known_payment_does_not_give_it_a_second_result() {
     assert_eq!(app.queue_depth(&app.names.dead_queue(), 1).await, 1);
     let dead = app.take_all(&app.names.dead_queue()).await;
     assert_eq!(dead.len(), 1, "the invalid copy is kept for operators");
-    let detail = baton_contract::amqp::header_text(&dead[0].0, baton_contract::headers::DETAIL)
-        .unwrap_or_default();
+    let detail =
+        baton_amqp::header_text(&dead[0].0, baton_contract::headers::DETAIL).unwrap_or_default();
     assert!(detail.starts_with("amount.minor"), "{detail}");
     assert_eq!(
         app.queue_depth(&app.names.results_queue(), 2).await,

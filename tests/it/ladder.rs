@@ -11,7 +11,8 @@
 use crate::app::{eventually, metric_value, spawn_services, Store, TestApp};
 use baton::testcards::TestCard;
 use baton::workflow::Workflow;
-use baton_contract::{amqp, headers, PaymentResult, Status, StepOutcome};
+use baton_amqp as amqp;
+use baton_contract::{headers, PaymentResult, Status, StepOutcome};
 use baton_services::{Faults, ServiceKind};
 use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;

@@ -4,7 +4,7 @@
 use crate::app::{metric_value, spawn_app, spawn_services, Store};
 use baton::testcards::TestCard;
 use baton::workflow::Workflow;
-use baton_contract::amqp::publish_confirmed;
+use baton_amqp::publish_confirmed;
 use baton_contract::{headers, Limits, Status, StepOutcome};
 use baton_services::ServiceKind;
 use lapin::BasicProperties;

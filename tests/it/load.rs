@@ -63,12 +63,11 @@ async fn baton_load_exits_1_when_payments_go_unanswered() {
         (report["sent"].as_u64(), report["missing"].as_u64()),
         (Some(3), Some(3))
     );
-    let connection =
-        baton_contract::amqp::connect(&amqp_url(), "test cleanup", &Default::default())
-            .await
-            .unwrap();
+    let connection = baton_amqp::connect(&amqp_url(), "test cleanup", &Default::default())
+        .await
+        .unwrap();
     let channel = connection.create_channel().await.unwrap();
-    baton_contract::amqp::delete_topology(&channel, &baton_contract::Names::new(for_cleanup), &[])
+    baton_amqp::delete_topology(&channel, &baton_contract::Names::new(for_cleanup), &[])
         .await
         .unwrap();
 }

@@ -7,7 +7,8 @@ use crate::app::{amqp_url, http_get, spawn_app, spawn_services, Store, TestApp, 
 use baton::demo::run_batch;
 use baton::saga::SagaEvent;
 use baton::testcards::{mixed_batch, TestCard};
-use baton_contract::{amqp, PaymentResult, Status};
+use baton_amqp as amqp;
+use baton_contract::{PaymentResult, Status};
 use baton_services::ServiceKind;
 use futures_lite::StreamExt;
 use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};

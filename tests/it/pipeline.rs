@@ -4,7 +4,8 @@
 use crate::app::{spawn_app, spawn_app_with, Store, RESULT_WAIT};
 use baton::demo::run_batch;
 use baton::testcards::{mixed_batch, TestCard};
-use baton_contract::{amqp, headers, Reply, Status};
+use baton_amqp as amqp;
+use baton_contract::{headers, Reply, Status};
 use baton_services::ServiceKind;
 use uuid::Uuid;
 

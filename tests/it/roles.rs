@@ -6,7 +6,7 @@ use crate::app;
 use baton::broker::{self, AdminApi, Credentials, Method, PasswordSource, Passwords, Role};
 use baton::client::Client;
 use baton::testcards::TestCard;
-use baton_contract::amqp::{self, json_properties, publish_confirmed, TlsOptions};
+use baton_amqp::{self as amqp, json_properties, publish_confirmed, TlsOptions};
 use baton_contract::{Names, Status};
 use baton_services::ServiceKind;
 use lapin::options::{BasicConsumeOptions, BasicGetOptions};

@@ -11,7 +11,8 @@ use crate::app::{
 use baton::broker::Role;
 use baton::testcards::TestCard;
 use baton::workflow::Workflow;
-use baton_contract::{amqp, Status};
+use baton_amqp as amqp;
+use baton_contract::Status;
 use baton_services::ServiceKind;
 use lapin::options::{BasicGetOptions, BasicNackOptions, BasicPublishOptions};
 use lapin::{Channel, Connection, ConnectionProperties};
@@ -317,7 +318,7 @@ async fn require_verified_senders_refuses_to_start_without_users() {
     let app = spawn_verified_app(&[]).await;
     let mut settings = app.orchestrator_settings();
     settings.service_users.remove("risk");
-    let e = baton::orchestrator::start(settings)
+    let e = baton::runtime::start(settings)
         .await
         .err()
         .expect("refused without a user for risk");

@@ -1,7 +1,7 @@
 //! What every kit test needs: a unique prefix and ledger, a client that sends commands
 //! and reads replies, and clean-up.
 
-use baton_contract::amqp;
+use baton_amqp as amqp;
 use baton_contract::{
     Action, CardKeys, CardNumber, CardView, Command, Currency, Money, Names, PaymentView, Reply,
 };

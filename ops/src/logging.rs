@@ -1,9 +1,8 @@
-//! Logging set-up, done once per process: text or JSON lines on stderr, filtered by
-//! `RUST_LOG` (default `info`). Card numbers never reach it: their types print masked,
-//! and the lapin targets that print whole message bodies stay capped whatever `RUST_LOG`
-//! says, unless it names them ([`baton_contract::mask::log_filter`]).
+//! Logging set-up, done once per process by every Baton binary: text or JSON lines on
+//! stderr, filtered by `RUST_LOG` (default `info`). Card numbers never reach it: their
+//! types print masked, and the lapin targets that print whole message bodies stay capped
+//! whatever `RUST_LOG` says, unless it names them ([`baton_contract::mask::log_filter`]).
 
-use crate::cli::LogFormat;
 use std::sync::atomic::{AtomicBool, Ordering};
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
@@ -22,6 +21,15 @@ static LAPIN_ASKED: AtomicBool = AtomicBool::new(false);
 /// A `RUST_LOG` that names lapin overrides it.
 pub fn quiet_lapin(quiet: bool) {
     LAPIN_QUIET.store(quiet, Ordering::Relaxed);
+}
+
+/// Log output format (`--log-format`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 /// Installs the global subscriber; `default_filter` applies when `RUST_LOG` is not set.
@@ -51,7 +59,7 @@ pub fn init_with_caps(format: LogFormat, default_filter: &str, caps: &[(&str, &s
         rust_log.as_deref(),
         default_filter,
     )))
-    // An unparsable RUST_LOG falls back to the default, as before.
+    // An unparsable RUST_LOG falls back to the default.
     .unwrap_or_else(|_| {
         EnvFilter::new(with_caps(baton_contract::mask::log_filter(
             None,

@@ -1,0 +1,344 @@
+//! Every write to the journal, as one set of SQL statements that run unchanged on SQLite
+//! and PostgreSQL (sqlx's `Any` driver: `$n` placeholders, `TEXT` and `BIGINT` columns).
+//! A write is a [`Job`]; [`run_job`] runs it inside a transaction the store opened — the
+//! SQLite writer's batch or a PostgreSQL transaction of its own (see `store.rs`).
+
+use super::records::{action_name, action_of, JournalEntry, Pruned};
+use super::{corrupt, not_begun, now, JournalError};
+use baton_contract::{PaymentResult, StepRecord};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use sqlx::any::AnyRow;
+use sqlx::{Any, AnyConnection, Row};
+use uuid::Uuid;
+
+/// What an entry's JSON `body` column holds; step, action, order and time have columns.
+#[derive(Serialize, Deserialize)]
+pub(super) struct EntryBody {
+    pub(super) record: StepRecord,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) detail: Option<String>,
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub(super) data: Map<String, Value>,
+}
+
+/// One write.
+pub(super) enum Job {
+    Begin {
+        id: String,
+        summary: String,
+        now: String,
+        lease_until: String,
+    },
+    Record {
+        payment_id: Uuid,
+        entry: JournalEntry,
+        body: String,
+    },
+    Finish {
+        payment_id: Uuid,
+        text: String,
+    },
+    Park {
+        payment_id: Uuid,
+        lease_until: String,
+    },
+    /// Renew the leases of these running sagas.
+    Renew {
+        ids: Vec<String>,
+        lease_until: String,
+    },
+    /// Take over a saga whose lease ran out.
+    Claim {
+        id: String,
+        now: String,
+        lease_until: String,
+    },
+    /// Delete finished sagas older than the cutoff.
+    Prune {
+        before: String,
+    },
+}
+
+/// What a write gave, once its transaction is committed.
+pub(super) enum Written {
+    /// `true` if this write created the saga.
+    Begun(bool),
+    Recorded(JournalEntry),
+    Finished(PaymentResult),
+    Parked(u32),
+    /// Rows changed (renewed, claimed).
+    Changed(u64),
+    Pruned(Pruned),
+}
+
+/// Creates a saga, or does nothing if it exists (then [`BEGIN_RENEW`] renews its lease).
+const BEGIN_INSERT: &str = "INSERT INTO journal_sagas
+        (payment_id, summary, started_at, updated_at, result, parked, last_seq, lease_until)
+     VALUES ($1, $2, $3, $4, NULL, 0, 0, $5)
+     ON CONFLICT (payment_id) DO NOTHING";
+
+/// A saga begun again (a redelivery, a parked request back): whoever runs it now holds it.
+const BEGIN_RENEW: &str =
+    "UPDATE journal_sagas SET lease_until = $1 WHERE payment_id = $2 AND result IS NULL";
+
+/// The first statement of a record: takes the saga row's lock until commit (PostgreSQL;
+/// on SQLite the batch holds the database's write lock already), so that writers of one
+/// payment run one after the other, and tells whether the saga was begun.
+const RECORD_LOCK: &str = "UPDATE journal_sagas SET last_seq = last_seq + 1, updated_at = $1
+     WHERE payment_id = $2";
+
+/// The entry, numbered one past the payment's highest: safe because writers of the
+/// payment are serialised by [`RECORD_LOCK`], and each statement sees what the previous
+/// writer committed (PostgreSQL, READ COMMITTED). The conflict target names the decision's
+/// key, so that a clash on the sequence index is an error, never mistaken for a decision.
+const RECORD_INSERT: &str =
+    "INSERT INTO journal_entries (payment_id, step, action, seq, recorded_at, body)
+     SELECT $1, $2, $3, COALESCE(MAX(seq), 0) + 1, $4, $5
+     FROM journal_entries WHERE payment_id = $1
+     ON CONFLICT (payment_id, step, action) DO NOTHING";
+
+/// First writer wins: a concurrent writer waits for the row lock (PostgreSQL) or the write
+/// lock (SQLite) and re-checks `result IS NULL` against the committed row.
+const FINISH: &str = "UPDATE journal_sagas SET result = $1, updated_at = $2
+     WHERE payment_id = $3 AND result IS NULL";
+
+/// A parked saga is leased until it should be back, plus one lease.
+const PARK: &str = "UPDATE journal_sagas SET parked = parked + 1, updated_at = $1, lease_until = $2
+     WHERE payment_id = $3
+     RETURNING parked";
+
+/// Takes over a saga only if its lease has run out; the condition is checked again under
+/// the row's lock (PostgreSQL, READ COMMITTED) or the write lock (SQLite), so of two
+/// sweepers one claims it.
+const CLAIM: &str = "UPDATE journal_sagas SET lease_until = $1
+     WHERE payment_id = $2 AND result IS NULL AND lease_until < $3";
+
+/// Ids renewed per statement.
+const RENEW_CHUNK: usize = 500;
+
+/// Columns read for an entry, in this order.
+pub(super) const ENTRY_COLUMNS: &str = "step, action, recorded_at, body";
+
+/// Runs one write inside the caller's transaction. `Err` is a database error and aborts
+/// the transaction; `Ok(Err(_))` is this write's own answer (not begun, unreadable), which
+/// does not disturb other writes committed with it.
+pub(super) async fn run_job(
+    connection: &mut AnyConnection,
+    job: &Job,
+) -> Result<Result<Written, JournalError>, sqlx::Error> {
+    let now = now();
+    Ok(match job {
+        Job::Begin {
+            id,
+            summary,
+            now: started,
+            lease_until,
+        } => {
+            let inserted = sqlx::query(BEGIN_INSERT)
+                .bind(id)
+                .bind(summary)
+                .bind(started)
+                .bind(started)
+                .bind(lease_until)
+                .execute(&mut *connection)
+                .await?
+                .rows_affected();
+            if inserted == 0 {
+                sqlx::query(BEGIN_RENEW)
+                    .bind(lease_until)
+                    .bind(id)
+                    .execute(&mut *connection)
+                    .await?;
+            }
+            Ok(Written::Begun(inserted == 1))
+        }
+        Job::Record {
+            payment_id,
+            entry,
+            body,
+        } => {
+            let id = payment_id.to_string();
+            let action = action_name(entry.action);
+            let begun = sqlx::query(RECORD_LOCK)
+                .bind(&now)
+                .bind(&id)
+                .execute(&mut *connection)
+                .await?
+                .rows_affected();
+            if begun == 0 {
+                return Ok(Err(not_begun(*payment_id)));
+            }
+            let inserted = sqlx::query(RECORD_INSERT)
+                .bind(&id)
+                .bind(&entry.step)
+                .bind(action)
+                .bind(&entry.recorded_at)
+                .bind(body)
+                .execute(&mut *connection)
+                .await?
+                .rows_affected();
+            if inserted == 1 {
+                return Ok(Ok(Written::Recorded(entry.clone())));
+            }
+            // A decision was there first: it is the one to continue with.
+            match stored_entry(&mut *connection, *payment_id, &entry.step, action).await? {
+                Some(stored) => stored.map(Written::Recorded),
+                None => Err(corrupt(
+                    *payment_id,
+                    format!(
+                        "step {} ({action}): entry neither inserted nor found",
+                        entry.step
+                    ),
+                )),
+            }
+        }
+        Job::Finish { payment_id, text } => {
+            let id = payment_id.to_string();
+            sqlx::query(FINISH)
+                .bind(text)
+                .bind(&now)
+                .bind(&id)
+                .execute(&mut *connection)
+                .await?;
+            let Some(row) = sqlx::query("SELECT result FROM journal_sagas WHERE payment_id = $1")
+                .bind(&id)
+                .fetch_optional(&mut *connection)
+                .await?
+            else {
+                return Ok(Err(not_begun(*payment_id)));
+            };
+            let stored: Option<String> = row.try_get(0)?;
+            match stored {
+                None => Err(corrupt(*payment_id, "result written but not found")),
+                Some(stored) => serde_json::from_str::<PaymentResult>(&stored)
+                    .map(Written::Finished)
+                    .map_err(|e| corrupt(*payment_id, format!("result: {e}"))),
+            }
+        }
+        Job::Park {
+            payment_id,
+            lease_until,
+        } => {
+            let Some(row) = sqlx::query(PARK)
+                .bind(&now)
+                .bind(lease_until)
+                .bind(payment_id.to_string())
+                .fetch_optional(&mut *connection)
+                .await?
+            else {
+                return Ok(Err(not_begun(*payment_id)));
+            };
+            let parked: i64 = row.try_get(0)?;
+            u32::try_from(parked)
+                .map(Written::Parked)
+                .map_err(|_| corrupt(*payment_id, format!("parked count {parked}")))
+        }
+        Job::Renew { ids, lease_until } => {
+            let mut changed = 0;
+            for chunk in ids.chunks(RENEW_CHUNK) {
+                let text = renew_text(chunk.len());
+                let mut query = sqlx::query::<Any>(&text).bind(lease_until);
+                for id in chunk {
+                    query = query.bind(id);
+                }
+                changed += query.execute(&mut *connection).await?.rows_affected();
+            }
+            Ok(Written::Changed(changed))
+        }
+        Job::Claim {
+            id,
+            now,
+            lease_until,
+        } => {
+            let changed = sqlx::query(CLAIM)
+                .bind(lease_until)
+                .bind(id)
+                .bind(now)
+                .execute(&mut *connection)
+                .await?
+                .rows_affected();
+            Ok(Written::Changed(changed))
+        }
+        Job::Prune { before } => Ok(Written::Pruned(prune(&mut *connection, before).await?)),
+    })
+}
+
+/// The statement renewing `n` sagas' leases: `$1` the new lease, `$2…` the ids.
+fn renew_text(n: usize) -> String {
+    let ids = (2..2 + n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "UPDATE journal_sagas SET lease_until = $1
+         WHERE result IS NULL AND payment_id IN ({ids})"
+    )
+}
+
+/// Deletes finished sagas (and their entries) last changed before `before`; never a
+/// running one.
+async fn prune(connection: &mut AnyConnection, before: &str) -> Result<Pruned, sqlx::Error> {
+    let entries = sqlx::query(
+        "DELETE FROM journal_entries WHERE payment_id IN
+            (SELECT payment_id FROM journal_sagas WHERE result IS NOT NULL AND updated_at < $1)",
+    )
+    .bind(before)
+    .execute(&mut *connection)
+    .await?
+    .rows_affected();
+    let sagas =
+        sqlx::query("DELETE FROM journal_sagas WHERE result IS NOT NULL AND updated_at < $1")
+            .bind(before)
+            .execute(&mut *connection)
+            .await?
+            .rows_affected();
+    Ok(Pruned { sagas, entries })
+}
+
+/// The stored entry of `(payment_id, step, action)`, if any (`Some(Err)`: unreadable).
+async fn stored_entry(
+    connection: &mut AnyConnection,
+    payment_id: Uuid,
+    step: &str,
+    action: &str,
+) -> Result<Option<Result<JournalEntry, JournalError>>, sqlx::Error> {
+    let row = sqlx::query(&format!(
+        "SELECT {ENTRY_COLUMNS} FROM journal_entries
+         WHERE payment_id = $1 AND step = $2 AND action = $3"
+    ))
+    .bind(payment_id.to_string())
+    .bind(step)
+    .bind(action)
+    .fetch_optional(&mut *connection)
+    .await?;
+    Ok(row.map(|row| entry_of(payment_id, &row)))
+}
+
+/// An entry from a row of [`ENTRY_COLUMNS`].
+pub(super) fn entry_of(payment_id: Uuid, row: &AnyRow) -> Result<JournalEntry, JournalError> {
+    let step: String = row.try_get(0)?;
+    let action: String = row.try_get(1)?;
+    let recorded_at: String = row.try_get(2)?;
+    let body: String = row.try_get(3)?;
+    let action = action_of(&action).ok_or_else(|| {
+        corrupt(
+            payment_id,
+            format!("step {step}: unknown action {action:?}"),
+        )
+    })?;
+    let body: EntryBody = serde_json::from_str(&body).map_err(|e| {
+        corrupt(
+            payment_id,
+            format!("step {step} ({}): {e}", action_name(action)),
+        )
+    })?;
+    Ok(JournalEntry {
+        step,
+        action,
+        record: body.record,
+        detail: body.detail,
+        data: body.data,
+        recorded_at,
+    })
+}

@@ -1,0 +1,111 @@
+//! Where writes go: the storage behind [`Journal`](super::Journal). Both backends run the
+//! same [`run_job`]; they differ only in how writes share a transaction.
+//!
+//! - **SQLite**: one writer task owns the only writing connection. It takes every write
+//!   waiting at that moment, runs them in one `BEGIN IMMEDIATE` transaction (the write lock
+//!   from the first statement, so another process writing the same file cannot slip in
+//!   between a check and an insert), commits — one fsync for all of them (group commit) —
+//!   and then answers each caller.
+//! - **PostgreSQL**: each write is its own transaction on the pool; PostgreSQL does its
+//!   own group commit across connections.
+
+use super::statements::{run_job, Job, Written};
+use super::JournalError;
+use sqlx::{AnyConnection, AnyPool, Connection as _};
+use tokio::sync::{mpsc, oneshot};
+
+/// Largest number of writes committed together.
+const MAX_BATCH: usize = 512;
+
+type Done = oneshot::Sender<Result<Written, JournalError>>;
+
+/// The journal's writer.
+#[derive(Clone)]
+pub(super) enum Store {
+    /// SQLite's group-commit writer task.
+    Batched(mpsc::Sender<(Job, Done)>),
+    /// PostgreSQL: a transaction per write, on the shared pool.
+    Pooled(AnyPool),
+}
+
+impl Store {
+    /// Starts the writer task on `connection`, SQLite's one writing connection.
+    pub(super) fn batched(connection: AnyConnection) -> Self {
+        let (jobs, queue) = mpsc::channel(4 * MAX_BATCH);
+        tokio::spawn(write_batches(connection, queue));
+        Store::Batched(jobs)
+    }
+
+    /// Runs `job` and answers once it is committed.
+    pub(super) async fn write(&self, job: Job) -> Result<Written, JournalError> {
+        match self {
+            Store::Batched(writer) => {
+                let (done, answer) = oneshot::channel();
+                let closed = || JournalError::Database(sqlx::Error::PoolClosed);
+                writer.send((job, done)).await.map_err(|_| closed())?;
+                answer.await.map_err(|_| closed())?
+            }
+            Store::Pooled(pool) => {
+                let mut tx = pool.begin().await?;
+                match run_job(&mut tx, &job).await? {
+                    Ok(written) => {
+                        tx.commit().await?;
+                        Ok(written)
+                    }
+                    Err(answer) => {
+                        tx.rollback().await?;
+                        Err(answer)
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The SQLite writer. A failed statement rolls the whole batch back and every caller gets
+/// the error (and retries or parks its payment); an answer that only concerns one write
+/// (not begun, unreadable) is that write's and does not disturb the others.
+async fn write_batches(mut connection: AnyConnection, mut jobs: mpsc::Receiver<(Job, Done)>) {
+    while let Some(first) = jobs.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match jobs.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let (work, answers): (Vec<Job>, Vec<Done>) = batch.into_iter().unzip();
+        match run_batch(&mut connection, &work).await {
+            Ok(results) => {
+                for (answer, result) in answers.into_iter().zip(results) {
+                    let _ = answer.send(result);
+                }
+            }
+            Err(e) => {
+                let _ = sqlx::query("ROLLBACK").execute(&mut connection).await;
+                let message = e.to_string();
+                for answer in answers {
+                    let _ = answer.send(Err(JournalError::Database(sqlx::Error::Protocol(
+                        message.clone(),
+                    ))));
+                }
+            }
+        }
+    }
+    let _ = connection.close().await;
+}
+
+async fn run_batch(
+    connection: &mut AnyConnection,
+    work: &[Job],
+) -> Result<Vec<Result<Written, JournalError>>, sqlx::Error> {
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut *connection)
+        .await?;
+    let mut results = Vec::with_capacity(work.len());
+    for job in work {
+        results.push(run_job(connection, job).await?);
+    }
+    sqlx::query("COMMIT").execute(&mut *connection).await?;
+    Ok(results)
+}
