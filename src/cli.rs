@@ -132,6 +132,38 @@ pub struct StatusArgs {
     #[command(flatten)]
     #[allow(missing_docs)]
     pub journal: JournalArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub no_broker: NoBroker,
+    /// Shadows the global --prefix (hidden, refused when given).
+    #[arg(long, hide = true, value_parser = refuse_status_prefix)]
+    pub prefix: Option<String>,
+}
+
+/// The broker connection options (global to the other subcommands) shadowed in a
+/// subcommand that never talks to RabbitMQ: hidden from its `--help`, and refused when
+/// given rather than silently ignored. Their environment variables are not read there.
+#[derive(Debug, Args)]
+pub struct NoBroker {
+    #[arg(long, hide = true, value_parser = refuse_broker_option)]
+    amqp_url: Option<String>,
+    #[arg(long, hide = true, value_parser = refuse_broker_option)]
+    amqp_ca_file: Option<String>,
+}
+
+fn refuse_broker_option(_: &str) -> Result<String, String> {
+    Err(
+        "this subcommand does not talk to RabbitMQ: it takes no --amqp-url or --amqp-ca-file"
+            .into(),
+    )
+}
+
+fn refuse_status_prefix(_: &str) -> Result<String, String> {
+    Err(
+        "baton status reads the journal, which holds the payments of every prefix: it \
+         takes no --prefix"
+            .into(),
+    )
 }
 
 /// Which test cards a load run uses.
@@ -290,9 +322,10 @@ pub struct RunArgs {
     pub instance: Option<String>,
 
     /// HTTP address for /metrics, /healthz, /readyz and /payments/<id> (port 0: any free
-    /// port, logged; "off": no HTTP port)
-    #[arg(long, env = "BATON_HTTP_ADDR", default_value = crate::config::DEFAULT_HTTP_ADDR, hide_env_values = true)]
-    pub http_addr: String,
+    /// port, logged; "off": no HTTP port) [default: 127.0.0.1:9460, or a free port, logged,
+    /// when another process has that one; given, a taken address is an error]
+    #[arg(long, env = "BATON_HTTP_ADDR", hide_env_values = true)]
+    pub http_addr: Option<String>,
 
     /// File holding a bearer token that /payments/<id> then requires (at least 16
     /// characters); without it, /payments/<id> is served on a loopback address only
@@ -391,6 +424,18 @@ pub struct DemoArgs {
     /// Keep the demo's queues and ledger instead of deleting them at the end
     #[arg(long)]
     pub keep: bool,
+    /// Shadows the global --prefix (hidden, refused when given): the demo runs on a fresh
+    /// prefix of its own, which it deletes at the end.
+    #[arg(long, hide = true, value_parser = refuse_demo_prefix)]
+    pub prefix: Option<String>,
+}
+
+fn refuse_demo_prefix(_: &str) -> Result<String, String> {
+    Err(
+        "baton demo runs on a fresh prefix of its own (demo-xxxxxxxx) and deletes it at \
+         the end (keep it with --keep); it takes no --prefix"
+            .into(),
+    )
 }
 
 /// `baton workflow …`.
@@ -400,6 +445,9 @@ pub enum WorkflowCommand {
     Check {
         /// The file [default: the built-in workflow]
         file: Option<PathBuf>,
+        #[command(flatten)]
+        #[allow(missing_docs)]
+        no_broker: NoBroker,
     },
     /// Run a workflow against scripted service answers, in memory on a paused clock (no
     /// broker), and check each case's result; exit 0 all pass, 1 one failed, 2 a bad file
@@ -523,7 +571,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Broker(command) => crate::broker::run(&cli.common.prefix, command).await,
         Command::Sagas(command) => crate::journal_tools::sagas(command).await,
         Command::Journal(command) => crate::journal_tools::journal(command).await,
-        Command::Workflow(WorkflowCommand::Check { file }) => {
+        Command::Workflow(WorkflowCommand::Check { file, .. }) => {
             let workflow = load_workflow(file.as_deref())?;
             for step in workflow.steps() {
                 println!(
@@ -623,7 +671,16 @@ async fn run_orchestrator(common: &Common, names: Names, args: RunArgs) -> anyho
         args.journal.journal_url.clone(),
     );
     settings.amqp_ca_file = common.amqp_ca_file.clone();
-    settings.http_addr = (args.http_addr != "off").then(|| args.http_addr.clone());
+    settings.http_addr = match args.http_addr.as_deref() {
+        Some("off") => None,
+        Some(addr) => Some(addr.to_owned()),
+        // The default port is the first replica's; a second on this machine takes a free
+        // one (logged) rather than refuse to start.
+        None => {
+            settings.http_fallback_to_free_port = true;
+            Some(crate::config::DEFAULT_HTTP_ADDR.to_owned())
+        }
+    };
     settings.events = args.events == Switch::On;
     settings.concurrency = args.concurrency;
     settings.workflow = load_workflow(args.workflow.as_deref())?;
@@ -640,7 +697,12 @@ async fn run_orchestrator(common: &Common, names: Names, args: RunArgs) -> anyho
     if let Some(instance) = args.instance {
         settings.instance = instance;
     }
+    // A failed start is one line of ours (a refused login, an unreachable broker);
+    // lapin's own lines about it are dropped until the orchestrator runs (and stay
+    // dropped on the way out: lapin's thread may still log the failure after it).
+    baton_ops::logging::quiet_lapin(true);
     let running = runtime::start(settings).await?;
+    baton_ops::logging::quiet_lapin(false);
     let stopper = running.stopper();
     tokio::spawn(async move {
         shutdown_signal().await;
@@ -691,14 +753,14 @@ async fn load(common: &Common, names: Names, args: LoadArgs) -> anyhow::Result<i
 }
 
 async fn status(args: StatusArgs) -> anyhow::Result<i32> {
-    let journal = crate::journal::Journal::open(&args.journal.journal_url).await?;
+    let journal = crate::journal::Journal::open_existing(&args.journal.journal_url).await?;
     let record = journal.load(args.payment_id).await?;
     journal.close().await;
     let Some(record) = record else {
         eprintln!(
-            "payment {} is not in the journal {}",
+            "payment {} is not in the journal at {}",
             args.payment_id,
-            baton_amqp::redact_url(&args.journal.journal_url)
+            journal.location()
         );
         return Ok(1);
     };
@@ -787,6 +849,23 @@ async fn pay(common: &Common, names: Names, args: PayArgs) -> anyhow::Result<i32
             serde_json::to_vec(&request)?
         }
     };
+    // Checked here, before anything is published: an orchestrator dead-letters a request
+    // it cannot read without answering anyone (it has no payment id to answer), and this
+    // command would wait out its timeout. The limits are the orchestrator's to enforce
+    // (an amount over its limit is answered `rejected`).
+    let unbounded = Limits {
+        max_body_bytes: usize::MAX,
+        max_amount_minor: u64::MAX,
+    };
+    let request = baton_contract::PaymentRequest::parse(&body, &unbounded).map_err(|invalid| {
+        let what = match &args.file {
+            Some(path) => format!("the request file {}", path.display()),
+            None => "the request".to_owned(),
+        };
+        anyhow::anyhow!("{what} is not a valid payment request, nothing was published: {invalid}")
+    })?;
+    let payment_id = request.payment_id;
+    let requests_queue = names.requests_queue();
     let mut client = Client::connect(
         &common.amqp_url,
         &TlsOptions::with_ca_file(common.amqp_ca_file.clone()),
@@ -800,11 +879,24 @@ async fn pay(common: &Common, names: Names, args: PayArgs) -> anyhow::Result<i32
     loop {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         let Some(received) = client.next_result(left).await else {
-            anyhow::bail!(
-                "no result within {} s: is an orchestrator (`baton run`) and every service running on prefix {:?}?",
-                args.timeout,
-                common.prefix
-            );
+            let consumers = request_consumers(&client, &requests_queue).await;
+            client.close().await;
+            match consumers {
+                // An orchestrator took the request: the payment is parked for a retry or
+                // waiting for a service, and its result comes when it is decided.
+                Some(n) if n > 0 => anyhow::bail!(
+                    "no result within {} s: payment {payment_id} is still running (an \
+                     orchestrator has it, parked for a retry or waiting for a service); its \
+                     result will be published when decided: see `baton status {payment_id}`",
+                    args.timeout
+                ),
+                _ => anyhow::bail!(
+                    "no result within {} s: no orchestrator consumes {requests_queue}, where \
+                     payment {payment_id} waits: start `baton run --prefix {}`",
+                    args.timeout,
+                    common.prefix
+                ),
+            }
         };
         if received.correlation_id.as_deref() != Some(correlation.as_str()) {
             continue;
@@ -815,4 +907,19 @@ async fn pay(common: &Common, names: Names, args: PayArgs) -> anyhow::Result<i32
         let completed = received.result.map(|r| r.status) == Some(Status::Completed);
         return Ok(if completed { 0 } else { 1 });
     }
+}
+
+/// How many consumers the request queue has (orchestrators), if the broker says.
+async fn request_consumers(client: &Client, queue: &str) -> Option<u32> {
+    let options = lapin::options::QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    let publisher = client.publisher();
+    let declared = publisher
+        .channel()
+        .queue_declare(queue.into(), options, lapin::types::FieldTable::default())
+        .await
+        .ok()?;
+    Some(declared.consumer_count())
 }

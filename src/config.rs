@@ -40,6 +40,10 @@ pub struct Settings {
     pub journal_url: String,
     /// Where to serve `/metrics`, `/healthz`, `/readyz`, `/payments/<id>`; `None`: nowhere.
     pub http_addr: Option<String>,
+    /// When `http_addr` is taken by another process (a second `baton run` on the
+    /// default port), listen on a free port of the same host instead, with a warning,
+    /// rather than refuse to start. Off: a taken address is an error.
+    pub http_fallback_to_free_port: bool,
     /// Publish saga events (`event.<step>.<outcome>`) for audit consumers. They cost
     /// about a fifth of the throughput on a busy two-core machine; turn them off when
     /// nobody consumes them.
@@ -88,6 +92,7 @@ impl Settings {
             instance: new_instance_id(),
             journal_url: journal_url.into(),
             http_addr: None,
+            http_fallback_to_free_port: false,
             events: true,
             service_users: BTreeMap::new(),
             require_verified_senders: false,

@@ -31,8 +31,43 @@ pub async fn run_batch(
     crate::load::run(client, cards, all, wait, Duration::ZERO, progress).await
 }
 
-/// `baton demo`.
+/// Exit code of a demo stopped by Ctrl-C or SIGTERM (128 + SIGINT, as a shell reports).
+pub const EXIT_INTERRUPTED: i32 = 130;
+
+/// Resolves on Ctrl-C or SIGTERM. The handlers are installed now, not when first polled:
+/// a signal that comes while the pipeline is still starting is kept until the demo looks.
+fn interrupted() -> impl std::future::Future<Output = ()> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let interrupt = signal(SignalKind::interrupt());
+        let terminate = signal(SignalKind::terminate());
+        async move {
+            match (interrupt, terminate) {
+                (Ok(mut interrupt), Ok(mut terminate)) => {
+                    tokio::select! {
+                        _ = interrupt.recv() => {}
+                        _ = terminate.recv() => {}
+                    }
+                }
+                _ => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+/// `baton demo`. Ctrl-C (or SIGTERM) stops it and cleans up all the same: its queues and
+/// files are deleted (unless `--keep`), and it exits 130.
 pub async fn run(amqp_url: &str, tls: &amqp::TlsOptions, args: DemoArgs) -> anyhow::Result<i32> {
+    let mut signal = std::pin::pin!(interrupted());
     let id = Uuid::new_v4().simple().to_string()[..8].to_owned();
     let names = Names::new(format!("demo-{id}"));
     let ledger_file = std::env::temp_dir().join(format!("baton-demo-{id}.db"));
@@ -40,6 +75,7 @@ pub async fn run(amqp_url: &str, tls: &amqp::TlsOptions, args: DemoArgs) -> anyh
         .ledger_url
         .clone()
         .unwrap_or_else(|| format!("sqlite://{}", ledger_file.display()));
+    let journal_file = std::env::temp_dir().join(format!("baton-demo-{id}-journal.db"));
     eprintln!(
         "baton demo: prefix {}, broker {}, {} payments",
         names.prefix(),
@@ -47,50 +83,45 @@ pub async fn run(amqp_url: &str, tls: &amqp::TlsOptions, args: DemoArgs) -> anyh
         args.payments
     );
 
-    // A throw-away card key, shared by this process's orchestrator and risk service
-    // and gone with it: demo fingerprints match nothing outside the demo.
-    let card_keys = baton_contract::CardKeys::generate(&format!("demo-{id}"));
+    // Started below one by one; whatever was started is stopped and cleaned up at the
+    // end, whether the batch finished, failed or was interrupted.
     let mut services = Vec::new();
-    for kind in ServiceKind::ALL {
-        let config = ServiceConfig {
-            card_keys: Some(card_keys.clone()),
-            amqp_url: amqp_url.to_owned(),
-            amqp_ca_file: tls.ca_file.clone(),
-            prefix: names.prefix().to_owned(),
-            concurrency: 64,
-            ledger_url: ledger_url.clone(),
-            ..ServiceConfig::default()
-        };
-        services.push(
-            baton_services::start(kind, config)
-                .await
-                // The broker's own error when it is one, so the exit code is 2 as for
-                // the orchestrator (`cli::exit_code_for`).
-                .map_err(|e| match e.into_broker() {
-                    Ok(broker) => anyhow::Error::from(broker),
-                    Err(other) => anyhow::Error::from(other),
-                })
-                .with_context(|| format!("starting the {} service", kind.name()))?,
-        );
-    }
-    let journal_file = std::env::temp_dir().join(format!("baton-demo-{id}-journal.db"));
-    let mut settings = Settings::new(
+    let mut orchestrator = None;
+    let started = start(
         amqp_url,
-        names.prefix(),
-        format!("sqlite://{}", journal_file.display()),
-    );
-    settings.amqp_ca_file = tls.ca_file.clone();
-    settings.card_keys = Some(card_keys);
-    let orchestrator = runtime::start(settings).await?;
-    eprintln!("  four services and one orchestrator running; publishing...");
+        tls,
+        &names,
+        &ledger_url,
+        &journal_file,
+        &mut services,
+        &mut orchestrator,
+    )
+    .await;
+    let outcome = match started {
+        Err(e) => Err(e),
+        Ok(()) => {
+            eprintln!("  four services and one orchestrator running; publishing...");
+            tokio::select! {
+                // A signal that came during start-up is seen before anything is published.
+                biased;
+                () = &mut signal => Ok(None),
+                report = batch(amqp_url, tls, &names, args.payments) => report.map(Some),
+            }
+        }
+    };
+    if let Ok(None) = outcome {
+        eprintln!("  interrupted: stopping and cleaning up (again to leave everything as it is)");
+        let prefix = names.prefix().to_owned();
+        tokio::spawn(async move {
+            interrupted().await;
+            eprintln!("interrupted again: {prefix} and its files are left as they are");
+            std::process::exit(EXIT_INTERRUPTED);
+        });
+    }
 
-    let mut client = Client::connect(amqp_url, tls, names.clone()).await?;
-    let cards = mixed_batch(args.payments);
-    let report = run_batch(&mut client, &cards, Duration::from_secs(120), true).await?;
-    crate::load::print_report(&report);
-
-    client.close().await;
-    orchestrator.shutdown().await?;
+    if let Some(orchestrator) = orchestrator {
+        orchestrator.shutdown().await?;
+    }
     for service in services {
         service.shutdown().await?;
     }
@@ -117,6 +148,18 @@ pub async fn run(amqp_url: &str, tls: &amqp::TlsOptions, args: DemoArgs) -> anyh
             amqp::redact_url(&ledger_url)
         );
     }
+    let Some(report) = outcome? else {
+        eprintln!(
+            "interrupted: {} {}",
+            names.prefix(),
+            if args.keep {
+                "kept (--keep)"
+            } else {
+                "and its files deleted"
+            }
+        );
+        return Ok(EXIT_INTERRUPTED);
+    };
     let all_good = report.exactly_once();
     let completed = report
         .by_outcome
@@ -134,4 +177,70 @@ pub async fn run(amqp_url: &str, tls: &amqp::TlsOptions, args: DemoArgs) -> anyh
         }
     );
     Ok(if all_good { 0 } else { 1 })
+}
+
+/// Starts the four services and the orchestrator on `names`, each pushed into `services`
+/// / `orchestrator` as soon as it runs, so the caller stops whatever started even if a
+/// later one fails.
+async fn start(
+    amqp_url: &str,
+    tls: &amqp::TlsOptions,
+    names: &Names,
+    ledger_url: &str,
+    journal_file: &std::path::Path,
+    services: &mut Vec<baton_services::RunningService>,
+    orchestrator: &mut Option<runtime::Running>,
+) -> anyhow::Result<()> {
+    // A throw-away card key, shared by this process's orchestrator and risk service
+    // and gone with it: demo fingerprints match nothing outside the demo.
+    let card_keys = baton_contract::CardKeys::generate(names.prefix());
+    for kind in ServiceKind::ALL {
+        let config = ServiceConfig {
+            card_keys: Some(card_keys.clone()),
+            amqp_url: amqp_url.to_owned(),
+            amqp_ca_file: tls.ca_file.clone(),
+            prefix: names.prefix().to_owned(),
+            concurrency: 64,
+            ledger_url: ledger_url.to_owned(),
+            ..ServiceConfig::default()
+        };
+        services.push(
+            baton_services::start(kind, config)
+                .await
+                // The broker's own error when it is one, so the exit code is 2 as for
+                // the orchestrator (`cli::exit_code_for`).
+                .map_err(|e| match e.into_broker() {
+                    Ok(broker) => anyhow::Error::from(broker),
+                    Err(other) => anyhow::Error::from(other),
+                })
+                .with_context(|| format!("starting the {} service", kind.name()))?,
+        );
+    }
+    let mut settings = Settings::new(
+        amqp_url,
+        names.prefix(),
+        format!("sqlite://{}", journal_file.display()),
+    );
+    settings.amqp_ca_file = tls.ca_file.clone();
+    settings.card_keys = Some(card_keys);
+    // Interrupted, the demo deletes everything: no point waiting for payments in flight.
+    settings.shutdown_timeout = Duration::from_secs(1);
+    *orchestrator = Some(runtime::start(settings).await?);
+    Ok(())
+}
+
+/// Publishes the mixed batch and waits for its results.
+async fn batch(
+    amqp_url: &str,
+    tls: &amqp::TlsOptions,
+    names: &Names,
+    payments: usize,
+) -> anyhow::Result<BatchReport> {
+    let mut client = Client::connect(amqp_url, tls, names.clone()).await?;
+    let cards = mixed_batch(payments);
+    let report = run_batch(&mut client, &cards, Duration::from_secs(120), true).await;
+    client.close().await;
+    let report = report?;
+    crate::load::print_report(&report);
+    Ok(report)
 }

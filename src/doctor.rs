@@ -573,7 +573,7 @@ async fn journal_checks(
         ));
         return checks;
     }
-    match crate::journal::Journal::open(url).await {
+    match crate::journal::Journal::open_existing(url).await {
         Ok(journal) => {
             let written = journal.check_writable().await;
             let foreign = !ids.is_empty() && !ids.contains(journal.id());

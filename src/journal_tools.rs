@@ -64,7 +64,7 @@ pub async fn sagas(command: SagasCommand) -> anyhow::Result<i32> {
             limit,
             journal,
         } => {
-            let journal = Journal::open(&journal.journal_url).await?;
+            let journal = Journal::open_existing(&journal.journal_url).await?;
             let stuck = journal.stuck(limit).await?;
             let running = journal.running().await?;
             journal.close().await;
@@ -103,7 +103,7 @@ pub async fn sagas(command: SagasCommand) -> anyhow::Result<i32> {
             wait,
             journal,
         } => {
-            let journal = Journal::open(&journal.journal_url).await?;
+            let journal = Journal::open_existing(&journal.journal_url).await?;
             let code = finish(&journal, payment_id, wait).await;
             journal.close().await;
             code
@@ -155,7 +155,7 @@ pub async fn journal(command: JournalCommand) -> anyhow::Result<i32> {
             older_than,
             journal,
         } => {
-            let journal = Journal::open(&journal.journal_url).await?;
+            let journal = Journal::open_existing(&journal.journal_url).await?;
             let pruned = journal.prune(older_than).await?;
             journal.close().await;
             println!(

@@ -10,13 +10,14 @@ pub enum OpsError {
     /// taken, privileged or malformed, and the operator has to pick another one.
     #[error(
         "cannot listen on {addr}: {}; choose another with --http-addr / BATON_HTTP_ADDR",
-        describe(source)
+        describe(cause)
     )]
     Bind {
         /// The address as given (`host:port`).
         addr: String,
-        /// What the operating system said.
-        source: io::Error,
+        /// What the operating system said (in the message once, in a stable wording; not
+        /// a `source`, or `{:#}` would print it a second time).
+        cause: io::Error,
     },
     /// The bearer token file cannot be used.
     #[error("--http-token-file {path}: {problem}")]
@@ -26,6 +27,13 @@ pub enum OpsError {
         /// What is wrong with it.
         problem: String,
     },
+}
+
+impl OpsError {
+    /// Whether this is a bind refused because another process listens on the address.
+    pub fn is_addr_in_use(&self) -> bool {
+        matches!(self, OpsError::Bind { cause, .. } if cause.kind() == io::ErrorKind::AddrInUse)
+    }
 }
 
 /// A short, stable wording for the bind failures operators meet, instead of the

@@ -2,6 +2,8 @@
 //! `/metrics`, `/healthz`, `/readyz` and, optionally, a few application read-only
 //! paths (the orchestrator's `GET /payments/<id>`).
 //!
+//! It also holds [`sql`], the one opener of the journal's and the ledger's databases.
+//!
 //! What it is for: one small, dependable HTTP/1 server that the orchestrator and the
 //! four services start the same way, so Prometheus, container health checks and
 //! operators see the same endpoints everywhere.
@@ -36,6 +38,7 @@ mod lifecycle;
 pub mod logging;
 mod metrics;
 mod server;
+pub mod sql;
 
 pub use error::OpsError;
 pub use health::Health;
@@ -46,3 +49,4 @@ pub use server::{
     handler, request_handler, AppRequest, Handler, HttpServer, Response, DRAIN_TIMEOUT,
 };
 pub use server::{AppRoutes, BearerToken};
+pub use sql::SqlError;

@@ -258,9 +258,9 @@ impl HttpServer {
         app: Option<AppRoutes>,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<HttpServer, OpsError> {
-        let bind_error = |source| OpsError::Bind {
+        let bind_error = |cause| OpsError::Bind {
             addr: addr.to_owned(),
-            source,
+            cause,
         };
         let listener = TcpListener::bind(addr).await.map_err(bind_error)?;
         let local_addr = listener.local_addr().map_err(bind_error)?;

@@ -240,6 +240,9 @@ async fn a_taken_port_gives_a_clear_message() {
     .expect_err("port is taken");
 
     assert!(matches!(err, OpsError::Bind { .. }));
+    assert!(err.is_addr_in_use());
+    // The OS's own wording is not repeated as a cause (`{:#}` printed it twice).
+    assert!(std::error::Error::source(&err).is_none());
     assert_eq!(
         err.to_string(),
         format!(

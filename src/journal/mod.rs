@@ -50,10 +50,11 @@ pub use records::{
 };
 
 use baton_contract::PaymentResult;
+use baton_ops::sql::{self, Database, OpenMode, SqlError};
 use records::fresh;
-use schema::{create_schema, read_identity, Backend, SQLITE_PRAGMAS};
+use schema::{create_schema, read_identity, Backend};
 use sqlx::any::AnyPoolOptions;
-use sqlx::{AnyConnection, AnyPool, Connection as _};
+use sqlx::AnyPool;
 use statements::{EntryBody, Job, Written};
 use std::fmt;
 use std::time::{Duration, SystemTime};
@@ -72,13 +73,12 @@ pub enum JournalError {
         /// The URL, password removed.
         url: String,
     },
-    /// The database could not be reached, or its tables not created.
-    #[error("cannot open the journal at {url}: {source}")]
+    /// The database could not be opened (its message names the file or the URL without
+    /// its password), or its tables not created.
+    #[error("cannot open the journal: {cause}")]
     Open {
-        /// The URL, password removed.
-        url: String,
-        /// What sqlx said.
-        source: sqlx::Error,
+        /// Why, as the SQL opener says it.
+        cause: SqlError,
     },
     /// A query failed (connection lost, lock timeout, …): retry later.
     #[error("journal database error: {0}")]
@@ -98,10 +98,12 @@ pub enum JournalError {
 
 impl JournalError {
     /// Whether retrying the same call later may succeed: database and connection errors
-    /// (including failing to open), yes; an unsupported URL or a corrupt record, no.
+    /// (a server down or slow at open), yes; an unsupported URL, a missing or foreign
+    /// database, or a corrupt record, no.
     pub fn is_transient(&self) -> bool {
         match self {
-            JournalError::Database(_) | JournalError::Open { .. } => true,
+            JournalError::Database(_) => true,
+            JournalError::Open { cause } => cause.is_transient(),
             JournalError::UnsupportedUrl { .. } | JournalError::Corrupt { .. } => false,
         }
     }
@@ -167,17 +169,6 @@ fn redact(url: &str) -> String {
     baton_amqp::redact_url(url)
 }
 
-/// `sqlite://x.db` → `sqlite://x.db?mode=rwc` so a missing file is created.
-fn with_create_mode(url: &str) -> String {
-    if url.contains("mode=") {
-        url.to_owned()
-    } else if url.contains('?') {
-        format!("{url}&mode=rwc")
-    } else {
-        format!("{url}?mode=rwc")
-    }
-}
-
 fn corrupt(payment_id: Uuid, problem: impl Into<String>) -> JournalError {
     JournalError::Corrupt {
         payment_id,
@@ -201,44 +192,50 @@ impl Journal {
     /// `postgres://…` — and creates its tables if missing. Several processes may open the
     /// same journal at the same time.
     pub async fn open(url: &str) -> Result<Self, JournalError> {
-        sqlx::any::install_default_drivers();
+        Self::open_with(url, OpenMode::Create).await
+    }
 
-        let (connect_url, backend) = if url.starts_with("sqlite:") {
-            (with_create_mode(url), Backend::Sqlite)
-        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            (url.to_owned(), Backend::Postgres)
-        } else {
-            return Err(JournalError::UnsupportedUrl { url: redact(url) });
+    /// Opens an existing journal, for operators' tools (`baton status`, `sagas`,
+    /// `journal prune`, `doctor`): a missing SQLite file is an error naming the absolute
+    /// path looked at, never a new empty journal, and a database without the journal's
+    /// tables is refused. (An older journal's tables are upgraded, as `open` does.)
+    pub async fn open_existing(url: &str) -> Result<Self, JournalError> {
+        Self::open_with(url, OpenMode::MustExist).await
+    }
+
+    async fn open_with(url: &str, mode: OpenMode) -> Result<Self, JournalError> {
+        let open_error = |cause: SqlError| match cause {
+            SqlError::UnsupportedUrl { url, .. } => JournalError::UnsupportedUrl { url },
+            cause => JournalError::Open { cause },
         };
-        let open_error = |source| JournalError::Open {
-            url: redact(url),
-            source,
-        };
-        let options = AnyPoolOptions::new().after_connect(|conn, _meta| {
-            Box::pin(async move {
-                if conn.backend_name() == "SQLite" {
-                    for pragma in SQLITE_PRAGMAS {
-                        sqlx::query(pragma).execute(&mut *conn).await?;
-                    }
-                }
-                Ok(())
-            })
-        });
-        let options = match backend {
+        let database = Database::new(url, mode).map_err(open_error)?;
+        let (backend, options) = match database.backend() {
             // Reads only (writes go to the writer task): WAL readers do not block each
             // other or the writer.
-            Backend::Sqlite => options
-                .max_connections(4)
-                .idle_timeout(None)
-                .max_lifetime(None),
-            Backend::Postgres => options.max_connections(16),
+            sql::Backend::Sqlite => (
+                Backend::Sqlite,
+                AnyPoolOptions::new()
+                    .max_connections(4)
+                    .idle_timeout(None)
+                    .max_lifetime(None),
+            ),
+            sql::Backend::Postgres => {
+                (Backend::Postgres, AnyPoolOptions::new().max_connections(16))
+            }
         };
-        let pool = options.connect(&connect_url).await.map_err(open_error)?;
-        if let Err(e) = create_schema(&pool, backend).await {
-            pool.close().await;
-            return Err(open_error(e));
-        }
-        let id = match read_identity(&pool).await {
+        let pool = database.pool(options).await.map_err(open_error)?;
+        let schema = async {
+            if mode == OpenMode::MustExist {
+                database
+                    .require_table(&pool, "journal_sagas", "Baton journal")
+                    .await?;
+            }
+            create_schema(&pool, backend)
+                .await
+                .map_err(|e| database.error(e))?;
+            read_identity(&pool).await.map_err(|e| database.error(e))
+        };
+        let id = match schema.await {
             Ok(id) => id,
             Err(e) => {
                 pool.close().await;
@@ -248,15 +245,7 @@ impl Journal {
         let store = match backend {
             Backend::Postgres => Store::Pooled(pool.clone()),
             Backend::Sqlite => {
-                let mut connection = AnyConnection::connect(&connect_url)
-                    .await
-                    .map_err(open_error)?;
-                for pragma in SQLITE_PRAGMAS {
-                    sqlx::query(pragma)
-                        .execute(&mut connection)
-                        .await
-                        .map_err(open_error)?;
-                }
+                let connection = database.connect().await.map_err(open_error)?;
                 Store::batched(connection)
             }
         };

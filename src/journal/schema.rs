@@ -69,15 +69,6 @@ const SAGA_COLUMNS_ADDED: &[(&str, &str)] = &[("lease_until", "TEXT")];
 /// Key of the PostgreSQL advisory lock that serialises schema creation ("batonjnl").
 const SCHEMA_LOCK: i64 = 0x6261_746f_6e6a_6e6c;
 
-/// Per-connection SQLite settings. The busy timeout comes first so that even switching to
-/// WAL waits for another process instead of failing; FULL sync so a committed decision
-/// survives a power cut.
-pub(super) const SQLITE_PRAGMAS: &[&str] = &[
-    "PRAGMA busy_timeout = 10000",
-    "PRAGMA journal_mode = WAL",
-    "PRAGMA synchronous = FULL",
-];
-
 /// Creates the tables if missing, in one transaction.
 ///
 /// On PostgreSQL, `CREATE TABLE IF NOT EXISTS` is not safe against a concurrent creation

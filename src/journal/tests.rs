@@ -4,6 +4,7 @@ use super::*;
 use baton_contract::{Action, Limits, PaymentRequest, Status, StepOutcome, StepRecord};
 use serde_json::json;
 use serde_json::Map;
+use sqlx::Connection as _;
 use sqlx::Row;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -593,9 +594,11 @@ async fn leases_claims_and_prune(db: &TestDb) {
 /// A journal created before leases: opening it adds the column and gives its running
 /// sagas a lease from now, so the sweeper does not take them at once.
 async fn an_old_journal_gains_leases(db: &TestDb) {
-    sqlx::any::install_default_drivers();
-    let url = with_create_mode(&db.url());
-    let mut conn = sqlx::AnyConnection::connect(&url).await.unwrap();
+    let mut conn = Database::new(&db.url(), OpenMode::Create)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
     for statement in [
         "CREATE TABLE journal_sagas (payment_id TEXT PRIMARY KEY, summary TEXT NOT NULL,
             started_at TEXT NOT NULL, updated_at TEXT NOT NULL, result TEXT,

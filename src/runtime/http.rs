@@ -114,19 +114,34 @@ pub(super) async fn serve(
                 }
             });
             let routes = baton_ops::AppRoutes::new(handler).with_token(token);
-            let mut stop_http = stopped.clone();
-            Some(
-                HttpServer::start(
-                    addr,
-                    shared.env.metrics.registry.clone(),
-                    shared.health.clone(),
-                    Some(routes),
-                    async move {
+            let start_on = |addr: String| {
+                let mut stop_http = stopped.clone();
+                let registry = shared.env.metrics.registry.clone();
+                let health = shared.health.clone();
+                let routes = routes.clone();
+                async move {
+                    let stop = async move {
                         let _ = stop_http.wait_for(|s| *s).await;
-                    },
-                )
-                .await?,
-            )
+                    };
+                    HttpServer::start(&addr, registry, health, Some(routes), stop).await
+                }
+            };
+            match start_on(addr.clone()).await {
+                Err(e) if e.is_addr_in_use() && shared.settings.http_fallback_to_free_port => {
+                    let host = addr
+                        .rsplit_once(':')
+                        .map_or(addr.as_str(), |(host, _)| host);
+                    let server = start_on(format!("{host}:0")).await?;
+                    tracing::warn!(
+                        taken = %addr,
+                        addr = %server.local_addr(),
+                        "HTTP port taken (another baton run on this machine?): listening on a free \
+                         port instead; give each replica its own with --http-addr / BATON_HTTP_ADDR"
+                    );
+                    Some(server)
+                }
+                served => Some(served?),
+            }
         }
         None => None,
     })

@@ -5,7 +5,9 @@
 //! 0 when sound, 1 on any of those problems, 2 when the ledger cannot be opened or read.
 //!
 //! It never changes the books (opening a ledger of an older version upgrades its schema,
-//! as any service would), and the ledger holds no card data to leak. Mismatches name the
+//! as any service would) and never creates a ledger: a missing SQLite file, or a database
+//! without the ledger's tables, is an error (exit 2) naming what it looked at. The ledger
+//! holds no card data to leak. Mismatches name the
 //! fields that differ, never their values.
 
 use crate::ledger::Audit;

@@ -30,7 +30,7 @@ where
         }
     };
     let result = runtime.block_on(async {
-        let ledger = Ledger::open(ledger_url).await?;
+        let ledger = Ledger::open_existing(ledger_url).await?;
         let result = tool(ledger.clone()).await;
         ledger.close().await;
         result

@@ -1,7 +1,8 @@
 //! Opening a ledger: the connection pool (SQLite pragmas), the tables, the upgrade of an
 //! older version's tables, and the ledger's identity.
 
-use super::store::{install_drivers, redact, Ledger, LedgerError};
+use super::store::{Ledger, LedgerError};
+use baton_ops::sql::{Backend, Database, OpenMode, SqlError};
 use baton_worker::idempotency::{self, now_ms};
 use sqlx::any::AnyPoolOptions;
 use sqlx::{AnyConnection, AnyPool, Row};
@@ -71,16 +72,9 @@ const COLUMNS_ADDED: &[(&str, &str, &str)] = &[
     ("processed_commands", "created_at", "BIGINT"),
 ];
 
-/// Per-connection SQLite settings: WAL so readers never block the writer, FULL sync so a
-/// committed hold survives a power cut, and a long busy timeout because authorization and
-/// transaction (possibly two processes) write to the same file.
-const SQLITE_PRAGMAS: &[&str] = &[
-    "PRAGMA journal_mode = WAL",
-    "PRAGMA synchronous = FULL",
-    "PRAGMA busy_timeout = 10000",
-];
-
-/// `sqlite://x.db` → `sqlite://x.db?mode=rwc` so a missing file is created.
+/// `sqlite://x.db` → `sqlite://x.db?mode=rwc` so a missing file is created (the tests'
+/// own connections; `open` goes through [`Database`]).
+#[cfg(test)]
 pub(super) fn with_create_mode(url: &str) -> String {
     if url.contains("mode=") {
         url.to_owned()
@@ -188,43 +182,51 @@ impl Ledger {
     /// Opens (creating if needed) the ledger at `url`, creates its tables and upgrades
     /// those of an older version (holds gain `merchant_id` and `created_at`).
     pub async fn open(url: &str) -> Result<Self, LedgerError> {
-        install_drivers();
+        Self::open_with(url, OpenMode::Create).await
+    }
 
-        let (url, sqlite) = if url.starts_with("sqlite:") {
-            (with_create_mode(url), true)
-        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            (url.to_owned(), false)
-        } else {
-            return Err(LedgerError::UnsupportedUrl { url: redact(url) });
+    /// Opens an existing ledger, for tools that read it (`baton-transaction audit`,
+    /// `prune`): a missing SQLite file is an error naming the absolute path looked at,
+    /// never a new empty ledger, and a database without the ledger's tables is refused.
+    /// (An older ledger's tables are upgraded, as `open` does.)
+    pub async fn open_existing(url: &str) -> Result<Self, LedgerError> {
+        Self::open_with(url, OpenMode::MustExist).await
+    }
+
+    async fn open_with(url: &str, mode: OpenMode) -> Result<Self, LedgerError> {
+        let open_error = |cause: SqlError| match cause {
+            SqlError::UnsupportedUrl { url, .. } => LedgerError::UnsupportedUrl { url },
+            cause => LedgerError::Open { cause },
         };
-        let open_error = |source| LedgerError::Open {
-            url: redact(&url),
-            source,
+        let database = Database::new(url, mode).map_err(open_error)?;
+        let postgres = database.backend() == Backend::Postgres;
+        // SQLite admits one writer at a time. Several connections in one process would
+        // only wait on each other in SQLite's busy handler, which sleeps in steps of up to
+        // 100 ms; one connection queues them fairly in the pool.
+        let options = AnyPoolOptions::new().max_connections(if postgres { 16 } else { 1 });
+        let pool = database.pool(options).await.map_err(open_error)?;
+        let schema = async {
+            if mode == OpenMode::MustExist {
+                database
+                    .require_table(&pool, "processed_commands", "Baton ledger")
+                    .await?;
+            }
+            create_schema(&pool, postgres)
+                .await
+                .map_err(|e| database.error(e))?;
+            read_identity(&pool).await.map_err(|e| database.error(e))
         };
-        let pool = AnyPoolOptions::new()
-            // SQLite admits one writer at a time. Several connections in one process
-            // would only wait on each other in SQLite's busy handler, which sleeps in
-            // steps of up to 100 ms; one connection queues them fairly in the pool.
-            .max_connections(if sqlite { 1 } else { 16 })
-            .after_connect(|conn, _meta| {
-                Box::pin(async move {
-                    if conn.backend_name() == "SQLite" {
-                        for pragma in SQLITE_PRAGMAS {
-                            sqlx::query(pragma).execute(&mut *conn).await?;
-                        }
-                    }
-                    Ok(())
-                })
-            })
-            .connect(&url)
-            .await
-            .map_err(open_error)?;
-        create_schema(&pool, !sqlite).await.map_err(open_error)?;
-        let id = read_identity(&pool).await.map_err(open_error)?;
+        let id = match schema.await {
+            Ok(id) => id,
+            Err(e) => {
+                pool.close().await;
+                return Err(open_error(e));
+            }
+        };
         Ok(Self {
             pool,
             id: id.into(),
-            location: baton_amqp::database_location(&url).into(),
+            location: database.location().into(),
         })
     }
 }

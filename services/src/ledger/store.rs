@@ -6,7 +6,9 @@ use baton_worker::idempotency::{self, Claimed, IdempotencyError};
 use baton_worker::Answer;
 use serde_json::{Map, Value};
 use sqlx::{AnyPool, Row};
-use std::sync::{Arc, Once};
+use std::sync::Arc;
+#[cfg(test)]
+use std::sync::Once;
 use uuid::Uuid;
 
 /// Errors of the ledger. All but [`LedgerError::UnsupportedUrl`] may go away on retry.
@@ -18,13 +20,12 @@ pub enum LedgerError {
         /// The URL, password removed.
         url: String,
     },
-    /// The database could not be opened or its tables created.
-    #[error("cannot open the ledger at {url}: {source}")]
+    /// The database could not be opened (its message names the file or the URL without
+    /// its password), or its tables not created.
+    #[error("cannot open the ledger: {cause}")]
     Open {
-        /// The URL, password removed.
-        url: String,
-        /// What sqlx said.
-        source: sqlx::Error,
+        /// Why, as the SQL opener says it.
+        cause: baton_ops::sql::SqlError,
     },
     /// A query failed (connection lost, lock timeout, …): retry later.
     #[error("ledger database error: {0}")]
@@ -66,14 +67,12 @@ pub struct Ledger {
     pub(super) location: Arc<str>,
 }
 
-/// Registers sqlx's `Any` drivers, once per process.
+/// Registers sqlx's `Any` drivers, once per process (the tests' own connections; the
+/// opener registers them for `open`).
+#[cfg(test)]
 pub(crate) fn install_drivers() {
     static DRIVERS: Once = Once::new();
     DRIVERS.call_once(sqlx::any::install_default_drivers);
-}
-
-pub(super) fn redact(url: &str) -> String {
-    baton_amqp::redact_url(url)
 }
 
 pub(super) fn i64_of(value: u64, what: &str) -> Result<i64, Decline> {

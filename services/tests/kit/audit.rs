@@ -280,3 +280,57 @@ fn a_ledger_that_cannot_be_opened_exits_2() {
     assert!(output.stdout.is_empty());
     assert!(!missing.exists());
 }
+
+/// Run in the wrong directory (or with a mistyped path), the audit used to create an
+/// empty ledger there and report "audit: OK". It creates nothing and names the absolute
+/// path it looked at.
+#[test]
+fn audit_of_a_missing_ledger_creates_none_and_names_the_file() {
+    let dir = std::env::temp_dir().join(format!("baton-audit-cwd-{}", Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_baton-transaction"))
+        .args(["audit", "--ledger-url", "sqlite://ledger.db"])
+        .env_remove("BATON_LEDGER_URL")
+        .current_dir(&dir)
+        .output()
+        .expect("run baton-transaction");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    let expected = std::fs::canonicalize(&dir).unwrap().join("ledger.db");
+    assert!(
+        stderr.contains(&format!("no database at {}", expected.display())),
+        "{stderr}"
+    );
+    assert!(!stdout(&output).contains("audit: OK"), "{output:?}");
+    assert_eq!(
+        std::fs::read_dir(&dir).unwrap().count(),
+        0,
+        "the audit created a file"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Another application's SQLite file (or an empty one) is not an empty ledger.
+#[tokio::test]
+async fn audit_of_a_database_without_ledger_tables_fails() {
+    let path = std::env::temp_dir().join(format!("baton-audit-foreign-{}.db", Uuid::new_v4()));
+    let url = format!("sqlite://{}", path.display());
+    let mut db = sqlx::SqliteConnection::connect(&format!("{url}?mode=rwc"))
+        .await
+        .unwrap();
+    sqlx::query("CREATE TABLE notes (body TEXT)")
+        .execute(&mut db)
+        .await
+        .unwrap();
+    db.close().await.unwrap();
+    let output = audit(&["--ledger-url", &url]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("holds no Baton ledger") && stderr.contains(&path.display().to_string()),
+        "{stderr}"
+    );
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+    }
+}
