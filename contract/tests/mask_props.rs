@@ -245,8 +245,10 @@ proptest! {
     #[test]
     fn a_truncated_body_never_keeps_more_than_the_last_four_of_a_card(
         (digits, written) in written_card(),
-        before in "[a-z\\{\\}\":, äé€]{0,40}",
-        after in "[a-z\\{\\}\":, äé€]{0,40}",
+        // No hexadecimal letters: glued to the number they would make it a hex id, the
+        // one shape the masker keeps whole by design (README "Card data").
+        before in "[g-z\\{\\}\":, äé€]{0,40}",
+        after in "[g-z\\{\\}\":, äé€]{0,40}",
         cut_at in 0usize..120,
     ) {
         // Filler without digits: every digit kept comes from the card.

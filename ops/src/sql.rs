@@ -153,6 +153,42 @@ impl std::fmt::Debug for Database {
     }
 }
 
+/// Applies [`SQLITE_PRAGMAS`] to a new SQLite connection. Switching a database to WAL
+/// takes its exclusive lock; two processes opening one file at once (authorization and
+/// transaction on a shared ledger, replicas on a fresh journal) can both hold the shared
+/// lock and both ask for it, and SQLite then answers one of them `SQLITE_BUSY` at once,
+/// without its busy handler (waiting could only deadlock). The pragmas are idempotent, so
+/// that one tries again, after a short pause, for up to [`CONNECT_TIMEOUT`].
+async fn apply_sqlite_pragmas(connection: &mut AnyConnection) -> Result<(), sqlx::Error> {
+    let deadline = tokio::time::Instant::now() + CONNECT_TIMEOUT;
+    loop {
+        let mut outcome = Ok(());
+        for pragma in SQLITE_PRAGMAS {
+            if let Err(e) = sqlx::query(pragma).execute(&mut *connection).await {
+                outcome = Err(e);
+                break;
+            }
+        }
+        match outcome {
+            Err(e) if is_busy(&e) && tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// SQLite's `SQLITE_BUSY` (5) or `SQLITE_LOCKED` (6), primary codes.
+fn is_busy(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(db) => db
+            .code()
+            .and_then(|code| code.parse::<i32>().ok())
+            .is_some_and(|code| matches!(code & 0xff, 5 | 6)),
+        _ => false,
+    }
+}
+
 /// Registers sqlx's `Any` drivers, once per process.
 fn install_drivers() {
     static DRIVERS: Once = Once::new();
@@ -247,11 +283,9 @@ impl Database {
             }
         };
         if self.backend == Backend::Sqlite {
-            for pragma in SQLITE_PRAGMAS {
-                if let Err(e) = sqlx::query(pragma).execute(&mut connection).await {
-                    let _ = connection.close().await;
-                    return Err(self.error(e));
-                }
+            if let Err(e) = apply_sqlite_pragmas(&mut connection).await {
+                let _ = connection.close().await;
+                return Err(self.error(e));
             }
         }
         Ok(connection)
@@ -267,9 +301,7 @@ impl Database {
         let options = options.after_connect(|conn, _meta| {
             Box::pin(async move {
                 if conn.backend_name() == "SQLite" {
-                    for pragma in SQLITE_PRAGMAS {
-                        sqlx::query(pragma).execute(&mut *conn).await?;
-                    }
+                    apply_sqlite_pragmas(conn).await?;
                 }
                 Ok(())
             })

@@ -14,7 +14,7 @@ use crate::handler::{Answer, Handler};
 use crate::metrics::Outcome;
 use crate::shared::{Link, Shared};
 use baton_amqp::{self as amqp, BrokerError};
-use baton_contract::{headers, Action, Command, Reply};
+use baton_contract::{headers, trace_id, Action, Command, Reply};
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
 use lapin::types::{AMQPValue, FieldTable};
@@ -26,26 +26,6 @@ use tracing::Instrument as _;
 /// W3C trace context header, copied from command to reply so a payment can be followed
 /// across services.
 const TRACEPARENT: &str = "traceparent";
-
-/// The trace id of a W3C `traceparent` (`00-<32 hex trace id>-<16 hex span id>-<2 hex
-/// flags>`), if the header is well formed; an all-zero id is invalid.
-pub fn trace_id(traceparent: &str) -> Option<&str> {
-    let hex = |s: &str, len: usize| {
-        s.len() == len && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-    };
-    let mut parts = traceparent.trim().split('-');
-    let (version, id, parent, flags) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-    // Version 00 has exactly four fields; later versions may append more.
-    let fields_ok = version != "00" || parts.next().is_none();
-    let valid = hex(version, 2)
-        && version != "ff"
-        && hex(id, 32)
-        && id.bytes().any(|b| b != b'0')
-        && hex(parent, 16)
-        && hex(flags, 2)
-        && fields_ok;
-    valid.then_some(id)
-}
 
 /// Handles one delivery end to end.
 pub(crate) async fn process<H: Handler>(
@@ -345,29 +325,5 @@ mod tests {
         let long = format!(r#"{{"command_id": ["{}"]}}"#, "x".repeat(10_000));
         let e = serde_json::from_str::<Command>(&long).unwrap_err();
         assert!(decode_problem(&e).chars().count() <= 201, "capped");
-    }
-
-    #[test]
-    fn trace_ids_come_from_well_formed_traceparents_only() {
-        let id = "4bf92f3577b34da6a3ce929d0e0e4736";
-        assert_eq!(trace_id(&format!("00-{id}-00f067aa0ba902b7-01")), Some(id));
-        // A later version may append fields.
-        assert_eq!(
-            trace_id(&format!("01-{id}-00f067aa0ba902b7-01-x")),
-            Some(id)
-        );
-        for bad in [
-            "",
-            "garbage",
-            &format!("00-{id}-00f067aa0ba902b7"),
-            &format!("00-{id}-00f067aa0ba902b7-01-extra"),
-            &format!("ff-{id}-00f067aa0ba902b7-01"),
-            &format!("00-{}-00f067aa0ba902b7-01", id.to_uppercase()),
-            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
-            &format!("00-{}-00f067aa0ba902b7-01", &id[1..]),
-            &format!("00-{id}-00f067aa0ba902b-01"),
-        ] {
-            assert_eq!(trace_id(bad), None, "{bad}");
-        }
     }
 }

@@ -37,8 +37,8 @@ pub mod running;
 mod session;
 mod shared;
 
+pub use baton_contract::trace_id;
 pub use config::{validate_queue, WorkerConfig};
-pub use delivery::trace_id;
 pub use error::WorkerError;
 pub use faults::{Faults, InvalidFailRate, INJECTED_FAULT};
 pub use handler::{Answer, Handler};

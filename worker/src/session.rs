@@ -6,6 +6,7 @@ use crate::delivery;
 use crate::handler::Handler;
 use crate::shared::{Link, Shared};
 use baton_amqp::{self as amqp, BrokerError};
+use baton_ops::reconnect_delays;
 use futures_lite::StreamExt;
 use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
@@ -14,19 +15,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinSet;
-use tokio_retry::strategy::{jitter, ExponentialBackoff};
-
-/// Reconnect delays: 200 ms doubling to [`RECONNECT_CAP`], each drawn uniformly below
-/// that ("full jitter") so services cut off together do not come back together.
-fn reconnect_delays() -> impl Iterator<Item = Duration> {
-    ExponentialBackoff::from_millis(2)
-        .factor(100)
-        .max_delay(RECONNECT_CAP)
-        .map(jitter)
-}
-
-/// The longest wait between two reconnect attempts.
-const RECONNECT_CAP: Duration = Duration::from_secs(5);
 
 /// One broker connection's worth of state; replaced whole on a reconnect.
 pub(crate) struct Session {

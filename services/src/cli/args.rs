@@ -3,17 +3,10 @@
 
 use crate::{Faults, ServiceConfig, ServiceKind};
 use baton_amqp::DEFAULT_AMQP_URL;
-use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
+use baton_contract::parse_prefix;
+use baton_ops::LogFormat;
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use std::time::Duration;
-
-/// Log output format.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line.
-    Json,
-}
 
 /// Flags every service has.
 #[derive(Args)]
@@ -264,19 +257,6 @@ pub(super) enum Invocation {
         /// JSON instead of text.
         json: bool,
     },
-}
-
-/// A prefix is part of every queue name: keep it short and free of separators RabbitMQ or
-/// shells treat specially.
-pub fn parse_prefix(prefix: &str) -> Result<String, String> {
-    let valid_chars = prefix
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-    if (1..=64).contains(&prefix.len()) && valid_chars {
-        Ok(prefix.to_owned())
-    } else {
-        Err("must be 1 to 64 characters of A-Z, a-z, 0-9, '.', '_' or '-'".to_owned())
-    }
 }
 
 /// The whole command line of `kind`'s binary: its flags, `transaction`'s tools, name,

@@ -15,7 +15,8 @@ mod audit;
 mod prune;
 mod tool;
 
-pub use args::{parse_prefix, LogFormat};
+pub use baton_contract::parse_prefix;
+pub use baton_ops::LogFormat;
 
 use crate::{ServiceError, ServiceKind};
 use args::Invocation;
@@ -60,51 +61,6 @@ fn risk_card_keys(
     Ok(keys)
 }
 
-fn init_logging(format: LogFormat) {
-    use std::io::IsTerminal as _;
-    use tracing_subscriber::EnvFilter;
-    // lapin's body-printing targets stay capped whatever RUST_LOG says, unless it names
-    // them (baton_contract::mask::log_filter); an unparsable RUST_LOG falls back to info.
-    let rust_log = std::env::var(EnvFilter::DEFAULT_ENV).ok();
-    let filter = EnvFilter::try_new(baton_contract::mask::log_filter(
-        rust_log.as_deref(),
-        "info",
-    ))
-    .unwrap_or_else(|_| EnvFilter::new(baton_contract::mask::log_filter(None, "info")));
-    match format {
-        LogFormat::Text => tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            // Colour codes only on a terminal, never in a log file or a collector.
-            .with_ansi(std::io::stderr().is_terminal())
-            .with_writer(std::io::stderr)
-            .init(),
-        LogFormat::Json => tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .with_writer(std::io::stderr)
-            .json()
-            .flatten_event(true)
-            .init(),
-    }
-}
-
-/// Completes on SIGTERM or Ctrl-C.
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        if let Ok(mut terminate) = signal(SignalKind::terminate()) {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = terminate.recv() => {}
-            }
-            tracing::info!("shutdown signal received");
-            return;
-        }
-    }
-    let _ = tokio::signal::ctrl_c().await;
-    tracing::info!("shutdown signal received");
-}
-
 /// Prints one `error:` line and picks the exit code ([`ServiceError::exit_code`]).
 fn report(error: &ServiceError) -> ExitCode {
     eprintln!("error: {error}");
@@ -128,7 +84,7 @@ pub fn main(kind: ServiceKind) -> ExitCode {
             json,
         } => return prune::run(&ledger_url, older_than, dry_run, json),
     };
-    init_logging(log_format);
+    baton_ops::logging::init(log_format, "info");
     if kind == ServiceKind::Risk {
         match risk_card_keys(card_key_file) {
             Ok(keys) => config.card_keys = Some(keys),
@@ -153,7 +109,7 @@ pub fn main(kind: ServiceKind) -> ExitCode {
             Ok(service) => service,
             Err(e) => return report(&e),
         };
-        match service.run_until(shutdown_signal()).await {
+        match service.run_until(baton_ops::shutdown_signal()).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => report(&ServiceError::from(e)),
         }
