@@ -68,17 +68,22 @@ pub enum Command {
     Run(RunArgs),
     /// Publish one payment and print its result (exit 0 if completed, 1 otherwise)
     Pay(PayArgs),
+    #[cfg(feature = "dev-tools")]
     /// Run the whole pipeline locally (four services + orchestrator) on a fresh prefix and
     /// push a mixed batch of test payments through it
     Demo(DemoArgs),
+    #[cfg(feature = "dev-tools")]
     /// Load generator: publish N payments to a running Baton at a fixed number in flight
     /// or a fixed rate, and report throughput, latency and exactly-once delivery
     Load(LoadArgs),
+    #[cfg(feature = "dev-tools")]
     /// Benchmark Baton against a bare pipeline with the same message flow, on this broker
     Bench(BenchArgs),
+    #[cfg(feature = "dev-tools")]
     /// (bench internals) answer every command at once
     #[command(hide = true)]
     BenchEcho,
+    #[cfg(feature = "dev-tools")]
     /// (bench internals) relay requests through four commands without any orchestration
     #[command(hide = true)]
     BenchRelay {
@@ -166,6 +171,7 @@ fn refuse_status_prefix(_: &str) -> Result<String, String> {
     )
 }
 
+#[cfg(feature = "dev-tools")]
 /// Which test cards a load run uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum CardMix {
@@ -175,6 +181,7 @@ pub enum CardMix {
     Good,
 }
 
+#[cfg(feature = "dev-tools")]
 /// Options of `baton load`.
 #[derive(Debug, Args)]
 pub struct LoadArgs {
@@ -198,6 +205,7 @@ pub struct LoadArgs {
     pub json: bool,
 }
 
+#[cfg(feature = "dev-tools")]
 /// Options of `baton bench`.
 #[derive(Debug, Args)]
 pub struct BenchArgs {
@@ -412,6 +420,7 @@ pub struct PayArgs {
     pub timeout: u64,
 }
 
+#[cfg(feature = "dev-tools")]
 /// Options of `baton demo`.
 #[derive(Debug, Args)]
 pub struct DemoArgs {
@@ -430,6 +439,7 @@ pub struct DemoArgs {
     pub prefix: Option<String>,
 }
 
+#[cfg(feature = "dev-tools")]
 fn refuse_demo_prefix(_: &str) -> Result<String, String> {
     Err(
         "baton demo runs on a fresh prefix of its own (demo-xxxxxxxx) and deletes it at \
@@ -490,6 +500,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
         Command::Run(args) => run_orchestrator(&cli.common, names, args).await,
         Command::Pay(args) => pay(&cli.common, names, args).await,
+        #[cfg(feature = "dev-tools")]
         Command::Demo(args) => crate::demo::run(&cli.common.amqp_url, &tls, args).await,
         Command::Status(args) => status(args).await,
         Command::Doctor(args) => {
@@ -504,7 +515,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             let checks = crate::doctor::run_checks(&settings).await;
             Ok(crate::doctor::report(&checks, args.json))
         }
+        #[cfg(feature = "dev-tools")]
         Command::Load(args) => load(&cli.common, names, args).await,
+        #[cfg(feature = "dev-tools")]
         Command::Bench(args) => {
             let workflow = match &args.workflow {
                 Some(path) => {
@@ -546,10 +559,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
             }
             Ok(i32::from(!rows.iter().all(|r| r.exactly_once)))
         }
+        #[cfg(feature = "dev-tools")]
         Command::BenchEcho => {
             crate::bench::echo(&cli.common.amqp_url, &tls, &names).await?;
             Ok(0)
         }
+        #[cfg(feature = "dev-tools")]
         Command::BenchRelay { concurrency } => {
             crate::bench::relay(&cli.common.amqp_url, &tls, &names, concurrency).await?;
             Ok(0)
@@ -713,6 +728,7 @@ async fn run_orchestrator(common: &Common, names: Names, args: RunArgs) -> anyho
     Ok(0)
 }
 
+#[cfg(feature = "dev-tools")]
 async fn load(common: &Common, names: Names, args: LoadArgs) -> anyhow::Result<i32> {
     let pace = match (args.rate, args.in_flight) {
         (Some(rate), _) if rate > 0.0 => crate::load::Pace::Rate(rate),

@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs, clippy::dbg_macro, clippy::todo)]
 
+#[cfg(feature = "dev-tools")]
 pub mod bench;
 pub mod breaker;
 pub mod broker;
@@ -16,17 +17,20 @@ pub mod client;
 pub mod condition;
 pub mod config;
 pub mod crash;
+#[cfg(feature = "dev-tools")]
 pub mod demo;
 pub mod doctor;
 pub mod harness;
 pub mod journal;
 pub mod journal_tools;
+#[cfg(feature = "dev-tools")]
 pub mod load;
 pub mod metrics;
 pub mod runtime;
 pub mod saga;
 pub mod scripted;
 pub mod status_page;
+#[cfg(feature = "dev-tools")]
 pub mod testcards;
 pub mod tools;
 pub mod workflow;

@@ -34,7 +34,9 @@ async fn main() {
     let cli = Cli::parse();
     // The demo prints its own progress and summary; its components' logs would bury them.
     let default_filter = match cli.command {
-        cli::Command::Demo(_) | cli::Command::Doctor(_) => "warn,sqlx=error",
+        #[cfg(feature = "dev-tools")]
+        cli::Command::Demo(_) => "warn,sqlx=error",
+        cli::Command::Doctor(_) => "warn,sqlx=error",
         _ => "info",
     };
     // The operator tools wait for a queue's lock by asking again while the broker refuses
