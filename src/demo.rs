@@ -3,7 +3,6 @@
 //! mixed batch of test payments through RabbitMQ like any client would, and prints what
 //! came back. It is a tool for people, not part of the orchestrator.
 
-use crate::cli::DemoArgs;
 use crate::client::Client;
 use crate::config::Settings;
 use crate::runtime;
@@ -12,9 +11,36 @@ use anyhow::Context;
 use baton_amqp as amqp;
 use baton_contract::{Names, Status};
 use baton_services::{ServiceConfig, ServiceKind};
+use clap::Args;
 
 use std::time::Duration;
 use uuid::Uuid;
+
+/// Options of `baton demo`.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// How many payments to send (a mix of every test card)
+    #[arg(long, default_value_t = 1000)]
+    pub payments: usize,
+    /// Ledger database for the services [default: a temporary SQLite file]
+    #[arg(long, env = "BATON_LEDGER_URL", hide_env_values = true)]
+    pub ledger_url: Option<String>,
+    /// Keep the demo's queues and ledger instead of deleting them at the end
+    #[arg(long)]
+    pub keep: bool,
+    /// Shadows the global --prefix (hidden, refused when given): the demo runs on a fresh
+    /// prefix of its own, which it deletes at the end.
+    #[arg(long, hide = true, value_parser = refuse_demo_prefix)]
+    pub prefix: Option<String>,
+}
+
+fn refuse_demo_prefix(_: &str) -> Result<String, String> {
+    Err(
+        "baton demo runs on a fresh prefix of its own (demo-xxxxxxxx) and deletes it at \
+         the end (keep it with --keep); it takes no --prefix"
+            .into(),
+    )
+}
 
 /// What a batch gave (the load generator's report).
 pub type BatchReport = crate::load::LoadReport;

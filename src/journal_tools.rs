@@ -1,11 +1,19 @@
 //! Operators' tools on the journal: `baton sagas stuck|finish` and `baton journal prune`.
 
-use crate::cli::JournalArgs;
 use crate::journal::Journal;
 use baton_contract::mask_card_numbers as masked;
+use clap::Args;
 use clap::Subcommand;
 use std::time::Duration;
 use uuid::Uuid;
+
+/// The journal option, shared by `run` and `status`.
+#[derive(Debug, Args)]
+pub struct JournalArgs {
+    /// Saga journal: sqlite://<file> (one machine) or postgres://… (shared by replicas)
+    #[arg(long, env = "BATON_JOURNAL_URL", default_value = crate::config::DEFAULT_JOURNAL_URL, hide_env_values = true)]
+    pub journal_url: String,
+}
 
 /// `baton sagas …`
 #[derive(Debug, Subcommand)]

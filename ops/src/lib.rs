@@ -42,7 +42,9 @@ pub mod sql;
 
 pub use error::OpsError;
 pub use health::Health;
-pub use lifecycle::{reconnect_delays, shutdown_signal, RECONNECT_MAX_DELAY};
+pub use lifecycle::{
+    reconnect_delays, shutdown_signal, EXIT_BROKER_UNREACHABLE, RECONNECT_MAX_DELAY,
+};
 pub use logging::LogFormat;
 pub use metrics::histogram_buckets_seconds;
 pub use server::{

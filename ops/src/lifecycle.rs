@@ -20,6 +20,10 @@ pub async fn shutdown_signal() {
     tracing::info!("shutdown signal received");
 }
 
+/// Exit code of every Baton binary when RabbitMQ cannot be reached (or its URL or
+/// certificate is wrong): 2, also clap's code for a usage error.
+pub const EXIT_BROKER_UNREACHABLE: i32 = 2;
+
 /// Longest wait between two reconnect attempts.
 pub const RECONNECT_MAX_DELAY: Duration = Duration::from_secs(5);
 

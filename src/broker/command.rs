@@ -90,7 +90,7 @@ pub async fn run(prefix: &str, command: BrokerCommand) -> anyhow::Result<i32> {
     match outcome {
         Err(e) if matches!(e.downcast_ref(), Some(BrokerSetupError::Unreachable { .. })) => {
             eprintln!("error: {e:#}");
-            Ok(crate::cli::EXIT_BROKER_UNREACHABLE)
+            Ok(baton_ops::EXIT_BROKER_UNREACHABLE)
         }
         other => other,
     }

@@ -48,10 +48,10 @@ mod tests;
 
 use letters::*;
 
-use crate::cli::QueueCommand;
 use crate::saga::AttentionItem;
 use baton_amqp::{self as amqp, header_text};
 use baton_contract::{headers, mask_card_numbers, Names};
+use clap::Subcommand;
 use lapin::message::Delivery;
 use lapin::options::{BasicGetOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
@@ -60,6 +60,41 @@ use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::time::Duration;
 use uuid::Uuid;
+
+/// `baton dead …` / `baton attention …`. Each works on one snapshot of the whole queue,
+/// under a lock (a second operator's command waits): nothing moves by looking.
+#[derive(Debug, Subcommand)]
+pub enum QueueCommand {
+    /// List every message (key, reason, where from, payment id, detail) without removing
+    /// or reordering any
+    List {
+        /// Print at most this many
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Print the messages named: headers, x-death chain and body
+    Show {
+        /// A message key from `list` (12 hex digits), or a payment id (all its messages)
+        #[arg(required = true)]
+        targets: Vec<String>,
+    },
+    /// Send the messages named (or all with --all) back: a dead request to the request
+    /// queue, an attention item's compensation to its service; removed once that worked
+    Replay {
+        /// A message key from `list`, or a payment id with one message here
+        targets: Vec<String>,
+        /// Replay every message
+        #[arg(long, conflicts_with = "targets")]
+        all: bool,
+    },
+    /// Remove the messages named for good, printing each first (an in-doubt item
+    /// settled by hand, a dead command that must not run)
+    Drop {
+        /// A message key from `list`, or a payment id with one message here
+        #[arg(required = true)]
+        targets: Vec<String>,
+    },
+}
 
 /// Headers Baton or RabbitMQ added on the way to the dead-letter queue, dropped on replay.
 const ADDED_HEADERS: [&str; 11] = [

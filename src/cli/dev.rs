@@ -1,0 +1,116 @@
+//! `baton load` and `baton bench` (the `dev-tools` feature).
+#![cfg(feature = "dev-tools")]
+
+use super::*;
+use crate::client::Client;
+use baton_amqp::TlsOptions;
+use baton_contract::Names;
+use clap::{Args, ValueEnum};
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[cfg(feature = "dev-tools")]
+/// Which test cards a load run uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum CardMix {
+    /// The documented mix: four in five good, the rest every other row of the table.
+    Mixed,
+    /// Only `4242424242424242`: every payment completes.
+    Good,
+}
+
+#[cfg(feature = "dev-tools")]
+/// Options of `baton load`.
+#[derive(Debug, Args)]
+pub struct LoadArgs {
+    /// How many payments
+    #[arg(long, default_value_t = 1000)]
+    pub payments: usize,
+    /// Keep this many payments in flight [default: 64]
+    #[arg(long, conflicts_with = "rate")]
+    pub in_flight: Option<usize>,
+    /// Publish this many payments per second instead
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Which test cards
+    #[arg(long, value_enum, default_value_t = CardMix::Mixed)]
+    pub cards: CardMix,
+    /// Seconds to wait for results after the last publish
+    #[arg(long, default_value_t = 60)]
+    pub wait: u64,
+    /// Print one JSON object instead of the table
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[cfg(feature = "dev-tools")]
+/// Options of `baton bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// In-flight levels, comma-separated
+    #[arg(long, value_delimiter = ',', default_value = "1,16,128,512")]
+    pub levels: Vec<usize>,
+    /// Payments per level (the level of 1 runs a tenth, at least 100)
+    #[arg(long, default_value_t = 3000)]
+    pub payments: usize,
+    /// Measure Baton only, without the baseline
+    #[arg(long)]
+    pub baton_only: bool,
+    /// Orchestrator processes in the Baton runs (more than one needs a shared
+    /// --journal-url, i.e. postgres://…)
+    #[arg(long, default_value_t = 1)]
+    pub replicas: usize,
+    /// Journal of the Baton runs [default: a fresh SQLite file]
+    #[arg(long, env = "BATON_JOURNAL_URL", hide_env_values = true)]
+    pub journal_url: Option<String>,
+    /// Concurrency (prefetch) of each orchestrator
+    #[arg(long, default_value_t = 1024)]
+    pub concurrency: u16,
+    /// The workflow file the orchestrators run (its services must be the four reference
+    /// services) [default: the built-in workflow]
+    #[arg(long)]
+    pub workflow: Option<PathBuf>,
+    /// Print the rows as JSON too
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[cfg(feature = "dev-tools")]
+pub(super) async fn load(common: &Common, names: Names, args: LoadArgs) -> anyhow::Result<i32> {
+    let pace = match (args.rate, args.in_flight) {
+        (Some(rate), _) if rate > 0.0 => crate::load::Pace::Rate(rate),
+        (Some(_), _) => anyhow::bail!("--rate must be a positive number of payments per second"),
+        (None, Some(0)) => anyhow::bail!("--in-flight must be at least 1"),
+        (None, k) => crate::load::Pace::InFlight(k.unwrap_or(64)),
+    };
+    let mut client = Client::connect(
+        &common.amqp_url,
+        &TlsOptions::with_ca_file(common.amqp_ca_file.clone()),
+        names,
+    )
+    .await?;
+    let cards = crate::load::cards(args.payments, args.cards == CardMix::Mixed);
+    let report = crate::load::run(
+        &mut client,
+        &cards,
+        pace,
+        Duration::from_secs(args.wait),
+        Duration::from_millis(500),
+        !args.json,
+    )
+    .await?;
+    client.close().await;
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        crate::load::print_report(&report);
+    }
+    if !report.exactly_once() {
+        eprintln!(
+            "not exactly once: {} missing, {} duplicates, {} unexpected outcomes",
+            report.missing, report.duplicates, report.unexpected
+        );
+        return Ok(1);
+    }
+    Ok(0)
+}
