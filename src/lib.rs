@@ -26,6 +26,7 @@ pub mod journal_tools;
 #[cfg(feature = "dev-tools")]
 pub mod load;
 pub mod metrics;
+pub mod records;
 pub mod runtime;
 pub mod saga;
 pub mod scripted;

@@ -22,8 +22,8 @@
 
 use crate::breaker::Breakers;
 use crate::crash;
-use crate::journal::{JournalEntry, JournalError, PaymentSummary, SagaRecord};
 use crate::metrics::Metrics;
+use crate::records::{JournalEntry, JournalError, PaymentSummary, SagaRecord};
 use crate::workflow::{Fallback, RetryPolicy, Step, Workflow};
 use baton_contract::{
     Action, CardKeys, Command, Money, PaymentRequest, PaymentResult, PaymentView, Reply,
@@ -125,7 +125,7 @@ impl SagaEvent {
         Self {
             payment_id,
             step: entry.step.clone(),
-            action: crate::journal::action_name(entry.action).into(),
+            action: crate::records::action_name(entry.action).into(),
             outcome: outcome_name(entry.record.outcome).into(),
             reason: entry.record.reason.clone(),
             record: Some(entry.record.clone()),

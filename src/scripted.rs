@@ -6,7 +6,7 @@
 //! Not for production: nothing here is durable, and a service's answers are whatever its
 //! rule says.
 
-use crate::journal::{JournalEntry, JournalError, PaymentSummary, SagaRecord};
+use crate::records::{JournalEntry, JournalError, PaymentSummary, SagaRecord};
 use crate::saga::{now_rfc3339, AttentionItem, CallError, SagaEvent, SagaLog, Transport};
 use baton_contract::{Command, PaymentResult, Reply};
 use serde_json::Map;

@@ -14,7 +14,7 @@
 
 use baton_contract::{mask_card_numbers, Action};
 
-use crate::journal::SagaRecord;
+use crate::records::SagaRecord;
 use crate::workflow::{Fallback, Workflow};
 
 /// How many payments the page lists.

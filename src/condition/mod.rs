@@ -21,7 +21,7 @@ mod check;
 #[cfg(test)]
 mod tests;
 
-use crate::journal::PaymentSummary;
+use crate::records::PaymentSummary;
 use cel::objects::Key;
 use check::{Checker, Ty};
 use serde_json::{Map, Value as Json};

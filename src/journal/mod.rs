@@ -32,12 +32,12 @@
 //! across its connections. Each entry's `StepRecord`, detail and data are stored as one
 //! JSON text column, so the schema stays stable as the contract grows.
 //!
-//! Modules: [`records`] (what is stored, no SQL), `schema.rs` (tables and migrations),
+//! Modules: `schema.rs` (tables and migrations),
 //! `statements.rs` (every write), `store.rs` (the two writers), `reads.rs` (queries),
-//! `saga_log.rs` (the saga's view of the journal).
+//! `saga_log.rs` (the saga's view of the journal). What is stored is [`crate::records`]:
+//! the saga and the tools read those types without any SQL.
 
 mod reads;
-pub mod records;
 mod saga_log;
 mod schema;
 mod statements;
@@ -45,13 +45,14 @@ mod store;
 #[cfg(test)]
 mod tests;
 
-pub use records::{
-    action_name, JournalEntry, PaymentSummary, Pruned, RunningSagas, SagaRecord, StuckSaga,
+pub use crate::records::{
+    action_name, JournalEntry, JournalError, PaymentSummary, Pruned, RunningSagas, SagaRecord,
+    StuckSaga,
 };
 
+use crate::records::fresh;
 use baton_contract::PaymentResult;
 use baton_ops::sql::{self, Database, OpenMode, SqlError};
-use records::fresh;
 use schema::{create_schema, read_identity, Backend};
 use sqlx::any::AnyPoolOptions;
 use sqlx::AnyPool;
@@ -60,62 +61,6 @@ use std::fmt;
 use std::time::{Duration, SystemTime};
 use store::Store;
 use uuid::Uuid;
-
-/// Errors of the journal.
-#[derive(Debug, thiserror::Error)]
-pub enum JournalError {
-    /// The URL names no supported backend.
-    #[error(
-        "journal URL {url} is not supported (scheme {}): use sqlite://<path> or postgres://…",
-        scheme_of(.url)
-    )]
-    UnsupportedUrl {
-        /// The URL, password removed.
-        url: String,
-    },
-    /// The database could not be opened (its message names the file or the URL without
-    /// its password), or its tables not created.
-    #[error("cannot open the journal: {cause}")]
-    Open {
-        /// Why, as the SQL opener says it.
-        cause: SqlError,
-    },
-    /// A query failed (connection lost, lock timeout, …): retry later.
-    #[error("journal database error: {0}")]
-    Database(#[from] sqlx::Error),
-    /// The stored record of a payment cannot be used as asked: unreadable JSON (edited by
-    /// hand), or a write that would make it inconsistent (an entry or result for a
-    /// payment never begun, a result carrying another payment's id). Retrying does not
-    /// help.
-    #[error("journal record of payment {payment_id} is unusable: {problem}")]
-    Corrupt {
-        /// The payment concerned.
-        payment_id: Uuid,
-        /// What is wrong.
-        problem: String,
-    },
-}
-
-impl JournalError {
-    /// Whether retrying the same call later may succeed: database and connection errors
-    /// (a server down or slow at open), yes; an unsupported URL, a missing or foreign
-    /// database, or a corrupt record, no.
-    pub fn is_transient(&self) -> bool {
-        match self {
-            JournalError::Database(_) => true,
-            JournalError::Open { cause } => cause.is_transient(),
-            JournalError::UnsupportedUrl { .. } | JournalError::Corrupt { .. } => false,
-        }
-    }
-}
-
-/// The scheme of a URL, for error messages.
-fn scheme_of(url: &str) -> String {
-    match url.split_once(':') {
-        Some((scheme, _)) if !scheme.is_empty() => format!("{scheme:?}"),
-        _ => "missing".to_owned(),
-    }
-}
 
 /// How long a running saga stays leased to whoever runs it without a renewal: the
 /// default of `--saga-lease`.

@@ -1,8 +1,8 @@
 //! What the journal answers: a payment's record, the running and the stuck sagas.
 
-use super::records::{PaymentSummary, RunningSagas, SagaRecord, StuckSaga};
 use super::statements::{entry_of, ENTRY_COLUMNS};
 use super::{corrupt, stamp, Journal, JournalError};
+use crate::records::{PaymentSummary, RunningSagas, SagaRecord, StuckSaga};
 use baton_contract::PaymentResult;
 use sqlx::Row;
 use std::time::{Duration, SystemTime};

@@ -3,8 +3,8 @@
 //! A write is a [`Job`]; [`run_job`] runs it inside a transaction the store opened — the
 //! SQLite writer's batch or a PostgreSQL transaction of its own (see `store.rs`).
 
-use super::records::{action_name, action_of, JournalEntry, Pruned};
 use super::{corrupt, not_begun, now, JournalError};
+use crate::records::{action_name, action_of, JournalEntry, Pruned};
 use baton_contract::{PaymentResult, StepRecord};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};

@@ -1,6 +1,9 @@
-//! What the journal holds, as the saga and the tools see it: no SQL here.
+//! What the saga journal holds, as the saga, the workflow conditions and the tools see it —
+//! records and the journal's errors, no SQL: the saga depends on these, not on the journal
+//! (which implements the saga's `SagaLog` over them, `journal/saga_log.rs`).
 
 use baton_contract::{Action, Currency, Money, PaymentRequest, PaymentResult, StepRecord};
+use baton_ops::sql::SqlError;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use uuid::Uuid;
@@ -66,7 +69,7 @@ pub struct JournalEntry {
     /// The approved reply's data (`hold_id`, `settlement`, …) for later steps.
     #[serde(default, skip_serializing_if = "Map::is_empty")]
     pub data: Map<String, Value>,
-    /// When it was recorded, RFC 3339 UTC; [`Journal::record`](super::Journal::record) sets it if empty.
+    /// When it was recorded, RFC 3339 UTC; [`Journal::record`](crate::journal::Journal::record) sets it if empty.
     #[serde(default)]
     pub recorded_at: String,
 }
@@ -86,7 +89,7 @@ pub struct SagaRecord {
     pub entries: Vec<JournalEntry>,
     /// The final result, once decided.
     pub result: Option<PaymentResult>,
-    /// How many times the payment was parked (see [`Journal::park`](super::Journal::park)).
+    /// How many times the payment was parked (see [`Journal::park`](crate::journal::Journal::park)).
     pub parked: u32,
 }
 
@@ -130,7 +133,7 @@ pub struct RunningSagas {
     pub oldest_started_at: Option<String>,
 }
 
-/// What [`Journal::prune`](super::Journal::prune) deleted.
+/// What [`Journal::prune`](crate::journal::Journal::prune) deleted.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Pruned {
     /// Finished sagas deleted.
@@ -150,7 +153,7 @@ pub fn action_name(action: Action) -> &'static str {
 }
 
 /// The action a journal spelling names; `None` for anything else.
-pub(super) fn action_of(name: &str) -> Option<Action> {
+pub(crate) fn action_of(name: &str) -> Option<Action> {
     match name {
         "execute" => Some(Action::Execute),
         "compensate" => Some(Action::Compensate),
@@ -159,7 +162,7 @@ pub(super) fn action_of(name: &str) -> Option<Action> {
 }
 
 /// The record of a saga just created.
-pub(super) fn fresh(payment_id: Uuid, summary: &PaymentSummary, now: &str) -> SagaRecord {
+pub(crate) fn fresh(payment_id: Uuid, summary: &PaymentSummary, now: &str) -> SagaRecord {
     SagaRecord {
         payment_id,
         summary: summary.clone(),
@@ -168,5 +171,61 @@ pub(super) fn fresh(payment_id: Uuid, summary: &PaymentSummary, now: &str) -> Sa
         entries: Vec::new(),
         result: None,
         parked: 0,
+    }
+}
+
+/// Errors of the journal.
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    /// The URL names no supported backend.
+    #[error(
+        "journal URL {url} is not supported (scheme {}): use sqlite://<path> or postgres://…",
+        scheme_of(.url)
+    )]
+    UnsupportedUrl {
+        /// The URL, password removed.
+        url: String,
+    },
+    /// The database could not be opened (its message names the file or the URL without
+    /// its password), or its tables not created.
+    #[error("cannot open the journal: {cause}")]
+    Open {
+        /// Why, as the SQL opener says it.
+        cause: SqlError,
+    },
+    /// A query failed (connection lost, lock timeout, …): retry later.
+    #[error("journal database error: {0}")]
+    Database(#[from] sqlx::Error),
+    /// The stored record of a payment cannot be used as asked: unreadable JSON (edited by
+    /// hand), or a write that would make it inconsistent (an entry or result for a
+    /// payment never begun, a result carrying another payment's id). Retrying does not
+    /// help.
+    #[error("journal record of payment {payment_id} is unusable: {problem}")]
+    Corrupt {
+        /// The payment concerned.
+        payment_id: Uuid,
+        /// What is wrong.
+        problem: String,
+    },
+}
+
+impl JournalError {
+    /// Whether retrying the same call later may succeed: database and connection errors
+    /// (a server down or slow at open), yes; an unsupported URL, a missing or foreign
+    /// database, or a corrupt record, no.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            JournalError::Database(_) => true,
+            JournalError::Open { cause } => cause.is_transient(),
+            JournalError::UnsupportedUrl { .. } | JournalError::Corrupt { .. } => false,
+        }
+    }
+}
+
+/// The scheme of a URL, for error messages.
+fn scheme_of(url: &str) -> String {
+    match url.split_once(':') {
+        Some((scheme, _)) if !scheme.is_empty() => format!("{scheme:?}"),
+        _ => "missing".to_owned(),
     }
 }
