@@ -3,8 +3,11 @@
 //! paused time.
 
 use super::*;
+use crate::metrics::Metrics;
 use crate::scripted::{Behaviour, MemoryJournal, ScriptedServices};
+use crate::workflow::Workflow;
 use baton_contract::{Currency, Limits};
+use tokio::time::Instant;
 
 const PAYMENT_ID: &str = "6f1c3a52-3b1e-4f4e-9d7a-0c2b8e1f5a10";
 
