@@ -24,7 +24,7 @@ pub use publish::{
 };
 pub use topology::{
     bounds, consume_exclusive, declare_attention, declare_command_queue, declare_core,
-    declare_parking, delete_topology, delete_topology_with_parking,
+    declare_parking, declare_passive, delete_topology, delete_topology_with_parking, queue_counts,
 };
 
 /// How many times RabbitMQ delivers a request or command before dead-lettering it, by

@@ -8,7 +8,8 @@ use lapin::options::{
     ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{Channel, ExchangeKind};
+use lapin::{Channel, Connection, ExchangeKind};
+use std::time::Duration;
 
 /// Bounds of the queues nobody but a person or an optional consumer empties. They are
 /// queue arguments, the same in every binary (a queue declared twice with different
@@ -283,4 +284,36 @@ pub async fn consume_exclusive(
         )
         .await?;
     Ok((name, consumer))
+}
+
+/// Declares `queue` passively: its message and consumer counts, or the broker's refusal
+/// (a passive declare of a missing queue closes the channel it was asked on).
+pub async fn declare_passive(channel: &Channel, queue: &str) -> Result<lapin::Queue, lapin::Error> {
+    channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+}
+
+/// `(messages, consumers)` of `queue`, asked on a channel of its own within `wait`; `None`
+/// when the queue does not exist, the connection is gone or the broker does not answer.
+pub async fn queue_counts(
+    connection: &Connection,
+    queue: &str,
+    wait: Duration,
+) -> Option<(u32, u32)> {
+    let channel = connection.create_channel().await.ok()?;
+    let declared = tokio::time::timeout(wait, declare_passive(&channel, queue)).await;
+    let counts = match declared {
+        Ok(Ok(declared)) => Some((declared.message_count(), declared.consumer_count())),
+        _ => None,
+    };
+    let _ = channel.close(200, "counted".into()).await;
+    counts
 }

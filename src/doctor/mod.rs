@@ -19,8 +19,7 @@ use crate::workflow::Workflow;
 use baton_amqp::{self as amqp, redact_url, TlsOptions};
 use baton_contract::{Names, Ping, Reply, LEDGER_AT, LEDGER_ID};
 use futures_lite::StreamExt;
-use lapin::options::{BasicPublishOptions, QueueDeclareOptions};
-use lapin::types::FieldTable;
+use lapin::options::BasicPublishOptions;
 use lapin::{BasicProperties, Connection};
 use serde::Serialize;
 use serde_json::Value;
@@ -308,20 +307,7 @@ async fn permissions(api: &AdminApi, user: &str, vhost: &str) -> Check {
 
 /// `(messages, consumers)` of a queue, or `None` when it does not exist.
 async fn inspect(connection: &Connection, queue: &str) -> Option<(u32, u32)> {
-    let channel = connection.create_channel().await.ok()?;
-    let declared = channel
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .ok()?;
-    let _ = channel.close(200, "inspected".into()).await;
-    Some((declared.message_count(), declared.consumer_count()))
+    amqp::queue_counts(connection, queue, CONNECT_WAIT).await
 }
 
 /// Pings `queue` and waits up to `timeout` for the reply.

@@ -6,8 +6,7 @@ use crate::crash;
 use crate::saga::{AttentionItem, CallError, SagaEvent, Transport};
 use baton_amqp::{self as amqp, json_properties, publish_confirmed, BrokerError};
 use baton_contract::{headers, Action, Command, Names, Reply};
-use lapin::options::QueueDeclareOptions;
-use lapin::types::{AMQPValue, FieldTable};
+use lapin::types::AMQPValue;
 use lapin::{BasicProperties, Channel, Connection};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
@@ -82,25 +81,9 @@ impl AmqpTransport {
     /// queue closes); `None` while disconnected or when the broker does not answer.
     pub(super) async fn queue_depth(&self, queue: &str) -> Option<u32> {
         let session = self.session.read().ok()?.as_ref().map(Arc::clone)?;
-        let channel = session.connection.create_channel().await.ok()?;
-        let declared = tokio::time::timeout(
-            Duration::from_secs(2),
-            channel.queue_declare(
-                queue.into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            ),
-        )
-        .await;
-        let depth = match declared {
-            Ok(Ok(declared)) => Some(declared.message_count()),
-            _ => None,
-        };
-        let _ = channel.close(200, "queue depth read".into()).await;
-        depth
+        amqp::queue_counts(&session.connection, queue, Duration::from_secs(2))
+            .await
+            .map(|(messages, _)| messages)
     }
 
     pub(super) fn channel(&self) -> Result<Channel, CallError> {
@@ -114,21 +97,7 @@ impl AmqpTransport {
     /// Requests ready in `<prefix>.requests` now, from a passive declare on a channel of
     /// its own (a failed declare closes its channel). `None` when it cannot be asked.
     pub(super) async fn requests_waiting(&self) -> Option<u32> {
-        let session = self.session.read().ok().and_then(|s| s.clone())?;
-        let channel = session.connection.create_channel().await.ok()?;
-        let declared = channel
-            .queue_declare(
-                self.names.requests_queue().as_str().into(),
-                lapin::options::QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .ok()?;
-        let _ = channel.close(200, "counted".into()).await;
-        Some(declared.message_count())
+        self.queue_depth(&self.names.requests_queue()).await
     }
 
     /// Passes a publish outcome through, noting a dead channel.

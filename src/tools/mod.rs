@@ -391,19 +391,9 @@ impl Tool<'_> {
     async fn take(&self) -> anyhow::Result<Snapshot> {
         let queue = self.queue;
         let channel = self.connection.create_channel().await?;
-        let declared = channel
-            .queue_declare(
-                queue.into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .map_err(|e| {
-                anyhow::anyhow!("queue {queue} cannot be read ({e}); is the prefix right?")
-            })?;
+        let declared = amqp::declare_passive(&channel, queue).await.map_err(|e| {
+            anyhow::anyhow!("queue {queue} cannot be read ({e}); is the prefix right?")
+        })?;
         if declared.consumer_count() > 0 {
             eprintln!(
                 "warning: {queue} has {} consumer(s) other than this tool: the messages they \
