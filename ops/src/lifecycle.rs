@@ -43,7 +43,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn reconnect_delays_grow_and_stay_capped() {
+    fn reconnect_delays_stay_within_their_step_and_the_cap() {
         let delays: Vec<Duration> = reconnect_delays().take(40).collect();
         assert_eq!(delays.len(), 40, "endless");
         // Full jitter: each wait is at most its step (100 ms, 200 ms, …, 5 s).

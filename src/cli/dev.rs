@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::client::Client;
+use anyhow::Context;
 use baton_amqp::TlsOptions;
 use baton_contract::Names;
 use clap::{Args, ValueEnum};
@@ -113,4 +114,49 @@ pub(super) async fn load(common: &Common, names: Names, args: LoadArgs) -> anyho
         return Ok(1);
     }
     Ok(0)
+}
+
+/// `baton bench`: checks the options, runs the levels, prints the table; exit 1 unless
+/// every run delivered exactly once.
+pub(super) async fn bench(
+    common: &Common,
+    tls: TlsOptions,
+    args: BenchArgs,
+) -> anyhow::Result<i32> {
+    let workflow = match &args.workflow {
+        Some(path) => {
+            let absolute = std::fs::canonicalize(path)
+                .with_context(|| format!("cannot read the workflow file {}", path.display()))?;
+            let workflow = load_workflow(Some(&absolute))?;
+            crate::bench::check_bench_workflow(&workflow)?;
+            Some((absolute, workflow))
+        }
+        None => None,
+    };
+    let options = crate::bench::BenchOptions {
+        amqp_url: common.amqp_url.clone(),
+        amqp_tls: tls,
+        levels: args.levels,
+        payments: args.payments,
+        baton_only: args.baton_only,
+        replicas: args.replicas,
+        journal_url: args.journal_url,
+        concurrency: args.concurrency,
+        workflow,
+    };
+    if options.replicas > 1
+        && !options
+            .journal_url
+            .as_deref()
+            .unwrap_or("")
+            .starts_with("postgres")
+    {
+        anyhow::bail!("--replicas above 1 needs a shared journal: --journal-url postgres://…");
+    }
+    let rows = crate::bench::run(&options).await?;
+    crate::bench::print_table(&rows);
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    }
+    Ok(i32::from(!rows.iter().all(|r| r.exactly_once)))
 }

@@ -5,8 +5,6 @@
 
 use crate::runtime;
 use crate::workflow::Workflow;
-#[cfg(feature = "dev-tools")]
-use anyhow::Context;
 use baton_amqp::{BrokerError, TlsOptions, DEFAULT_AMQP_URL};
 use baton_contract::{parse_prefix, Names};
 use baton_ops::LogFormat;
@@ -199,47 +197,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         #[cfg(feature = "dev-tools")]
         Command::Load(args) => dev::load(&cli.common, names, args).await,
         #[cfg(feature = "dev-tools")]
-        Command::Bench(args) => {
-            let workflow = match &args.workflow {
-                Some(path) => {
-                    let absolute = std::fs::canonicalize(path).with_context(|| {
-                        format!("cannot read the workflow file {}", path.display())
-                    })?;
-                    let workflow = load_workflow(Some(&absolute))?;
-                    crate::bench::check_bench_workflow(&workflow)?;
-                    Some((absolute, workflow))
-                }
-                None => None,
-            };
-            let options = crate::bench::BenchOptions {
-                amqp_url: cli.common.amqp_url.clone(),
-                amqp_tls: tls,
-                levels: args.levels,
-                payments: args.payments,
-                baton_only: args.baton_only,
-                replicas: args.replicas,
-                journal_url: args.journal_url,
-                concurrency: args.concurrency,
-                workflow,
-            };
-            if options.replicas > 1
-                && !options
-                    .journal_url
-                    .as_deref()
-                    .unwrap_or("")
-                    .starts_with("postgres")
-            {
-                anyhow::bail!(
-                    "--replicas above 1 needs a shared journal: --journal-url postgres://…"
-                );
-            }
-            let rows = crate::bench::run(&options).await?;
-            crate::bench::print_table(&rows);
-            if args.json {
-                println!("{}", serde_json::to_string_pretty(&rows)?);
-            }
-            Ok(i32::from(!rows.iter().all(|r| r.exactly_once)))
-        }
+        Command::Bench(args) => dev::bench(&cli.common, tls, args).await,
         #[cfg(feature = "dev-tools")]
         Command::BenchEcho => {
             crate::bench::echo(&cli.common.amqp_url, &tls, &names).await?;

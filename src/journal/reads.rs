@@ -98,7 +98,7 @@ impl Journal {
             .map(|row| entry_of(payment_id, row))
             .collect::<Result<Vec<_>, _>>()?;
 
-        // Before 0.1 the SQLite writer recorded entries without touching the saga row:
+        // Earlier builds' SQLite writer recorded entries without touching the saga row:
         // the last change is the later of the row's time and the newest entry's.
         let mut updated_at: String = row.try_get(2)?;
         if let Some(newest) = entries.iter().map(|e| &e.recorded_at).max() {
