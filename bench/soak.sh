@@ -4,7 +4,7 @@
 # orchestrator's resident memory sampled every 30 s. Prints the samples, the growth from
 # the first sample after warm-up to the last, and the load report.
 #
-#   cargo build --release --workspace --features baton/dev-tools
+#   cargo build --release --workspace --features dev-tools
 #   bench/soak.sh                      # 10 minutes at 512 in flight
 #   IN_FLIGHT=10000 CONCURRENCY=10000 PAYMENTS=20000 bench/soak.sh   # 10,000 in flight
 set -euo pipefail

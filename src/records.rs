@@ -179,12 +179,13 @@ pub(crate) fn fresh(payment_id: Uuid, summary: &PaymentSummary, now: &str) -> Sa
 pub enum JournalError {
     /// The URL names no supported backend.
     #[error(
-        "journal URL {url} is not supported (scheme {}): use sqlite://<path> or postgres://…",
-        scheme_of(.url)
+        "journal URL {url} is not supported (scheme {scheme}): use sqlite://<path> or postgres://…"
     )]
     UnsupportedUrl {
         /// The URL, password removed.
         url: String,
+        /// The URL's scheme, quoted, or `missing`.
+        scheme: String,
     },
     /// The database could not be opened (its message names the file or the URL without
     /// its password), or its tables not created.
@@ -219,13 +220,5 @@ impl JournalError {
             JournalError::Open { cause } => cause.is_transient(),
             JournalError::UnsupportedUrl { .. } | JournalError::Corrupt { .. } => false,
         }
-    }
-}
-
-/// The scheme of a URL, for error messages.
-fn scheme_of(url: &str) -> String {
-    match url.split_once(':') {
-        Some((scheme, _)) if !scheme.is_empty() => format!("{scheme:?}"),
-        _ => "missing".to_owned(),
     }
 }

@@ -312,6 +312,33 @@ impl Database {
             .map_err(|e| self.error(e))
     }
 
+    /// A store's pool, ready: the pool from `options`; in [`OpenMode::MustExist`] the
+    /// check that `table` exists (else [`SqlError::Foreign`] naming `what`, e.g. "Baton
+    /// journal"); then `prepare` (create the missing tables, upgrade old ones, read the
+    /// store's identity) and its result. The pool is closed again if either fails.
+    pub async fn open_store<T>(
+        &self,
+        options: AnyPoolOptions,
+        table: &str,
+        what: &str,
+        prepare: impl AsyncFnOnce(&AnyPool) -> Result<T, sqlx::Error>,
+    ) -> Result<(AnyPool, T), SqlError> {
+        let pool = self.pool(options).await?;
+        let ready = async {
+            if self.mode == OpenMode::MustExist {
+                self.require_table(&pool, table, what).await?;
+            }
+            prepare(&pool).await.map_err(|e| self.error(e))
+        };
+        match ready.await {
+            Ok(value) => Ok((pool, value)),
+            Err(e) => {
+                pool.close().await;
+                Err(e)
+            }
+        }
+    }
+
     /// Fails with [`SqlError::Foreign`] unless `table` exists: for a tool that reads an
     /// existing database and must not take an empty one for an empty journal or ledger.
     pub async fn require_table(

@@ -42,8 +42,13 @@ pub struct RunArgs {
     /// every fifth of it). A saga whose lease ran out — its owner died and its request is
     /// gone, or it was dead-lettered mid-saga — is finished by any replica's sweeper:
     /// compensated, `failed`, reason `abandoned`. Longer than any parking tier needs not be.
-    #[arg(long, env = "BATON_SAGA_LEASE", default_value = "5m", value_parser = humantime::parse_duration, hide_env_values = true)]
-    pub saga_lease: Duration,
+    #[arg(
+        long,
+        env = "BATON_SAGA_LEASE",
+        default_value_t = crate::config::DEFAULT_SAGA_LEASE.into(),
+        hide_env_values = true
+    )]
+    pub saga_lease: humantime::Duration,
 
     /// This replica's id (in its reply queue's name) [default: random]
     #[arg(long, env = "BATON_INSTANCE", value_parser = parse_prefix, hide_env_values = true)]
@@ -174,7 +179,7 @@ pub(super) async fn run_orchestrator(
         max_amount_minor: args.max_amount_minor,
     };
     settings.shutdown_timeout = Duration::from_secs(args.shutdown_timeout);
-    settings.saga_lease = args.saga_lease;
+    settings.saga_lease = args.saga_lease.into();
     settings.service_users = args.service_users.into_iter().collect();
     settings.require_verified_senders = args.require_verified_senders;
     settings.http_token_file = args.http_token_file;

@@ -150,7 +150,9 @@ impl Journal {
 
     async fn open_with(url: &str, mode: OpenMode) -> Result<Self, JournalError> {
         let open_error = |cause: SqlError| match cause {
-            SqlError::UnsupportedUrl { url, .. } => JournalError::UnsupportedUrl { url },
+            SqlError::UnsupportedUrl { url, scheme } => {
+                JournalError::UnsupportedUrl { url, scheme }
+            }
             cause => JournalError::Open { cause },
         };
         let database = Database::new(url, mode).map_err(open_error)?;
@@ -168,25 +170,13 @@ impl Journal {
                 (Backend::Postgres, AnyPoolOptions::new().max_connections(16))
             }
         };
-        let pool = database.pool(options).await.map_err(open_error)?;
-        let schema = async {
-            if mode == OpenMode::MustExist {
-                database
-                    .require_table(&pool, "journal_sagas", "Baton journal")
-                    .await?;
-            }
-            create_schema(&pool, backend)
-                .await
-                .map_err(|e| database.error(e))?;
-            read_identity(&pool).await.map_err(|e| database.error(e))
-        };
-        let id = match schema.await {
-            Ok(id) => id,
-            Err(e) => {
-                pool.close().await;
-                return Err(open_error(e));
-            }
-        };
+        let (pool, id) = database
+            .open_store(options, "journal_sagas", "Baton journal", async |pool| {
+                create_schema(pool, backend).await?;
+                read_identity(pool).await
+            })
+            .await
+            .map_err(open_error)?;
         let store = match backend {
             Backend::Postgres => Store::Pooled(pool.clone()),
             Backend::Sqlite => {

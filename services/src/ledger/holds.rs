@@ -90,7 +90,7 @@ impl Ledger {
         amount: Money,
         decision: Result<(), Decline>,
     ) -> Result<Answer, LedgerError> {
-        let mut tx = match try_begin(&self.pool, command_id, "authorization").await? {
+        let mut tx = match try_begin(&self.claims, command_id, "authorization").await? {
             Begin::Done(answer) => return Ok(answer),
             Begin::Start(tx) => tx,
         };
@@ -135,7 +135,7 @@ impl Ledger {
         execute_command_id: &str,
         payment_id: Uuid,
     ) -> Result<Answer, LedgerError> {
-        let mut tx = match try_begin(&self.pool, command_id, "authorization").await? {
+        let mut tx = match try_begin(&self.claims, command_id, "authorization").await? {
             Begin::Done(answer) => return Ok(answer),
             Begin::Start(tx) => tx,
         };

@@ -195,7 +195,7 @@ impl Ledger {
 
     async fn open_with(url: &str, mode: OpenMode) -> Result<Self, LedgerError> {
         let open_error = |cause: SqlError| match cause {
-            SqlError::UnsupportedUrl { url, .. } => LedgerError::UnsupportedUrl { url },
+            SqlError::UnsupportedUrl { url, scheme } => LedgerError::UnsupportedUrl { url, scheme },
             cause => LedgerError::Open { cause },
         };
         let database = Database::new(url, mode).map_err(open_error)?;
@@ -204,26 +204,20 @@ impl Ledger {
         // only wait on each other in SQLite's busy handler, which sleeps in steps of up to
         // 100 ms; one connection queues them fairly in the pool.
         let options = AnyPoolOptions::new().max_connections(if postgres { 16 } else { 1 });
-        let pool = database.pool(options).await.map_err(open_error)?;
-        let schema = async {
-            if mode == OpenMode::MustExist {
-                database
-                    .require_table(&pool, "processed_commands", "Baton ledger")
-                    .await?;
-            }
-            create_schema(&pool, postgres)
-                .await
-                .map_err(|e| database.error(e))?;
-            read_identity(&pool).await.map_err(|e| database.error(e))
-        };
-        let id = match schema.await {
-            Ok(id) => id,
-            Err(e) => {
-                pool.close().await;
-                return Err(open_error(e));
-            }
-        };
+        let (pool, id) = database
+            .open_store(
+                options,
+                "processed_commands",
+                "Baton ledger",
+                async |pool| {
+                    create_schema(pool, postgres).await?;
+                    read_identity(pool).await
+                },
+            )
+            .await
+            .map_err(open_error)?;
         Ok(Self {
+            claims: idempotency::Claims::new(pool.clone(), !postgres),
             pool,
             id: id.into(),
             location: database.location().into(),

@@ -2,7 +2,7 @@
 
 use crate::reply::Decline;
 use baton_contract::Reply;
-use baton_worker::idempotency::{self, Claimed, IdempotencyError};
+use baton_worker::idempotency::{self, Claimed, Claims, IdempotencyError};
 use baton_worker::Answer;
 use serde_json::{Map, Value};
 use sqlx::{AnyPool, Row};
@@ -15,10 +15,14 @@ use uuid::Uuid;
 #[derive(Debug, thiserror::Error)]
 pub enum LedgerError {
     /// The URL names no supported backend.
-    #[error("ledger URL {url} is not supported: use sqlite://<path> or postgres://…")]
+    #[error(
+        "ledger URL {url} is not supported (scheme {scheme}): use sqlite://<path> or postgres://…"
+    )]
     UnsupportedUrl {
         /// The URL, password removed.
         url: String,
+        /// The URL's scheme, quoted, or `missing`.
+        scheme: String,
     },
     /// The database could not be opened (its message names the file or the URL without
     /// its password), or its tables not created.
@@ -30,6 +34,10 @@ pub enum LedgerError {
     /// A query failed (connection lost, lock timeout, …): retry later.
     #[error("ledger database error: {0}")]
     Database(#[from] sqlx::Error),
+    /// The shared transaction of a batch of commands did not commit (SQLite group
+    /// commit): nothing of this command is stored; retry later.
+    #[error("ledger database error: {0}")]
+    Uncommitted(String),
     /// A stored reply cannot be read back: the database was edited by hand.
     #[error("stored reply of command {command_id} is unreadable: {problem}")]
     CorruptReply {
@@ -44,6 +52,7 @@ impl From<IdempotencyError> for LedgerError {
     fn from(e: IdempotencyError) -> Self {
         match e {
             IdempotencyError::Database(e) => LedgerError::Database(e),
+            IdempotencyError::Commit(problem) => LedgerError::Uncommitted(problem),
             IdempotencyError::CorruptReply {
                 command_id,
                 problem,
@@ -60,6 +69,9 @@ impl From<IdempotencyError> for LedgerError {
 pub struct Ledger {
     /// Pool of `Any` connections: the same code runs on SQLite and PostgreSQL.
     pub(super) pool: AnyPool,
+    /// Where commands are claimed (on SQLite, with group commit: one `fsync` for the
+    /// commands that arrive while one is being written).
+    pub(super) claims: Claims,
     /// The database's identity (`ledger_identity`), read once at open: pings and
     /// approvals report it without touching the database.
     pub(super) id: Arc<str>,

@@ -72,7 +72,7 @@ impl Ledger {
         capture: &Capture,
         settlement: Result<Settlement, Decline>,
     ) -> Result<Answer, LedgerError> {
-        let mut tx = match try_begin(&self.pool, command_id, "transaction").await? {
+        let mut tx = match try_begin(&self.claims, command_id, "transaction").await? {
             Begin::Done(answer) => return Ok(answer),
             Begin::Start(tx) => tx,
         };
