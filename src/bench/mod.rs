@@ -102,6 +102,9 @@ pub struct BenchOptions {
     /// `--workflow`) and the workflow it holds; `None`: the built-in workflow. Its services
     /// must be the four the bench starts.
     pub workflow: Option<(PathBuf, crate::workflow::Workflow)>,
+    /// Tokio scheduler threads of every started process (`TOKIO_WORKER_THREADS`); 0:
+    /// tokio's default.
+    pub worker_threads: usize,
 }
 
 /// Refuses a workflow naming a service the bench does not start: its payments would wait
@@ -147,6 +150,7 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<Vec<Row>> {
         let url = options.amqp_url.clone();
         let mut processes = Processes {
             children: Vec::new(),
+            worker_threads: options.worker_threads,
         };
         let common = |extra: &[&str]| -> Vec<String> {
             let mut args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();

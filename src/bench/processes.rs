@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 /// Child processes that are killed when dropped.
 pub(super) struct Processes {
     pub(super) children: Vec<(String, Child)>,
+    /// `TOKIO_WORKER_THREADS` of every child; 0: not set (tokio's default).
+    pub(super) worker_threads: usize,
 }
 
 impl Processes {
@@ -17,7 +19,11 @@ impl Processes {
         args: &[String],
         log: &Path,
     ) -> anyhow::Result<u32> {
-        let child = Command::new(program)
+        let mut command = Command::new(program);
+        if self.worker_threads > 0 {
+            command.env("TOKIO_WORKER_THREADS", self.worker_threads.to_string());
+        }
+        let child = command
             .args(args)
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())

@@ -71,6 +71,11 @@ pub struct BenchArgs {
     /// services) [default: the built-in workflow]
     #[arg(long)]
     pub workflow: Option<PathBuf>,
+    /// Tokio scheduler threads of every process the bench starts (baseline and Baton
+    /// alike), passed as TOKIO_WORKER_THREADS; 0: tokio's default, one per core. Six
+    /// processes share the machine, so one each wakes fewer idle threads
+    #[arg(long, default_value_t = 1)]
+    pub worker_threads: usize,
     /// Print the rows as JSON too
     #[arg(long)]
     pub json: bool,
@@ -143,6 +148,7 @@ pub(super) async fn bench(
         journal_url: args.journal_url,
         concurrency: args.concurrency,
         workflow,
+        worker_threads: args.worker_threads,
     };
     if options.replicas > 1
         && !options

@@ -18,9 +18,10 @@ pub(super) enum Backend {
 ///
 /// Entries are ordered by `seq`, 1, 2, 3 … per payment (see
 /// [`Journal::record`](super::Journal::record)); `(payment_id, seq)` is unique as a safety
-/// net. `journal_sagas.last_seq` counts record attempts: earlier builds numbered a
-/// PostgreSQL journal's entries from it, and it stays at least the highest `seq` so that such a process, still
-/// running during an upgrade, cannot pick a number already taken.
+/// net. `journal_sagas.last_seq` counts record attempts on PostgreSQL: earlier builds
+/// numbered a PostgreSQL journal's entries from it, and it stays at least the highest
+/// `seq` so that such a process, still running during an upgrade, cannot pick a number
+/// already taken. (A SQLite journal's writes skip it: one writer, no such race.)
 const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS journal_sagas (
         payment_id TEXT PRIMARY KEY,

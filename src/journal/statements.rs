@@ -82,26 +82,32 @@ const BEGIN_INSERT: &str = "INSERT INTO journal_sagas
 const BEGIN_RENEW: &str =
     "UPDATE journal_sagas SET lease_until = $1 WHERE payment_id = $2 AND result IS NULL";
 
-/// The first statement of a record: takes the saga row's lock until commit (PostgreSQL;
-/// on SQLite the batch holds the database's write lock already), so that writers of one
-/// payment run one after the other, and tells whether the saga was begun.
+/// The first statement of a record on PostgreSQL: takes the saga row's lock until
+/// commit, so that writers of one payment run one after the other, and tells whether the
+/// saga was begun. (On SQLite the batch holds the database's write lock already, and
+/// [`RECORD_INSERT`] tells whether the saga was begun: one statement instead of two.)
 const RECORD_LOCK: &str = "UPDATE journal_sagas SET last_seq = last_seq + 1, updated_at = $1
      WHERE payment_id = $2";
 
-/// The entry, numbered one past the payment's highest: safe because writers of the
-/// payment are serialised by [`RECORD_LOCK`], and each statement sees what the previous
-/// writer committed (PostgreSQL, READ COMMITTED). The conflict target names the decision's
-/// key, so that a clash on the sequence index is an error, never mistaken for a decision.
+/// The entry, numbered one past the payment's highest, and only for a saga that was
+/// begun: safe because writers of the payment are serialised (by [`RECORD_LOCK`] on
+/// PostgreSQL, the write lock on SQLite), and each statement sees what the previous
+/// writer committed (PostgreSQL, READ COMMITTED). The conflict target names the
+/// decision's key, so that a clash on the sequence index is an error, never mistaken for
+/// a decision.
 const RECORD_INSERT: &str =
     "INSERT INTO journal_entries (payment_id, step, action, seq, recorded_at, body)
-     SELECT $1, $2, $3, COALESCE(MAX(seq), 0) + 1, $4, $5
-     FROM journal_entries WHERE payment_id = $1
+     SELECT $1, $2, $3,
+            COALESCE((SELECT MAX(seq) FROM journal_entries WHERE payment_id = $1), 0) + 1,
+            $4, $5
+     FROM journal_sagas WHERE payment_id = $1
      ON CONFLICT (payment_id, step, action) DO NOTHING";
 
 /// First writer wins: a concurrent writer waits for the row lock (PostgreSQL) or the write
 /// lock (SQLite) and re-checks `result IS NULL` against the committed row.
 const FINISH: &str = "UPDATE journal_sagas SET result = $1, updated_at = $2
-     WHERE payment_id = $3 AND result IS NULL";
+     WHERE payment_id = $3 AND result IS NULL
+     RETURNING result";
 
 /// A parked saga is leased until it should be back, plus one lease.
 const PARK: &str = "UPDATE journal_sagas SET parked = parked + 1, updated_at = $1, lease_until = $2
@@ -117,15 +123,28 @@ const CLAIM: &str = "UPDATE journal_sagas SET lease_until = $1
 /// Ids renewed per statement.
 const RENEW_CHUNK: usize = 500;
 
+/// Whether the saga `id` was begun.
+async fn begun(connection: &mut AnyConnection, id: &str) -> Result<bool, sqlx::Error> {
+    Ok(
+        sqlx::query("SELECT 1 FROM journal_sagas WHERE payment_id = $1")
+            .bind(id)
+            .fetch_optional(connection)
+            .await?
+            .is_some(),
+    )
+}
+
 /// Columns read for an entry, in this order.
 pub(super) const ENTRY_COLUMNS: &str = "step, action, recorded_at, body";
 
 /// Runs one write inside the caller's transaction. `Err` is a database error and aborts
 /// the transaction; `Ok(Err(_))` is this write's own answer (not begun, unreadable), which
-/// does not disturb other writes committed with it.
+/// does not disturb other writes committed with it. `lock_rows`: take the saga row's
+/// lock first ([`RECORD_LOCK`]; PostgreSQL, where writers of one payment may run at once).
 pub(super) async fn run_job(
     connection: &mut AnyConnection,
     job: &Job,
+    lock_rows: bool,
 ) -> Result<Result<Written, JournalError>, sqlx::Error> {
     let now = now();
     Ok(match job {
@@ -160,14 +179,16 @@ pub(super) async fn run_job(
         } => {
             let id = payment_id.to_string();
             let action = action_name(entry.action);
-            let begun = sqlx::query(RECORD_LOCK)
-                .bind(&now)
-                .bind(&id)
-                .execute(&mut *connection)
-                .await?
-                .rows_affected();
-            if begun == 0 {
-                return Ok(Err(not_begun(*payment_id)));
+            if lock_rows {
+                let begun = sqlx::query(RECORD_LOCK)
+                    .bind(&now)
+                    .bind(&id)
+                    .execute(&mut *connection)
+                    .await?
+                    .rows_affected();
+                if begun == 0 {
+                    return Ok(Err(not_begun(*payment_id)));
+                }
             }
             let inserted = sqlx::query(RECORD_INSERT)
                 .bind(&id)
@@ -184,6 +205,9 @@ pub(super) async fn run_job(
             // A decision was there first: it is the one to continue with.
             match stored_entry(&mut *connection, *payment_id, &entry.step, action).await? {
                 Some(stored) => stored.map(Written::Recorded),
+                None if !lock_rows && !begun(&mut *connection, &id).await? => {
+                    Err(not_begun(*payment_id))
+                }
                 None => Err(corrupt(
                     *payment_id,
                     format!(
@@ -195,18 +219,26 @@ pub(super) async fn run_job(
         }
         Job::Finish { payment_id, text } => {
             let id = payment_id.to_string();
-            sqlx::query(FINISH)
+            let finished = sqlx::query(FINISH)
                 .bind(text)
                 .bind(&now)
                 .bind(&id)
-                .execute(&mut *connection)
-                .await?;
-            let Some(row) = sqlx::query("SELECT result FROM journal_sagas WHERE payment_id = $1")
-                .bind(&id)
                 .fetch_optional(&mut *connection)
-                .await?
-            else {
-                return Ok(Err(not_begun(*payment_id)));
+                .await?;
+            // Not written: the saga has a result already (the first one wins), or none.
+            let row = match finished {
+                Some(row) => row,
+                None => {
+                    let Some(row) =
+                        sqlx::query("SELECT result FROM journal_sagas WHERE payment_id = $1")
+                            .bind(&id)
+                            .fetch_optional(&mut *connection)
+                            .await?
+                    else {
+                        return Ok(Err(not_begun(*payment_id)));
+                    };
+                    row
+                }
             };
             let stored: Option<String> = row.try_get(0)?;
             match stored {

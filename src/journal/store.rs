@@ -47,7 +47,7 @@ impl Store {
             }
             Store::Pooled(pool) => {
                 let mut tx = pool.begin().await?;
-                match run_job(&mut tx, &job).await? {
+                match run_job(&mut tx, &job, true).await? {
                     Ok(written) => {
                         tx.commit().await?;
                         Ok(written)
@@ -104,7 +104,7 @@ async fn run_batch(
         .await?;
     let mut results = Vec::with_capacity(work.len());
     for job in work {
-        results.push(run_job(connection, job).await?);
+        results.push(run_job(connection, job, false).await?);
     }
     sqlx::query("COMMIT").execute(&mut *connection).await?;
     Ok(results)
