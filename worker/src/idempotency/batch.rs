@@ -21,8 +21,10 @@ use tokio::sync::{oneshot, Mutex, OwnedMutexGuard};
 /// Most claims committed together: bounds the wait of the batch's first command.
 pub(super) const MAX_BATCH: usize = 128;
 
-/// The savepoint every claim of a batch runs in (one at a time, so one name serves).
-const SAVEPOINT: &str = "SAVEPOINT claim";
+/// The savepoint every claim of a batch runs in (one at a time, so one name serves) is
+/// `claim`: taken by the claim's own statement and released by the one that stores its
+/// reply (`super::CLAIM_IN_BATCH`, `super::STORE_REPLY_IN_BATCH`), each in the same round
+/// trip to SQLite's thread as the statement it goes with.
 
 /// One process's shared transaction on a SQLite store.
 #[derive(Debug)]
@@ -107,8 +109,8 @@ impl std::fmt::Debug for Turn {
 }
 
 impl Turn {
-    /// Waits for the connection, opens the transaction if this claim is the batch's
-    /// first, and takes the savepoint.
+    /// Waits for the connection and opens the transaction if this claim is the batch's
+    /// first. The caller's first statement takes the savepoint ([`Turn::savepoint_taken`]).
     pub(super) async fn take(batch: &Arc<Batch>) -> Result<Self, IdempotencyError> {
         let open = {
             let mut waiting = Waiting::count(batch);
@@ -129,9 +131,19 @@ impl Turn {
                 .await?;
             open.connection = Some(connection);
         }
-        sqlx::query(SAVEPOINT).execute(turn.connection()).await?;
-        turn.in_savepoint = true;
         Ok(turn)
+    }
+
+    /// The next statement takes the savepoint: from here, dropping the turn rolls it back.
+    /// (Said before the statement runs: should it fail halfway, the rollback to a
+    /// savepoint that was never taken fails, and the batch is ended with the error.)
+    pub(super) fn savepoint_taken(&mut self) {
+        self.in_savepoint = true;
+    }
+
+    /// The savepoint was released by the statement that ran last.
+    pub(super) fn savepoint_released(&mut self) {
+        self.in_savepoint = false;
     }
 
     pub(super) fn connection(&mut self) -> &mut AnyConnection {
@@ -148,13 +160,19 @@ impl Turn {
             .expect("a turn holds the open transaction")
     }
 
-    /// Keeps what this claim wrote, passes the batch on, and returns once the batch has
-    /// committed: from here the claim's writes are durable.
+    /// Keeps what this claim wrote (releasing its savepoint if a statement has not),
+    /// passes the batch on, and returns once the batch has committed: from here the
+    /// claim's writes are durable.
     pub(super) async fn end(mut self) -> Result<(), IdempotencyError> {
         let (done, committed) = oneshot::channel();
-        let released = sqlx::query("RELEASE SAVEPOINT claim")
-            .execute(self.connection())
-            .await;
+        let released = if self.in_savepoint {
+            sqlx::query("RELEASE SAVEPOINT claim")
+                .execute(self.connection())
+                .await
+                .map(|_| ())
+        } else {
+            Ok(())
+        };
         self.in_savepoint = false;
         let mut open = self.open.take().expect("held until the turn ends");
         open.committed.push(done);

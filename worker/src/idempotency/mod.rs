@@ -159,6 +159,30 @@ impl std::ops::DerefMut for Claimed {
     }
 }
 
+/// The claim: a row back when this command is claimed now, none when it was before.
+/// (`RETURNING`, not the rows affected: in a batch the statement follows a `SAVEPOINT`,
+/// and SQLite counts changes per connection, not per statement.)
+macro_rules! claim_sql {
+    () => {
+        "INSERT INTO processed_commands (command_id, service, reply, created_at)
+         VALUES ($1, $2, NULL, $3) ON CONFLICT DO NOTHING RETURNING command_id"
+    };
+}
+/// The claim in a transaction of its own.
+const CLAIM: &str = claim_sql!();
+/// The claim in a batch: its savepoint taken in the same round trip to SQLite's thread.
+const CLAIM_IN_BATCH: &str = concat!("SAVEPOINT claim; ", claim_sql!());
+
+macro_rules! store_reply_sql {
+    () => {
+        "UPDATE processed_commands SET reply = $1 WHERE command_id = $2"
+    };
+}
+/// The reply stored for the claimed command.
+const STORE_REPLY: &str = store_reply_sql!();
+/// The reply stored in a batch, the claim's savepoint released in the same round trip.
+const STORE_REPLY_IN_BATCH: &str = concat!(store_reply_sql!(), "; RELEASE SAVEPOINT claim");
+
 /// Begins a transaction whose first statement claims `command_id` for `service`.
 pub async fn try_begin(
     claims: &Claims,
@@ -166,17 +190,22 @@ pub async fn try_begin(
     service: &str,
 ) -> Result<Begin, IdempotencyError> {
     let mut tx = Held::begin(claims).await?;
-    let inserted = sqlx::query(
-        "INSERT INTO processed_commands (command_id, service, reply, created_at)
-         VALUES ($1, $2, NULL, $3) ON CONFLICT DO NOTHING",
-    )
-    .bind(command_id)
-    .bind(service)
-    .bind(now_ms())
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
-    if inserted == 1 {
+    let claim = match &mut tx {
+        Held::Own(_) => CLAIM,
+        Held::Shared(turn) => {
+            turn.savepoint_taken();
+            CLAIM_IN_BATCH
+        }
+    };
+    // `fetch_all`: the first result of the batch's claim is its `SAVEPOINT`'s, no row.
+    let inserted = !sqlx::query(claim)
+        .bind(command_id)
+        .bind(service)
+        .bind(now_ms())
+        .fetch_all(&mut *tx)
+        .await?
+        .is_empty();
+    if inserted {
         return Ok(Begin::Start(Claimed {
             tx,
             command_id: command_id.to_owned(),
@@ -208,12 +237,22 @@ pub async fn try_begin(
 /// Stores `reply` for the claimed command and commits the effect with it.
 pub async fn finish(mut claimed: Claimed, reply: Reply) -> Result<Answer, IdempotencyError> {
     let text = encode(&claimed.command_id, &reply)?;
-    sqlx::query("UPDATE processed_commands SET reply = $1 WHERE command_id = $2")
+    let store = match &claimed.tx {
+        Held::Own(_) => STORE_REPLY,
+        Held::Shared(_) => STORE_REPLY_IN_BATCH,
+    };
+    sqlx::query(store)
         .bind(text)
         .bind(&claimed.command_id)
         .execute(&mut *claimed.tx)
         .await?;
-    claimed.tx.commit().await?;
+    match claimed.tx {
+        Held::Own(tx) => tx.commit().await?,
+        Held::Shared(mut turn) => {
+            turn.savepoint_released();
+            turn.end().await?
+        }
+    }
     Ok(Answer::fresh(reply))
 }
 
