@@ -405,7 +405,7 @@ async fn a_recorded_decision_is_never_taken_differently() {
             record: StepRecord::new("authorization", StepOutcome::Approved, 1, 5),
             detail: None,
             data: data(serde_json::json!({"hold_id": "h-9"})),
-            recorded_at: now_rfc3339(),
+            recorded_at: Clock::SYSTEM.now_rfc3339(),
         },
         JournalEntry {
             step: "risk".into(),
@@ -413,7 +413,7 @@ async fn a_recorded_decision_is_never_taken_differently() {
             record: declined,
             detail: Some("recorded earlier".into()),
             data: Map::new(),
-            recorded_at: now_rfc3339(),
+            recorded_at: Clock::SYSTEM.now_rfc3339(),
         },
     ] {
         env.log.record(req.payment_id, &e).await.unwrap();
@@ -484,6 +484,33 @@ async fn a_compensation_that_keeps_failing_goes_to_the_attention_queue() {
         format!("{PAYMENT_ID}:authorization:compensate")
     );
     assert!(attention[0].error.contains("hold_store_down"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn results_events_and_attention_items_take_their_time_from_the_env_clock() {
+    let services = happy_services()
+        .on("risk", decline("high_risk"))
+        .on("authorization", |c, _| match c.action {
+            Action::Compensate => {
+                Behaviour::Answer(Reply::error(c.command_id.clone(), "hold_store_down", "x"))
+            }
+            _ => Behaviour::Answer(Reply::approved(c.command_id.clone(), Map::new())),
+        });
+    let mut env = env(workflow(""), services);
+    env.clock = Clock(|| std::time::UNIX_EPOCH + Duration::from_millis(1_700_000_000_123));
+    let stamp = "2023-11-14T22:13:20.123Z";
+    let (result, _) = finished(run(&env, &request()).await);
+    assert_eq!(result.finished_at, stamp);
+    let events = env.transport.events.lock().unwrap().clone();
+    assert_eq!(events.len(), 4, "{events:?}");
+    assert!(events.iter().all(|e| e.at == stamp), "{events:?}");
+    let attention = env.transport.attention.lock().unwrap().clone();
+    assert_eq!(attention.len(), 1);
+    assert_eq!(attention[0].at, stamp);
+    assert_eq!(
+        rejected(request().payment_id, "bad".into(), env.clock).finished_at,
+        stamp
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -944,7 +971,7 @@ async fn a_journalled_condition_is_never_evaluated_again() {
         record: StepRecord::new(step, outcome, u32::from(outcome != StepOutcome::Skipped), 1),
         detail: None,
         data: data.as_object().unwrap().clone(),
-        recorded_at: now_rfc3339(),
+        recorded_at: Clock::SYSTEM.now_rfc3339(),
     };
     for e in [
         recorded(
@@ -1006,7 +1033,7 @@ async fn an_abandoned_saga_decides_conditions_as_the_live_run_would() {
             record: StepRecord::new("authorization", StepOutcome::Approved, 1, 1),
             detail: None,
             data: data(serde_json::json!({"hold_id": "h-1"})),
-            recorded_at: now_rfc3339(),
+            recorded_at: Clock::SYSTEM.now_rfc3339(),
         };
         env.log.record(req.payment_id, &auth).await.unwrap();
         let saga = env.log.sagas.lock().unwrap()[&req.payment_id].clone();

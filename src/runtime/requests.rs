@@ -93,7 +93,7 @@ pub(super) async fn handle_request(delivery: Delivery, shared: Arc<Shared>) {
             SagaOutcome::Reused(detail) => {
                 // Answer this client only: the payments exchange carries the real
                 // payment's one result, not this request's.
-                let result = saga::rejected(request.payment_id, detail.clone());
+                let result = saga::rejected(request.payment_id, detail.clone(), shared.env.clock);
                 if let Ok(channel) = shared.env.transport.channel() {
                     let _ =
                         publish_to_client(&channel, &result, &delivery.properties, &shared).await;
@@ -278,10 +278,13 @@ pub(super) async fn reject(
     };
     let answered = match payment_id {
         Some(id) => {
-            let result = saga::rejected(id, detail.clone());
+            let result = saga::rejected(id, detail.clone(), shared.env.clock);
             let published = publish_result(&channel, &result, &delivery.properties, shared).await;
             if published.is_ok() {
-                shared.env.transport.event(SagaEvent::of_result(&result));
+                shared.env.transport.event(SagaEvent::of_result(
+                    &result,
+                    shared.env.clock.now_rfc3339(),
+                ));
                 shared
                     .env
                     .metrics

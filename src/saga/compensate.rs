@@ -105,7 +105,7 @@ pub(super) async fn compensate<T: Transport, L: SagaLog>(
                 kind: "compensation_failed".into(),
                 command_id: cmd.command_id.clone(),
                 error: reason.clone(),
-                at: now_rfc3339(),
+                at: env.clock.now_rfc3339(),
                 command: Some(Command {
                     payment: PaymentView {
                         card: baton_contract::CardView {

@@ -11,7 +11,7 @@ use baton_contract::{
 };
 use std::collections::HashMap;
 use std::future::Future;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 use tokio::sync::Semaphore;
 use uuid::Uuid;
 
@@ -98,7 +98,7 @@ impl SagaEvent {
         format!("event.{}.{}", self.step, self.outcome)
     }
 
-    pub(super) fn of_entry(payment_id: Uuid, entry: &JournalEntry) -> Self {
+    pub(super) fn of_entry(payment_id: Uuid, entry: &JournalEntry, at: String) -> Self {
         Self {
             payment_id,
             step: entry.step.clone(),
@@ -106,11 +106,11 @@ impl SagaEvent {
             outcome: outcome_name(entry.record.outcome).into(),
             reason: entry.record.reason.clone(),
             record: Some(entry.record.clone()),
-            at: now_rfc3339(),
+            at,
         }
     }
 
-    pub(crate) fn of_result(result: &PaymentResult) -> Self {
+    pub(crate) fn of_result(result: &PaymentResult, at: String) -> Self {
         Self {
             payment_id: result.payment_id,
             step: "payment".into(),
@@ -118,7 +118,7 @@ impl SagaEvent {
             outcome: result.status.as_str().into(),
             reason: result.reason.clone(),
             record: None,
-            at: now_rfc3339(),
+            at,
         }
     }
 }
@@ -173,6 +173,24 @@ pub struct SagaEnv<T, L> {
     pub card_keys: Option<CardKeys>,
     /// The payments this process is running now: their journal leases are renewed.
     pub live: LiveSagas,
+    /// The wall clock of results, events and attention items: the system's from
+    /// [`SagaEnv::new`]; tests set another.
+    pub clock: Clock,
+}
+
+/// The wall clock the saga stamps results, saga events and attention items with. Durations
+/// are measured on tokio's clock instead, which paused tests drive.
+#[derive(Clone, Copy, Debug)]
+pub struct Clock(pub fn() -> SystemTime);
+
+impl Clock {
+    /// The system's clock.
+    pub const SYSTEM: Clock = Clock(SystemTime::now);
+
+    /// The time now, RFC 3339 UTC with milliseconds.
+    pub fn now_rfc3339(self) -> String {
+        humantime::format_rfc3339_millis((self.0)()).to_string()
+    }
 }
 
 /// The set of payments a process is running, shared with whatever renews their leases.
@@ -314,6 +332,7 @@ impl<T: Transport, L: SagaLog> SagaEnv<T, L> {
             metrics,
             card_keys: None,
             live: LiveSagas::default(),
+            clock: Clock::SYSTEM,
         }
     }
 }

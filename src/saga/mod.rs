@@ -110,13 +110,8 @@ fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// The current UTC time as RFC 3339 with milliseconds.
-pub fn now_rfc3339() -> String {
-    humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
-}
-
-/// A `rejected` result for a request that failed validation.
-pub fn rejected(payment_id: Uuid, detail: String) -> PaymentResult {
+/// A `rejected` result for a request that failed validation, finished now by `clock`.
+pub fn rejected(payment_id: Uuid, detail: String, clock: Clock) -> PaymentResult {
     PaymentResult {
         payment_id,
         status: Status::Rejected,
@@ -124,7 +119,7 @@ pub fn rejected(payment_id: Uuid, detail: String) -> PaymentResult {
         detail: Some(detail),
         steps: Vec::new(),
         settlement: None,
-        finished_at: now_rfc3339(),
+        finished_at: clock.now_rfc3339(),
     }
 }
 
@@ -374,11 +369,12 @@ async fn drive<T: Transport, L: SagaLog>(
         detail: verdict.detail,
         steps: applied.into_iter().map(|e| e.record).collect(),
         settlement,
-        finished_at: now_rfc3339(),
+        finished_at: env.clock.now_rfc3339(),
     };
     match env.log.finish(payment_id, &result).await {
         Ok(result) => {
-            env.transport.event(SagaEvent::of_result(&result));
+            env.transport
+                .event(SagaEvent::of_result(&result, env.clock.now_rfc3339()));
             let dead_letter = dead_letter_reason(&result);
             SagaOutcome::Finished {
                 result,
@@ -521,8 +517,11 @@ async fn record<T: Transport, L: SagaLog>(
     match env.log.record(payment_id, &entry).await {
         Ok(stored) => {
             crash::point("after_step_recorded");
-            env.transport
-                .event(SagaEvent::of_entry(payment_id, &stored));
+            env.transport.event(SagaEvent::of_entry(
+                payment_id,
+                &stored,
+                env.clock.now_rfc3339(),
+            ));
             StepDecision::Recorded(stored)
         }
         Err(e) => StepDecision::Leave(journal_failed(env, e)),

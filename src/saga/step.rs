@@ -165,7 +165,7 @@ pub(super) async fn execute<T: Transport, L: SagaLog>(
                 kind: "in_doubt".into(),
                 command_id: cmd.command_id.clone(),
                 error: format!("no answer after {attempts} attempts and {} parkings; the effect may have happened: {last_error}", saga.parked),
-                at: now_rfc3339(),
+                at: env.clock.now_rfc3339(),
                 command: None,
             };
             if let Some(outcome) = send_attention(env, item).await {
@@ -236,7 +236,7 @@ pub(super) async fn give_up<T: Transport, L: SagaLog>(
                          acted: {last_error}",
                         step.service
                     ),
-                    at: now_rfc3339(),
+                    at: env.clock.now_rfc3339(),
                     command: None,
                 };
                 if let Some(outcome) = send_attention(env, item).await {
