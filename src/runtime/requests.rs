@@ -31,7 +31,7 @@ impl Drop for InFlight {
 
 /// Runs one request from delivery to ack.
 pub(super) async fn handle_request(delivery: Delivery, shared: Arc<Shared>) {
-    let metrics = &shared.env.metrics;
+    let metrics = &shared.metrics;
     metrics.received.inc();
     let _in_flight = InFlight::new(&metrics.inflight);
     let started = Instant::now();
@@ -267,7 +267,7 @@ pub(super) async fn reject(
             Ok(None) => {}
             Err(e) => {
                 // Whether the journal knows it decides what to answer: ask again later.
-                shared.env.metrics.journal_errors.inc();
+                shared.metrics.journal_errors.inc();
                 park(&delivery, 0, "journal", &e.to_string(), shared).await;
                 return;
             }
@@ -286,7 +286,6 @@ pub(super) async fn reject(
                     shared.env.clock.now_rfc3339(),
                 ));
                 shared
-                    .env
                     .metrics
                     .results
                     .with_label_values(&["rejected", "invalid_request"])

@@ -9,14 +9,14 @@ use tokio::time::Instant;
 use tracing::{error, info};
 
 /// Sends an attention item; `Some(outcome)` when the saga must stop (it could not).
-pub(super) async fn send_attention<T: Transport, L: SagaLog>(
-    env: &SagaEnv<T, L>,
+pub(super) async fn send_attention<T: Transport, L: SagaLog, O: SagaObserver>(
+    env: &SagaEnv<T, L, O>,
     item: AttentionItem,
 ) -> Option<SagaOutcome> {
     let kind = item.kind.clone();
     match env.transport.attention(item).await {
         Ok(()) => {
-            env.metrics.attention.with_label_values(&[&kind]).inc();
+            env.observer.attention_raised(&kind);
             None
         }
         Err(CallError::ShuttingDown) => Some(SagaOutcome::Interrupted),
@@ -35,8 +35,8 @@ pub(super) async fn send_attention<T: Transport, L: SagaLog>(
 
 /// Undoes one step, with its own retry policy; a compensation that keeps failing goes to
 /// the attention queue and is recorded as `compensation_failed`.
-pub(super) async fn compensate<T: Transport, L: SagaLog>(
-    env: &SagaEnv<T, L>,
+pub(super) async fn compensate<T: Transport, L: SagaLog, O: SagaObserver>(
+    env: &SagaEnv<T, L, O>,
     source: Source<'_>,
     step: &Step,
     context: &Map<String, Value>,
@@ -86,17 +86,11 @@ pub(super) async fn compensate<T: Transport, L: SagaLog>(
     let mut detail = None;
     match failure {
         None => {
-            env.metrics
-                .compensations
-                .with_label_values(&[&step.name, "compensated"])
-                .inc();
+            env.observer.compensation_ended(&step.name, true);
             info!(attempts, "step compensated");
         }
         Some(reason) => {
-            env.metrics
-                .compensations
-                .with_label_values(&[&step.name, "failed"])
-                .inc();
+            env.observer.compensation_ended(&step.name, false);
             error!(reason = %reason, attempts, "compensation failed; handing it to operators");
             let item = AttentionItem {
                 payment_id: source.payment_id(),

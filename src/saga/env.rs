@@ -2,8 +2,7 @@
 //! environment, the events and attention items it emits.
 
 use super::*;
-use crate::breaker::Breakers;
-use crate::metrics::Metrics;
+use crate::breaker::{BreakerState, Breakers};
 use crate::records::{JournalEntry, JournalError, PaymentSummary, SagaRecord};
 use crate::workflow::{Step, Workflow};
 use baton_contract::{
@@ -153,7 +152,7 @@ pub trait SagaLog: Send + Sync {
 }
 
 /// What the saga runs with: the workflow and everything shared between payments.
-pub struct SagaEnv<T, L> {
+pub struct SagaEnv<T, L, O> {
     /// The steps and their policies.
     pub workflow: Workflow,
     /// The way to the services.
@@ -165,8 +164,8 @@ pub struct SagaEnv<T, L> {
     /// Bounds the commands in flight toward each service from this process, so a service
     /// that recovers is not stampeded by every waiting payment at once.
     pub(super) gates: HashMap<String, Semaphore>,
-    /// Metrics.
-    pub metrics: Metrics,
+    /// Told of what happens: attempts, fallbacks, parkings… (the metrics).
+    pub observer: O,
     /// The keys that make card fingerprints for `card = "fingerprint"` steps (the first
     /// key fingerprints). `None` from [`SagaEnv::new`]; the orchestrator sets them after
     /// [`Workflow::check_card_keys`].
@@ -300,17 +299,18 @@ pub(super) enum Mode<'a> {
     Abandon(&'a str),
 }
 
-impl<T: Transport, L: SagaLog> SagaEnv<T, L> {
-    /// An environment for `workflow`, with closed breakers whose state `metrics` exports.
-    pub fn new(workflow: Workflow, transport: T, log: L, metrics: Metrics) -> Self {
-        let gauge = metrics.breaker_state.clone();
+impl<T: Transport, L: SagaLog, O: SagaObserver + Clone + 'static> SagaEnv<T, L, O> {
+    /// An environment for `workflow`, with closed breakers whose changes `observer` is
+    /// told of.
+    pub fn new(workflow: Workflow, transport: T, log: L, observer: O) -> Self {
         for (service, _) in workflow.breakers() {
-            gauge.with_label_values(&[service]).set(0);
+            observer.breaker_changed(service, BreakerState::Closed);
         }
+        let watcher = observer.clone();
         let breakers = Breakers::new(
             workflow.breakers(),
             Some(std::sync::Arc::new(move |service: &str, state| {
-                gauge.with_label_values(&[service]).set(state as i64);
+                watcher.breaker_changed(service, state);
             })),
         );
         let gates = workflow
@@ -329,7 +329,7 @@ impl<T: Transport, L: SagaLog> SagaEnv<T, L> {
             log,
             breakers,
             gates,
-            metrics,
+            observer,
             card_keys: None,
             live: LiveSagas::default(),
             clock: Clock::SYSTEM,

@@ -25,6 +25,7 @@
 
 mod compensate;
 mod env;
+mod observer;
 mod step;
 #[cfg(test)]
 #[path = "../saga_tests.rs"]
@@ -39,6 +40,7 @@ use baton_contract::{
 };
 use compensate::*;
 pub use env::*;
+pub use observer::*;
 use serde_json::{Map, Value};
 use std::collections::HashMap;
 use std::future::Future;
@@ -161,8 +163,8 @@ fn entry(
 }
 
 /// Runs `request` through the workflow, from wherever the journal says it stands.
-pub async fn run<T: Transport, L: SagaLog>(
-    env: &SagaEnv<T, L>,
+pub async fn run<T: Transport, L: SagaLog, O: SagaObserver>(
+    env: &SagaEnv<T, L, O>,
     request: &PaymentRequest,
 ) -> SagaOutcome {
     let payment_id = request.payment_id;
@@ -203,8 +205,8 @@ pub const ABANDONED: &str = "abandoned";
 /// compensated (an in-doubt compensable step too: its compensation is safe either way),
 /// and the result is recorded and returned. Commands carry no card number or fingerprint:
 /// the journal has none.
-pub async fn abandon<T: Transport, L: SagaLog>(
-    env: &SagaEnv<T, L>,
+pub async fn abandon<T: Transport, L: SagaLog, O: SagaObserver>(
+    env: &SagaEnv<T, L, O>,
     saga: &SagaRecord,
     detail: &str,
 ) -> SagaOutcome {
@@ -221,8 +223,8 @@ pub async fn abandon<T: Transport, L: SagaLog>(
 
 /// The saga's loop: each step from its recorded decision, or settled as `mode` says;
 /// compensations; the result.
-async fn drive<T: Transport, L: SagaLog>(
-    env: &SagaEnv<T, L>,
+async fn drive<T: Transport, L: SagaLog, O: SagaObserver>(
+    env: &SagaEnv<T, L, O>,
     source: Source<'_>,
     saga: &SagaRecord,
     mode: Mode<'_>,
@@ -387,8 +389,8 @@ async fn drive<T: Transport, L: SagaLog>(
 
 /// Decides one step the journal has no decision for: skipped if its condition is false,
 /// else run (live) or settled without its request (abandoned).
-async fn decide<T: Transport, L: SagaLog>(
-    env: &SagaEnv<T, L>,
+async fn decide<T: Transport, L: SagaLog, O: SagaObserver>(
+    env: &SagaEnv<T, L, O>,
     source: Source<'_>,
     step: &Step,
     context: &Map<String, Value>,
@@ -481,8 +483,8 @@ fn dead_letter_reason(result: &PaymentResult) -> Option<String> {
         .then(|| "service_unavailable".to_owned())
 }
 
-fn journal_failed<T, L>(env: &SagaEnv<T, L>, e: JournalError) -> SagaOutcome {
-    env.metrics.journal_errors.inc();
+fn journal_failed<T, L, O: SagaObserver>(env: &SagaEnv<T, L, O>, e: JournalError) -> SagaOutcome {
+    env.observer.journal_failed();
     error!(error = %e, "saga journal unavailable");
     SagaOutcome::JournalUnavailable {
         transient: e.is_transient(),
@@ -509,8 +511,8 @@ enum StepDecision {
 }
 
 /// Records `entry`, returning the stored decision (or what to do if the journal fails).
-async fn record<T: Transport, L: SagaLog>(
-    env: &SagaEnv<T, L>,
+async fn record<T: Transport, L: SagaLog, O: SagaObserver>(
+    env: &SagaEnv<T, L, O>,
     payment_id: Uuid,
     entry: JournalEntry,
 ) -> StepDecision {

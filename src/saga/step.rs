@@ -10,8 +10,8 @@ use tokio::time::Instant;
 use tracing::{error, info, warn};
 
 /// Runs one step's ladder and records the decision.
-pub(super) async fn execute<T: Transport, L: SagaLog>(
-    env: &SagaEnv<T, L>,
+pub(super) async fn execute<T: Transport, L: SagaLog, O: SagaObserver>(
+    env: &SagaEnv<T, L, O>,
     source: Source<'_>,
     step: &Step,
     context: &Map<String, Value>,
@@ -46,10 +46,8 @@ pub(super) async fn execute<T: Transport, L: SagaLog>(
     // Fallbacks (never for side-effecting steps: the workflow refuses that).
     match &step.fallback {
         Some(Fallback::Service(alternate)) => {
-            env.metrics
-                .step_fallbacks
-                .with_label_values(&[&step.name, "service"])
-                .inc();
+            env.observer
+                .fallback_taken(&step.name, FallbackKind::Service);
             info!(alternate = %alternate, "step unavailable; trying its fallback service");
             match ladder(env, step, alternate, &cmd, &step.retry, true).await {
                 Ladder::Answer {
@@ -81,10 +79,8 @@ pub(super) async fn execute<T: Transport, L: SagaLog>(
         Some(Fallback::Approve { max_amount_minor })
             if source.amount_minor() <= *max_amount_minor =>
         {
-            env.metrics
-                .step_fallbacks
-                .with_label_values(&[&step.name, "degraded"])
-                .inc();
+            env.observer
+                .fallback_taken(&step.name, FallbackKind::Degraded);
             warn!(last_error = %last_error, "step unavailable; approving as a declared degraded decision");
             let mut record_ = StepRecord::new(
                 step.name.clone(),
@@ -114,7 +110,7 @@ pub(super) async fn execute<T: Transport, L: SagaLog>(
         let back_within = parking.tiers.iter().copied().max().unwrap_or_default();
         return match env.log.park(source.payment_id(), back_within).await {
             Ok(count) => {
-                env.metrics.parked.with_label_values(&[&step.name]).inc();
+                env.observer.parked(&step.name);
                 let tier = parking.tier_for(count.saturating_sub(1));
                 warn!(parked = count, tier, last_error = %last_error, "step unavailable; parking the payment");
                 StepDecision::Leave(SagaOutcome::Park {
@@ -194,8 +190,8 @@ pub(super) async fn execute<T: Transport, L: SagaLog>(
 }
 
 /// Settles a step of an abandoned saga without its request (see [`abandon`]).
-pub(super) async fn give_up<T: Transport, L: SagaLog>(
-    env: &SagaEnv<T, L>,
+pub(super) async fn give_up<T: Transport, L: SagaLog, O: SagaObserver>(
+    env: &SagaEnv<T, L, O>,
     source: Source<'_>,
     step: &Step,
     context: &Map<String, Value>,
@@ -263,8 +259,8 @@ pub(super) async fn give_up<T: Transport, L: SagaLog>(
 }
 
 /// The journal entry for a final answer.
-pub(super) fn answered<T, L>(
-    env: &SagaEnv<T, L>,
+pub(super) fn answered<T, L, O: SagaObserver>(
+    env: &SagaEnv<T, L, O>,
     step: &Step,
     reply: Reply,
     attempts: u32,
@@ -272,10 +268,7 @@ pub(super) fn answered<T, L>(
     via: Option<String>,
 ) -> JournalEntry {
     let duration = started.elapsed();
-    env.metrics
-        .step_duration
-        .with_label_values(&[&step.name])
-        .observe(duration.as_secs_f64());
+    env.observer.step_answered(&step.name, duration);
     let approved = reply.outcome == ReplyOutcome::Approved;
     let mut record_ = StepRecord::new(
         step.name.clone(),
@@ -304,8 +297,8 @@ pub(super) fn answered<T, L>(
 }
 
 /// Sends `cmd` to `service` with timeouts, retries and the breaker.
-pub(super) async fn ladder<T: Transport, L: SagaLog>(
-    env: &SagaEnv<T, L>,
+pub(super) async fn ladder<T: Transport, L: SagaLog, O: SagaObserver>(
+    env: &SagaEnv<T, L, O>,
     step: &Step,
     service: &str,
     cmd: &Command,
@@ -322,10 +315,8 @@ pub(super) async fn ladder<T: Transport, L: SagaLog>(
             Some(b) => match b.try_acquire() {
                 Some(p) => Some(p),
                 None if respect_breaker => {
-                    env.metrics
-                        .step_attempts
-                        .with_label_values(&[&step.name, "breaker_open"])
-                        .inc();
+                    env.observer
+                        .attempt_ended(&step.name, AttemptEnd::BreakerOpen);
                     return Ladder::Unavailable {
                         attempts,
                         in_doubt,
@@ -343,35 +334,26 @@ pub(super) async fn ladder<T: Transport, L: SagaLog>(
         };
         attempts += 1;
         if attempts > 1 {
-            env.metrics
-                .step_retries
-                .with_label_values(&[&step.name])
-                .inc();
+            env.observer.retrying(&step.name);
         }
         let sent =
             tokio::time::timeout(step.timeout, env.transport.call(service, cmd.clone())).await;
         drop(_slot);
         let last_error = match sent {
             Ok(Ok(reply)) if reply.outcome != ReplyOutcome::Error => {
-                let label = if reply.outcome == ReplyOutcome::Approved {
-                    "approved"
+                let end = if reply.outcome == ReplyOutcome::Approved {
+                    AttemptEnd::Approved
                 } else {
-                    "declined"
+                    AttemptEnd::Declined
                 };
-                env.metrics
-                    .step_attempts
-                    .with_label_values(&[&step.name, label])
-                    .inc();
+                env.observer.attempt_ended(&step.name, end);
                 if let Some(p) = permit {
                     p.success();
                 }
                 return Ladder::Answer { reply, attempts };
             }
             Ok(Ok(reply)) => {
-                env.metrics
-                    .step_attempts
-                    .with_label_values(&[&step.name, "error"])
-                    .inc();
+                env.observer.attempt_ended(&step.name, AttemptEnd::Error);
                 if let Some(p) = permit {
                     p.failure();
                 }
@@ -384,22 +366,13 @@ pub(super) async fn ladder<T: Transport, L: SagaLog>(
             }
             Ok(Err(CallError::ShuttingDown)) => return Ladder::Interrupted,
             Ok(Err(e)) => {
-                env.metrics
-                    .step_attempts
-                    .with_label_values(&[&step.name, "broker_error"])
-                    .inc();
+                env.observer
+                    .attempt_ended(&step.name, AttemptEnd::BrokerError);
                 warn!(attempt = attempts, error = %e, "command not sent");
                 e.to_string()
             }
             Err(_) => {
-                env.metrics
-                    .step_attempts
-                    .with_label_values(&[&step.name, "timeout"])
-                    .inc();
-                env.metrics
-                    .step_timeouts
-                    .with_label_values(&[&step.name])
-                    .inc();
+                env.observer.attempt_ended(&step.name, AttemptEnd::Timeout);
                 if let Some(p) = permit {
                     p.failure();
                 }
