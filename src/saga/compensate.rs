@@ -1,9 +1,10 @@
 //! Undoing what approved (compensations, their own retry policy) and handing what cannot
 //! be settled to the operators' attention queue.
 
+use super::decide::{undo, Undo};
 use super::*;
 use crate::workflow::Step;
-use baton_contract::{Action, Command, PaymentView, ReplyOutcome, StepOutcome, StepRecord};
+use baton_contract::{Action, Command, PaymentView};
 use serde_json::{Map, Value};
 use tokio::time::Instant;
 use tracing::{error, info};
@@ -49,47 +50,25 @@ pub(super) async fn compensate<T: Transport, L: SagaLog, O: SagaObserver>(
         context,
         env.card_keys.as_ref(),
     );
-    let (failure, attempts) = match ladder(
-        env,
-        step,
-        &step.service,
-        &cmd,
-        &step.compensation_retry,
-        false,
-    )
-    .await
-    {
-        Ladder::Answer { reply, attempts } if reply.outcome == ReplyOutcome::Approved => {
-            (None, attempts)
-        }
-        Ladder::Answer { reply, attempts } => (
-            Some(
-                reply
-                    .reason
-                    .unwrap_or_else(|| "compensation_refused".into()),
-            ),
-            attempts,
-        ),
-        Ladder::Unavailable {
-            attempts,
-            last_error,
-            ..
-        } => (Some(last_error), attempts),
-        Ladder::Interrupted => return StepDecision::Leave(SagaOutcome::Interrupted),
+    let Some(ended) = undo(
+        ladder(
+            env,
+            step,
+            &step.service,
+            &cmd,
+            &step.compensation_retry,
+            false,
+        )
+        .await,
+    ) else {
+        return StepDecision::Leave(SagaOutcome::Interrupted);
     };
-    let mut record_ = StepRecord::new(
-        step.name.clone(),
-        StepOutcome::Compensated,
-        attempts,
-        millis(started.elapsed()),
-    );
-    let mut detail = None;
-    match failure {
-        None => {
+    match &ended {
+        Undo::Undone { attempts } => {
             env.observer.compensation_ended(&step.name, true);
             info!(attempts, "step compensated");
         }
-        Some(reason) => {
+        Undo::Failed { attempts, reason } => {
             env.observer.compensation_ended(&step.name, false);
             error!(reason = %reason, attempts, "compensation failed; handing it to operators");
             let item = AttentionItem {
@@ -114,15 +93,8 @@ pub(super) async fn compensate<T: Transport, L: SagaLog, O: SagaObserver>(
             if let Some(outcome) = send_attention(env, item).await {
                 return StepDecision::Leave(outcome);
             }
-            record_.outcome = StepOutcome::CompensationFailed;
-            detail = Some(format!("compensating {} failed: {reason}", step.name));
-            record_.reason = Some(reason);
         }
     }
-    record(
-        env,
-        source.payment_id(),
-        entry(step, Action::Compensate, record_, detail, Map::new()),
-    )
-    .await
+    let entry = ended.entry(step, started.elapsed());
+    record(env, source.payment_id(), entry).await
 }

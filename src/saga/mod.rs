@@ -18,12 +18,16 @@
 //! 5. past the parking limit: `failed` (`service_unavailable`), earlier steps compensated.
 //!
 //! Every decision is recorded before it is acted on, first writer wins: a replay, or a
-//! second replica racing on the same payment, continues with the recorded decision.//!
-//! `env.rs` is what the saga runs with (the traits, the environment, the events);
-//! `step.rs` one step's command through its ladder; `compensate.rs` undoing and handing
-//! to operators; this file the run of a payment and its decisions.
+//! second replica racing on the same payment, continues with the recorded decision.
+//!
+//! `env.rs` is what the saga runs with (the traits, the environment, its clock, the
+//! events); `observer.rs` what it tells as it runs (the metrics listen); `decide.rs` what
+//! a step's attempts mean, as plain functions; `step.rs` one step's command through its
+//! ladder and the carrying out of those decisions; `compensate.rs` undoing and handing to
+//! operators; this file the run of a payment and its decisions.
 
 mod compensate;
+mod decide;
 mod env;
 mod observer;
 mod step;
@@ -35,7 +39,7 @@ use crate::crash;
 use crate::records::{JournalEntry, JournalError, PaymentSummary, SagaRecord};
 use crate::workflow::Step;
 use baton_contract::{
-    Action, CardKeys, Command, Money, PaymentRequest, PaymentResult, Reply, Status, StepOutcome,
+    Action, CardKeys, Command, Money, PaymentRequest, PaymentResult, Status, StepOutcome,
     StepRecord,
 };
 use compensate::*;
@@ -89,23 +93,6 @@ struct Verdict {
     status: Status,
     reason: Option<String>,
     detail: Option<String>,
-}
-
-/// What trying a service through its ladder gave.
-enum Ladder {
-    /// A final answer (approved or declined).
-    Answer {
-        reply: Reply,
-        attempts: u32,
-    },
-    /// No final answer: retries spent or breaker open.
-    Unavailable {
-        attempts: u32,
-        /// Some attempt timed out on a side-effecting step: it may have happened.
-        in_doubt: bool,
-        last_error: String,
-    },
-    Interrupted,
 }
 
 fn millis(d: Duration) -> u64 {
@@ -263,7 +250,7 @@ async fn drive<T: Transport, L: SagaLog, O: SagaObserver>(
         let decisions = join_all(
             undecided
                 .iter()
-                .map(|step| decide(env, source, step, &context, &summary, saga, mode))
+                .map(|step| open_step(env, source, step, &context, &summary, saga, mode))
                 .collect(),
         )
         .await;
@@ -389,7 +376,7 @@ async fn drive<T: Transport, L: SagaLog, O: SagaObserver>(
 
 /// Decides one step the journal has no decision for: skipped if its condition is false,
 /// else run (live) or settled without its request (abandoned).
-async fn decide<T: Transport, L: SagaLog, O: SagaObserver>(
+async fn open_step<T: Transport, L: SagaLog, O: SagaObserver>(
     env: &SagaEnv<T, L, O>,
     source: Source<'_>,
     step: &Step,
@@ -414,18 +401,9 @@ async fn decide<T: Transport, L: SagaLog, O: SagaObserver>(
         .instrument(span)
         .await;
     }
-    match mode {
-        Mode::Live => {
-            execute(env, source, step, context, saga)
-                .instrument(span)
-                .await
-        }
-        Mode::Abandon(detail) => {
-            give_up(env, source, step, context, detail)
-                .instrument(span)
-                .await
-        }
-    }
+    settle(env, source, step, context, saga, mode)
+        .instrument(span)
+        .await
 }
 
 /// Runs the futures at once and returns their outputs in order.
