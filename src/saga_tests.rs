@@ -6,7 +6,7 @@ use super::*;
 use crate::breaker::BreakerState;
 use crate::scripted::{Behaviour, MemoryJournal, ScriptedServices};
 use crate::workflow::Workflow;
-use baton_contract::{Currency, Limits, Reply};
+use baton_contract::{Currency, Limits, Money, Reply};
 use std::sync::{Arc, Mutex};
 use tokio::time::Instant;
 

@@ -22,11 +22,14 @@
 //!
 //! `env.rs` is what the saga runs with (the traits, the environment, its clock, the
 //! events); `observer.rs` what it tells as it runs (the metrics listen); `decide.rs` what
-//! a step's attempts mean, as plain functions; `step.rs` one step's command through its
-//! ladder and the carrying out of those decisions; `compensate.rs` undoing and handing to
-//! operators; this file the run of a payment and its decisions.
+//! a step's attempts mean, as plain functions; `course.rs` what the decided steps mean
+//! for the payment (context, what to undo, the result), plain too; `step.rs` one step's
+//! command through its ladder and the carrying out of those decisions; `compensate.rs`
+//! undoing and handing to operators; this file the run of a payment: stages, steps,
+//! compensations, the result recorded.
 
 mod compensate;
+mod course;
 mod decide;
 mod env;
 mod observer;
@@ -39,10 +42,10 @@ use crate::crash;
 use crate::records::{JournalEntry, JournalError, PaymentSummary, SagaRecord};
 use crate::workflow::Step;
 use baton_contract::{
-    Action, CardKeys, Command, Money, PaymentRequest, PaymentResult, Status, StepOutcome,
-    StepRecord,
+    Action, CardKeys, Command, PaymentRequest, PaymentResult, Status, StepOutcome, StepRecord,
 };
 use compensate::*;
+use course::Course;
 pub use env::*;
 pub use observer::*;
 use serde_json::{Map, Value};
@@ -86,13 +89,6 @@ pub enum SagaOutcome {
     /// The payment id is already in the journal for a payment with other content
     /// (amount, parties, card): this request must not touch that payment.
     Reused(String),
-}
-
-/// The final decision before it is stamped with a time.
-struct Verdict {
-    status: Status,
-    reason: Option<String>,
-    detail: Option<String>,
 }
 
 fn millis(d: Duration) -> u64 {
@@ -217,21 +213,14 @@ async fn drive<T: Transport, L: SagaLog, O: SagaObserver>(
     mode: Mode<'_>,
 ) -> SagaOutcome {
     let payment_id = source.payment_id();
-    let mut context = Map::new();
-    let mut applied: Vec<JournalEntry> = Vec::new();
-    let mut to_compensate: Vec<&Step> = Vec::new();
-    let mut verdict = Verdict {
-        status: Status::Completed,
-        reason: None,
-        detail: None,
-    };
+    let mut course = Course::new();
 
     // What conditions read of the payment: the same in both modes, so a sweeper
     // finishing the saga decides a condition as the live run would have.
     let summary = source.summary();
     let steps = env.workflow.steps();
     let mut next = 0;
-    while next < steps.len() {
+    while next < steps.len() && course.completing() {
         // A stage: one step, or a group whose steps decide at once (their commands are
         // sent together, each with the context of the stages before).
         let len = match &steps[next].group {
@@ -247,10 +236,11 @@ async fn drive<T: Transport, L: SagaLog, O: SagaObserver>(
             .iter()
             .filter(|s| saga.entry(&s.name, Action::Execute).is_none())
             .collect();
+        let context = &course.context;
         let decisions = join_all(
             undecided
                 .iter()
-                .map(|step| open_step(env, source, step, &context, &summary, saga, mode))
+                .map(|step| open_step(env, source, step, context, &summary, saga, mode))
                 .collect(),
         )
         .await;
@@ -265,7 +255,6 @@ async fn drive<T: Transport, L: SagaLog, O: SagaObserver>(
             }
         }
         for step in stage {
-            let span = tracing::info_span!("step", step = %step.name);
             let decided = match fresh.remove(step.name.as_str()) {
                 Some(entry) => entry,
                 None => saga
@@ -273,93 +262,26 @@ async fn drive<T: Transport, L: SagaLog, O: SagaObserver>(
                     .expect("decided in the journal or just now")
                     .clone(),
             };
-            let _entered = span.enter();
-            let outcome = decided.record.outcome;
-            match outcome {
-                StepOutcome::Approved => {
-                    context.insert(step.name.clone(), Value::Object(decided.data.clone()));
-                    if step.compensate {
-                        to_compensate.push(step);
-                    }
-                }
-                StepOutcome::Declined | StepOutcome::Failed => {
-                    let reason = decided
-                        .record
-                        .reason
-                        .clone()
-                        .unwrap_or_else(|| outcome_name(outcome).into());
-                    // In a group several may decline at once: the first in file order
-                    // gives the result.
-                    if verdict.status != Status::Completed {
-                        applied.push(decided);
-                        continue;
-                    }
-                    verdict = Verdict {
-                        status: if outcome == StepOutcome::Declined {
-                            Status::Declined
-                        } else {
-                            Status::Failed
-                        },
-                        detail: decided
-                            .detail
-                            .clone()
-                            .or_else(|| Some(format!("{} {}", step.name, outcome_name(outcome)))),
-                        reason: Some(reason),
-                    };
-                    // An in-doubt step that failed for good may still have acted: undo it
-                    // too if it can be undone (its compensation is safe either way).
-                    if outcome == StepOutcome::Failed && step.compensate {
-                        to_compensate.push(step);
-                    }
-                }
-                // Skipped: no command went out, so nothing to undo and no data for later
-                // steps (`steps.<name>` is absent from their conditions and commands).
-                StepOutcome::Skipped
-                | StepOutcome::Compensated
-                | StepOutcome::CompensationFailed => {}
-            }
-            applied.push(decided);
-        }
-        if verdict.status != Status::Completed {
-            break;
+            course.step(step, decided);
         }
     }
 
-    if verdict.status != Status::Completed {
-        for step in to_compensate.into_iter().rev() {
-            let span = tracing::info_span!("compensation", step = %step.name);
-            let decided = match saga.entry(&step.name, Action::Compensate) {
-                Some(recorded) => recorded.clone(),
-                None => match compensate(env, source, step, &context)
-                    .instrument(span)
-                    .await
-                {
-                    StepDecision::Recorded(entry) => entry,
-                    StepDecision::Leave(outcome) => return outcome,
-                },
-            };
-            applied.push(decided);
-        }
+    for step in course.to_undo() {
+        let span = tracing::info_span!("compensation", step = %step.name);
+        let decided = match saga.entry(&step.name, Action::Compensate) {
+            Some(recorded) => recorded.clone(),
+            None => match compensate(env, source, step, &course.context)
+                .instrument(span)
+                .await
+            {
+                StepDecision::Recorded(entry) => entry,
+                StepDecision::Leave(outcome) => return outcome,
+            },
+        };
+        course.compensation(decided);
     }
 
-    let settlement = if verdict.status == Status::Completed {
-        applied
-            .iter()
-            .filter_map(|e| e.data.get("settlement"))
-            .filter_map(|s| serde_json::from_value::<Money>(s.clone()).ok())
-            .next_back()
-    } else {
-        None
-    };
-    let result = PaymentResult {
-        payment_id,
-        status: verdict.status,
-        reason: verdict.reason,
-        detail: verdict.detail,
-        steps: applied.into_iter().map(|e| e.record).collect(),
-        settlement,
-        finished_at: env.clock.now_rfc3339(),
-    };
+    let result = course.result(payment_id, env.clock.now_rfc3339());
     match env.log.finish(payment_id, &result).await {
         Ok(result) => {
             env.transport
