@@ -8,6 +8,7 @@ use crate::scripted::{Behaviour, MemoryJournal, ScriptedServices};
 use crate::workflow::Workflow;
 use baton_contract::{Currency, Limits, Money, Reply};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use tokio::time::Instant;
 
 /// One thing the saga told its observer.

@@ -3,8 +3,7 @@
 //! the result. No I/O, no clock, no metrics: `mod.rs` runs the steps and compensations
 //! and hands their journal entries here.
 
-use super::outcome_name;
-use crate::records::JournalEntry;
+use crate::records::{outcome_name, JournalEntry};
 use crate::workflow::Step;
 use baton_contract::{Money, PaymentResult, Status, StepOutcome};
 use serde_json::{Map, Value};

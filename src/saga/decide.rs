@@ -8,16 +8,28 @@
 //! No I/O, no clock, no metrics, no logs: `step.rs` and `compensate.rs` carry the
 //! decisions out, so every branch is a table test (`decide_tests.rs`).
 
-use super::{entry, Mode, ABANDONED};
 use crate::records::JournalEntry;
 use crate::workflow::{Fallback, Step};
 use baton_contract::{Action, Reply, ReplyOutcome, StepOutcome, StepRecord};
-use serde_json::Map;
+use serde_json::{Map, Value};
 use std::time::Duration;
 
 #[cfg(test)]
 #[path = "decide_tests.rs"]
 mod tests;
+
+/// Reason of a saga finished without its request (see [`abandon`](super::abandon)).
+pub const ABANDONED: &str = "abandoned";
+
+/// What to do with a step the journal has no decision for.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Mode<'a> {
+    /// Run it: send its command through its ladder.
+    Live,
+    /// Nobody can run the payment any more: settle the step without its request (see
+    /// [`abandon`](super::abandon)), with this detail.
+    Abandon(&'a str),
+}
 
 /// What trying a service through its ladder gave.
 #[derive(Clone, Debug, PartialEq)]
@@ -250,7 +262,7 @@ fn abandoned(step: &Step, detail: &str, attempts: u32, in_doubt: Option<String>)
 impl Settlement {
     /// The journal entry for `step` settled this way, `duration` after its first command.
     pub(super) fn entry(self, step: &Step, duration: Duration) -> JournalEntry {
-        let millis = super::millis(duration);
+        let millis = millis(duration);
         match self {
             Settlement::Answered {
                 reply,
@@ -297,6 +309,29 @@ impl Settlement {
     }
 }
 
+/// A duration in whole milliseconds, as results and logs give them.
+pub(super) fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// A journal entry for `step`, stamped by the journal when it is written.
+pub(super) fn entry(
+    step: &Step,
+    action: Action,
+    record: StepRecord,
+    detail: Option<String>,
+    data: Map<String, Value>,
+) -> JournalEntry {
+    JournalEntry {
+        step: step.name.clone(),
+        action,
+        record,
+        detail,
+        data,
+        recorded_at: String::new(),
+    }
+}
+
 /// How a compensation ended.
 #[derive(Clone, Debug, PartialEq)]
 pub(super) enum Undo {
@@ -335,7 +370,7 @@ impl Undo {
     /// The journal entry for `step`'s compensation ended this way, `duration` after its
     /// first command.
     pub(super) fn entry(self, step: &Step, duration: Duration) -> JournalEntry {
-        let millis = super::millis(duration);
+        let millis = millis(duration);
         let (record, detail) = match self {
             Undo::Undone { attempts } => (
                 StepRecord::new(

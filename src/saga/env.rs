@@ -102,7 +102,7 @@ impl SagaEvent {
             payment_id,
             step: entry.step.clone(),
             action: crate::records::action_name(entry.action).into(),
-            outcome: outcome_name(entry.record.outcome).into(),
+            outcome: crate::records::outcome_name(entry.record.outcome).into(),
             reason: entry.record.reason.clone(),
             record: Some(entry.record.clone()),
             at,
@@ -287,16 +287,6 @@ impl Source<'_> {
             },
         }
     }
-}
-
-/// What to do with a step the journal has no decision for.
-#[derive(Clone, Copy)]
-pub(super) enum Mode<'a> {
-    /// Run it: send its command through its ladder.
-    Live,
-    /// Nobody can run the payment any more: settle the step without its request (see
-    /// [`abandon`]), with this detail.
-    Abandon(&'a str),
 }
 
 impl<T: Transport, L: SagaLog, O: SagaObserver + Clone + 'static> SagaEnv<T, L, O> {

@@ -46,12 +46,13 @@ use baton_contract::{
 };
 use compensate::*;
 use course::Course;
+pub use decide::ABANDONED;
+use decide::{entry, millis, Mode};
 pub use env::*;
 pub use observer::*;
 use serde_json::{Map, Value};
 use std::collections::HashMap;
 use std::future::Future;
-use std::time::Duration;
 use step::*;
 use tracing::{error, info, warn, Instrument};
 use uuid::Uuid;
@@ -91,10 +92,6 @@ pub enum SagaOutcome {
     Reused(String),
 }
 
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
 /// A `rejected` result for a request that failed validation, finished now by `clock`.
 pub fn rejected(payment_id: Uuid, detail: String, clock: Clock) -> PaymentResult {
     PaymentResult {
@@ -128,23 +125,6 @@ fn command(
     }
 }
 
-fn entry(
-    step: &Step,
-    action: Action,
-    record: StepRecord,
-    detail: Option<String>,
-    data: Map<String, Value>,
-) -> JournalEntry {
-    JournalEntry {
-        step: step.name.clone(),
-        action,
-        record,
-        detail,
-        data,
-        recorded_at: String::new(),
-    }
-}
-
 /// Runs `request` through the workflow, from wherever the journal says it stands.
 pub async fn run<T: Transport, L: SagaLog, O: SagaObserver>(
     env: &SagaEnv<T, L, O>,
@@ -174,9 +154,6 @@ pub async fn run<T: Transport, L: SagaLog, O: SagaObserver>(
     let _live = env.live.hold(payment_id);
     drive(env, Source::Request(request), &saga, Mode::Live).await
 }
-
-/// Reason of a saga finished without its request (see [`abandon`]).
-pub const ABANDONED: &str = "abandoned";
 
 /// Drives a saga that nobody can run any more to an end, from the journal alone: its
 /// request is gone (dead-lettered past the delivery limit, lost, or no longer valid) and
@@ -389,17 +366,6 @@ fn journal_failed<T, L, O: SagaObserver>(env: &SagaEnv<T, L, O>, e: JournalError
     SagaOutcome::JournalUnavailable {
         transient: e.is_transient(),
         error: e.to_string(),
-    }
-}
-
-fn outcome_name(outcome: StepOutcome) -> &'static str {
-    match outcome {
-        StepOutcome::Approved => "approved",
-        StepOutcome::Declined => "declined",
-        StepOutcome::Failed => "failed",
-        StepOutcome::Compensated => "compensated",
-        StepOutcome::CompensationFailed => "compensation_failed",
-        StepOutcome::Skipped => "skipped",
     }
 }
 
