@@ -1,7 +1,10 @@
 //! The orchestrator's Prometheus metrics, on a registry the application owns (several
 //! orchestrators can run in one test process). Labels are bounded — step, service,
-//! status, reason, outcome — never a payment id or card data.
+//! status, reason, outcome — never a payment id or card data. The saga reaches them through
+//! [`SagaObserver`]; the runtime counts the rest itself.
 
+use crate::breaker::BreakerState;
+use crate::saga::{AttemptEnd, FallbackKind, SagaObserver};
 use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry,
@@ -274,5 +277,117 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// What the saga tells, counted.
+impl SagaObserver for Metrics {
+    fn attempt_ended(&self, step: &str, end: AttemptEnd) {
+        self.step_attempts
+            .with_label_values(&[step, end.as_str()])
+            .inc();
+        if end == AttemptEnd::Timeout {
+            self.step_timeouts.with_label_values(&[step]).inc();
+        }
+    }
+
+    fn retrying(&self, step: &str) {
+        self.step_retries.with_label_values(&[step]).inc();
+    }
+
+    fn breaker_changed(&self, service: &str, state: BreakerState) {
+        self.breaker_state
+            .with_label_values(&[service])
+            .set(state as i64);
+    }
+
+    fn fallback_taken(&self, step: &str, kind: FallbackKind) {
+        self.step_fallbacks
+            .with_label_values(&[step, kind.as_str()])
+            .inc();
+    }
+
+    fn parked(&self, step: &str) {
+        self.parked.with_label_values(&[step]).inc();
+    }
+
+    fn attention_raised(&self, kind: &str) {
+        self.attention.with_label_values(&[kind]).inc();
+    }
+
+    fn step_answered(&self, step: &str, duration: std::time::Duration) {
+        self.step_duration
+            .with_label_values(&[step])
+            .observe(duration.as_secs_f64());
+    }
+
+    fn compensation_ended(&self, step: &str, undone: bool) {
+        let result = if undone { "compensated" } else { "failed" };
+        self.compensations.with_label_values(&[step, result]).inc();
+    }
+
+    fn journal_failed(&self) {
+        self.journal_errors.inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn what_the_saga_tells_is_counted_under_the_documented_names() {
+        let m = Metrics::new();
+        for end in [
+            AttemptEnd::Approved,
+            AttemptEnd::Declined,
+            AttemptEnd::Error,
+            AttemptEnd::Timeout,
+            AttemptEnd::BreakerOpen,
+            AttemptEnd::BrokerError,
+        ] {
+            m.attempt_ended("pci", end);
+        }
+        m.retrying("pci");
+        m.breaker_changed("risk", BreakerState::Open);
+        m.breaker_changed("pci", BreakerState::HalfOpen);
+        m.breaker_changed("auth", BreakerState::Open);
+        m.breaker_changed("auth", BreakerState::Closed);
+        m.fallback_taken("risk", FallbackKind::Service);
+        m.fallback_taken("risk", FallbackKind::Degraded);
+        m.parked("pci");
+        m.attention_raised("in_doubt");
+        m.step_answered("pci", Duration::from_millis(250));
+        m.compensation_ended("authorization", true);
+        m.compensation_ended("authorization", false);
+        m.journal_failed();
+        let text = prometheus::TextEncoder::new()
+            .encode_to_string(&m.registry.gather())
+            .unwrap();
+        for line in [
+            r#"baton_step_attempts_total{outcome="approved",step="pci"} 1"#,
+            r#"baton_step_attempts_total{outcome="declined",step="pci"} 1"#,
+            r#"baton_step_attempts_total{outcome="error",step="pci"} 1"#,
+            r#"baton_step_attempts_total{outcome="timeout",step="pci"} 1"#,
+            r#"baton_step_attempts_total{outcome="breaker_open",step="pci"} 1"#,
+            r#"baton_step_attempts_total{outcome="broker_error",step="pci"} 1"#,
+            r#"baton_step_timeouts_total{step="pci"} 1"#,
+            r#"baton_step_retries_total{step="pci"} 1"#,
+            r#"baton_circuit_breaker_state{service="risk"} 2"#,
+            r#"baton_circuit_breaker_state{service="pci"} 1"#,
+            r#"baton_circuit_breaker_state{service="auth"} 0"#,
+            r#"baton_step_fallbacks_total{kind="service",step="risk"} 1"#,
+            r#"baton_step_fallbacks_total{kind="degraded",step="risk"} 1"#,
+            r#"baton_parked_total{step="pci"} 1"#,
+            r#"baton_attention_total{kind="in_doubt"} 1"#,
+            r#"baton_step_duration_seconds_sum{step="pci"} 0.25"#,
+            r#"baton_step_duration_seconds_count{step="pci"} 1"#,
+            r#"baton_compensations_total{result="compensated",step="authorization"} 1"#,
+            r#"baton_compensations_total{result="failed",step="authorization"} 1"#,
+            "baton_journal_errors_total 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
+        }
     }
 }

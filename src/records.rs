@@ -2,7 +2,9 @@
 //! records and the journal's errors, no SQL: the saga depends on these, not on the journal
 //! (which implements the saga's `SagaLog` over them, `journal/saga_log.rs`).
 
-use baton_contract::{Action, Currency, Money, PaymentRequest, PaymentResult, StepRecord};
+use baton_contract::{
+    Action, Currency, Money, PaymentRequest, PaymentResult, StepOutcome, StepRecord,
+};
 use baton_ops::sql::SqlError;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -149,6 +151,19 @@ pub fn action_name(action: Action) -> &'static str {
         Action::Compensate => "compensate",
         // Never journaled: sagas do not ping.
         Action::Ping => "ping",
+    }
+}
+
+/// The spelling of a step outcome in saga events and results (`approved`,
+/// `compensation_failed`…).
+pub fn outcome_name(outcome: StepOutcome) -> &'static str {
+    match outcome {
+        StepOutcome::Approved => "approved",
+        StepOutcome::Declined => "declined",
+        StepOutcome::Failed => "failed",
+        StepOutcome::Compensated => "compensated",
+        StepOutcome::CompensationFailed => "compensation_failed",
+        StepOutcome::Skipped => "skipped",
     }
 }
 

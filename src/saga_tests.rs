@@ -3,11 +3,119 @@
 //! paused time.
 
 use super::*;
-use crate::metrics::Metrics;
+use crate::breaker::BreakerState;
 use crate::scripted::{Behaviour, MemoryJournal, ScriptedServices};
 use crate::workflow::Workflow;
-use baton_contract::{Currency, Limits};
+use baton_contract::{Currency, Limits, Money, Reply};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use tokio::time::Instant;
+
+/// One thing the saga told its observer.
+#[derive(Clone, Debug, PartialEq)]
+enum Seen {
+    Attempt(String, AttemptEnd),
+    Retry(String),
+    Breaker(String, BreakerState),
+    Fallback(String, FallbackKind),
+    Parked(String),
+    Attention(String),
+    Answered(String, Duration),
+    Compensation(String, bool),
+    JournalFailed,
+}
+
+/// An observer that remembers what it was told, in order.
+#[derive(Clone, Default)]
+struct Recorder(Arc<Mutex<Vec<Seen>>>);
+
+impl Recorder {
+    fn push(&self, seen: Seen) {
+        self.0.lock().unwrap().push(seen);
+    }
+
+    /// Everything told, breakers' states left out and durations zeroed.
+    fn seen(&self) -> Vec<Seen> {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|s| match s {
+                Seen::Breaker(..) => None,
+                Seen::Answered(step, _) => Some(answered(step)),
+                other => Some(other.clone()),
+            })
+            .collect()
+    }
+
+    /// What was told about `step`, in order, durations zeroed.
+    fn seen_of(&self, step: &str) -> Vec<Seen> {
+        self.seen()
+            .into_iter()
+            .filter(|s| match s {
+                Seen::Attempt(name, _)
+                | Seen::Retry(name)
+                | Seen::Fallback(name, _)
+                | Seen::Parked(name)
+                | Seen::Answered(name, _)
+                | Seen::Compensation(name, _) => name == step,
+                _ => false,
+            })
+            .collect()
+    }
+
+    fn count(&self, seen: &Seen) -> usize {
+        self.0.lock().unwrap().iter().filter(|s| *s == seen).count()
+    }
+
+    /// The last state told for `service`'s breaker.
+    fn breaker(&self, service: &str) -> Option<BreakerState> {
+        self.0.lock().unwrap().iter().rev().find_map(|s| match s {
+            Seen::Breaker(name, state) if name == service => Some(*state),
+            _ => None,
+        })
+    }
+}
+
+impl SagaObserver for Recorder {
+    fn attempt_ended(&self, step: &str, end: AttemptEnd) {
+        self.push(Seen::Attempt(step.into(), end));
+    }
+    fn retrying(&self, step: &str) {
+        self.push(Seen::Retry(step.into()));
+    }
+    fn breaker_changed(&self, service: &str, state: BreakerState) {
+        self.push(Seen::Breaker(service.into(), state));
+    }
+    fn fallback_taken(&self, step: &str, kind: FallbackKind) {
+        self.push(Seen::Fallback(step.into(), kind));
+    }
+    fn parked(&self, step: &str) {
+        self.push(Seen::Parked(step.into()));
+    }
+    fn attention_raised(&self, kind: &str) {
+        self.push(Seen::Attention(kind.into()));
+    }
+    fn step_answered(&self, step: &str, duration: Duration) {
+        self.push(Seen::Answered(step.into(), duration));
+    }
+    fn compensation_ended(&self, step: &str, undone: bool) {
+        self.push(Seen::Compensation(step.into(), undone));
+    }
+    fn journal_failed(&self) {
+        self.push(Seen::JournalFailed);
+    }
+}
+
+type TestEnv = SagaEnv<ScriptedServices, MemoryJournal, Recorder>;
+
+fn seen(step: &str, end: AttemptEnd) -> Seen {
+    Seen::Attempt(step.into(), end)
+}
+
+fn answered(step: &str) -> Seen {
+    Seen::Answered(step.into(), Duration::ZERO)
+}
 
 const PAYMENT_ID: &str = "6f1c3a52-3b1e-4f4e-9d7a-0c2b8e1f5a10";
 
@@ -60,8 +168,13 @@ fn workflow(extra_risk: &str) -> Workflow {
     .unwrap()
 }
 
-fn env(workflow: Workflow, services: ScriptedServices) -> SagaEnv<ScriptedServices, MemoryJournal> {
-    let mut env = SagaEnv::new(workflow, services, MemoryJournal::default(), Metrics::new());
+fn env(workflow: Workflow, services: ScriptedServices) -> TestEnv {
+    let mut env = SagaEnv::new(
+        workflow,
+        services,
+        MemoryJournal::default(),
+        Recorder::default(),
+    );
     env.card_keys = Some(baton_contract::CardKeys::generate("t1"));
     env
 }
@@ -142,6 +255,15 @@ async fn every_step_approves_and_the_settlement_is_reported() {
     let saga = env.log.sagas.lock().unwrap()[&request().payment_id].clone();
     assert_eq!(saga.entries.len(), 4);
     assert_eq!(saga.result.unwrap(), result);
+    let each: Vec<Seen> = ["authorization", "risk", "pci", "transaction"]
+        .into_iter()
+        .flat_map(|step| [seen(step, AttemptEnd::Approved), answered(step)])
+        .collect();
+    assert_eq!(
+        env.observer.seen(),
+        each,
+        "one attempt and one answer a step"
+    );
 }
 
 #[tokio::test]
@@ -216,6 +338,17 @@ async fn a_decline_after_authorization_voids_the_hold() {
         1,
         "a decline is never retried"
     );
+    assert_eq!(
+        env.observer.seen(),
+        [
+            seen("authorization", AttemptEnd::Approved),
+            answered("authorization"),
+            seen("risk", AttemptEnd::Declined),
+            answered("risk"),
+            seen("authorization", AttemptEnd::Approved),
+            Seen::Compensation("authorization".into(), true),
+        ]
+    );
 }
 
 #[tokio::test]
@@ -250,10 +383,9 @@ async fn transient_errors_are_retried_with_the_same_command_id() {
         .map(|c| c.command_id)
         .collect();
     assert_eq!(ids, vec![format!("{PAYMENT_ID}:pci"); 3]);
-    assert_eq!(
-        env.metrics.step_retries.with_label_values(&["pci"]).get(),
-        2
-    );
+    assert_eq!(env.observer.count(&Seen::Retry("pci".into())), 2);
+    assert_eq!(env.observer.count(&seen("pci", AttemptEnd::Error)), 2);
+    assert_eq!(env.observer.count(&seen("pci", AttemptEnd::Approved)), 1);
 }
 
 #[tokio::test(start_paused = true)]
@@ -278,10 +410,8 @@ async fn a_silent_service_parks_the_payment_and_it_resumes_where_it_stopped() {
         3,
         "three attempts before parking"
     );
-    assert_eq!(
-        env.metrics.step_timeouts.with_label_values(&["pci"]).get(),
-        3
-    );
+    assert_eq!(env.observer.count(&seen("pci", AttemptEnd::Timeout)), 3);
+    assert_eq!(env.observer.count(&Seen::Parked("pci".into())), 1);
 
     // It comes back: authorization and risk are not sent again.
     let (result, _) = finished(run(&env, &request()).await);
@@ -341,10 +471,7 @@ async fn an_open_breaker_fails_fast_without_sending() {
         env.breakers.get("risk").unwrap().state(),
         crate::breaker::BreakerState::Open
     );
-    assert_eq!(
-        env.metrics.breaker_state.with_label_values(&["risk"]).get(),
-        2
-    );
+    assert_eq!(env.observer.breaker("risk"), Some(BreakerState::Open));
     // ...so the next payment parks without a command reaching risk.
     let before = env.transport.sent_to("risk").len();
     let mut other = request();
@@ -368,6 +495,17 @@ async fn a_fallback_service_answers_when_the_step_service_is_down() {
     assert_eq!(risk.attempts, 3, "two to risk, one to risk-lite");
     assert!(!risk.degraded);
     assert_eq!(env.transport.sent_to("risk-lite").len(), 1);
+    assert_eq!(
+        env.observer.seen_of("risk"),
+        [
+            seen("risk", AttemptEnd::Timeout),
+            Seen::Retry("risk".into()),
+            seen("risk", AttemptEnd::Timeout),
+            Seen::Fallback("risk".into(), FallbackKind::Service),
+            seen("risk", AttemptEnd::Approved),
+            answered("risk"),
+        ]
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -379,12 +517,22 @@ async fn a_degraded_decision_applies_only_under_its_limit() {
     assert!(result.steps[1].degraded);
     assert_eq!(result.steps[1].outcome, StepOutcome::Approved);
 
+    let degraded = Seen::Fallback("risk".into(), FallbackKind::Degraded);
+    assert_eq!(env.observer.count(&degraded), 1);
+    assert_eq!(
+        env.observer.count(&answered("risk")),
+        0,
+        "no answer: a degraded decision is not timed as one"
+    );
+
     let mut big = request_of(9999);
     big.payment_id = Uuid::new_v4();
     assert!(
         matches!(run(&env, &big).await, SagaOutcome::Park { .. }),
         "over the limit it parks"
     );
+    assert_eq!(env.observer.count(&degraded), 1);
+    assert_eq!(env.observer.count(&Seen::Parked("risk".into())), 1);
 }
 
 #[tokio::test]
@@ -405,7 +553,7 @@ async fn a_recorded_decision_is_never_taken_differently() {
             record: StepRecord::new("authorization", StepOutcome::Approved, 1, 5),
             detail: None,
             data: data(serde_json::json!({"hold_id": "h-9"})),
-            recorded_at: now_rfc3339(),
+            recorded_at: Clock::SYSTEM.now_rfc3339(),
         },
         JournalEntry {
             step: "risk".into(),
@@ -413,7 +561,7 @@ async fn a_recorded_decision_is_never_taken_differently() {
             record: declined,
             detail: Some("recorded earlier".into()),
             data: Map::new(),
-            recorded_at: now_rfc3339(),
+            recorded_at: Clock::SYSTEM.now_rfc3339(),
         },
     ] {
         env.log.record(req.payment_id, &e).await.unwrap();
@@ -484,6 +632,41 @@ async fn a_compensation_that_keeps_failing_goes_to_the_attention_queue() {
         format!("{PAYMENT_ID}:authorization:compensate")
     );
     assert!(attention[0].error.contains("hold_store_down"));
+    let told = env.observer.seen();
+    assert_eq!(
+        told[told.len() - 2..],
+        [
+            Seen::Compensation("authorization".into(), false),
+            Seen::Attention("compensation_failed".into()),
+        ]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn results_events_and_attention_items_take_their_time_from_the_env_clock() {
+    let services = happy_services()
+        .on("risk", decline("high_risk"))
+        .on("authorization", |c, _| match c.action {
+            Action::Compensate => {
+                Behaviour::Answer(Reply::error(c.command_id.clone(), "hold_store_down", "x"))
+            }
+            _ => Behaviour::Answer(Reply::approved(c.command_id.clone(), Map::new())),
+        });
+    let mut env = env(workflow(""), services);
+    env.clock = Clock(|| std::time::UNIX_EPOCH + Duration::from_millis(1_700_000_000_123));
+    let stamp = "2023-11-14T22:13:20.123Z";
+    let (result, _) = finished(run(&env, &request()).await);
+    assert_eq!(result.finished_at, stamp);
+    let events = env.transport.events.lock().unwrap().clone();
+    assert_eq!(events.len(), 4, "{events:?}");
+    assert!(events.iter().all(|e| e.at == stamp), "{events:?}");
+    let attention = env.transport.attention.lock().unwrap().clone();
+    assert_eq!(attention.len(), 1);
+    assert_eq!(attention[0].at, stamp);
+    assert_eq!(
+        rejected(request().payment_id, "bad".into(), env.clock).finished_at,
+        stamp
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -523,6 +706,13 @@ async fn an_in_doubt_step_is_asked_again_and_handed_to_operators_if_it_never_ans
         result.steps.last().unwrap().outcome,
         StepOutcome::Compensated,
         "the hold is voided"
+    );
+    assert_eq!(env.observer.count(&Seen::Attention("in_doubt".into())), 1);
+    assert_eq!(env.observer.count(&Seen::Parked("transaction".into())), 2);
+    assert_eq!(
+        env.observer
+            .count(&seen("transaction", AttemptEnd::Timeout)),
+        10
     );
 }
 
@@ -640,10 +830,7 @@ async fn a_side_effecting_step_parked_behind_an_open_breaker_is_still_in_doubt()
 }
 
 /// A saga as an owner that died left it: begun, with `approved` steps recorded.
-async fn left_behind(
-    env: &SagaEnv<ScriptedServices, MemoryJournal>,
-    approved: &[&str],
-) -> SagaRecord {
+async fn left_behind(env: &TestEnv, approved: &[&str]) -> SagaRecord {
     let request = request();
     env.log
         .begin(request.payment_id, &PaymentSummary::of(&request))
@@ -739,7 +926,7 @@ async fn an_abandoned_saga_asks_its_irreversible_step_what_it_did() {
     );
 }
 
-fn env_with(services: ScriptedServices) -> SagaEnv<ScriptedServices, MemoryJournal> {
+fn env_with(services: ScriptedServices) -> TestEnv {
     env(workflow(""), services)
 }
 
@@ -797,7 +984,7 @@ fn scored(score: i64) -> ScriptedServices {
     happy_services().on("risk", approve_with(serde_json::json!({ "score": score })))
 }
 
-fn event_keys(env: &SagaEnv<ScriptedServices, MemoryJournal>) -> Vec<String> {
+fn event_keys(env: &TestEnv) -> Vec<String> {
     env.transport
         .events
         .lock()
@@ -884,10 +1071,7 @@ async fn true_conditions_run_their_steps_with_the_data_they_read() {
     );
 }
 
-fn env_with_workflow(
-    workflow: Workflow,
-    services: ScriptedServices,
-) -> SagaEnv<ScriptedServices, MemoryJournal> {
+fn env_with_workflow(workflow: Workflow, services: ScriptedServices) -> TestEnv {
     env(workflow, services)
 }
 
@@ -944,7 +1128,7 @@ async fn a_journalled_condition_is_never_evaluated_again() {
         record: StepRecord::new(step, outcome, u32::from(outcome != StepOutcome::Skipped), 1),
         detail: None,
         data: data.as_object().unwrap().clone(),
-        recorded_at: now_rfc3339(),
+        recorded_at: Clock::SYSTEM.now_rfc3339(),
     };
     for e in [
         recorded(
@@ -1006,7 +1190,7 @@ async fn an_abandoned_saga_decides_conditions_as_the_live_run_would() {
             record: StepRecord::new("authorization", StepOutcome::Approved, 1, 1),
             detail: None,
             data: data(serde_json::json!({"hold_id": "h-1"})),
-            recorded_at: now_rfc3339(),
+            recorded_at: Clock::SYSTEM.now_rfc3339(),
         };
         env.log.record(req.payment_id, &auth).await.unwrap();
         let saga = env.log.sagas.lock().unwrap()[&req.payment_id].clone();

@@ -7,7 +7,7 @@
 //! rule says.
 
 use crate::records::{JournalEntry, JournalError, PaymentSummary, SagaRecord};
-use crate::saga::{now_rfc3339, AttentionItem, CallError, SagaEvent, SagaLog, Transport};
+use crate::saga::{AttentionItem, CallError, Clock, SagaEvent, SagaLog, Transport};
 use baton_contract::{Command, PaymentResult, Reply};
 use serde_json::Map;
 use std::collections::HashMap;
@@ -136,8 +136,8 @@ impl SagaLog for MemoryJournal {
             .or_insert_with(|| SagaRecord {
                 payment_id: id,
                 summary: summary.clone(),
-                started_at: now_rfc3339(),
-                updated_at: now_rfc3339(),
+                started_at: Clock::SYSTEM.now_rfc3339(),
+                updated_at: Clock::SYSTEM.now_rfc3339(),
                 entries: Vec::new(),
                 result: None,
                 parked: 0,

@@ -157,6 +157,7 @@ pub async fn relay(
             let result = crate::saga::rejected(
                 payment_id,
                 format!("bench relay {} ms", started.elapsed().as_millis()),
+                crate::saga::Clock::SYSTEM,
             );
             let result = baton_contract::PaymentResult {
                 status: baton_contract::Status::Completed,

@@ -21,7 +21,6 @@ mod check;
 #[cfg(test)]
 mod tests;
 
-use crate::metrics::Metrics;
 use crate::saga::{self, SagaEnv, SagaOutcome};
 use crate::scripted::{Behaviour, MemoryJournal, ScriptedServices};
 use crate::workflow::Workflow;
@@ -201,12 +200,7 @@ impl Verdict {
 /// runtime with paused time (see [`run_file`]), or the ladder's timeouts are real.
 pub async fn run_case(workflow: &Workflow, case: &Case) -> Run {
     let services = scripted_services(workflow, &case.scripts);
-    let mut env = SagaEnv::new(
-        workflow.clone(),
-        services,
-        MemoryJournal::default(),
-        Metrics::new(),
-    );
+    let mut env = SagaEnv::new(workflow.clone(), services, MemoryJournal::default(), ());
     if workflow.check_card_keys(false).is_err() {
         env.card_keys = Some(CardKeys::generate("harness"));
     }

@@ -17,7 +17,6 @@ pub(super) async fn overview(shared: &Shared, journal: &Journal) -> status_page:
         .into_iter()
         .map(|service| {
             let state = shared
-                .env
                 .metrics
                 .breaker_state
                 .with_label_values(&[service])
@@ -116,7 +115,7 @@ pub(super) async fn serve(
             let routes = baton_ops::AppRoutes::new(handler).with_token(token);
             let start_on = |addr: String| {
                 let mut stop_http = stopped.clone();
-                let registry = shared.env.metrics.registry.clone();
+                let registry = shared.metrics.registry.clone();
                 let health = shared.health.clone();
                 let routes = routes.clone();
                 async move {

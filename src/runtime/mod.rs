@@ -53,7 +53,9 @@ pub const CONSUMER_INSTANCE: &str = "x-baton-instance";
 /// What the request handlers share.
 struct Shared {
     settings: Settings,
-    env: SagaEnv<AmqpTransport, Journal>,
+    env: SagaEnv<AmqpTransport, Journal, Metrics>,
+    /// The same metrics the saga counts in (its observer), for what the runtime counts.
+    metrics: Metrics,
     health: Health,
 }
 
@@ -100,7 +102,7 @@ pub struct Running {
 impl Running {
     /// Its metrics.
     pub fn metrics(&self) -> &Metrics {
-        &self.shared.env.metrics
+        &self.shared.metrics
     }
 
     /// Its readiness.
@@ -190,12 +192,13 @@ pub async fn start(settings: Settings) -> Result<Running, OrchestratorError> {
         settings.workflow.clone(),
         transport,
         journal.clone(),
-        metrics,
+        metrics.clone(),
     );
     env.card_keys = settings.card_keys.clone();
     let shared = Arc::new(Shared {
         settings,
         env,
+        metrics,
         health,
     });
 

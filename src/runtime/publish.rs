@@ -68,7 +68,6 @@ pub(super) fn count_result(result: &PaymentResult, shared: &Shared) {
         .workflow
         .reason_label(result.reason.as_deref());
     shared
-        .env
         .metrics
         .results
         .with_label_values(&[result.status.as_str(), reason])
@@ -78,7 +77,7 @@ pub(super) fn count_result(result: &PaymentResult, shared: &Shared) {
 /// The client's `reply_to` queue does not exist: the client went away. Not an error — the
 /// result is still on the payments exchange (and its results queue); counted and logged.
 pub(super) fn client_gone(reply_to: &str, shared: &Shared) {
-    shared.env.metrics.client_replies_unroutable.inc();
+    shared.metrics.client_replies_unroutable.inc();
     warn!(reply_to = %bounded(reply_to, 64), "the client's reply_to queue does not exist; the result is only on the payments exchange");
 }
 
@@ -178,7 +177,6 @@ pub(super) async fn dead_letter_copy(
         .transport
         .watch(publish_confirmed(channel, "", &dead, body, properties).await)?;
     shared
-        .env
         .metrics
         .dead_lettered
         .with_label_values(&[reason])

@@ -31,7 +31,7 @@ impl Drop for InFlight {
 
 /// Runs one request from delivery to ack.
 pub(super) async fn handle_request(delivery: Delivery, shared: Arc<Shared>) {
-    let metrics = &shared.env.metrics;
+    let metrics = &shared.metrics;
     metrics.received.inc();
     let _in_flight = InFlight::new(&metrics.inflight);
     let started = Instant::now();
@@ -93,7 +93,7 @@ pub(super) async fn handle_request(delivery: Delivery, shared: Arc<Shared>) {
             SagaOutcome::Reused(detail) => {
                 // Answer this client only: the payments exchange carries the real
                 // payment's one result, not this request's.
-                let result = saga::rejected(request.payment_id, detail.clone());
+                let result = saga::rejected(request.payment_id, detail.clone(), shared.env.clock);
                 if let Ok(channel) = shared.env.transport.channel() {
                     let _ =
                         publish_to_client(&channel, &result, &delivery.properties, &shared).await;
@@ -267,7 +267,7 @@ pub(super) async fn reject(
             Ok(None) => {}
             Err(e) => {
                 // Whether the journal knows it decides what to answer: ask again later.
-                shared.env.metrics.journal_errors.inc();
+                shared.metrics.journal_errors.inc();
                 park(&delivery, 0, "journal", &e.to_string(), shared).await;
                 return;
             }
@@ -278,12 +278,14 @@ pub(super) async fn reject(
     };
     let answered = match payment_id {
         Some(id) => {
-            let result = saga::rejected(id, detail.clone());
+            let result = saga::rejected(id, detail.clone(), shared.env.clock);
             let published = publish_result(&channel, &result, &delivery.properties, shared).await;
             if published.is_ok() {
-                shared.env.transport.event(SagaEvent::of_result(&result));
+                shared.env.transport.event(SagaEvent::of_result(
+                    &result,
+                    shared.env.clock.now_rfc3339(),
+                ));
                 shared
-                    .env
                     .metrics
                     .results
                     .with_label_values(&["rejected", "invalid_request"])

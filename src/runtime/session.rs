@@ -149,7 +149,7 @@ pub(super) async fn supervise(
             }
             match open_session(&shared).await {
                 Ok(live) => {
-                    shared.env.metrics.reconnects.inc();
+                    shared.metrics.reconnects.inc();
                     info!("reconnected to the broker");
                     break live;
                 }
@@ -178,7 +178,7 @@ pub(super) async fn serve(
         consumer_tag,
     } = live;
     let pending = shared.env.transport.pending.clone();
-    let metrics = shared.env.metrics.clone();
+    let metrics = shared.metrics.clone();
     let mut router = tokio::spawn(route_replies(replies, pending, metrics));
     // Failures seen from here on concern this session's channels only.
     let mut broken = shared.env.transport.broken.subscribe();

@@ -46,12 +46,12 @@ pub(super) async fn keep_sagas(
         };
         let journal = shared.env.log.clone();
         if let Err(e) = journal.renew(&shared.env.live.ids()).await {
-            shared.env.metrics.journal_errors.inc();
+            shared.metrics.journal_errors.inc();
             warn!(error = %e, "could not renew the leases of running sagas");
         }
         match journal.running().await {
             Ok(running) => {
-                let metrics = &shared.env.metrics;
+                let metrics = &shared.metrics;
                 metrics
                     .sagas_running
                     .set(i64::try_from(running.count).unwrap_or(i64::MAX));
@@ -63,7 +63,7 @@ pub(super) async fn keep_sagas(
                 metrics.saga_oldest_running_seconds.set(age.as_secs_f64());
             }
             Err(e) => {
-                shared.env.metrics.journal_errors.inc();
+                shared.metrics.journal_errors.inc();
                 warn!(error = %e, "could not count running sagas");
             }
         }
@@ -92,7 +92,7 @@ pub(super) async fn keep_sagas(
                 }
             }
             Err(e) => {
-                shared.env.metrics.journal_errors.inc();
+                shared.metrics.journal_errors.inc();
                 warn!(error = %e, "could not look for stuck sagas");
             }
         }
@@ -110,20 +110,17 @@ pub(super) async fn sweep_one(shared: Arc<Shared>, stuck: crate::journal::StuckS
         );
         match finish_from_journal(&shared, stuck.payment_id, &detail).await {
             Ok(true) => shared
-                .env
                 .metrics
                 .sagas_swept
                 .with_label_values(&["finished"])
                 .inc(),
             Ok(false) => shared
-                .env
                 .metrics
                 .sagas_swept
                 .with_label_values(&["left"])
                 .inc(),
             Err(e) => {
                 shared
-                    .env
                     .metrics
                     .sagas_swept
                     .with_label_values(&["left"])

@@ -1,22 +1,23 @@
 //! Undoing what approved (compensations, their own retry policy) and handing what cannot
 //! be settled to the operators' attention queue.
 
+use super::decide::{undo, Undo};
 use super::*;
 use crate::workflow::Step;
-use baton_contract::{Action, Command, PaymentView, ReplyOutcome, StepOutcome, StepRecord};
+use baton_contract::{Action, Command, PaymentView};
 use serde_json::{Map, Value};
 use tokio::time::Instant;
 use tracing::{error, info};
 
 /// Sends an attention item; `Some(outcome)` when the saga must stop (it could not).
-pub(super) async fn send_attention<T: Transport, L: SagaLog>(
-    env: &SagaEnv<T, L>,
+pub(super) async fn send_attention<T: Transport, L: SagaLog, O: SagaObserver>(
+    env: &SagaEnv<T, L, O>,
     item: AttentionItem,
 ) -> Option<SagaOutcome> {
     let kind = item.kind.clone();
     match env.transport.attention(item).await {
         Ok(()) => {
-            env.metrics.attention.with_label_values(&[&kind]).inc();
+            env.observer.attention_raised(&kind);
             None
         }
         Err(CallError::ShuttingDown) => Some(SagaOutcome::Interrupted),
@@ -35,8 +36,8 @@ pub(super) async fn send_attention<T: Transport, L: SagaLog>(
 
 /// Undoes one step, with its own retry policy; a compensation that keeps failing goes to
 /// the attention queue and is recorded as `compensation_failed`.
-pub(super) async fn compensate<T: Transport, L: SagaLog>(
-    env: &SagaEnv<T, L>,
+pub(super) async fn compensate<T: Transport, L: SagaLog, O: SagaObserver>(
+    env: &SagaEnv<T, L, O>,
     source: Source<'_>,
     step: &Step,
     context: &Map<String, Value>,
@@ -49,54 +50,26 @@ pub(super) async fn compensate<T: Transport, L: SagaLog>(
         context,
         env.card_keys.as_ref(),
     );
-    let (failure, attempts) = match ladder(
-        env,
-        step,
-        &step.service,
-        &cmd,
-        &step.compensation_retry,
-        false,
-    )
-    .await
-    {
-        Ladder::Answer { reply, attempts } if reply.outcome == ReplyOutcome::Approved => {
-            (None, attempts)
-        }
-        Ladder::Answer { reply, attempts } => (
-            Some(
-                reply
-                    .reason
-                    .unwrap_or_else(|| "compensation_refused".into()),
-            ),
-            attempts,
-        ),
-        Ladder::Unavailable {
-            attempts,
-            last_error,
-            ..
-        } => (Some(last_error), attempts),
-        Ladder::Interrupted => return StepDecision::Leave(SagaOutcome::Interrupted),
+    let Some(ended) = undo(
+        ladder(
+            env,
+            step,
+            &step.service,
+            &cmd,
+            &step.compensation_retry,
+            false,
+        )
+        .await,
+    ) else {
+        return StepDecision::Leave(SagaOutcome::Interrupted);
     };
-    let mut record_ = StepRecord::new(
-        step.name.clone(),
-        StepOutcome::Compensated,
-        attempts,
-        millis(started.elapsed()),
-    );
-    let mut detail = None;
-    match failure {
-        None => {
-            env.metrics
-                .compensations
-                .with_label_values(&[&step.name, "compensated"])
-                .inc();
+    match &ended {
+        Undo::Undone { attempts } => {
+            env.observer.compensation_ended(&step.name, true);
             info!(attempts, "step compensated");
         }
-        Some(reason) => {
-            env.metrics
-                .compensations
-                .with_label_values(&[&step.name, "failed"])
-                .inc();
+        Undo::Failed { attempts, reason } => {
+            env.observer.compensation_ended(&step.name, false);
             error!(reason = %reason, attempts, "compensation failed; handing it to operators");
             let item = AttentionItem {
                 payment_id: source.payment_id(),
@@ -105,7 +78,7 @@ pub(super) async fn compensate<T: Transport, L: SagaLog>(
                 kind: "compensation_failed".into(),
                 command_id: cmd.command_id.clone(),
                 error: reason.clone(),
-                at: now_rfc3339(),
+                at: env.clock.now_rfc3339(),
                 command: Some(Command {
                     payment: PaymentView {
                         card: baton_contract::CardView {
@@ -120,15 +93,8 @@ pub(super) async fn compensate<T: Transport, L: SagaLog>(
             if let Some(outcome) = send_attention(env, item).await {
                 return StepDecision::Leave(outcome);
             }
-            record_.outcome = StepOutcome::CompensationFailed;
-            detail = Some(format!("compensating {} failed: {reason}", step.name));
-            record_.reason = Some(reason);
         }
     }
-    record(
-        env,
-        source.payment_id(),
-        entry(step, Action::Compensate, record_, detail, Map::new()),
-    )
-    .await
+    let entry = ended.entry(step, started.elapsed());
+    record(env, source.payment_id(), entry).await
 }

@@ -2,8 +2,7 @@
 //! environment, the events and attention items it emits.
 
 use super::*;
-use crate::breaker::Breakers;
-use crate::metrics::Metrics;
+use crate::breaker::{BreakerState, Breakers};
 use crate::records::{JournalEntry, JournalError, PaymentSummary, SagaRecord};
 use crate::workflow::{Step, Workflow};
 use baton_contract::{
@@ -11,7 +10,7 @@ use baton_contract::{
 };
 use std::collections::HashMap;
 use std::future::Future;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 use tokio::sync::Semaphore;
 use uuid::Uuid;
 
@@ -98,19 +97,19 @@ impl SagaEvent {
         format!("event.{}.{}", self.step, self.outcome)
     }
 
-    pub(super) fn of_entry(payment_id: Uuid, entry: &JournalEntry) -> Self {
+    pub(super) fn of_entry(payment_id: Uuid, entry: &JournalEntry, at: String) -> Self {
         Self {
             payment_id,
             step: entry.step.clone(),
             action: crate::records::action_name(entry.action).into(),
-            outcome: outcome_name(entry.record.outcome).into(),
+            outcome: crate::records::outcome_name(entry.record.outcome).into(),
             reason: entry.record.reason.clone(),
             record: Some(entry.record.clone()),
-            at: now_rfc3339(),
+            at,
         }
     }
 
-    pub(crate) fn of_result(result: &PaymentResult) -> Self {
+    pub(crate) fn of_result(result: &PaymentResult, at: String) -> Self {
         Self {
             payment_id: result.payment_id,
             step: "payment".into(),
@@ -118,7 +117,7 @@ impl SagaEvent {
             outcome: result.status.as_str().into(),
             reason: result.reason.clone(),
             record: None,
-            at: now_rfc3339(),
+            at,
         }
     }
 }
@@ -153,7 +152,7 @@ pub trait SagaLog: Send + Sync {
 }
 
 /// What the saga runs with: the workflow and everything shared between payments.
-pub struct SagaEnv<T, L> {
+pub struct SagaEnv<T, L, O> {
     /// The steps and their policies.
     pub workflow: Workflow,
     /// The way to the services.
@@ -165,14 +164,32 @@ pub struct SagaEnv<T, L> {
     /// Bounds the commands in flight toward each service from this process, so a service
     /// that recovers is not stampeded by every waiting payment at once.
     pub(super) gates: HashMap<String, Semaphore>,
-    /// Metrics.
-    pub metrics: Metrics,
+    /// Told of what happens: attempts, fallbacks, parkings… (the metrics).
+    pub observer: O,
     /// The keys that make card fingerprints for `card = "fingerprint"` steps (the first
     /// key fingerprints). `None` from [`SagaEnv::new`]; the orchestrator sets them after
     /// [`Workflow::check_card_keys`].
     pub card_keys: Option<CardKeys>,
     /// The payments this process is running now: their journal leases are renewed.
     pub live: LiveSagas,
+    /// The wall clock of results, events and attention items: the system's from
+    /// [`SagaEnv::new`]; tests set another.
+    pub clock: Clock,
+}
+
+/// The wall clock the saga stamps results, saga events and attention items with. Durations
+/// are measured on tokio's clock instead, which paused tests drive.
+#[derive(Clone, Copy, Debug)]
+pub struct Clock(pub fn() -> SystemTime);
+
+impl Clock {
+    /// The system's clock.
+    pub const SYSTEM: Clock = Clock(SystemTime::now);
+
+    /// The time now, RFC 3339 UTC with milliseconds.
+    pub fn now_rfc3339(self) -> String {
+        humantime::format_rfc3339_millis((self.0)()).to_string()
+    }
 }
 
 /// The set of payments a process is running, shared with whatever renews their leases.
@@ -272,27 +289,18 @@ impl Source<'_> {
     }
 }
 
-/// What to do with a step the journal has no decision for.
-#[derive(Clone, Copy)]
-pub(super) enum Mode<'a> {
-    /// Run it: send its command through its ladder.
-    Live,
-    /// Nobody can run the payment any more: settle the step without its request (see
-    /// [`abandon`]), with this detail.
-    Abandon(&'a str),
-}
-
-impl<T: Transport, L: SagaLog> SagaEnv<T, L> {
-    /// An environment for `workflow`, with closed breakers whose state `metrics` exports.
-    pub fn new(workflow: Workflow, transport: T, log: L, metrics: Metrics) -> Self {
-        let gauge = metrics.breaker_state.clone();
+impl<T: Transport, L: SagaLog, O: SagaObserver + Clone + 'static> SagaEnv<T, L, O> {
+    /// An environment for `workflow`, with closed breakers whose changes `observer` is
+    /// told of.
+    pub fn new(workflow: Workflow, transport: T, log: L, observer: O) -> Self {
         for (service, _) in workflow.breakers() {
-            gauge.with_label_values(&[service]).set(0);
+            observer.breaker_changed(service, BreakerState::Closed);
         }
+        let watcher = observer.clone();
         let breakers = Breakers::new(
             workflow.breakers(),
             Some(std::sync::Arc::new(move |service: &str, state| {
-                gauge.with_label_values(&[service]).set(state as i64);
+                watcher.breaker_changed(service, state);
             })),
         );
         let gates = workflow
@@ -311,9 +319,10 @@ impl<T: Transport, L: SagaLog> SagaEnv<T, L> {
             log,
             breakers,
             gates,
-            metrics,
+            observer,
             card_keys: None,
             live: LiveSagas::default(),
+            clock: Clock::SYSTEM,
         }
     }
 }

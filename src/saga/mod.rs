@@ -18,13 +18,21 @@
 //! 5. past the parking limit: `failed` (`service_unavailable`), earlier steps compensated.
 //!
 //! Every decision is recorded before it is acted on, first writer wins: a replay, or a
-//! second replica racing on the same payment, continues with the recorded decision.//!
-//! `env.rs` is what the saga runs with (the traits, the environment, the events);
-//! `step.rs` one step's command through its ladder; `compensate.rs` undoing and handing
-//! to operators; this file the run of a payment and its decisions.
+//! second replica racing on the same payment, continues with the recorded decision.
+//!
+//! `env.rs` is what the saga runs with (the traits, the environment, its clock, the
+//! events); `observer.rs` what it tells as it runs (the metrics listen); `decide.rs` what
+//! a step's attempts mean, as plain functions; `course.rs` what the decided steps mean
+//! for the payment (context, what to undo, the result), plain too; `step.rs` one step's
+//! command through its ladder and the carrying out of those decisions; `compensate.rs`
+//! undoing and handing to operators; this file the run of a payment: stages, steps,
+//! compensations, the result recorded.
 
 mod compensate;
+mod course;
+mod decide;
 mod env;
+mod observer;
 mod step;
 #[cfg(test)]
 #[path = "../saga_tests.rs"]
@@ -34,15 +42,17 @@ use crate::crash;
 use crate::records::{JournalEntry, JournalError, PaymentSummary, SagaRecord};
 use crate::workflow::Step;
 use baton_contract::{
-    Action, CardKeys, Command, Money, PaymentRequest, PaymentResult, Reply, Status, StepOutcome,
-    StepRecord,
+    Action, CardKeys, Command, PaymentRequest, PaymentResult, Status, StepOutcome, StepRecord,
 };
 use compensate::*;
+use course::Course;
+pub use decide::ABANDONED;
+use decide::{entry, millis, Mode};
 pub use env::*;
+pub use observer::*;
 use serde_json::{Map, Value};
 use std::collections::HashMap;
 use std::future::Future;
-use std::time::Duration;
 use step::*;
 use tracing::{error, info, warn, Instrument};
 use uuid::Uuid;
@@ -82,41 +92,8 @@ pub enum SagaOutcome {
     Reused(String),
 }
 
-/// The final decision before it is stamped with a time.
-struct Verdict {
-    status: Status,
-    reason: Option<String>,
-    detail: Option<String>,
-}
-
-/// What trying a service through its ladder gave.
-enum Ladder {
-    /// A final answer (approved or declined).
-    Answer {
-        reply: Reply,
-        attempts: u32,
-    },
-    /// No final answer: retries spent or breaker open.
-    Unavailable {
-        attempts: u32,
-        /// Some attempt timed out on a side-effecting step: it may have happened.
-        in_doubt: bool,
-        last_error: String,
-    },
-    Interrupted,
-}
-
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
-/// The current UTC time as RFC 3339 with milliseconds.
-pub fn now_rfc3339() -> String {
-    humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
-}
-
-/// A `rejected` result for a request that failed validation.
-pub fn rejected(payment_id: Uuid, detail: String) -> PaymentResult {
+/// A `rejected` result for a request that failed validation, finished now by `clock`.
+pub fn rejected(payment_id: Uuid, detail: String, clock: Clock) -> PaymentResult {
     PaymentResult {
         payment_id,
         status: Status::Rejected,
@@ -124,7 +101,7 @@ pub fn rejected(payment_id: Uuid, detail: String) -> PaymentResult {
         detail: Some(detail),
         steps: Vec::new(),
         settlement: None,
-        finished_at: now_rfc3339(),
+        finished_at: clock.now_rfc3339(),
     }
 }
 
@@ -148,26 +125,9 @@ fn command(
     }
 }
 
-fn entry(
-    step: &Step,
-    action: Action,
-    record: StepRecord,
-    detail: Option<String>,
-    data: Map<String, Value>,
-) -> JournalEntry {
-    JournalEntry {
-        step: step.name.clone(),
-        action,
-        record,
-        detail,
-        data,
-        recorded_at: String::new(),
-    }
-}
-
 /// Runs `request` through the workflow, from wherever the journal says it stands.
-pub async fn run<T: Transport, L: SagaLog>(
-    env: &SagaEnv<T, L>,
+pub async fn run<T: Transport, L: SagaLog, O: SagaObserver>(
+    env: &SagaEnv<T, L, O>,
     request: &PaymentRequest,
 ) -> SagaOutcome {
     let payment_id = request.payment_id;
@@ -195,9 +155,6 @@ pub async fn run<T: Transport, L: SagaLog>(
     drive(env, Source::Request(request), &saga, Mode::Live).await
 }
 
-/// Reason of a saga finished without its request (see [`abandon`]).
-pub const ABANDONED: &str = "abandoned";
-
 /// Drives a saga that nobody can run any more to an end, from the journal alone: its
 /// request is gone (dead-lettered past the delivery limit, lost, or no longer valid) and
 /// its lease ran out, or an operator settles it. Recorded decisions stand. The first step
@@ -208,8 +165,8 @@ pub const ABANDONED: &str = "abandoned";
 /// compensated (an in-doubt compensable step too: its compensation is safe either way),
 /// and the result is recorded and returned. Commands carry no card number or fingerprint:
 /// the journal has none.
-pub async fn abandon<T: Transport, L: SagaLog>(
-    env: &SagaEnv<T, L>,
+pub async fn abandon<T: Transport, L: SagaLog, O: SagaObserver>(
+    env: &SagaEnv<T, L, O>,
     saga: &SagaRecord,
     detail: &str,
 ) -> SagaOutcome {
@@ -226,28 +183,21 @@ pub async fn abandon<T: Transport, L: SagaLog>(
 
 /// The saga's loop: each step from its recorded decision, or settled as `mode` says;
 /// compensations; the result.
-async fn drive<T: Transport, L: SagaLog>(
-    env: &SagaEnv<T, L>,
+async fn drive<T: Transport, L: SagaLog, O: SagaObserver>(
+    env: &SagaEnv<T, L, O>,
     source: Source<'_>,
     saga: &SagaRecord,
     mode: Mode<'_>,
 ) -> SagaOutcome {
     let payment_id = source.payment_id();
-    let mut context = Map::new();
-    let mut applied: Vec<JournalEntry> = Vec::new();
-    let mut to_compensate: Vec<&Step> = Vec::new();
-    let mut verdict = Verdict {
-        status: Status::Completed,
-        reason: None,
-        detail: None,
-    };
+    let mut course = Course::new();
 
     // What conditions read of the payment: the same in both modes, so a sweeper
     // finishing the saga decides a condition as the live run would have.
     let summary = source.summary();
     let steps = env.workflow.steps();
     let mut next = 0;
-    while next < steps.len() {
+    while next < steps.len() && course.completing() {
         // A stage: one step, or a group whose steps decide at once (their commands are
         // sent together, each with the context of the stages before).
         let len = match &steps[next].group {
@@ -263,10 +213,11 @@ async fn drive<T: Transport, L: SagaLog>(
             .iter()
             .filter(|s| saga.entry(&s.name, Action::Execute).is_none())
             .collect();
+        let context = &course.context;
         let decisions = join_all(
             undecided
                 .iter()
-                .map(|step| decide(env, source, step, &context, &summary, saga, mode))
+                .map(|step| open_step(env, source, step, context, &summary, saga, mode))
                 .collect(),
         )
         .await;
@@ -281,7 +232,6 @@ async fn drive<T: Transport, L: SagaLog>(
             }
         }
         for step in stage {
-            let span = tracing::info_span!("step", step = %step.name);
             let decided = match fresh.remove(step.name.as_str()) {
                 Some(entry) => entry,
                 None => saga
@@ -289,96 +239,30 @@ async fn drive<T: Transport, L: SagaLog>(
                     .expect("decided in the journal or just now")
                     .clone(),
             };
-            let _entered = span.enter();
-            let outcome = decided.record.outcome;
-            match outcome {
-                StepOutcome::Approved => {
-                    context.insert(step.name.clone(), Value::Object(decided.data.clone()));
-                    if step.compensate {
-                        to_compensate.push(step);
-                    }
-                }
-                StepOutcome::Declined | StepOutcome::Failed => {
-                    let reason = decided
-                        .record
-                        .reason
-                        .clone()
-                        .unwrap_or_else(|| outcome_name(outcome).into());
-                    // In a group several may decline at once: the first in file order
-                    // gives the result.
-                    if verdict.status != Status::Completed {
-                        applied.push(decided);
-                        continue;
-                    }
-                    verdict = Verdict {
-                        status: if outcome == StepOutcome::Declined {
-                            Status::Declined
-                        } else {
-                            Status::Failed
-                        },
-                        detail: decided
-                            .detail
-                            .clone()
-                            .or_else(|| Some(format!("{} {}", step.name, outcome_name(outcome)))),
-                        reason: Some(reason),
-                    };
-                    // An in-doubt step that failed for good may still have acted: undo it
-                    // too if it can be undone (its compensation is safe either way).
-                    if outcome == StepOutcome::Failed && step.compensate {
-                        to_compensate.push(step);
-                    }
-                }
-                // Skipped: no command went out, so nothing to undo and no data for later
-                // steps (`steps.<name>` is absent from their conditions and commands).
-                StepOutcome::Skipped
-                | StepOutcome::Compensated
-                | StepOutcome::CompensationFailed => {}
-            }
-            applied.push(decided);
-        }
-        if verdict.status != Status::Completed {
-            break;
+            course.step(step, decided);
         }
     }
 
-    if verdict.status != Status::Completed {
-        for step in to_compensate.into_iter().rev() {
-            let span = tracing::info_span!("compensation", step = %step.name);
-            let decided = match saga.entry(&step.name, Action::Compensate) {
-                Some(recorded) => recorded.clone(),
-                None => match compensate(env, source, step, &context)
-                    .instrument(span)
-                    .await
-                {
-                    StepDecision::Recorded(entry) => entry,
-                    StepDecision::Leave(outcome) => return outcome,
-                },
-            };
-            applied.push(decided);
-        }
+    for step in course.to_undo() {
+        let span = tracing::info_span!("compensation", step = %step.name);
+        let decided = match saga.entry(&step.name, Action::Compensate) {
+            Some(recorded) => recorded.clone(),
+            None => match compensate(env, source, step, &course.context)
+                .instrument(span)
+                .await
+            {
+                StepDecision::Recorded(entry) => entry,
+                StepDecision::Leave(outcome) => return outcome,
+            },
+        };
+        course.compensation(decided);
     }
 
-    let settlement = if verdict.status == Status::Completed {
-        applied
-            .iter()
-            .filter_map(|e| e.data.get("settlement"))
-            .filter_map(|s| serde_json::from_value::<Money>(s.clone()).ok())
-            .next_back()
-    } else {
-        None
-    };
-    let result = PaymentResult {
-        payment_id,
-        status: verdict.status,
-        reason: verdict.reason,
-        detail: verdict.detail,
-        steps: applied.into_iter().map(|e| e.record).collect(),
-        settlement,
-        finished_at: now_rfc3339(),
-    };
+    let result = course.result(payment_id, env.clock.now_rfc3339());
     match env.log.finish(payment_id, &result).await {
         Ok(result) => {
-            env.transport.event(SagaEvent::of_result(&result));
+            env.transport
+                .event(SagaEvent::of_result(&result, env.clock.now_rfc3339()));
             let dead_letter = dead_letter_reason(&result);
             SagaOutcome::Finished {
                 result,
@@ -391,8 +275,8 @@ async fn drive<T: Transport, L: SagaLog>(
 
 /// Decides one step the journal has no decision for: skipped if its condition is false,
 /// else run (live) or settled without its request (abandoned).
-async fn decide<T: Transport, L: SagaLog>(
-    env: &SagaEnv<T, L>,
+async fn open_step<T: Transport, L: SagaLog, O: SagaObserver>(
+    env: &SagaEnv<T, L, O>,
     source: Source<'_>,
     step: &Step,
     context: &Map<String, Value>,
@@ -416,18 +300,9 @@ async fn decide<T: Transport, L: SagaLog>(
         .instrument(span)
         .await;
     }
-    match mode {
-        Mode::Live => {
-            execute(env, source, step, context, saga)
-                .instrument(span)
-                .await
-        }
-        Mode::Abandon(detail) => {
-            give_up(env, source, step, context, detail)
-                .instrument(span)
-                .await
-        }
-    }
+    settle(env, source, step, context, saga, mode)
+        .instrument(span)
+        .await
 }
 
 /// Runs the futures at once and returns their outputs in order.
@@ -485,23 +360,12 @@ fn dead_letter_reason(result: &PaymentResult) -> Option<String> {
         .then(|| "service_unavailable".to_owned())
 }
 
-fn journal_failed<T, L>(env: &SagaEnv<T, L>, e: JournalError) -> SagaOutcome {
-    env.metrics.journal_errors.inc();
+fn journal_failed<T, L, O: SagaObserver>(env: &SagaEnv<T, L, O>, e: JournalError) -> SagaOutcome {
+    env.observer.journal_failed();
     error!(error = %e, "saga journal unavailable");
     SagaOutcome::JournalUnavailable {
         transient: e.is_transient(),
         error: e.to_string(),
-    }
-}
-
-fn outcome_name(outcome: StepOutcome) -> &'static str {
-    match outcome {
-        StepOutcome::Approved => "approved",
-        StepOutcome::Declined => "declined",
-        StepOutcome::Failed => "failed",
-        StepOutcome::Compensated => "compensated",
-        StepOutcome::CompensationFailed => "compensation_failed",
-        StepOutcome::Skipped => "skipped",
     }
 }
 
@@ -513,16 +377,19 @@ enum StepDecision {
 }
 
 /// Records `entry`, returning the stored decision (or what to do if the journal fails).
-async fn record<T: Transport, L: SagaLog>(
-    env: &SagaEnv<T, L>,
+async fn record<T: Transport, L: SagaLog, O: SagaObserver>(
+    env: &SagaEnv<T, L, O>,
     payment_id: Uuid,
     entry: JournalEntry,
 ) -> StepDecision {
     match env.log.record(payment_id, &entry).await {
         Ok(stored) => {
             crash::point("after_step_recorded");
-            env.transport
-                .event(SagaEvent::of_entry(payment_id, &stored));
+            env.transport.event(SagaEvent::of_entry(
+                payment_id,
+                &stored,
+                env.clock.now_rfc3339(),
+            ));
             StepDecision::Recorded(stored)
         }
         Err(e) => StepDecision::Leave(journal_failed(env, e)),

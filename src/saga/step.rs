@@ -1,21 +1,25 @@
-//! One step's command through its failure ladder: breaker, timeout, retries, fallback,
-//! parking, and the in-doubt give-up.
+//! One step's command through its failure ladder — breaker, timeout, retries — and the
+//! carrying out of what [`decide`] makes of it: the fallback service, parking, the last
+//! question to a step in doubt, the attention item, the journal entry.
 
+use super::decide::{decide, Decision, Ladder, Settlement, Standing, Target, Tried};
 use super::*;
-use crate::records::{JournalEntry, SagaRecord};
-use crate::workflow::{Fallback, RetryPolicy, Step};
-use baton_contract::{Action, Command, Reply, ReplyOutcome, StepOutcome, StepRecord};
+use crate::records::SagaRecord;
+use crate::workflow::{RetryPolicy, Step};
+use baton_contract::{Action, Command, ReplyOutcome, StepOutcome};
 use serde_json::{Map, Value};
 use tokio::time::Instant;
 use tracing::{error, info, warn};
 
-/// Runs one step's ladder and records the decision.
-pub(super) async fn execute<T: Transport, L: SagaLog>(
-    env: &SagaEnv<T, L>,
+/// Settles a step the journal has no decision for, as `mode` says: sends its command
+/// where [`decide`] says until it decides how the step ends, then records that.
+pub(super) async fn settle<T: Transport, L: SagaLog, O: SagaObserver>(
+    env: &SagaEnv<T, L, O>,
     source: Source<'_>,
     step: &Step,
     context: &Map<String, Value>,
     saga: &SagaRecord,
+    mode: Mode<'_>,
 ) -> StepDecision {
     let started = Instant::now();
     let cmd = command(
@@ -25,287 +29,145 @@ pub(super) async fn execute<T: Transport, L: SagaLog>(
         context,
         env.card_keys.as_ref(),
     );
-    let outcome = ladder(env, step, &step.service, &cmd, &step.retry, true).await;
-    let (mut attempts, mut in_doubt, mut last_error) = match outcome {
-        Ladder::Answer { reply, attempts } => {
-            return record(
-                env,
-                source.payment_id(),
-                answered(env, step, reply, attempts, started, None),
-            )
-            .await;
-        }
-        Ladder::Interrupted => return StepDecision::Leave(SagaOutcome::Interrupted),
-        Ladder::Unavailable {
-            attempts,
-            in_doubt,
-            last_error,
-        } => (attempts, in_doubt, last_error),
+    let standing = Standing {
+        step,
+        mode,
+        amount_minor: source.amount_minor(),
+        parked: saga.parked,
+        max_parks: env.workflow.parking().max_parks,
     };
-
-    // Fallbacks (never for side-effecting steps: the workflow refuses that).
-    match &step.fallback {
-        Some(Fallback::Service(alternate)) => {
-            env.metrics
-                .step_fallbacks
-                .with_label_values(&[&step.name, "service"])
-                .inc();
-            info!(alternate = %alternate, "step unavailable; trying its fallback service");
-            match ladder(env, step, alternate, &cmd, &step.retry, true).await {
-                Ladder::Answer {
-                    reply,
-                    attempts: more,
-                } => {
-                    let entry = answered(
-                        env,
-                        step,
-                        reply,
-                        attempts + more,
-                        started,
-                        Some(alternate.clone()),
-                    );
-                    return record(env, source.payment_id(), entry).await;
-                }
-                Ladder::Interrupted => return StepDecision::Leave(SagaOutcome::Interrupted),
-                Ladder::Unavailable {
-                    attempts: more,
-                    in_doubt: doubt,
-                    last_error: e,
-                } => {
-                    attempts += more;
-                    in_doubt |= doubt;
-                    last_error = e;
-                }
+    let mut tried = Vec::new();
+    loop {
+        match decide(&standing, &tried) {
+            Decision::Send(target) => {
+                let outcome = send(env, step, &cmd, &target).await;
+                tried.push(Tried { target, outcome });
             }
-        }
-        Some(Fallback::Approve { max_amount_minor })
-            if source.amount_minor() <= *max_amount_minor =>
-        {
-            env.metrics
-                .step_fallbacks
-                .with_label_values(&[&step.name, "degraded"])
-                .inc();
-            warn!(last_error = %last_error, "step unavailable; approving as a declared degraded decision");
-            let mut record_ = StepRecord::new(
-                step.name.clone(),
-                StepOutcome::Approved,
-                attempts,
-                millis(started.elapsed()),
-            );
-            record_.degraded = true;
-            record_.reason = Some("service_unavailable".into());
-            let detail = Some(format!(
-                "{} unavailable ({last_error}); approved as degraded: amount at most {max_amount_minor}",
-                step.name
-            ));
-            return record(
-                env,
-                source.payment_id(),
-                entry(step, Action::Execute, record_, detail, Map::new()),
-            )
-            .await;
-        }
-        _ => {}
-    }
-
-    // Park, or give up past the limit.
-    let parking = env.workflow.parking();
-    if saga.parked < parking.max_parks {
-        let back_within = parking.tiers.iter().copied().max().unwrap_or_default();
-        return match env.log.park(source.payment_id(), back_within).await {
-            Ok(count) => {
-                env.metrics.parked.with_label_values(&[&step.name]).inc();
-                let tier = parking.tier_for(count.saturating_sub(1));
-                warn!(parked = count, tier, last_error = %last_error, "step unavailable; parking the payment");
-                StepDecision::Leave(SagaOutcome::Park {
-                    tier,
-                    step: step.name.clone(),
-                    reason: last_error,
-                })
+            Decision::Park { reason } => return park(env, source, step, reason).await,
+            Decision::Settle(settlement) => {
+                return carry_out(env, source, &standing, &cmd, settlement, started).await
             }
-            Err(e) => StepDecision::Leave(journal_failed(env, e)),
-        };
-    }
-
-    // An earlier visit that ended in parking may have sent the command too (its timeouts
-    // are not in this visit's count, and an open breaker may have kept this visit from
-    // sending at all): a side-effecting step of a payment parked before stays in doubt.
-    let in_doubt = in_doubt || (step.side_effects && saga.parked > 0);
-    if in_doubt {
-        // It may have happened. Ask once more with the same command id: the service
-        // answers from its store if it acted. Only a definite answer is taken.
-        if let Ladder::Answer {
-            reply,
-            attempts: more,
-        } = ladder(
-            env,
-            step,
-            &step.service,
-            &cmd,
-            &RetryPolicy {
-                attempts: 1,
-                ..step.retry.clone()
-            },
-            false,
-        )
-        .await
-        {
-            return record(
-                env,
-                source.payment_id(),
-                answered(env, step, reply, attempts + more, started, None),
-            )
-            .await;
-        }
-        if !step.compensate {
-            let item = AttentionItem {
-                payment_id: source.payment_id(),
-                step: step.name.clone(),
-                service: step.service.clone(),
-                kind: "in_doubt".into(),
-                command_id: cmd.command_id.clone(),
-                error: format!("no answer after {attempts} attempts and {} parkings; the effect may have happened: {last_error}", saga.parked),
-                at: now_rfc3339(),
-                command: None,
-            };
-            if let Some(outcome) = send_attention(env, item).await {
-                return StepDecision::Leave(outcome);
-            }
+            Decision::Interrupted => return StepDecision::Leave(SagaOutcome::Interrupted),
         }
     }
-    error!(parked = saga.parked, last_error = %last_error, "step unavailable past the parking limit; failing the payment");
-    let mut record_ = StepRecord::new(
-        step.name.clone(),
-        StepOutcome::Failed,
-        attempts,
-        millis(started.elapsed()),
-    );
-    record_.reason = Some("service_unavailable".into());
-    let detail = Some(format!(
-        "{} stayed unavailable after {} parkings: {last_error}",
-        step.name, saga.parked
-    ));
-    record(
-        env,
-        source.payment_id(),
-        entry(step, Action::Execute, record_, detail, Map::new()),
-    )
-    .await
 }
 
-/// Settles a step of an abandoned saga without its request (see [`abandon`]).
-pub(super) async fn give_up<T: Transport, L: SagaLog>(
-    env: &SagaEnv<T, L>,
+/// Sends `cmd` through the ladder to `target`.
+async fn send<T: Transport, L: SagaLog, O: SagaObserver>(
+    env: &SagaEnv<T, L, O>,
+    step: &Step,
+    cmd: &Command,
+    target: &Target,
+) -> Ladder {
+    match target {
+        Target::Service => ladder(env, step, &step.service, cmd, &step.retry, true).await,
+        Target::Fallback(alternate) => {
+            env.observer
+                .fallback_taken(&step.name, FallbackKind::Service);
+            info!(alternate = %alternate, "step unavailable; trying its fallback service");
+            ladder(env, step, alternate, cmd, &step.retry, true).await
+        }
+        Target::Question => {
+            let once = RetryPolicy {
+                attempts: 1,
+                ..step.retry.clone()
+            };
+            ladder(env, step, &step.service, cmd, &once, false).await
+        }
+    }
+}
+
+/// Counts one more parking and leaves the payment to wait in its tier.
+async fn park<T: Transport, L: SagaLog, O: SagaObserver>(
+    env: &SagaEnv<T, L, O>,
     source: Source<'_>,
     step: &Step,
-    context: &Map<String, Value>,
-    detail: &str,
+    reason: String,
 ) -> StepDecision {
-    let started = Instant::now();
-    let mut attempts = 0;
-    if step.side_effects && !step.compensate {
-        // It may have acted, and cannot be undone: ask it, with the same command id.
-        let cmd = command(source, step, Action::Execute, context, None);
-        let once = RetryPolicy {
-            attempts: 1,
-            ..step.retry.clone()
-        };
-        match ladder(env, step, &step.service, &cmd, &once, false).await {
-            Ladder::Answer {
-                reply,
-                attempts: asked,
-            } => {
-                let entry = answered(env, step, reply, asked, started, None);
-                return record(env, source.payment_id(), entry).await;
+    let parking = env.workflow.parking();
+    let back_within = parking.tiers.iter().copied().max().unwrap_or_default();
+    match env.log.park(source.payment_id(), back_within).await {
+        Ok(count) => {
+            env.observer.parked(&step.name);
+            let tier = parking.tier_for(count.saturating_sub(1));
+            warn!(parked = count, tier, last_error = %reason, "step unavailable; parking the payment");
+            StepDecision::Leave(SagaOutcome::Park {
+                tier,
+                step: step.name.clone(),
+                reason,
+            })
+        }
+        Err(e) => StepDecision::Leave(journal_failed(env, e)),
+    }
+}
+
+/// Records how the step ended; an in-doubt failure reaches operators first.
+async fn carry_out<T: Transport, L: SagaLog, O: SagaObserver>(
+    env: &SagaEnv<T, L, O>,
+    source: Source<'_>,
+    standing: &Standing<'_>,
+    cmd: &Command,
+    settlement: Settlement,
+    started: Instant,
+) -> StepDecision {
+    let step = standing.step;
+    match &settlement {
+        Settlement::Answered { .. } => {
+            let duration = started.elapsed();
+            env.observer.step_answered(&step.name, duration);
+            let entry = settlement.entry(step, duration);
+            let line = &entry.record;
+            if line.outcome == StepOutcome::Approved {
+                info!(
+                    attempts = line.attempts,
+                    duration_ms = line.duration_ms,
+                    "step approved"
+                );
+            } else {
+                info!(reason = ?line.reason, "step declined");
             }
-            Ladder::Interrupted => return StepDecision::Leave(SagaOutcome::Interrupted),
-            Ladder::Unavailable {
-                attempts: asked,
-                last_error,
-                ..
-            } => {
-                attempts = asked;
+            return record(env, source.payment_id(), entry).await;
+        }
+        Settlement::Degraded { detail, .. } => {
+            env.observer
+                .fallback_taken(&step.name, FallbackKind::Degraded);
+            warn!(detail = %detail, "step unavailable; approving as a declared degraded decision");
+        }
+        Settlement::Failed {
+            detail, in_doubt, ..
+        } => {
+            if let Some(error) = in_doubt {
                 let item = AttentionItem {
                     payment_id: source.payment_id(),
                     step: step.name.clone(),
                     service: step.service.clone(),
                     kind: "in_doubt".into(),
                     command_id: cmd.command_id.clone(),
-                    error: format!(
-                        "the payment was abandoned ({detail}) and {} did not say whether it \
-                         acted: {last_error}",
-                        step.service
-                    ),
-                    at: now_rfc3339(),
+                    error: error.clone(),
+                    at: env.clock.now_rfc3339(),
                     command: None,
                 };
                 if let Some(outcome) = send_attention(env, item).await {
                     return StepDecision::Leave(outcome);
                 }
             }
+            match standing.mode {
+                Mode::Live => {
+                    error!(parked = standing.parked, detail = %detail, "step unavailable past the parking limit; failing the payment");
+                }
+                Mode::Abandon(_) => {
+                    warn!(detail = %detail, "payment abandoned; failing its open step")
+                }
+            }
         }
     }
-    warn!(detail, "payment abandoned; failing its open step");
-    let mut record_ = StepRecord::new(
-        step.name.clone(),
-        StepOutcome::Failed,
-        attempts,
-        millis(started.elapsed()),
-    );
-    record_.reason = Some(ABANDONED.into());
-    let detail = Some(format!("{} abandoned: {detail}", step.name));
-    record(
-        env,
-        source.payment_id(),
-        entry(step, Action::Execute, record_, detail, Map::new()),
-    )
-    .await
-}
-
-/// The journal entry for a final answer.
-pub(super) fn answered<T, L>(
-    env: &SagaEnv<T, L>,
-    step: &Step,
-    reply: Reply,
-    attempts: u32,
-    started: Instant,
-    via: Option<String>,
-) -> JournalEntry {
-    let duration = started.elapsed();
-    env.metrics
-        .step_duration
-        .with_label_values(&[&step.name])
-        .observe(duration.as_secs_f64());
-    let approved = reply.outcome == ReplyOutcome::Approved;
-    let mut record_ = StepRecord::new(
-        step.name.clone(),
-        if approved {
-            StepOutcome::Approved
-        } else {
-            StepOutcome::Declined
-        },
-        attempts,
-        millis(duration),
-    );
-    record_.via = via;
-    if approved {
-        info!(attempts, duration_ms = record_.duration_ms, "step approved");
-    } else {
-        record_.reason = Some(reply.reason.clone().unwrap_or_else(|| "declined".into()));
-        info!(reason = ?record_.reason, "step declined");
-    }
-    let detail = (!approved).then(|| {
-        reply
-            .detail
-            .clone()
-            .unwrap_or_else(|| format!("{} declined the payment", step.name))
-    });
-    entry(step, Action::Execute, record_, detail, reply.data)
+    let entry = settlement.entry(step, started.elapsed());
+    record(env, source.payment_id(), entry).await
 }
 
 /// Sends `cmd` to `service` with timeouts, retries and the breaker.
-pub(super) async fn ladder<T: Transport, L: SagaLog>(
-    env: &SagaEnv<T, L>,
+pub(super) async fn ladder<T: Transport, L: SagaLog, O: SagaObserver>(
+    env: &SagaEnv<T, L, O>,
     step: &Step,
     service: &str,
     cmd: &Command,
@@ -322,10 +184,8 @@ pub(super) async fn ladder<T: Transport, L: SagaLog>(
             Some(b) => match b.try_acquire() {
                 Some(p) => Some(p),
                 None if respect_breaker => {
-                    env.metrics
-                        .step_attempts
-                        .with_label_values(&[&step.name, "breaker_open"])
-                        .inc();
+                    env.observer
+                        .attempt_ended(&step.name, AttemptEnd::BreakerOpen);
                     return Ladder::Unavailable {
                         attempts,
                         in_doubt,
@@ -343,35 +203,26 @@ pub(super) async fn ladder<T: Transport, L: SagaLog>(
         };
         attempts += 1;
         if attempts > 1 {
-            env.metrics
-                .step_retries
-                .with_label_values(&[&step.name])
-                .inc();
+            env.observer.retrying(&step.name);
         }
         let sent =
             tokio::time::timeout(step.timeout, env.transport.call(service, cmd.clone())).await;
         drop(_slot);
         let last_error = match sent {
             Ok(Ok(reply)) if reply.outcome != ReplyOutcome::Error => {
-                let label = if reply.outcome == ReplyOutcome::Approved {
-                    "approved"
+                let end = if reply.outcome == ReplyOutcome::Approved {
+                    AttemptEnd::Approved
                 } else {
-                    "declined"
+                    AttemptEnd::Declined
                 };
-                env.metrics
-                    .step_attempts
-                    .with_label_values(&[&step.name, label])
-                    .inc();
+                env.observer.attempt_ended(&step.name, end);
                 if let Some(p) = permit {
                     p.success();
                 }
                 return Ladder::Answer { reply, attempts };
             }
             Ok(Ok(reply)) => {
-                env.metrics
-                    .step_attempts
-                    .with_label_values(&[&step.name, "error"])
-                    .inc();
+                env.observer.attempt_ended(&step.name, AttemptEnd::Error);
                 if let Some(p) = permit {
                     p.failure();
                 }
@@ -384,22 +235,13 @@ pub(super) async fn ladder<T: Transport, L: SagaLog>(
             }
             Ok(Err(CallError::ShuttingDown)) => return Ladder::Interrupted,
             Ok(Err(e)) => {
-                env.metrics
-                    .step_attempts
-                    .with_label_values(&[&step.name, "broker_error"])
-                    .inc();
+                env.observer
+                    .attempt_ended(&step.name, AttemptEnd::BrokerError);
                 warn!(attempt = attempts, error = %e, "command not sent");
                 e.to_string()
             }
             Err(_) => {
-                env.metrics
-                    .step_attempts
-                    .with_label_values(&[&step.name, "timeout"])
-                    .inc();
-                env.metrics
-                    .step_timeouts
-                    .with_label_values(&[&step.name])
-                    .inc();
+                env.observer.attempt_ended(&step.name, AttemptEnd::Timeout);
                 if let Some(p) = permit {
                     p.failure();
                 }
