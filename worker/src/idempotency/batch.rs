@@ -21,10 +21,10 @@ use tokio::sync::{oneshot, Mutex, OwnedMutexGuard};
 /// Most claims committed together: bounds the wait of the batch's first command.
 pub(super) const MAX_BATCH: usize = 128;
 
-/// The savepoint every claim of a batch runs in (one at a time, so one name serves) is
-/// `claim`: taken by the claim's own statement and released by the one that stores its
-/// reply (`super::CLAIM_IN_BATCH`, `super::STORE_REPLY_IN_BATCH`), each in the same round
-/// trip to SQLite's thread as the statement it goes with.
+// The savepoint every claim of a batch runs in (one at a time, so one name serves) is
+// `claim`: taken by the claim's own statement and released by the one that stores its
+// reply (`super::CLAIM_IN_BATCH`, `super::STORE_REPLY_IN_BATCH`), each in the same round
+// trip to SQLite's thread as the statement it goes with.
 
 /// One process's shared transaction on a SQLite store.
 #[derive(Debug)]
