@@ -122,6 +122,9 @@ pub const LOCK_WAIT: Duration = Duration::from_secs(30);
 /// snapshot is partial, said so, and giving it back puts these behind the rest.
 const MAX_SNAPSHOT: usize = 50_000;
 
+/// How long a command waits for the messages it gave back to show in the queue again.
+const BACK_WAIT: Duration = Duration::from_secs(10);
+
 /// Baton's reasons for dead-lettering a *request* (the others are commands).
 const REQUEST_REASONS: [&str; 4] = [
     "invalid_request",
@@ -234,7 +237,11 @@ impl Tool<'_> {
         // again.
         let mut done = BTreeSet::new();
         let outcome = self.act(command, &targets, &snapshot, &mut done).await;
-        let settled = snapshot.settle(&done).await;
+        let given_back = snapshot.letters.len() - done.len();
+        let mut settled = snapshot.settle(&done).await;
+        if settled.is_ok() {
+            settled = self.until_back(given_back).await;
+        }
         let _ = lock.close(200, "unlocked".into()).await;
         settled?;
         outcome
@@ -384,6 +391,35 @@ impl Tool<'_> {
                      permission on it (`baton broker setup` grants it)"
                 ),
             }
+        }
+    }
+
+    /// Waits (up to [`BACK_WAIT`]) until the queue holds at least the `given_back`
+    /// messages again. A quorum queue applies a given-back message after the channel
+    /// that returned it has closed, so without this wait the next command — another
+    /// operator's, or this operator's next `list` — could take the lock and find them
+    /// missing. The broker announces nothing: its count is asked again.
+    async fn until_back(&self, given_back: usize) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + BACK_WAIT;
+        loop {
+            let counts =
+                amqp::queue_counts(self.connection, self.queue, Duration::from_secs(2)).await;
+            // With a consumer on the queue (see `take`'s warning) the count proves nothing.
+            if counts
+                .is_some_and(|(ready, consumers)| consumers > 0 || ready as usize >= given_back)
+            {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                anyhow::bail!(
+                    "{} messages were given back to {} but it does not show them after {} s; \
+                     list it again in a moment",
+                    given_back,
+                    self.queue,
+                    BACK_WAIT.as_secs()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
