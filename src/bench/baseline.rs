@@ -14,26 +14,23 @@ use uuid::Uuid;
 
 /// `baton bench-echo`: answers every command on the four command queues at once.
 pub async fn echo(amqp_url: &str, tls: &amqp::TlsOptions, names: &Names) -> anyhow::Result<()> {
-    let connection = amqp::connect(
-        amqp_url,
-        &format!("baton bench echo {}", names.prefix()),
-        tls,
-    )
-    .await?;
-    let publish = amqp::confirm_channel(&connection).await?;
+    // The relay declares the same queues at the same moment, and RabbitMQ 3.10 can fail
+    // a consume on a quorum queue whose Raft server is still starting (`noproc`, which
+    // closes the whole connection): then the set-up starts again on a new connection.
+    let mut attempt = 0;
+    let (_connection, publish, consumers) = loop {
+        match echo_setup(amqp_url, tls, names).await {
+            Ok(set_up) => break set_up,
+            Err(e) if attempt < 5 => {
+                attempt += 1;
+                eprintln!("bench-echo: set-up failed ({e}); again");
+                tokio::time::sleep(std::time::Duration::from_millis(200 * attempt)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    };
     let mut tasks = tokio::task::JoinSet::new();
-    for service in SERVICES {
-        let channel = connection.create_channel().await?;
-        amqp::declare_command_queue(&channel, names, service).await?;
-        channel.basic_qos(512, BasicQosOptions::default()).await?;
-        let mut consumer = channel
-            .basic_consume(
-                names.command_queue(service).as_str().into(),
-                "".into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
+    for (channel, mut consumer) in consumers {
         let publish = publish.clone();
         tasks.spawn(async move {
             let _channel = channel;
@@ -60,6 +57,41 @@ pub async fn echo(amqp_url: &str, tls: &amqp::TlsOptions, names: &Names) -> anyh
     }
     while tasks.join_next().await.is_some() {}
     Ok(())
+}
+
+/// The echo's connection, its confirm channel, and a consumer on each command queue.
+async fn echo_setup(
+    amqp_url: &str,
+    tls: &amqp::TlsOptions,
+    names: &Names,
+) -> anyhow::Result<(
+    lapin::Connection,
+    lapin::Channel,
+    Vec<(lapin::Channel, lapin::Consumer)>,
+)> {
+    let connection = amqp::connect(
+        amqp_url,
+        &format!("baton bench echo {}", names.prefix()),
+        tls,
+    )
+    .await?;
+    let publish = amqp::confirm_channel(&connection).await?;
+    let mut consumers = Vec::new();
+    for service in SERVICES {
+        let channel = connection.create_channel().await?;
+        amqp::declare_command_queue(&channel, names, service).await?;
+        channel.basic_qos(512, BasicQosOptions::default()).await?;
+        let consumer = channel
+            .basic_consume(
+                names.command_queue(service).as_str().into(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        consumers.push((channel, consumer));
+    }
+    Ok((connection, publish, consumers))
 }
 
 /// `baton bench-relay`: Baton's message flow without Baton's work — four commands in
