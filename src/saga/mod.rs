@@ -305,8 +305,10 @@ async fn open_step<T: Transport, L: SagaLog, O: SagaObserver>(
         .await
 }
 
-/// Runs the futures at once and returns their outputs in order.
-async fn join_all<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
+/// Runs the futures at once and returns their outputs in order. Each poll polls them in
+/// order, so the first effects of each (a publish's frames queued on a channel) happen
+/// in order too.
+pub(crate) async fn join_all<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
     let mut futures: Vec<std::pin::Pin<Box<F>>> = futures.into_iter().map(Box::pin).collect();
     let mut outputs: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
     std::future::poll_fn(|cx| {
