@@ -6,7 +6,7 @@
 #
 #   cargo build --release --workspace --features dev-tools
 #   bench/soak.sh                      # 10 minutes at 512 in flight
-#   IN_FLIGHT=10000 CONCURRENCY=10000 PAYMENTS=20000 bench/soak.sh   # 10,000 in flight
+#   IN_FLIGHT=10000 CONCURRENCY=10000 PAYMENTS=60000 bench/soak.sh   # 10,000 in flight
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=target/release
@@ -44,5 +44,8 @@ while kill -0 "$LOAD" 2>/dev/null; do
   sleep 30
 done
 wait "$LOAD" || true
+# The peak since start, read once the load is done (a run shorter than one sampling
+# interval still shows it).
+awk '/VmHWM/ {printf "orchestrator peak resident memory (VmHWM): %.1f MiB\n", $2/1024}' /proc/$ORCH/status
 cat "$DIR/report.json"
 awk 'NR==3 {first=$2} {last=$2} END {if (first) printf "growth from t=60s to the end: %.1f%%\n", (last-first)*100/first}' "$DIR/rss.txt"
