@@ -9,6 +9,7 @@ use baton_contract::{
     Action, CardNumber, CardView, Command, Currency, Money, Names, PaymentView, Reply, ReplyOutcome,
 };
 use baton_services::{start, Ledger, ServiceConfig, ServiceKind};
+use baton_testkit::{scratch_name, ScratchSqlite};
 use futures_lite::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{
@@ -97,10 +98,10 @@ async fn ask(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn authorization_replies_dedupes_and_dead_letters() {
-    let prefix = format!("test-{}", Uuid::new_v4().simple());
+    let prefix = scratch_name("test");
     let names = Names::new(prefix.as_str());
-    let ledger_path = std::env::temp_dir().join(format!("baton-it-{}.db", Uuid::new_v4()));
-    let ledger_url = format!("sqlite://{}", ledger_path.display());
+    let ledger_file = ScratchSqlite::new("it");
+    let ledger_url = ledger_file.url();
     let config = ServiceConfig {
         amqp_url: amqp_url(),
         prefix: prefix.clone(),
@@ -212,16 +213,13 @@ async fn authorization_replies_dedupes_and_dead_letters() {
             .unwrap();
     }
     connection.close(200, "done".into()).await.unwrap();
-    for suffix in ["", "-wal", "-shm"] {
-        let _ = std::fs::remove_file(format!("{}{suffix}", ledger_path.display()));
-    }
 }
 
 #[tokio::test]
 async fn an_unreachable_broker_is_a_connect_error_without_the_password() {
     let config = ServiceConfig {
         amqp_url: "amqp://guest:s3cret@127.0.0.1:1/%2f".into(),
-        prefix: format!("test-{}", Uuid::new_v4().simple()),
+        prefix: scratch_name("test"),
         card_keys: Some(baton_contract::CardKeys::generate("t")),
         ..ServiceConfig::default()
     };

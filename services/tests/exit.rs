@@ -11,20 +11,17 @@ const BINARIES: [&str; 4] = [
 ];
 
 fn run(binary: &str, args: &[&str]) -> Output {
-    let ledger = std::env::temp_dir().join(format!("baton-exit-{}.db", uuid::Uuid::new_v4()));
+    let ledger = baton_testkit::ScratchSqlite::new("exit");
     let output = Command::new(binary)
         .args(args)
         // Nothing from the developer's shell; no HTTP port to collide on; a ledger of
         // its own (the ledger services open it before connecting).
         .env_clear()
         .env("BATON_HTTP_ADDR", "127.0.0.1:0")
-        .env("BATON_LEDGER_URL", format!("sqlite://{}", ledger.display()))
+        .env("BATON_LEDGER_URL", ledger.url())
         .env("BATON_CARD_KEY_FILE", "/nonexistent/baton-card.key")
         .output()
         .expect("run a service binary");
-    for suffix in ["", "-wal", "-shm"] {
-        let _ = std::fs::remove_file(format!("{}{suffix}", ledger.display()));
-    }
     output
 }
 

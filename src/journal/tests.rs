@@ -2,88 +2,41 @@
 
 use super::*;
 use baton_contract::{Action, Limits, PaymentRequest, Status, StepOutcome, StepRecord};
+use baton_testkit::{ScratchDatabase, ScratchSqlite};
 use serde_json::json;
 use serde_json::Map;
 use sqlx::Connection as _;
 use sqlx::Row;
-use std::path::PathBuf;
 use std::sync::Arc;
 use tokio::sync::Barrier;
 
-const POSTGRES_ADMIN: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 const CARD: &str = "4242424242424242";
 
 /// A fresh journal database, removed (SQLite file) or dropped (PostgreSQL database)
 /// when the value is dropped, even if the test panicked.
 enum TestDb {
-    Sqlite(PathBuf),
-    Postgres(String),
+    Sqlite(ScratchSqlite),
+    Postgres(ScratchDatabase),
 }
 
 impl TestDb {
     fn sqlite() -> Self {
-        TestDb::Sqlite(std::env::temp_dir().join(format!("baton-journal-{}.db", Uuid::new_v4())))
+        TestDb::Sqlite(ScratchSqlite::new("journal"))
     }
 
     async fn postgres() -> Self {
-        sqlx::any::install_default_drivers();
-        let name = format!("baton_journal_test_{}", Uuid::new_v4().simple());
-        let mut admin = sqlx::AnyConnection::connect(POSTGRES_ADMIN)
-            .await
-            .expect("PostgreSQL must run at 127.0.0.1:5432 (user postgres, trust auth)");
-        sqlx::query(&format!("CREATE DATABASE {name}"))
-            .execute(&mut admin)
-            .await
-            .expect("create the test database");
-        admin.close().await.ok();
-        TestDb::Postgres(name)
+        TestDb::Postgres(ScratchDatabase::create("journal_test").await)
     }
 
     fn url(&self) -> String {
         match self {
-            TestDb::Sqlite(path) => format!("sqlite://{}", path.display()),
-            TestDb::Postgres(name) => format!("postgres://postgres@127.0.0.1:5432/{name}"),
+            TestDb::Sqlite(file) => file.url(),
+            TestDb::Postgres(db) => db.url(),
         }
     }
 
     async fn open(&self) -> Journal {
         Journal::open(&self.url()).await.expect("open the journal")
-    }
-}
-
-impl Drop for TestDb {
-    fn drop(&mut self) {
-        match self {
-            TestDb::Sqlite(path) => {
-                for suffix in ["", "-wal", "-shm"] {
-                    let mut path = path.clone().into_os_string();
-                    path.push(suffix);
-                    let _ = std::fs::remove_file(path);
-                }
-            }
-            TestDb::Postgres(name) => {
-                // Drop cannot await: drop the database from a thread with its own
-                // runtime. FORCE: pool connections may still be open or closing.
-                let statement = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
-                let dropped = std::thread::spawn(move || {
-                    tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()
-                        .expect("a runtime")
-                        .block_on(async move {
-                            let mut admin = sqlx::AnyConnection::connect(POSTGRES_ADMIN).await?;
-                            sqlx::query(&statement).execute(&mut admin).await?;
-                            admin.close().await
-                        })
-                })
-                .join();
-                if !std::thread::panicking() {
-                    dropped
-                        .expect("the drop thread")
-                        .expect("drop the test database");
-                }
-            }
-        }
     }
 }
 
@@ -653,12 +606,12 @@ async fn postgres_journal_leases_its_running_sagas() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sqlite_journal_keeps_the_first_decision() {
     let db = TestDb::sqlite();
-    let TestDb::Sqlite(path) = &db else {
+    let TestDb::Sqlite(file) = &db else {
         unreachable!()
     };
-    assert!(!path.exists());
+    assert!(!file.path().exists());
     let journal = db.open().await;
-    assert!(path.exists(), "the file is created");
+    assert!(file.path().exists(), "the file is created");
     let mut conn = journal.pool.acquire().await.unwrap();
     let mode: String = sqlx::query("PRAGMA journal_mode")
         .fetch_one(&mut *conn)
@@ -759,10 +712,13 @@ async fn unsupported_urls_are_refused_by_scheme() {
 async fn passwords_never_show() {
     // Trust authentication ignores the password, so the open succeeds.
     let db = TestDb::postgres().await;
-    let TestDb::Postgres(name) = &db else {
+    let TestDb::Postgres(database) = &db else {
         unreachable!()
     };
-    let url = format!("postgres://postgres:s3cret@127.0.0.1:5432/{name}");
+    let url = format!(
+        "postgres://postgres:s3cret@127.0.0.1:5432/{}",
+        database.name()
+    );
     let journal = Journal::open(&url).await.unwrap();
     let debug = format!("{journal:?}");
     assert!(

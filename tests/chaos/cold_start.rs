@@ -75,10 +75,8 @@ async fn a_cold_start_of_a_scaled_to_zero_step_makes_the_payment_slower_not_fail
     let _broker = BROKER.read().await;
     let mut cluster = Cluster::new(JournalStore::Sqlite).await;
     let prefix = cluster.names.prefix().to_owned();
-    let dir = std::env::temp_dir().join(format!("baton-cold-start-{prefix}"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let workflow_file = dir.join("workflow.toml");
-    std::fs::write(&workflow_file, workflow()).unwrap();
+    let dir = baton_testkit::ScratchDir::new("cold-start");
+    let workflow_file = dir.file("workflow.toml", &workflow());
     let users = format!(
         "{},{SERVICE}={}",
         service_users(&prefix),
@@ -188,5 +186,4 @@ async fn a_cold_start_of_a_scaled_to_zero_step_makes_the_payment_slower_not_fail
     let _ = connection.close(200, "done".into()).await;
     drop(orchestrator);
     cluster.cleanup().await;
-    let _ = std::fs::remove_dir_all(&dir);
 }

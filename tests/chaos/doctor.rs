@@ -12,10 +12,9 @@ use baton_amqp as amqp;
 use baton_contract::Status;
 use baton_services::ledger::Ledger;
 use baton_services::{ServiceConfig, ServiceKind};
-use std::path::{Path, PathBuf};
+use baton_testkit::{scratch_name, ScratchDir};
 use std::process::Command;
 use std::time::Duration;
-use uuid::Uuid;
 
 /// A workflow that gives up on an unavailable step within a second or two: one attempt,
 /// one short parking.
@@ -47,32 +46,6 @@ name = "transaction"
 timeout_ms = 5000
 side_effects = true
 "#;
-
-/// A scratch directory of this test, removed on drop.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new() -> Self {
-        let dir = std::env::temp_dir().join(format!(
-            "baton-doctor-{}",
-            &Uuid::new_v4().simple().to_string()[..12]
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        Self(dir)
-    }
-
-    fn file(&self, name: &str, text: &str) -> PathBuf {
-        let path = self.0.join(name);
-        std::fs::write(&path, text).unwrap();
-        path
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// Runs `baton doctor` for the cluster's prefix as the broker's administrator: (exit
 /// code, stdout lines).
@@ -118,7 +91,7 @@ async fn delete_fast_parking(cluster: &Cluster) {
 async fn two_ledgers_fail_payments_unavailable_never_declined_and_doctor_names_both() {
     let _broker = BROKER.read().await;
     let mut cluster = Cluster::new(JournalStore::Sqlite).await;
-    let scratch = Scratch::new();
+    let scratch = ScratchDir::new("doctor");
     let workflow = scratch.file("fast.toml", FAST_FAILING);
     let workflow_arg = workflow.display().to_string();
     // Transaction on a ledger of its own, as when each service runs in its own working
@@ -129,7 +102,7 @@ async fn two_ledgers_fail_payments_unavailable_never_declined_and_doctor_names_b
         .position(|s| s.kind() == ServiceKind::Transaction)
         .unwrap();
     cluster.services.remove(position).shutdown().await.unwrap();
-    let other_url = format!("sqlite://{}", scratch.0.join("ledger.db").display());
+    let other_url = format!("sqlite://{}", scratch.join("ledger.db").display());
     let prefix = cluster.names.prefix().to_owned();
     let transaction = baton_services::start(
         ServiceKind::Transaction,
@@ -279,7 +252,7 @@ async fn doctor_passes_a_sound_deployment_and_names_a_step_without_a_consumer() 
 async fn doctor_names_orchestrators_that_run_different_workflows() {
     let _broker = BROKER.read().await;
     let mut cluster = Cluster::new(JournalStore::Sqlite).await;
-    let scratch = Scratch::new();
+    let scratch = ScratchDir::new("doctor");
     let builtin = Workflow::builtin();
     // The default workflow with one timeout changed: same steps, different behaviour.
     let changed_text = include_str!("../../workflows/default.toml")
@@ -317,7 +290,7 @@ async fn doctor_names_orchestrators_that_run_different_workflows() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_wrong_password_is_a_refused_login_not_a_broker_that_is_down() {
     let _broker = BROKER.read().await;
-    let prefix = format!("chaos-{}", &Uuid::new_v4().simple().to_string()[..12]);
+    let prefix = scratch_name("chaos");
     let url = "amqp://guest:not-the-password@127.0.0.1:5672/%2f";
     let (code, lines) = doctor(&prefix, url, &[]);
     assert_eq!(
@@ -334,12 +307,12 @@ async fn a_wrong_password_is_a_refused_login_not_a_broker_that_is_down() {
     assert!(lines.iter().all(|l| !l.contains("not-the-password")));
 
     // `baton run` says the same, in one line, and never "is it running?".
-    let scratch = Scratch::new();
+    let scratch = ScratchDir::new("doctor");
     let output = Command::new(env!("CARGO_BIN_EXE_baton"))
         .args(["run", "--prefix", &prefix, "--http-addr", "off"])
         .args([
             "--journal-url",
-            &format!("sqlite://{}", scratch.0.join("j.db").display()),
+            &format!("sqlite://{}", scratch.join("j.db").display()),
         ])
         .env("AMQP_URL", url)
         .env("RUST_LOG", "error,lapin=off")
@@ -353,5 +326,4 @@ async fn a_wrong_password_is_a_refused_login_not_a_broker_that_is_down() {
     assert!(!stderr.contains("is it running"), "{stderr}");
     assert!(!stderr.contains("not-the-password"), "{stderr}");
     assert!(!output.status.success());
-    let _ = Path::new(&scratch.0);
 }

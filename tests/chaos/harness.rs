@@ -8,6 +8,7 @@ use baton_amqp as amqp;
 use baton_contract::{Names, PaymentResult, Status};
 use baton_services::ledger::Ledger;
 use baton_services::{RunningService, ServiceConfig, ServiceKind};
+use baton_testkit::{scratch_name, sqlite_url, ScratchDatabase, ScratchDir};
 use futures_lite::StreamExt;
 use lapin::options::BasicConsumeOptions;
 use lapin::types::FieldTable;
@@ -19,8 +20,6 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 use uuid::Uuid;
-
-const POSTGRES_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
 /// Shared by tests on the shared broker; a test that needs it to itself takes it
 /// exclusively. (A test that stops or restarts a broker runs its own node instead:
@@ -174,12 +173,13 @@ pub struct Cluster {
     /// at cleanup): the built-in workflow's unless a test says otherwise.
     pub parking_delays_ms: Vec<u64>,
     /// The test's directory: logs, journal, ledger, card key; removed at cleanup.
-    pub dir: PathBuf,
+    pub dir: ScratchDir,
     pub journal_url: String,
     pub ledger: Ledger,
     pub services: Vec<RunningService>,
     pub client: Client,
-    postgres_db: Option<String>,
+    /// The journal's database (PostgreSQL), dropped at cleanup.
+    postgres_db: Option<ScratchDatabase>,
     /// Every result seen, by payment id.
     pub results: HashMap<Uuid, Vec<PaymentResult>>,
     spawned: usize,
@@ -206,27 +206,14 @@ impl Cluster {
 
     /// A cluster on `broker`.
     pub async fn on(broker: BrokerAddr, journal: JournalStore) -> Self {
-        let id = Uuid::new_v4().simple().to_string();
-        let names = Names::new(format!("chaos-{}", &id[..12]));
-        let dir = std::env::temp_dir().join(format!("baton-chaos-{}", &id[..12]));
-        std::fs::create_dir_all(&dir).unwrap();
-        let ledger_url = format!("sqlite://{}", dir.join("ledger.db").display());
+        let names = Names::new(scratch_name("chaos"));
+        let dir = ScratchDir::new("chaos");
+        let ledger_url = sqlite_url(&dir.join("ledger.db"));
         let (journal_url, postgres_db) = match journal {
-            JournalStore::Sqlite => (
-                format!("sqlite://{}", dir.join("journal.db").display()),
-                None,
-            ),
+            JournalStore::Sqlite => (sqlite_url(&dir.join("journal.db")), None),
             JournalStore::Postgres => {
-                use sqlx::Connection;
-                let db = format!("baton_chaos_{}", &id[..16]);
-                let mut admin = sqlx::PgConnection::connect(POSTGRES_ADMIN_URL)
-                    .await
-                    .expect("PostgreSQL at 127.0.0.1:5432");
-                sqlx::query(&format!("CREATE DATABASE {db}"))
-                    .execute(&mut admin)
-                    .await
-                    .unwrap();
-                (format!("postgres://postgres@127.0.0.1:5432/{db}"), Some(db))
+                let db = ScratchDatabase::create("chaos").await;
+                (db.url(), Some(db))
             }
         };
         // One card key file for the risk service here and every `baton run` process,
@@ -311,14 +298,7 @@ impl Cluster {
                 &self.dir.join("card.key").display().to_string(),
             ])
             .args(["--http-addr", &format!("127.0.0.1:{http}")])
-            .args([
-                "--instance",
-                &format!(
-                    "o{}-{}",
-                    self.spawned,
-                    &Uuid::new_v4().simple().to_string()[..6]
-                ),
-            ])
+            .args(["--instance", &scratch_name(&format!("o{}", self.spawned))])
             .args(["--shutdown-timeout", &shutdown_timeout_s.to_string()])
             .args(extra)
             .env(
@@ -527,14 +507,8 @@ impl Cluster {
         self.client.close().await;
         let _ = broker::teardown(&self.broker.admin_api(), self.names.prefix()).await;
         self.ledger.close().await;
-        let _ = std::fs::remove_dir_all(&self.dir);
         if let Some(db) = self.postgres_db {
-            use sqlx::Connection;
-            if let Ok(mut admin) = sqlx::PgConnection::connect(POSTGRES_ADMIN_URL).await {
-                let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
-                    .execute(&mut admin)
-                    .await;
-            }
+            db.drop_now().await;
         }
     }
 }

@@ -47,8 +47,7 @@ async fn a_restart_with_a_lower_limit_while_parked_gives_one_result_and_voids_th
     let _broker = BROKER.read().await;
     let mut cluster = Cluster::new(JournalStore::Sqlite).await;
     stop_risk(&mut cluster).shutdown().await.unwrap();
-    let workflow = std::env::temp_dir().join(format!("{}-workflow.toml", cluster.names.prefix()));
-    std::fs::write(&workflow, WORKFLOW).unwrap();
+    let workflow = cluster.dir.file("workflow.toml", WORKFLOW);
     let workflow_arg = workflow.display().to_string();
 
     let first = cluster.orchestrator_with(None, 5, &["--workflow", &workflow_arg]);
@@ -111,7 +110,6 @@ async fn a_restart_with_a_lower_limit_while_parked_gives_one_result_and_voids_th
         1,
         "one copy of the request, now invalid"
     );
-    let _ = std::fs::remove_file(&workflow);
     // The cleanup knows the built-in parking tiers only.
     cluster
         .client

@@ -3,19 +3,9 @@
 //! broker on 5672. Stopped, and its directory removed, when dropped (on panic too).
 
 use crate::harness::{free_port, BrokerAddr};
+use baton_testkit::{scratch_name, ScratchDir};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use uuid::Uuid;
-
-/// A fresh temporary directory, `baton-<what>-<hex>`.
-pub fn temp_dir(what: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "baton-{what}-{}",
-        &Uuid::new_v4().simple().to_string()[..12]
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 /// RabbitMQ's own scripts run the node as the calling user; Debian's `/usr/sbin` ones
 /// switch to the `rabbitmq` user, who could not read our temporary files.
@@ -30,10 +20,10 @@ pub fn rabbitmq_tool(name: &str) -> PathBuf {
 
 /// A RabbitMQ node running from `dir`.
 pub struct RabbitNode {
-    /// `baton-<what>-<hex>@localhost`.
+    /// `baton-<what>-<scratch id>@localhost`.
     pub node: String,
     /// Configuration, data (`mnesia/`), log (`log/`) and pid file; removed on drop.
-    pub dir: PathBuf,
+    pub dir: ScratchDir,
     /// The plain AMQP listener (127.0.0.1), unless the configuration turns it off.
     pub amqp_port: u16,
     /// The management HTTP API (127.0.0.1), when the node runs `rabbitmq_management`.
@@ -46,7 +36,7 @@ impl RabbitNode {
     /// A node with a plain AMQP listener and the management API on 127.0.0.1 (the
     /// management API is how the kit creates the prefix's broker users).
     pub fn with_management(what: &str) -> Self {
-        let dir = temp_dir(what);
+        let dir = ScratchDir::new(what);
         let (amqp, management) = (free_port(), free_port());
         let config = format!(
             "listeners.tcp.default = 127.0.0.1:{amqp}\n\
@@ -69,23 +59,16 @@ impl RabbitNode {
     /// turns plain AMQP off).
     pub fn start(
         what: &str,
-        dir: PathBuf,
+        dir: ScratchDir,
         amqp_port: u16,
         management_port: Option<u16>,
         config: &str,
         plugins: &[&str],
     ) -> Self {
-        std::fs::write(dir.join("rabbitmq.conf"), config).unwrap();
-        std::fs::write(
-            dir.join("enabled_plugins"),
-            format!("[{}].\n", plugins.join(",")),
-        )
-        .unwrap();
+        dir.file("rabbitmq.conf", config);
+        dir.file("enabled_plugins", &format!("[{}].\n", plugins.join(",")));
         let node = Self {
-            node: format!(
-                "baton-{what}-{}@localhost",
-                &Uuid::new_v4().simple().to_string()[..8]
-            ),
+            node: format!("baton-{}@localhost", scratch_name(what)),
             dir,
             amqp_port,
             management_port,
@@ -182,6 +165,5 @@ impl Drop for RabbitNode {
                 let _ = Command::new("kill").arg(pid.trim()).status();
             }
         }
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -7,19 +7,20 @@
 //! one to finish stops it.
 
 use crate::harness::{free_port, http_get, BROKER};
-use crate::node::{self, RabbitNode};
+use crate::node::RabbitNode;
+use baton_testkit::{scratch_name, ScratchDir};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
-use uuid::Uuid;
 
 /// What a connect may take before "fails fast" is a lie: the handshake is local and the
 /// process does not retry at start.
 const FAST: Duration = Duration::from_secs(10);
 
-fn temp_dir(what: &str) -> PathBuf {
-    node::temp_dir(&format!("tls-{what}"))
+/// A scratch directory `baton-tls-<what>-…`, removed when dropped.
+fn temp_dir(what: &str) -> ScratchDir {
+    ScratchDir::new(&format!("tls-{what}"))
 }
 
 /// Runs `openssl` in `dir` with `args`, split on whitespace (none has a space).
@@ -266,7 +267,7 @@ impl Drop for Process {
 fn a_payment_over_tls_completes_through_the_orchestrator_and_the_four_service_binaries() {
     let node = tls_node();
     let dir = temp_dir("pay");
-    let prefix = format!("tls-{}", &Uuid::new_v4().simple().to_string()[..12]);
+    let prefix = scratch_name("tls");
     let url = node.url("localhost");
     let ledger = format!("sqlite://{}", dir.join("ledger.db").display());
 
@@ -321,7 +322,6 @@ fn a_payment_over_tls_completes_through_the_orchestrator_and_the_four_service_bi
     );
 
     drop(processes);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -329,7 +329,7 @@ fn a_wrong_ca_fails_fast_with_one_clear_line_and_exit_2_in_every_binary() {
     let node = tls_node();
     let dir = temp_dir("wrong-ca");
     let url = node.url("localhost");
-    let prefix = format!("tls-{}", &Uuid::new_v4().simple().to_string()[..12]);
+    let prefix = scratch_name("tls");
     let baton = Path::new(env!("CARGO_BIN_EXE_baton"));
 
     let mut pay = command(baton, &url, &node.other_ca, &dir);
@@ -362,14 +362,13 @@ fn a_wrong_ca_fails_fast_with_one_clear_line_and_exit_2_in_every_binary() {
         line.contains("not trusted (UnknownIssuer) by the system's CA store"),
         "{line}"
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn a_host_name_the_certificate_does_not_name_is_refused() {
     let node = tls_node();
     let dir = temp_dir("host");
-    let prefix = format!("tls-{}", &Uuid::new_v4().simple().to_string()[..12]);
+    let prefix = scratch_name("tls");
     // The right CA, and a listener on 127.0.0.2, an address the certificate does not name.
     let mut pay = command(
         Path::new(env!("CARGO_BIN_EXE_baton")),
@@ -383,14 +382,13 @@ fn a_host_name_the_certificate_does_not_name_is_refused() {
         line.contains("TLS certificate is for another host"),
         "{line}"
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn amqps_to_the_plain_port_fails_instead_of_falling_back_to_plain_tcp() {
     let _broker = BROKER.blocking_read();
     let dir = temp_dir("plain");
-    let prefix = format!("tls-{}", &Uuid::new_v4().simple().to_string()[..12]);
+    let prefix = scratch_name("tls");
     let ca_dir = temp_dir("plain-ca");
     let ca = make_ca(&ca_dir, "ca");
     let mut pay = command(
@@ -422,6 +420,4 @@ fn amqps_to_the_plain_port_fails_instead_of_falling_back_to_plain_tcp() {
         "{}: {stderr}",
         refused.status
     );
-    let _ = std::fs::remove_dir_all(&dir);
-    let _ = std::fs::remove_dir_all(&ca_dir);
 }

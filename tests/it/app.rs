@@ -11,17 +11,16 @@ use baton_amqp as amqp;
 use baton_contract::{Names, PaymentResult};
 use baton_services::ledger::Ledger;
 use baton_services::{RunningService, ServiceConfig, ServiceKind};
+use baton_testkit::{scratch_name, ScratchDatabase, ScratchSqlite};
 use lapin::options::{BasicAckOptions, BasicGetOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use lapin::BasicProperties;
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 use uuid::Uuid;
 
 pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
-pub const POSTGRES_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
 /// How long a test waits for a result before calling it missing.
 pub const RESULT_WAIT: Duration = Duration::from_secs(60);
@@ -53,8 +52,10 @@ pub struct TestApp {
     pub client: Client,
     /// Results that arrived while a test waited for another one.
     early: HashMap<String, Received>,
-    sqlite_files: Vec<PathBuf>,
-    postgres_db: Option<String>,
+    /// The ledger's and the journal's files (SQLite), removed at clean-up.
+    sqlite_files: Vec<ScratchSqlite>,
+    /// The database of both (PostgreSQL), dropped at clean-up.
+    postgres_db: Option<ScratchDatabase>,
     /// Workflows of the orchestrators started: their service and parking queues are
     /// deleted at clean-up too.
     workflows: Vec<Workflow>,
@@ -112,23 +113,16 @@ pub const AMQP_ADDRESS: &str = "127.0.0.1:5672";
 
 async fn spawn(store: Store, kinds: &[ServiceKind], verified: bool) -> TestApp {
     init_logs();
-    let id = Uuid::new_v4().simple().to_string();
-    let names = Names::new(format!("test-{}", &id[..12]));
+    let names = Names::new(scratch_name("test"));
     let (ledger_url, journal_url, sqlite_files, postgres_db) = match store {
         Store::Sqlite => {
-            let ledger = std::env::temp_dir().join(format!("baton-test-{id}.db"));
-            let journal = std::env::temp_dir().join(format!("baton-test-{id}-journal.db"));
-            (
-                format!("sqlite://{}", ledger.display()),
-                format!("sqlite://{}", journal.display()),
-                vec![ledger, journal],
-                None,
-            )
+            let ledger = ScratchSqlite::new("test");
+            let journal = ScratchSqlite::new("test-journal");
+            (ledger.url(), journal.url(), vec![ledger, journal], None)
         }
         Store::Postgres => {
-            let db = format!("baton_test_{}", &id[..16]);
-            create_postgres_db(&db).await;
-            let url = format!("postgres://postgres@127.0.0.1:5432/{db}");
+            let db = ScratchDatabase::create("test").await;
+            let url = db.url();
             (url.clone(), url, Vec::new(), Some(db))
         }
     };
@@ -161,17 +155,6 @@ async fn spawn(store: Store, kinds: &[ServiceKind], verified: bool) -> TestApp {
         app.start_service(*kind).await;
     }
     app
-}
-
-async fn create_postgres_db(name: &str) {
-    use sqlx::Connection;
-    let mut admin = sqlx::PgConnection::connect(POSTGRES_ADMIN_URL)
-        .await
-        .expect("PostgreSQL must run at 127.0.0.1:5432 for the shared-store tests");
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&mut admin)
-        .await
-        .expect("create the test database");
 }
 
 impl TestApp {
@@ -431,18 +414,9 @@ impl TestApp {
                 .expect("delete the test prefix's broker users");
         }
         drop(self.ledger);
-        for file in self.sqlite_files {
-            for suffix in ["", "-wal", "-shm"] {
-                let _ = std::fs::remove_file(format!("{}{suffix}", file.display()));
-            }
-        }
+        drop(self.sqlite_files);
         if let Some(db) = self.postgres_db {
-            use sqlx::Connection;
-            if let Ok(mut admin) = sqlx::PgConnection::connect(POSTGRES_ADMIN_URL).await {
-                let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
-                    .execute(&mut admin)
-                    .await;
-            }
+            db.drop_now().await;
         }
     }
 }

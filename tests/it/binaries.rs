@@ -1,5 +1,6 @@
 //! The `baton` binary as a user meets it: help text, bad options, an unreachable broker.
 
+use baton_testkit::{scratch_name, ScratchDir, ScratchSqlite};
 use std::process::Command;
 
 fn baton() -> Command {
@@ -65,8 +66,7 @@ fn a_bad_prefix_is_refused_with_what_to_fix() {
 
 #[test]
 fn a_broken_workflow_file_is_refused_naming_the_entry() {
-    let dir = std::env::temp_dir().join(format!("baton-wf-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = ScratchDir::new("bin-wf");
     let file = dir.join("broken.toml");
     std::fs::write(&file, "[[steps]]\nname = \"risk\"\ntimeout_ms = 0\n").unwrap();
     let output = baton()
@@ -80,13 +80,11 @@ fn a_broken_workflow_file_is_refused_naming_the_entry() {
         stderr.contains("steps[0]") && stderr.contains("timeout_ms"),
         "{stderr}"
     );
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[test]
 fn workflow_check_reports_each_kind_of_condition_error_with_its_position() {
-    let dir = std::env::temp_dir().join(format!("baton-wf-when-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = ScratchDir::new("bin-wf-when");
     let check = |name: &str, when_fx: &str, when_edd: &str| {
         let file = dir.join(name);
         std::fs::write(
@@ -144,14 +142,6 @@ fn workflow_check_reports_each_kind_of_condition_error_with_its_position() {
         assert!(stderr.contains(expected), "{name}: {stderr}");
         assert!(stderr.contains(name), "{name} names the file: {stderr}");
     }
-    let _ = std::fs::remove_dir_all(dir);
-}
-
-/// A scratch directory of the test's own, removed at the end.
-fn scratch_dir(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("baton-bin-{name}-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::canonicalize(&dir).unwrap()
 }
 
 /// Runs `baton` with `args` in `dir`, without the developer's journal variable.
@@ -174,7 +164,7 @@ fn baton_in(dir: &std::path::Path, args: &[&str]) -> (Option<i32>, String, Strin
 /// absolute path they looked at.
 #[test]
 fn journal_tools_in_the_wrong_directory_create_nothing_and_name_the_file() {
-    let dir = scratch_dir("cwd");
+    let dir = ScratchDir::new("bin-cwd");
     let id = uuid::Uuid::new_v4().to_string();
     let expected = format!("no database at {}", dir.join("baton-journal.db").display());
     for args in [
@@ -194,14 +184,13 @@ fn journal_tools_in_the_wrong_directory_create_nothing_and_name_the_file() {
             "{args:?} created a file"
         );
     }
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 /// `baton run` with a journal in a directory that is not there: one error line saying
 /// so (it was the same sqlx message three times).
 #[test]
 fn a_journal_in_a_missing_directory_says_which_directory() {
-    let dir = scratch_dir("nodir");
+    let dir = ScratchDir::new("bin-nodir");
     let url = format!("sqlite://{}/state/journal.db", dir.display());
     let (code, _, stderr) = baton_in(&dir, &["run", "--http-addr", "off", "--journal-url", &url]);
     assert_eq!(code, Some(1), "{stderr}");
@@ -212,14 +201,13 @@ fn a_journal_in_a_missing_directory_says_which_directory() {
         "{stderr}"
     );
     assert_eq!(lines[0].matches("journal.db").count(), 1, "{stderr}");
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 /// A journal that is not a database, or a PostgreSQL port with nothing listening, used
 /// to be 30 silent seconds then "pool timed out". Both fail at once with the cause.
 #[test]
 fn a_journal_that_cannot_be_opened_fails_at_once_with_the_cause() {
-    let dir = scratch_dir("notdb");
+    let dir = ScratchDir::new("bin-notdb");
     std::fs::write(dir.join("notes.db"), "not SQLite\n".repeat(100)).unwrap();
     // A port nobody listens on: bind one, note it, close it.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -258,7 +246,6 @@ fn a_journal_that_cannot_be_opened_fails_at_once_with_the_cause() {
             assert!(!stderr.contains("hunter2") && !stderr.contains("timed out"));
         }
     }
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 /// Runs `baton` with `args` on the test broker, off the async runtime's threads.
@@ -303,14 +290,14 @@ async fn queue_exists(queue: &str) -> bool {
 /// orchestrator runs. `pay` checks the request first: nothing is published.
 #[tokio::test]
 async fn pay_refuses_an_invalid_request_file_at_once_and_publishes_nothing() {
-    let dir = scratch_dir("pay");
+    let dir = ScratchDir::new("bin-pay");
     let file = dir.join("request.json");
     std::fs::write(
         &file,
         r#"{"payment_id": "8c3f5a0e-1d2b-4c5d-9e6f-7a8b9c0d1e2f", "amount": "#,
     )
     .unwrap();
-    let prefix = format!("test-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    let prefix = scratch_name("test");
     let started = std::time::Instant::now();
     let (code, stdout, stderr) = baton_on_broker(vec![
         "pay".into(),
@@ -335,7 +322,6 @@ async fn pay_refuses_an_invalid_request_file_at_once_and_publishes_nothing() {
         !queue_exists(&format!("{prefix}.requests")).await,
         "pay declared and published"
     );
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 /// A payment an orchestrator has (waiting for a service that is down, or parked) when
@@ -346,9 +332,9 @@ async fn pay_tells_a_running_payment_from_a_missing_orchestrator() {
     use baton::workflow::Workflow;
     use baton_amqp as amqp;
     use baton_contract::Names;
-    let prefix = format!("test-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    let prefix = scratch_name("test");
     let names = Names::new(prefix.clone());
-    let journal = std::env::temp_dir().join(format!("baton-pay-{prefix}-journal.db"));
+    let journal = ScratchSqlite::new("pay-journal");
     let pay = |id: uuid::Uuid| {
         baton_on_broker(vec![
             "pay".into(),
@@ -374,11 +360,7 @@ async fn pay_tells_a_running_payment_from_a_missing_orchestrator() {
 
     // An orchestrator and no services: it takes the payments (the waiting one too), and
     // their commands wait for a service.
-    let mut settings = baton::config::Settings::new(
-        crate::app::amqp_url(),
-        &prefix,
-        format!("sqlite://{}", journal.display()),
-    );
+    let mut settings = baton::config::Settings::new(crate::app::amqp_url(), &prefix, journal.url());
     settings.card_keys = Some(baton_contract::CardKeys::generate("pay-test"));
     // Its payments never finish: no point waiting for them at shutdown.
     settings.shutdown_timeout = std::time::Duration::ZERO;
@@ -404,9 +386,6 @@ async fn pay_tells_a_running_payment_from_a_missing_orchestrator() {
         .await
         .unwrap();
     let _ = connection.close(200, "done".into()).await;
-    for suffix in ["", "-wal", "-shm"] {
-        let _ = std::fs::remove_file(format!("{}{suffix}", journal.display()));
-    }
 }
 
 /// A second `baton run` on one machine used to fail on the fixed HTTP port. Without
@@ -418,8 +397,8 @@ async fn a_second_baton_run_takes_a_free_http_port_unless_one_is_given() {
     // The default port, taken: by this test, or already by another process.
     let default = baton::config::DEFAULT_HTTP_ADDR;
     let _held = std::net::TcpListener::bind(default).ok();
-    let prefix = format!("test-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
-    let dir = scratch_dir("port");
+    let prefix = scratch_name("test");
+    let dir = ScratchDir::new("bin-port");
     let journal = format!("sqlite://{}/journal.db", dir.display());
     baton_contract::CardKeys::load_or_create(&dir.join("card.key")).unwrap();
 
@@ -532,7 +511,6 @@ async fn a_second_baton_run_takes_a_free_http_port_unless_one_is_given() {
     .await
     .unwrap();
     let _ = connection.close(200, "done".into()).await;
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 /// A child process killed (and reaped) when the test ends, passed or not.
@@ -551,7 +529,7 @@ impl Drop for KillOnDrop {
 /// come after the reader is gone.
 #[test]
 fn a_reader_going_away_ends_the_output_quietly() {
-    let dir = scratch_dir("pipe");
+    let dir = ScratchDir::new("bin-pipe");
     let file = dir.join("long.toml");
     let steps: String = (0..2000)
         .map(|i| format!("[[steps]]\nname = \"step-{i}\"\ntimeout_ms = 5\n"))
@@ -570,7 +548,6 @@ fn a_reader_going_away_ends_the_output_quietly() {
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert!(stderr.is_empty(), "{stderr}");
     assert_eq!(output.status.code(), Some(141));
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 /// `status` and `workflow check` do not talk to RabbitMQ: their `--help` does not list
@@ -658,7 +635,7 @@ fn a_misspelt_subcommand_or_flag_suggests_the_right_one() {
 /// login was refused, and nothing from lapin.
 #[test]
 fn a_refused_login_is_one_line_saying_so() {
-    let dir = scratch_dir("login");
+    let dir = ScratchDir::new("bin-login");
     let url = crate::app::amqp_url().replacen("guest:guest@", "guest:wrong-password@", 1);
     assert!(
         url.contains("wrong-password"),
@@ -701,7 +678,6 @@ fn a_refused_login_is_one_line_saying_so() {
         assert!(!stderr.contains("rabbitmq-server"), "{args:?}: {stderr}");
         assert!(!stderr.contains("wrong-password"), "{args:?}: {stderr}");
     }
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 /// Ctrl-C during `baton demo` used to leave its queues and files behind. It stops the
@@ -709,13 +685,13 @@ fn a_refused_login_is_one_line_saying_so() {
 #[test]
 fn an_interrupted_demo_cleans_up_its_queues_and_files() {
     use std::io::BufRead as _;
-    let tmp = scratch_dir("demo");
+    let tmp = ScratchDir::new("bin-demo");
     let mut child = KillOnDrop(
         baton()
             .args(["--amqp-url", &crate::app::amqp_url()])
             .args(["demo", "--payments", "50"])
             // Its journal and ledger files go to the temporary directory: this one.
-            .env("TMPDIR", &tmp)
+            .env("TMPDIR", tmp.path())
             .env_remove("BATON_LEDGER_URL")
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
@@ -757,5 +733,4 @@ fn an_interrupted_demo_cleans_up_its_queues_and_files() {
     }
     let left: Vec<_> = std::fs::read_dir(&tmp).unwrap().collect();
     assert!(left.is_empty(), "files left: {left:?}");
-    let _ = std::fs::remove_dir_all(tmp);
 }

@@ -42,10 +42,7 @@ async fn baton_load_reports_every_payment_exactly_once() {
 #[tokio::test(flavor = "multi_thread")]
 async fn baton_load_exits_1_when_payments_go_unanswered() {
     // No orchestrator answers on this prefix: every payment is missing.
-    let prefix = format!(
-        "test-noone-{}",
-        &uuid::Uuid::new_v4().simple().to_string()[..8]
-    );
+    let prefix = baton_testkit::scratch_name("test-noone");
     let for_cleanup = prefix.clone();
     let output = tokio::task::spawn_blocking(move || {
         Command::new(env!("CARGO_BIN_EXE_baton"))

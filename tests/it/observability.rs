@@ -10,6 +10,7 @@ use baton::testcards::{mixed_batch, TestCard};
 use baton_amqp as amqp;
 use baton_contract::{PaymentResult, Status};
 use baton_services::ServiceKind;
+use baton_testkit::{scratch_hex, ScratchDir};
 use futures_lite::StreamExt;
 use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
@@ -628,13 +629,12 @@ async fn readyz_turns_503_with_a_reason_while_the_broker_is_unreachable_and_back
 struct PrometheusServer {
     child: Child,
     addr: SocketAddr,
-    dir: PathBuf,
+    dir: ScratchDir,
 }
 
 impl PrometheusServer {
     fn start(target: SocketAddr) -> Self {
-        let dir = std::env::temp_dir().join(format!("baton-prometheus-{}", Uuid::new_v4()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = ScratchDir::new("prometheus");
         let config = dir.join("prometheus.yml");
         std::fs::write(
             &config,
@@ -702,7 +702,6 @@ impl Drop for PrometheusServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -894,8 +893,7 @@ fn sibling_binary(name: &str) -> PathBuf {
 #[tokio::test]
 async fn one_traceparent_is_in_the_logs_of_the_orchestrator_and_all_four_services() {
     let mut app = spawn_services(Store::Sqlite, &[]).await;
-    let dir = std::env::temp_dir().join(format!("baton-trace-{}", Uuid::new_v4()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = ScratchDir::new("trace");
     let prefix = app.names.prefix().to_owned();
 
     // One card key file for risk and `baton run`, as in production.
@@ -928,8 +926,9 @@ async fn one_traceparent_is_in_the_logs_of_the_orchestrator_and_all_four_service
     let channel = connection.create_channel().await.unwrap();
     let mut results = bound_consumer(&channel, &app, "result.*").await;
 
-    let trace_id = Uuid::new_v4().simple().to_string();
-    let span_id = &Uuid::new_v4().simple().to_string()[..16];
+    // Hexadecimal, as a traceparent's ids are, and never masked in a log.
+    let trace_id = scratch_hex(32);
+    let span_id = scratch_hex(16);
     let traceparent = format!("00-{trace_id}-{span_id}-01");
     let payment_id = Uuid::new_v4();
     let correlation = payment_id.to_string();
@@ -991,7 +990,6 @@ async fn one_traceparent_is_in_the_logs_of_the_orchestrator_and_all_four_service
     drop(processes);
     let _ = connection.close(200, "done".into()).await;
     app.cleanup().await;
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// A server-named exclusive queue bound to the payments exchange with `key`, consumed

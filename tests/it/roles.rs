@@ -13,7 +13,6 @@ use lapin::options::{BasicConsumeOptions, BasicGetOptions};
 use lapin::types::FieldTable;
 use lapin::Connection;
 use std::process::Command;
-use uuid::Uuid;
 
 const AMQP_ADDRESS: &str = "127.0.0.1:5672";
 
@@ -23,7 +22,7 @@ fn admin() -> AdminApi {
 }
 
 fn scratch_prefix() -> String {
-    format!("roles-{}", &Uuid::new_v4().simple().to_string()[..12])
+    baton_testkit::scratch_name("roles")
 }
 
 /// The users of a scratch prefix, deleted (with the prefix's queues) when dropped, even

@@ -28,7 +28,7 @@ fn chromium() -> PathBuf {
 /// `--timeout` and a kill after a minute.
 async fn browse(url: String, args: Vec<String>) -> String {
     tokio::task::spawn_blocking(move || {
-        let profile = std::env::temp_dir().join(format!("baton-chromium-{}", Uuid::new_v4()));
+        let profile = baton_testkit::ScratchDir::new("chromium");
         let mut child = Command::new(chromium())
             .args([
                 "--headless",
@@ -40,7 +40,7 @@ async fn browse(url: String, args: Vec<String>) -> String {
                 "--timeout=20000",
                 "--window-size=1400,1100",
             ])
-            .arg(format!("--user-data-dir={}", profile.display()))
+            .arg(format!("--user-data-dir={}", profile.path().display()))
             .args(&args)
             .arg(&url)
             .stdout(std::process::Stdio::piped())
@@ -64,7 +64,7 @@ async fn browse(url: String, args: Vec<String>) -> String {
             std::thread::sleep(Duration::from_millis(50));
         };
         let out = reader.join().unwrap().unwrap();
-        let _ = std::fs::remove_dir_all(&profile);
+        drop(profile);
         assert!(status.success(), "chromium exited with {status} on {url}");
         out
     })

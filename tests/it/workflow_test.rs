@@ -31,7 +31,7 @@ struct CaseFile {
 
 impl CaseFile {
     fn new(body: &str) -> Self {
-        let path = std::env::temp_dir().join(format!("baton-cases-{}.toml", uuid::Uuid::new_v4()));
+        let path = baton_testkit::scratch_path("cases", ".toml");
         std::fs::write(&path, body).unwrap();
         Self { path }
     }

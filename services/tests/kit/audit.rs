@@ -270,9 +270,7 @@ async fn a_stale_hold_alone_fails_the_audit() {
 
 #[test]
 fn a_ledger_that_cannot_be_opened_exits_2() {
-    let missing = std::env::temp_dir()
-        .join(format!("no-such-dir-{}", Uuid::new_v4()))
-        .join("ledger.db");
+    let missing = baton_testkit::scratch_path("no-such-dir", "").join("ledger.db");
     let output = audit(&["--ledger-url", &format!("sqlite://{}", missing.display())]);
     assert_eq!(output.status.code(), Some(2), "{output:?}");
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -286,8 +284,7 @@ fn a_ledger_that_cannot_be_opened_exits_2() {
 /// path it looked at.
 #[test]
 fn audit_of_a_missing_ledger_creates_none_and_names_the_file() {
-    let dir = std::env::temp_dir().join(format!("baton-audit-cwd-{}", Uuid::new_v4()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = baton_testkit::ScratchDir::new("audit-cwd");
     let output = Command::new(env!("CARGO_BIN_EXE_baton-transaction"))
         .args(["audit", "--ledger-url", "sqlite://ledger.db"])
         .env_remove("BATON_LEDGER_URL")
@@ -296,7 +293,7 @@ fn audit_of_a_missing_ledger_creates_none_and_names_the_file() {
         .expect("run baton-transaction");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(2), "{stderr}");
-    let expected = std::fs::canonicalize(&dir).unwrap().join("ledger.db");
+    let expected = dir.join("ledger.db");
     assert!(
         stderr.contains(&format!("no database at {}", expected.display())),
         "{stderr}"
@@ -307,14 +304,13 @@ fn audit_of_a_missing_ledger_creates_none_and_names_the_file() {
         0,
         "the audit created a file"
     );
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 /// Another application's SQLite file (or an empty one) is not an empty ledger.
 #[tokio::test]
 async fn audit_of_a_database_without_ledger_tables_fails() {
-    let path = std::env::temp_dir().join(format!("baton-audit-foreign-{}.db", Uuid::new_v4()));
-    let url = format!("sqlite://{}", path.display());
+    let file = baton_testkit::ScratchSqlite::new("audit-foreign");
+    let (path, url) = (file.path(), file.url());
     let mut db = sqlx::SqliteConnection::connect(&format!("{url}?mode=rwc"))
         .await
         .unwrap();
@@ -330,7 +326,4 @@ async fn audit_of_a_database_without_ledger_tables_fails() {
         stderr.contains("holds no Baton ledger") && stderr.contains(&path.display().to_string()),
         "{stderr}"
     );
-    for suffix in ["", "-wal", "-shm"] {
-        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
-    }
 }

@@ -6,11 +6,11 @@ use baton_contract::{
     Action, CardKeys, CardNumber, CardView, Command, Currency, Money, Names, PaymentView, Reply,
 };
 use baton_services::{ServiceConfig, ServiceKind};
+use baton_testkit::{scratch_name, ScratchSqlite};
 use futures_lite::StreamExt;
 use lapin::options::{BasicConsumeOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection, Consumer};
-use std::path::PathBuf;
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -31,21 +31,19 @@ pub fn amqp_url() -> String {
 /// A test's own prefix and SQLite ledger; the ledger files go on drop.
 pub struct Scratch {
     pub names: Names,
-    pub ledger_path: PathBuf,
+    pub ledger: ScratchSqlite,
 }
 
 impl Scratch {
     pub fn new() -> Self {
-        let prefix = format!("test-{}", Uuid::new_v4().simple());
-        let ledger_path = std::env::temp_dir().join(format!("baton-kit-{}.db", Uuid::new_v4()));
         Self {
-            names: Names::new(prefix.as_str()),
-            ledger_path,
+            names: Names::new(scratch_name("test")),
+            ledger: ScratchSqlite::new("kit"),
         }
     }
 
     pub fn ledger_url(&self) -> String {
-        format!("sqlite://{}", self.ledger_path.display())
+        self.ledger.url()
     }
 
     pub fn config(&self) -> ServiceConfig {
@@ -61,14 +59,6 @@ impl Scratch {
 
     pub fn queue(&self, kind: ServiceKind) -> String {
         self.names.command_queue(kind.name())
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        for suffix in ["", "-wal", "-shm"] {
-            let _ = std::fs::remove_file(format!("{}{suffix}", self.ledger_path.display()));
-        }
     }
 }
 

@@ -307,24 +307,16 @@ mod tests {
     struct Store {
         pool: AnyPool,
         claims: Claims,
-        path: std::path::PathBuf,
-    }
-
-    impl Drop for Store {
-        fn drop(&mut self) {
-            for suffix in ["", "-wal", "-shm"] {
-                let _ = std::fs::remove_file(format!("{}{suffix}", self.path.display()));
-            }
-        }
+        file: baton_testkit::ScratchSqlite,
     }
 
     /// A store with group commit on or off (the tests run both ways).
     async fn store(group_commit: bool) -> Store {
         sqlx::any::install_default_drivers();
-        let path = std::env::temp_dir().join(format!("baton-idem-{}.db", uuid::Uuid::new_v4()));
+        let file = baton_testkit::ScratchSqlite::new("idem");
         let pool = sqlx::any::AnyPoolOptions::new()
             .max_connections(1)
-            .connect(&format!("sqlite://{}?mode=rwc", path.display()))
+            .connect(&format!("{}?mode=rwc", file.url()))
             .await
             .unwrap();
         sqlx::query(TABLE).execute(&pool).await.unwrap();
@@ -333,7 +325,7 @@ mod tests {
             .await
             .unwrap();
         let claims = Claims::new(pool.clone(), group_commit);
-        Store { pool, claims, path }
+        Store { pool, claims, file }
     }
 
     async fn effects(pool: &AnyPool) -> i64 {
@@ -451,7 +443,7 @@ mod tests {
     async fn outside(store: &Store) -> AnyPool {
         sqlx::any::AnyPoolOptions::new()
             .max_connections(1)
-            .connect(&format!("sqlite://{}", store.path.display()))
+            .connect(&store.file.url())
             .await
             .unwrap()
     }

@@ -12,6 +12,7 @@ use super::*;
 use crate::reply::Decline;
 use baton_contract::Reply;
 use baton_contract::{Currency, Money, ReplyOutcome};
+use baton_testkit::{ScratchDatabase, ScratchSqlite};
 use sqlx::Connection as _;
 use sqlx::Row;
 use uuid::Uuid;
@@ -19,28 +20,16 @@ use uuid::Uuid;
 /// A ledger on a fresh SQLite file; the file is removed on drop.
 pub(crate) struct SqliteLedger {
     pub(crate) ledger: Ledger,
-    path: std::path::PathBuf,
-}
-
-impl Drop for SqliteLedger {
-    fn drop(&mut self) {
-        for suffix in ["", "-wal", "-shm"] {
-            let mut path = self.path.clone().into_os_string();
-            path.push(suffix);
-            let _ = std::fs::remove_file(path);
-        }
-    }
+    pub(crate) file: ScratchSqlite,
 }
 
 pub(crate) async fn sqlite_ledger() -> SqliteLedger {
-    let path = std::env::temp_dir().join(format!("baton-ledger-{}.db", Uuid::new_v4()));
-    let ledger = Ledger::open(&format!("sqlite://{}", path.display()))
+    let file = ScratchSqlite::new("ledger");
+    let ledger = Ledger::open(&file.url())
         .await
         .expect("open a SQLite ledger");
-    SqliteLedger { ledger, path }
+    SqliteLedger { ledger, file }
 }
-
-const POSTGRES_ADMIN: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
 /// Runs `body` against a ledger in a new, uniquely named PostgreSQL database, then
 /// drops the database.
@@ -66,22 +55,9 @@ where
     F: FnOnce(String) -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
-    install_drivers();
-    let database = format!("baton_test_{}", Uuid::new_v4().simple());
-    let mut admin = sqlx::AnyConnection::connect(POSTGRES_ADMIN)
-        .await
-        .expect("PostgreSQL must run at 127.0.0.1:5432 (user postgres, trust auth)");
-    sqlx::query(&format!("CREATE DATABASE {database}"))
-        .execute(&mut admin)
-        .await
-        .expect("create the test database");
-    body(format!("postgres://postgres@127.0.0.1:5432/{database}")).await;
-    // FORCE: a pool connection may still be closing on the server side.
-    sqlx::query(&format!("DROP DATABASE {database} WITH (FORCE)"))
-        .execute(&mut admin)
-        .await
-        .expect("drop the test database");
-    admin.close().await.ok();
+    let database = ScratchDatabase::create("test").await;
+    body(database.url()).await;
+    database.drop_now().await;
 }
 
 fn money(minor: u64, code: &str) -> Money {

@@ -398,9 +398,7 @@ async fn sqlite_ledger_is_idempotent_and_balanced() {
     every_scenario(db.ledger.clone()).await;
     // Opening again (a second process, a restart) keeps the data: tables are created
     // only if missing.
-    let again = Ledger::open(&format!("sqlite://{}", db.path.display()))
-        .await
-        .unwrap();
+    let again = Ledger::open(&db.file.url()).await.unwrap();
     assert_eq!(again.audit().await.unwrap().transfers, 2);
     again.close().await;
     db.ledger.close().await;

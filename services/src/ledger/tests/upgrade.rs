@@ -99,11 +99,8 @@ async fn an_old_ledger_is_upgraded_on_open(url: String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sqlite_old_ledger_is_upgraded_on_open() {
-    let path = std::env::temp_dir().join(format!("baton-ledger-{}.db", Uuid::new_v4()));
-    an_old_ledger_is_upgraded_on_open(format!("sqlite://{}", path.display())).await;
-    for suffix in ["", "-wal", "-shm"] {
-        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
-    }
+    let file = baton_testkit::ScratchSqlite::new("ledger");
+    an_old_ledger_is_upgraded_on_open(file.url()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -1,0 +1,24 @@
+//! What Baton's test suites share, so each is written once: the integration tests
+//! (`tests/it/`), the chaos and sweeper tests (`tests/chaos/`, `tests/sweeper/`), the
+//! services' and the worker kit's tests (`services/tests/`), and the unit tests that need
+//! a database of their own.
+//!
+//! - [`scratch`]: a test's own names: a prefix, directory, SQLite file, in which no digit
+//!   run can ever be masked as a card number;
+//! - [`postgres`]: a PostgreSQL database of its own on the local server.
+//!
+//! What it is not: a way to start Baton. It depends on neither `baton` nor
+//! `baton-services`, so every crate's tests can use it; starting an orchestrator or a
+//! cluster of processes stays in the suite that does it (`tests/it/app.rs`,
+//! `tests/chaos/harness.rs`), built on this kit. A dev-dependency only, never published.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod postgres;
+pub mod scratch;
+
+pub use postgres::{postgres_url, ScratchDatabase, POSTGRES_ADMIN_URL};
+pub use scratch::{
+    remove_sqlite, scratch_hex, scratch_id, scratch_name, scratch_path, sqlite_url, ScratchDir,
+    ScratchSqlite,
+};
