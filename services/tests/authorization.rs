@@ -9,7 +9,7 @@ use baton_contract::{
     Action, CardNumber, CardView, Command, Currency, Money, Names, PaymentView, Reply, ReplyOutcome,
 };
 use baton_services::{start, Ledger, ServiceConfig, ServiceKind};
-use baton_testkit::{scratch_name, ScratchSqlite};
+use baton_testkit::{amqp_url, scratch_name, ScratchSqlite};
 use futures_lite::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{
@@ -21,10 +21,6 @@ use std::time::Duration;
 use uuid::Uuid;
 
 const DEADLINE: Duration = Duration::from_secs(15);
-
-fn amqp_url() -> String {
-    std::env::var("AMQP_URL").unwrap_or_else(|_| amqp::DEFAULT_AMQP_URL.to_owned())
-}
 
 fn command(payment_id: Uuid) -> Command {
     Command {

@@ -5,7 +5,10 @@
 //!
 //! - [`scratch`]: a test's own names: a prefix, directory, SQLite file, in which no digit
 //!   run can ever be masked as a card number;
-//! - [`postgres`]: a PostgreSQL database of its own on the local server.
+//! - [`postgres`]: a PostgreSQL database of its own on the local server;
+//! - [`broker`]: the local RabbitMQ's addresses, a queue's depth, a prefix's clean-up;
+//! - [`http`]: free ports and one `GET` for the HTTP ports of Baton's processes;
+//! - [`wait`]: bounded polling for states that raise no event.
 //!
 //! What it is not: a way to start Baton. It depends on neither `baton` nor
 //! `baton-services`, so every crate's tests can use it; starting an orchestrator or a
@@ -14,11 +17,20 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod broker;
+pub mod http;
 pub mod postgres;
 pub mod scratch;
+pub mod wait;
 
+pub use broker::{
+    admin_url, amqp_url, delete_prefix, depth, depth_at_least, queue_exists, ADMIN_URL,
+    AMQP_ADDRESS, AMQP_URL,
+};
+pub use http::{free_addr, free_port, http_get, http_get_ok, localhost};
 pub use postgres::{postgres_url, ScratchDatabase, POSTGRES_ADMIN_URL};
 pub use scratch::{
     remove_sqlite, scratch_hex, scratch_id, scratch_name, scratch_path, sqlite_url, ScratchDir,
     ScratchSqlite,
 };
+pub use wait::{eventually, poll, POLL_EVERY};

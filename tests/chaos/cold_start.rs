@@ -11,10 +11,10 @@ use baton::broker::Role;
 use baton::testcards::TestCard;
 use baton_amqp as amqp;
 use baton_contract::{Status, StepOutcome};
-use lapin::options::{QueueDeclareOptions, QueueDeleteOptions};
-use lapin::types::FieldTable;
+use lapin::options::QueueDeleteOptions;
 
-use crate::harness::{service_users, Cluster, JournalStore, AMQP_URL, BROKER};
+use crate::harness::{service_users, Cluster, JournalStore, BROKER};
+use baton_testkit::{depth, AMQP_URL};
 
 /// The sanctions stand-in of deploy/kubernetes: the pci service on `cmd.pci-sanctions`.
 const SERVICE: &str = "pci-sanctions";
@@ -52,22 +52,6 @@ fn binary(name: &str) -> PathBuf {
         path.display()
     );
     path
-}
-
-/// Messages in `queue`, read with a passive declare.
-async fn depth(channel: &lapin::Channel, queue: &str) -> u32 {
-    channel
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .expect("the orchestrator declared the queue")
-        .message_count()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -136,7 +120,7 @@ async fn a_cold_start_of_a_scaled_to_zero_step_makes_the_payment_slower_not_fail
                 "AMQP_URL",
                 cluster
                     .roles
-                    .amqp_url(Role::Pci, "127.0.0.1:5672")
+                    .amqp_url(Role::Pci, &cluster.broker.amqp)
                     .expect("a password"),
             )
             .env("BATON_PREFIX", &prefix)

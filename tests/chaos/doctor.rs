@@ -4,7 +4,7 @@
 //! the operator sees: the ledger mismatch, a step without a consumer, two orchestrators
 //! with different workflows, a refused login.
 
-use crate::harness::{Cluster, JournalStore, AMQP_URL, BROKER};
+use crate::harness::{Cluster, JournalStore, BROKER};
 use baton::broker::Role;
 use baton::testcards::TestCard;
 use baton::workflow::Workflow;
@@ -12,7 +12,7 @@ use baton_amqp as amqp;
 use baton_contract::Status;
 use baton_services::ledger::Ledger;
 use baton_services::{ServiceConfig, ServiceKind};
-use baton_testkit::{scratch_name, ScratchDir};
+use baton_testkit::{scratch_name, ScratchDir, AMQP_URL};
 use std::process::Command;
 use std::time::Duration;
 
@@ -109,7 +109,7 @@ async fn two_ledgers_fail_payments_unavailable_never_declined_and_doctor_names_b
         ServiceConfig {
             amqp_url: cluster
                 .roles
-                .amqp_url(Role::Transaction, "127.0.0.1:5672")
+                .amqp_url(Role::Transaction, &cluster.broker.amqp)
                 .unwrap(),
             orchestrator_users: vec![Role::Orchestrator.user(&prefix)],
             require_verified_senders: true,

@@ -1,14 +1,17 @@
 //! A cluster on a fresh prefix: in-process services, orchestrator processes, a client,
 //! and the checks every test ends with.
 
-use baton::broker::{self, AdminApi, Credentials, Passwords, Role, DEFAULT_ADMIN_URL};
+use baton::broker::{self, AdminApi, Credentials, Passwords, Role};
 use baton::client::Client;
 use baton::testcards::{mixed_batch, TestCard};
 use baton_amqp as amqp;
 use baton_contract::{Names, PaymentResult, Status};
 use baton_services::ledger::Ledger;
 use baton_services::{RunningService, ServiceConfig, ServiceKind};
-use baton_testkit::{scratch_name, sqlite_url, ScratchDatabase, ScratchDir};
+use baton_testkit::{
+    admin_url, delete_prefix, depth, depth_at_least, scratch_name, sqlite_url, ScratchDatabase,
+    ScratchDir, AMQP_ADDRESS,
+};
 use futures_lite::StreamExt;
 use lapin::options::BasicConsumeOptions;
 use lapin::types::FieldTable;
@@ -27,9 +30,6 @@ use uuid::Uuid;
 pub static BROKER: LazyLock<tokio::sync::RwLock<()>> =
     LazyLock::new(|| tokio::sync::RwLock::new(()));
 
-/// The shared broker's administrator URL (`BrokerAddr::shared().admin_amqp_url()`).
-pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
-
 /// Where a cluster's broker is.
 #[derive(Clone, Debug)]
 pub struct BrokerAddr {
@@ -43,8 +43,8 @@ impl BrokerAddr {
     /// The broker every test shares, on 5672 (management 15672).
     pub fn shared() -> Self {
         Self {
-            amqp: "127.0.0.1:5672".into(),
-            admin_url: DEFAULT_ADMIN_URL.into(),
+            amqp: AMQP_ADDRESS.into(),
+            admin_url: admin_url(),
         }
     }
 
@@ -487,23 +487,9 @@ impl Cluster {
             let _ = service.shutdown().await;
         }
         // A fresh connection: the client's may have died with the broker in the test.
-        let connection = amqp::connect(
-            &self.broker.admin_amqp_url(),
-            "chaos cleanup",
-            &amqp::TlsOptions::default(),
-        )
-        .await
-        .expect("RabbitMQ for cleanup");
-        let channel = connection.create_channel().await.expect("a channel");
         let services: Vec<&str> = ServiceKind::ALL.iter().map(|k| k.name()).collect();
-        let _ = amqp::delete_topology_with_parking(
-            &channel,
-            &self.names,
-            &services,
-            &self.parking_delays_ms,
-        )
-        .await;
-        let _ = connection.close(200, "cleaned up".into()).await;
+        let url = self.broker.admin_amqp_url();
+        let _ = delete_prefix(&url, &self.names, &services, &self.parking_delays_ms).await;
         self.client.close().await;
         let _ = broker::teardown(&self.broker.admin_api(), self.names.prefix()).await;
         self.ledger.close().await;
@@ -525,20 +511,7 @@ pub fn service_users(prefix: &str) -> String {
 impl Cluster {
     /// Messages ready in `queue` now (a passive declare).
     pub async fn depth(&self, queue: &str) -> u32 {
-        self.client
-            .publisher()
-            .channel()
-            .queue_declare(
-                queue.into(),
-                lapin::options::QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .expect("the queue exists")
-            .message_count()
+        depth(self.client.publisher().channel(), queue).await
     }
 
     /// The payment got exactly one result, `failed`/`abandoned`; its hold is voided and the
@@ -561,13 +534,10 @@ impl Cluster {
     /// Waits until `queue` holds at least one message, up to `within` (the broker has no
     /// event for a queue's length: polled, bounded).
     pub async fn wait_for_a_message_in(&self, queue: &str, within: Duration) {
-        let deadline = tokio::time::Instant::now() + within;
-        while self.depth(queue).await == 0 {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "no message in {queue} within {within:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let publisher = self.client.publisher();
+        assert!(
+            depth_at_least(publisher.channel(), queue, 1, within).await > 0,
+            "no message in {queue} within {within:?}"
+        );
     }
 }

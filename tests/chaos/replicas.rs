@@ -49,21 +49,7 @@ async fn requests_wait_in_the_queue_while_no_orchestrator_runs() {
     let _broker = BROKER.read().await;
     let mut cluster = Cluster::new(JournalStore::Sqlite).await;
     let ids = cluster.publish_mixed(1000).await;
-    let waiting = cluster
-        .client
-        .publisher()
-        .channel()
-        .queue_declare(
-            cluster.names.requests_queue().as_str().into(),
-            lapin::options::QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            lapin::types::FieldTable::default(),
-        )
-        .await
-        .unwrap()
-        .message_count();
+    let waiting = cluster.depth(&cluster.names.requests_queue()).await;
     assert_eq!(waiting, 1000, "all requests wait, none lost");
     let _orchestrator = cluster.orchestrator(None, 30);
     cluster.collect(&ids, Duration::from_secs(300)).await;

@@ -1,7 +1,7 @@
 //! `spawn_app()`: four reference services and an orchestrator in this process, on a fresh
 //! prefix against the real broker, plus a client to talk to them.
 
-use baton::broker::{self, AdminApi, Credentials, Passwords, Role, DEFAULT_ADMIN_URL};
+use baton::broker::{self, AdminApi, Credentials, Passwords, Role};
 use baton::client::{Client, Received};
 use baton::config::Settings;
 use baton::runtime::{self, Running};
@@ -11,23 +11,18 @@ use baton_amqp as amqp;
 use baton_contract::{Names, PaymentResult};
 use baton_services::ledger::Ledger;
 use baton_services::{RunningService, ServiceConfig, ServiceKind};
-use baton_testkit::{scratch_name, ScratchDatabase, ScratchSqlite};
-use lapin::options::{BasicAckOptions, BasicGetOptions, QueueDeclareOptions};
-use lapin::types::FieldTable;
+use baton_testkit::{
+    admin_url, amqp_url, depth_at_least, scratch_name, ScratchDatabase, ScratchSqlite, AMQP_ADDRESS,
+};
+use lapin::options::{BasicAckOptions, BasicGetOptions};
 use lapin::BasicProperties;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 use uuid::Uuid;
 
-pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
-
 /// How long a test waits for a result before calling it missing.
 pub const RESULT_WAIT: Duration = Duration::from_secs(60);
-
-pub fn amqp_url() -> String {
-    std::env::var("AMQP_URL").unwrap_or_else(|_| AMQP_URL.to_owned())
-}
 
 fn init_logs() {
     if std::env::var_os("TEST_LOG").is_some() {
@@ -103,13 +98,10 @@ pub async fn spawn_verified_services(kinds: &[ServiceKind]) -> TestApp {
     spawn(Store::Sqlite, kinds, true).await
 }
 
-/// The management API of the test broker (administrator guest).
+/// The management API of the test broker (administrator guest, or `BATON_ADMIN_URL`).
 pub fn admin_api() -> AdminApi {
-    AdminApi::from_url(DEFAULT_ADMIN_URL).expect("a valid admin URL")
+    AdminApi::from_url(&admin_url()).expect("a valid admin URL")
 }
-
-/// The AMQP host:port of the test broker.
-pub const AMQP_ADDRESS: &str = "127.0.0.1:5672";
 
 async fn spawn(store: Store, kinds: &[ServiceKind], verified: bool) -> TestApp {
     init_logs();
@@ -330,29 +322,16 @@ impl TestApp {
         (received.result.expect("a well-formed result"), text)
     }
 
-    /// Messages ready in `queue` (waits up to 10 s for at least `at_least`).
+    /// Messages ready in `queue` (waits up to 10 s for at least `at_least`; 0: now).
     pub async fn queue_depth(&self, queue: &str, at_least: u32) -> u32 {
-        let channel = self.client.publisher().channel().clone();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            let declared = channel
-                .queue_declare(
-                    queue.into(),
-                    QueueDeclareOptions {
-                        passive: true,
-                        ..QueueDeclareOptions::default()
-                    },
-                    FieldTable::default(),
-                )
-                .await
-                .expect("queue exists");
-            let count = declared.message_count();
-            if count >= at_least || tokio::time::Instant::now() > deadline {
-                return count;
-            }
-            // The broker offers no event for "queue length changed": poll, bounded.
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let publisher = self.client.publisher();
+        depth_at_least(
+            publisher.channel(),
+            queue,
+            at_least,
+            Duration::from_secs(10),
+        )
+        .await
     }
 
     /// Takes every message ready in `queue` (acking them): (properties, body) each.
@@ -421,60 +400,6 @@ impl TestApp {
     }
 }
 
-/// `GET path` on an HTTP port: (status, body). HTTP/1.0, so the server closes the
-/// connection after the answer (a chunked body is decoded all the same). Errors when
-/// nothing answers within 10 s.
-pub async fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
-    use std::io::{Error, ErrorKind};
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let exchange = async {
-        let mut stream = tokio::net::TcpStream::connect(addr).await?;
-        let request = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-        stream.write_all(request.as_bytes()).await?;
-        let mut raw = Vec::new();
-        stream.read_to_end(&mut raw).await?;
-        Ok::<_, Error>(raw)
-    };
-    let raw = tokio::time::timeout(Duration::from_secs(10), exchange)
-        .await
-        .map_err(|_| Error::new(ErrorKind::TimedOut, format!("GET {path} on {addr}")))??;
-    let text = String::from_utf8_lossy(&raw);
-    let bad = || {
-        Error::new(
-            ErrorKind::InvalidData,
-            format!("not an HTTP response: {text}"),
-        )
-    };
-    let (head, body) = text.split_once("\r\n\r\n").ok_or_else(bad)?;
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(bad)?;
-    let chunked = head
-        .lines()
-        .any(|l| l.to_ascii_lowercase().replace(' ', "") == "transfer-encoding:chunked");
-    let body = if chunked {
-        dechunk(body).ok_or_else(bad)?
-    } else {
-        body.to_owned()
-    };
-    Ok((status, body))
-}
-
-fn dechunk(mut body: &str) -> Option<String> {
-    let mut out = String::new();
-    loop {
-        let (size, rest) = body.split_once("\r\n")?;
-        let size = usize::from_str_radix(size.split(';').next()?.trim(), 16).ok()?;
-        if size == 0 {
-            return Some(out);
-        }
-        out.push_str(rest.get(..size)?);
-        body = rest.get(size + 2..)?;
-    }
-}
-
 /// The value of a metric in `registry`: the sum over the series whose labels include
 /// every `(name, value)` of `labels` (0 when there is none). Read from the text
 /// exposition, as Prometheus would scrape it.
@@ -497,22 +422,6 @@ pub fn metric_value(registry: &prometheus::Registry, name: &str, labels: &[(&str
             matches.then(|| value.parse::<f64>().ok()).flatten()
         })
         .sum()
-}
-
-/// Waits until `condition` holds, checking every 20 ms, for at most `within`; returns
-/// whether it held. For states that announce themselves by no event (a metric, a queue
-/// depth): never a fixed sleep in place of an event.
-pub async fn eventually(within: Duration, mut condition: impl FnMut() -> bool) -> bool {
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        if condition() {
-            return true;
-        }
-        if tokio::time::Instant::now() > deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// The broker role a reference service runs as.

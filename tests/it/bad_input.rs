@@ -463,7 +463,7 @@ async fn every_kind_of_bad_input_is_rejected_with_its_field_dead_lettered_and_th
             // No result can be addressed without a payment id. The dead letter is
             // published before a result would be: wait until the request is done
             // (nothing in flight), then count every result ever published.
-            let done = crate::app::eventually(std::time::Duration::from_secs(10), || {
+            let done = baton_testkit::eventually(std::time::Duration::from_secs(10), || {
                 app.orchestrator().metrics().inflight.get() == 0
             })
             .await;
@@ -546,7 +546,7 @@ async fn an_oversized_request_is_dead_lettered_truncated_and_masked_with_its_hea
     assert_eq!(app.queue_depth(&app.names.dead_queue(), 1).await, 1);
     let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_baton"));
     command
-        .args(["--amqp-url", &crate::app::amqp_url(), "--prefix"])
+        .args(["--amqp-url", &baton_testkit::amqp_url(), "--prefix"])
         .args([app.names.prefix(), "dead", "replay", "--all"])
         .env("RUST_LOG", "warn");
     let output = tokio::task::spawn_blocking(move || command.output())

@@ -1,6 +1,8 @@
 //! The `baton` binary as a user meets it: help text, bad options, an unreachable broker.
 
-use baton_testkit::{scratch_name, ScratchDir, ScratchSqlite};
+use baton_testkit::{
+    amqp_url, delete_prefix, http_get, queue_exists, scratch_name, ScratchDir, ScratchSqlite,
+};
 use std::process::Command;
 
 fn baton() -> Command {
@@ -252,7 +254,7 @@ fn a_journal_that_cannot_be_opened_fails_at_once_with_the_cause() {
 async fn baton_on_broker(args: Vec<String>) -> (Option<i32>, String, String) {
     let mut command = baton();
     command
-        .args(["--amqp-url", &crate::app::amqp_url()])
+        .args(["--amqp-url", &amqp_url()])
         .args(args)
         .env("RUST_LOG", "warn");
     let output = tokio::task::spawn_blocking(move || command.output())
@@ -264,25 +266,6 @@ async fn baton_on_broker(args: Vec<String>) -> (Option<i32>, String, String) {
         String::from_utf8(output.stdout).unwrap(),
         String::from_utf8(output.stderr).unwrap(),
     )
-}
-
-/// Whether `queue` exists on the test broker.
-async fn queue_exists(queue: &str) -> bool {
-    let connection =
-        baton_amqp::connect(&crate::app::amqp_url(), "test probe", &Default::default())
-            .await
-            .unwrap();
-    let channel = connection.create_channel().await.unwrap();
-    let options = lapin::options::QueueDeclareOptions {
-        passive: true,
-        ..Default::default()
-    };
-    let exists = channel
-        .queue_declare(queue.into(), options, Default::default())
-        .await
-        .is_ok();
-    let _ = connection.close(200, "done".into()).await;
-    exists
 }
 
 /// Invalid JSON from `--file` used to be published, dead-lettered at once without an
@@ -319,7 +302,7 @@ async fn pay_refuses_an_invalid_request_file_at_once_and_publishes_nothing() {
     assert!(!stderr.contains("orchestrator"), "{stderr}");
     assert!(stdout.is_empty(), "{stdout}");
     assert!(
-        !queue_exists(&format!("{prefix}.requests")).await,
+        !queue_exists(&amqp_url(), &format!("{prefix}.requests")).await,
         "pay declared and published"
     );
 }
@@ -330,7 +313,6 @@ async fn pay_refuses_an_invalid_request_file_at_once_and_publishes_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pay_tells_a_running_payment_from_a_missing_orchestrator() {
     use baton::workflow::Workflow;
-    use baton_amqp as amqp;
     use baton_contract::Names;
     let prefix = scratch_name("test");
     let names = Names::new(prefix.clone());
@@ -360,7 +342,7 @@ async fn pay_tells_a_running_payment_from_a_missing_orchestrator() {
 
     // An orchestrator and no services: it takes the payments (the waiting one too), and
     // their commands wait for a service.
-    let mut settings = baton::config::Settings::new(crate::app::amqp_url(), &prefix, journal.url());
+    let mut settings = baton::config::Settings::new(amqp_url(), &prefix, journal.url());
     settings.card_keys = Some(baton_contract::CardKeys::generate("pay-test"));
     // Its payments never finish: no point waiting for them at shutdown.
     settings.shutdown_timeout = std::time::Duration::ZERO;
@@ -376,16 +358,16 @@ async fn pay_tells_a_running_payment_from_a_missing_orchestrator() {
     assert!(!stderr.contains("no orchestrator"), "{stderr}");
 
     orchestrator.shutdown().await.unwrap();
-    let connection = amqp::connect(&crate::app::amqp_url(), "test cleanup", &Default::default())
-        .await
-        .unwrap();
-    let channel = connection.create_channel().await.unwrap();
     let builtin = Workflow::builtin();
     let services = builtin.services();
-    amqp::delete_topology_with_parking(&channel, &names, &services, &builtin.parking().delays_ms())
-        .await
-        .unwrap();
-    let _ = connection.close(200, "done".into()).await;
+    delete_prefix(
+        &amqp_url(),
+        &names,
+        &services,
+        &builtin.parking().delays_ms(),
+    )
+    .await
+    .unwrap();
 }
 
 /// A second `baton run` on one machine used to fail on the fixed HTTP port. Without
@@ -433,7 +415,7 @@ async fn a_second_baton_run_takes_a_free_http_port_unless_one_is_given() {
     // Not given: a free port on the same host, logged, and served.
     let mut child = KillOnDrop(
         baton()
-            .args(["--amqp-url", &crate::app::amqp_url(), "--prefix", &prefix])
+            .args(["--amqp-url", &amqp_url(), "--prefix", &prefix])
             .args(["run", "--journal-url", &journal, "--card-key-file"])
             .arg(dir.join("card.key"))
             .env_remove("BATON_HTTP_ADDR")
@@ -476,7 +458,7 @@ async fn a_second_baton_run_takes_a_free_http_port_unless_one_is_given() {
                 .ok()
         });
     let health = match served {
-        Some(addr) => crate::app::http_get(addr, "/healthz").await.ok(),
+        Some(addr) => http_get(addr, "/healthz").await.ok(),
         None => None,
     };
     drop(child);
@@ -496,21 +478,15 @@ async fn a_second_baton_run_takes_a_free_http_port_unless_one_is_given() {
         "{text}"
     );
 
-    let connection =
-        baton_amqp::connect(&crate::app::amqp_url(), "test cleanup", &Default::default())
-            .await
-            .unwrap();
-    let channel = connection.create_channel().await.unwrap();
     let builtin = baton::workflow::Workflow::builtin();
-    baton_amqp::delete_topology_with_parking(
-        &channel,
+    delete_prefix(
+        &amqp_url(),
         &baton_contract::Names::new(prefix.clone()),
         &builtin.services(),
         &builtin.parking().delays_ms(),
     )
     .await
     .unwrap();
-    let _ = connection.close(200, "done".into()).await;
 }
 
 /// A child process killed (and reaped) when the test ends, passed or not.
@@ -636,7 +612,7 @@ fn a_misspelt_subcommand_or_flag_suggests_the_right_one() {
 #[test]
 fn a_refused_login_is_one_line_saying_so() {
     let dir = ScratchDir::new("bin-login");
-    let url = crate::app::amqp_url().replacen("guest:guest@", "guest:wrong-password@", 1);
+    let url = amqp_url().replacen("guest:guest@", "guest:wrong-password@", 1);
     assert!(
         url.contains("wrong-password"),
         "the test broker URL has guest:guest: {url}"
@@ -688,7 +664,7 @@ fn an_interrupted_demo_cleans_up_its_queues_and_files() {
     let tmp = ScratchDir::new("bin-demo");
     let mut child = KillOnDrop(
         baton()
-            .args(["--amqp-url", &crate::app::amqp_url()])
+            .args(["--amqp-url", &amqp_url()])
             .args(["demo", "--payments", "50"])
             // Its journal and ledger files go to the temporary directory: this one.
             .env("TMPDIR", tmp.path())
@@ -729,7 +705,10 @@ fn an_interrupted_demo_cleans_up_its_queues_and_files() {
         "cmd.risk",
     ] {
         let queue = format!("{prefix}.{queue}");
-        assert!(!runtime.block_on(queue_exists(&queue)), "{queue} is left");
+        assert!(
+            !runtime.block_on(queue_exists(&amqp_url(), &queue)),
+            "{queue} is left"
+        );
     }
     let left: Vec<_> = std::fs::read_dir(&tmp).unwrap().collect();
     assert!(left.is_empty(), "files left: {left:?}");

@@ -3,13 +3,14 @@
 //! second PCI instances on their own queues (`baton-pci --queue pci-fx`, …): each
 //! approves what it is sent, so what matters is whether it is sent anything at all.
 
-use crate::app::{amqp_url, metric_value, spawn_services, Store, TestApp};
+use crate::app::{metric_value, spawn_services, Store, TestApp};
 use crate::observability::bound_consumer;
 use baton::saga::SagaEvent;
 use baton::workflow::Workflow;
 use baton_amqp as amqp;
 use baton_contract::{PaymentResult, Status, StepOutcome};
 use baton_services::ServiceKind;
+use baton_testkit::amqp_url;
 use futures_lite::StreamExt;
 use serde_json::json;
 use std::time::Duration;

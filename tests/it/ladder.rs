@@ -8,14 +8,13 @@
 //! that announce themselves by no event (a breaker gauge, a counter, a queue depth) are
 //! polled, with a deadline.
 
-use crate::app::{eventually, metric_value, spawn_services, Store, TestApp};
+use crate::app::{metric_value, spawn_services, Store, TestApp};
 use baton::testcards::TestCard;
 use baton::workflow::Workflow;
 use baton_amqp as amqp;
 use baton_contract::{headers, PaymentResult, Status, StepOutcome};
 use baton_services::{Faults, ServiceKind};
-use lapin::options::QueueDeclareOptions;
-use lapin::types::FieldTable;
+use baton_testkit::eventually;
 use serde_json::Value;
 use std::time::{Duration, Instant};
 use uuid::Uuid;
@@ -174,24 +173,6 @@ fn outcomes(result: &PaymentResult) -> Vec<(String, String)> {
         .collect()
 }
 
-/// Messages ready in `queue` now (no waiting).
-async fn depth_now(app: &TestApp, queue: &str) -> u32 {
-    app.client
-        .publisher()
-        .channel()
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .expect("queue exists")
-        .message_count()
-}
-
 fn service_metric(app: &TestApp, service: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
     metric_value(app.service(service).registry(), name, labels)
 }
@@ -301,7 +282,7 @@ async fn a_black_hole_opens_the_breaker_parks_payments_and_they_complete_when_it
     loop {
         let mut waiting = 0;
         for tier in TIERS_MS {
-            waiting += depth_now(&app, &app.names.retry_queue(tier)).await;
+            waiting += app.queue_depth(&app.names.retry_queue(tier), 0).await;
         }
         if waiting > 0 {
             break;

@@ -152,7 +152,7 @@ async fn a_rejection_whose_client_is_gone_is_dead_lettered_once_and_acked() {
     assert_eq!(app.queue_depth(&app.names.dead_queue(), 1).await, 1);
     let registry = app.orchestrator().metrics().registry.clone();
     assert!(
-        crate::app::eventually(Duration::from_secs(10), || {
+        baton_testkit::eventually(Duration::from_secs(10), || {
             metric_value(&registry, "baton_client_replies_unroutable_total", &[]) >= 1.0
         })
         .await,

@@ -1,7 +1,8 @@
 //! `baton load` against a running Baton: a fast smoke test of the load generator's
 //! exactly-once report (the benchmark itself is not a test).
 
-use crate::app::{amqp_url, spawn_app};
+use crate::app::spawn_app;
+use baton_testkit::{amqp_url, delete_prefix};
 use std::process::Command;
 
 #[tokio::test(flavor = "multi_thread")]
@@ -60,11 +61,12 @@ async fn baton_load_exits_1_when_payments_go_unanswered() {
         (report["sent"].as_u64(), report["missing"].as_u64()),
         (Some(3), Some(3))
     );
-    let connection = baton_amqp::connect(&amqp_url(), "test cleanup", &Default::default())
-        .await
-        .unwrap();
-    let channel = connection.create_channel().await.unwrap();
-    baton_amqp::delete_topology(&channel, &baton_contract::Names::new(for_cleanup), &[])
-        .await
-        .unwrap();
+    delete_prefix(
+        &amqp_url(),
+        &baton_contract::Names::new(for_cleanup),
+        &[],
+        &[],
+    )
+    .await
+    .unwrap();
 }

@@ -3,14 +3,14 @@
 //! a real Prometheus scraping the orchestrator, one `traceparent` followed through the
 //! logs of five processes, and the saga events of one payment in order.
 
-use crate::app::{amqp_url, http_get, spawn_app, spawn_services, Store, TestApp, RESULT_WAIT};
+use crate::app::{spawn_app, spawn_services, Store, TestApp, RESULT_WAIT};
 use baton::demo::run_batch;
 use baton::saga::SagaEvent;
 use baton::testcards::{mixed_batch, TestCard};
 use baton_amqp as amqp;
 use baton_contract::{PaymentResult, Status};
 use baton_services::ServiceKind;
-use baton_testkit::{scratch_hex, ScratchDir};
+use baton_testkit::{amqp_url, http_get, http_get_ok, scratch_hex, ScratchDir};
 use futures_lite::StreamExt;
 use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
@@ -167,14 +167,6 @@ fn promtool_check_metrics(text: &str, whose: &str) {
     );
 }
 
-async fn get_ok(addr: SocketAddr, path: &str) -> String {
-    let (status, body) = http_get(addr, path)
-        .await
-        .unwrap_or_else(|e| panic!("GET {path} on {addr}: {e}"));
-    assert_eq!(status, 200, "GET {path} on {addr}: {body}");
-    body
-}
-
 // ---------------------------------------------------------------------------------------
 // 1. /metrics after a mixed batch.
 
@@ -268,7 +260,7 @@ async fn metrics_after_a_mixed_batch_pass_promtool_and_count_exactly_what_the_ba
     // the result, with no event to wait on. Poll, bounded.
     let deadline = Instant::now() + Duration::from_secs(10);
     let (text, metrics) = loop {
-        let text = get_ok(http, "/metrics").await;
+        let text = http_get_ok(http, "/metrics").await;
         let metrics = Exposition::parse(&text);
         let settled = metrics.sum("baton_payment_results_total") == 40.0
             && metrics.get("baton_inflight_payments", &[]) == Some(0.0);
@@ -390,7 +382,7 @@ async fn metrics_after_a_mixed_batch_pass_promtool_and_count_exactly_what_the_ba
     // Each service: its own /metrics, valid, counting its own commands. A service counts
     // a command before publishing the reply, so every count is final by now.
     for (kind, addr) in service_ports {
-        let text = get_ok(addr, "/metrics").await;
+        let text = http_get_ok(addr, "/metrics").await;
         promtool_check_metrics(&text, &format!("the {kind} service"));
         let metrics = Exposition::parse(&text);
         let service = kind.name();
@@ -444,8 +436,8 @@ async fn metrics_after_a_mixed_batch_pass_promtool_and_count_exactly_what_the_ba
             0.0
         );
         assert_eq!(metrics.value("baton_broker_reconnects_total", &[]), 0.0);
-        assert_eq!(get_ok(addr, "/readyz").await, "ready");
-        assert_eq!(get_ok(addr, "/healthz").await, "ok");
+        assert_eq!(http_get_ok(addr, "/readyz").await, "ready");
+        assert_eq!(http_get_ok(addr, "/healthz").await, "ok");
     }
     app.cleanup().await;
 }
@@ -554,7 +546,7 @@ async fn readyz_until(addr: SocketAddr, want: u16, limit: Duration) -> String {
             Instant::now() < deadline,
             "/readyz still {status} ({body}) after {limit:?}, wanted {want}"
         );
-        assert_eq!(get_ok(addr, "/healthz").await, "ok", "alive meanwhile");
+        assert_eq!(http_get_ok(addr, "/healthz").await, "ok", "alive meanwhile");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -568,8 +560,8 @@ async fn readyz_turns_503_with_a_reason_while_the_broker_is_unreachable_and_back
     app.start_orchestrator(settings).await;
     let http = app.orchestrator().http_addr().expect("an HTTP port");
 
-    assert_eq!(get_ok(http, "/readyz").await, "ready");
-    assert_eq!(get_ok(http, "/healthz").await, "ok");
+    assert_eq!(http_get_ok(http, "/readyz").await, "ready");
+    assert_eq!(http_get_ok(http, "/healthz").await, "ok");
     let (result, body) = app.pay(TestCard::Good).await;
     assert_eq!(result.status, Status::Completed, "{body}");
 
@@ -594,7 +586,7 @@ async fn readyz_turns_503_with_a_reason_while_the_broker_is_unreachable_and_back
         status, 503,
         "still not ready after failed reconnects: {body}"
     );
-    assert_eq!(get_ok(http, "/healthz").await, "ok");
+    assert_eq!(http_get_ok(http, "/healthz").await, "ok");
 
     // A request published meanwhile waits in the queue.
     let waiting = Uuid::new_v4();
@@ -606,7 +598,7 @@ async fn readyz_turns_503_with_a_reason_while_the_broker_is_unreachable_and_back
         readyz_until(http, 200, Duration::from_secs(30)).await,
         "ready"
     );
-    assert_eq!(get_ok(http, "/healthz").await, "ok");
+    assert_eq!(http_get_ok(http, "/healthz").await, "ok");
     let received = app.result_for(&waiting.to_string()).await;
     let result = received.result.expect("a well-formed result");
     assert_eq!(
@@ -616,7 +608,7 @@ async fn readyz_turns_503_with_a_reason_while_the_broker_is_unreachable_and_back
     let (result, body) = app.pay(TestCard::Good).await;
     assert_eq!(result.status, Status::Completed, "{body}");
 
-    let metrics = Exposition::parse(&get_ok(http, "/metrics").await);
+    let metrics = Exposition::parse(&http_get_ok(http, "/metrics").await);
     assert!(metrics.value("baton_broker_reconnects_total", &[]) >= 1.0);
     app.cleanup().await;
     drop(proxy);

@@ -3,13 +3,14 @@
 //! `baton status` (text and `--json`), and `GET /payments/<id>` on the orchestrator's
 //! HTTP port.
 
-use crate::app::{http_get, spawn_app, spawn_services, Store, TestApp};
+use crate::app::{spawn_app, spawn_services, Store, TestApp};
 use baton::broker::Role;
 use baton::testcards::TestCard;
 use baton::workflow::Workflow;
 use baton_amqp as amqp;
 use baton_contract::{headers, Status, StepOutcome};
 use baton_services::{Faults, ServiceConfig, ServiceKind};
+use baton_testkit::http_get;
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -415,7 +416,12 @@ async fn a_returned_message_never_puts_its_card_number_in_the_log() {
     for rust_log in [None, Some("warn"), Some("trace"), Some("lapin=trace")] {
         let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_baton"));
         command
-            .args(["--amqp-url", &crate::app::amqp_url(), "--prefix", &prefix])
+            .args([
+                "--amqp-url",
+                &baton_testkit::amqp_url(),
+                "--prefix",
+                &prefix,
+            ])
             .args(["dead", "replay", &payment_id.to_string()])
             .env_remove("RUST_LOG");
         if let Some(filter) = rust_log {

@@ -308,13 +308,7 @@ async fn a_queue_an_older_baton_declared_is_a_clear_error_naming_it() {
         "x-queue-type".into(),
         lapin::types::AMQPValue::LongString("quorum".into()),
     );
-    let connection = amqp::connect(
-        amqp::DEFAULT_AMQP_URL,
-        "old queue",
-        &amqp::TlsOptions::default(),
-    )
-    .await
-    .unwrap();
+    let connection = baton_testkit::broker::connect(&baton_testkit::amqp_url(), "old queue").await;
     let setup = connection.create_channel().await.unwrap();
     setup
         .queue_declare(

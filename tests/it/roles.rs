@@ -9,17 +9,11 @@ use baton::testcards::TestCard;
 use baton_amqp::{self as amqp, json_properties, publish_confirmed, TlsOptions};
 use baton_contract::{Names, Status};
 use baton_services::ServiceKind;
+use baton_testkit::{amqp_url, delete_prefix, AMQP_ADDRESS};
 use lapin::options::{BasicConsumeOptions, BasicGetOptions};
 use lapin::types::FieldTable;
 use lapin::Connection;
 use std::process::Command;
-
-const AMQP_ADDRESS: &str = "127.0.0.1:5672";
-
-fn admin() -> AdminApi {
-    let url = std::env::var("BATON_ADMIN_URL").unwrap_or_else(|_| broker::DEFAULT_ADMIN_URL.into());
-    AdminApi::from_url(&url).expect("a valid admin URL")
-}
 
 fn scratch_prefix() -> String {
     baton_testkit::scratch_name("roles")
@@ -36,7 +30,7 @@ struct Users {
 
 impl Users {
     async fn create(prefix: &str) -> Self {
-        let credentials = broker::setup(&admin(), prefix, "/", &Passwords::default())
+        let credentials = broker::setup(&app::admin_api(), prefix, "/", &Passwords::default())
             .await
             .expect("broker setup (is rabbitmq_management enabled? .ci/run enables it)");
         Self {
@@ -61,7 +55,7 @@ impl Users {
     /// Declares the whole topology as guest (as an orchestrator would), deleted on drop.
     async fn declare_topology(&mut self) -> Names {
         let names = Names::new(self.prefix.clone());
-        let guest = amqp::connect(&app::amqp_url(), "roles test setup", &TlsOptions::default())
+        let guest = amqp::connect(&amqp_url(), "roles test setup", &TlsOptions::default())
             .await
             .expect("guest connects");
         let channel = guest.create_channel().await.unwrap();
@@ -90,28 +84,16 @@ impl Drop for Users {
                 .build()
                 .expect("a runtime");
             runtime.block_on(async {
-                let _ = broker::teardown(&admin(), &prefix).await;
+                let _ = broker::teardown(&app::admin_api(), &prefix).await;
                 // The administrator a definitions import adds.
                 let admin_path = format!("/users/{}", broker::admin_user(&prefix));
-                let _ = admin().request(Method::DELETE, &admin_path, None).await;
+                let _ = app::admin_api()
+                    .request(Method::DELETE, &admin_path, None)
+                    .await;
                 if topology {
-                    if let Ok(guest) =
-                        amqp::connect(&app::amqp_url(), "roles cleanup", &TlsOptions::default())
-                            .await
-                    {
-                        if let Ok(channel) = guest.create_channel().await {
-                            let services: Vec<&str> =
-                                ServiceKind::ALL.iter().map(|k| k.name()).collect();
-                            let _ = amqp::delete_topology_with_parking(
-                                &channel,
-                                &Names::new(prefix.clone()),
-                                &services,
-                                &[1000],
-                            )
-                            .await;
-                        }
-                        let _ = guest.close(200, "cleaned".into()).await;
-                    }
+                    let services: Vec<&str> = ServiceKind::ALL.iter().map(|k| k.name()).collect();
+                    let names = Names::new(prefix.clone());
+                    let _ = delete_prefix(&amqp_url(), &names, &services, &[1000]).await;
                 }
             });
         })
@@ -171,7 +153,7 @@ async fn publish_refused(connection: &Connection, exchange: &str, routing_key: &
 async fn setup_is_idempotent_keeps_passwords_and_resets_permissions() {
     let prefix = scratch_prefix();
     let users = Users::create(&prefix).await;
-    let api = admin();
+    let api = app::admin_api();
     assert!(users
         .credentials
         .users
@@ -614,7 +596,7 @@ async fn generated_definitions_import_and_their_users_have_their_roles() {
         broker::admin_user(&prefix),
         broker::hash_password("admin-pw"),
     );
-    let api = admin();
+    let api = app::admin_api();
     let mut users = Users {
         prefix: prefix.clone(),
         credentials: Credentials {

@@ -11,7 +11,8 @@ use baton::testcards::TestCard;
 use baton_contract::Status;
 use uuid::Uuid;
 
-use crate::app::{http_get, spawn_app};
+use crate::app::spawn_app;
+use baton_testkit::http_get;
 
 /// Debian's Chromium; `.ci/run` installs it.
 fn chromium() -> PathBuf {

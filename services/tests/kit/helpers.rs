@@ -6,7 +6,7 @@ use baton_contract::{
     Action, CardKeys, CardNumber, CardView, Command, Currency, Money, Names, PaymentView, Reply,
 };
 use baton_services::{ServiceConfig, ServiceKind};
-use baton_testkit::{scratch_name, ScratchSqlite};
+use baton_testkit::{amqp_url, scratch_name, ScratchSqlite};
 use futures_lite::StreamExt;
 use lapin::options::{BasicConsumeOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
@@ -22,10 +22,6 @@ pub const DEADLINE: Duration = Duration::from_secs(15);
 pub fn card_keys() -> CardKeys {
     static KEYS: std::sync::OnceLock<CardKeys> = std::sync::OnceLock::new();
     KEYS.get_or_init(|| CardKeys::generate("kit")).clone()
-}
-
-pub fn amqp_url() -> String {
-    std::env::var("AMQP_URL").unwrap_or_else(|_| amqp::DEFAULT_AMQP_URL.to_owned())
 }
 
 /// A test's own prefix and SQLite ledger; the ledger files go on drop.

@@ -4,30 +4,8 @@
 use crate::helpers::{command, Client, Scratch};
 use baton_contract::ReplyOutcome;
 use baton_services::{start, ServiceConfig, ServiceKind};
-use std::net::SocketAddr;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use baton_testkit::http_get;
 use tokio::net::TcpStream;
-
-/// `GET path` over a plain TCP connection: (status code, body).
-async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(addr)
-        .await
-        .expect("connect to the HTTP port");
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    let status = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .unwrap_or_else(|| panic!("not an HTTP response: {response}"));
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_owned())
-        .unwrap_or_default();
-    (status, body)
-}
 
 /// The value of the sample line `series` (name with labels) in a text exposition.
 fn sample(metrics: &str, series: &str) -> Option<f64> {
@@ -55,7 +33,7 @@ async fn metrics_count_commands_and_duplicates() {
         assert_eq!(reply.outcome, ReplyOutcome::Approved, "{reply:?}");
     }
 
-    let (status, metrics) = get(addr, "/metrics").await;
+    let (status, metrics) = http_get(addr, "/metrics").await.unwrap();
     assert_eq!(status, 200, "{metrics}");
     let approved = r#"baton_service_commands_total{action="execute",outcome="approved",service="authorization"}"#;
     assert_eq!(sample(&metrics, approved), Some(3.0), "{metrics}");
@@ -69,8 +47,8 @@ async fn metrics_count_commands_and_duplicates() {
         "no payment ids in labels"
     );
 
-    assert_eq!(get(addr, "/readyz").await.0, 200);
-    assert_eq!(get(addr, "/healthz").await.0, 200);
+    assert_eq!(http_get(addr, "/readyz").await.unwrap().0, 200);
+    assert_eq!(http_get(addr, "/healthz").await.unwrap().0, 200);
 
     service.shutdown().await.unwrap();
     assert!(

@@ -75,13 +75,10 @@ async fn a_service_reconnects_after_the_broker_closes_its_connection() {
 
 /// `GET path` on the HTTP port: the status code.
 async fn status(addr: std::net::SocketAddr, path: &str) -> u16 {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    response.split_whitespace().nth(1).unwrap().parse().unwrap()
+    baton_testkit::http_get(addr, path)
+        .await
+        .unwrap_or_else(|e| panic!("GET {path} on {addr}: {e}"))
+        .0
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
