@@ -48,7 +48,7 @@ fn close_connections_of(prefix: &str) -> usize {
 async fn closed_connections_under_load_reconnect_and_every_payment_completes_once() {
     let _broker = BROKER.read().await;
     let mut cluster = Cluster::new(JournalStore::Sqlite).await;
-    let orchestrator = cluster.orchestrator(None, 30);
+    let orchestrator = cluster.orchestrator(None, 30).await;
     let ids = cluster.publish_mixed(600).await;
     cluster.collect(&ids[..50], Duration::from_secs(60)).await;
     let closed = close_connections_of(cluster.names.prefix());
@@ -73,6 +73,7 @@ async fn closed_connections_under_load_reconnect_and_every_payment_completes_onc
     while std::time::Instant::now() < deadline {
         metrics = orchestrator
             .get("/metrics")
+            .await
             .map(|(_, m)| m)
             .unwrap_or_default();
         if reconnected(&metrics) && cluster.services.iter().all(|s| s.health().reconnects >= 1) {
@@ -105,7 +106,7 @@ async fn a_broker_restart_under_load_loses_nothing_and_readiness_follows_it() {
     // A node of our own: stopping the shared one would fail every other test running.
     let node = RabbitNode::with_management("restart");
     let mut cluster = Cluster::on(node.addr(), JournalStore::Sqlite).await;
-    let mut orchestrator = cluster.orchestrator(None, 30);
+    let mut orchestrator = cluster.orchestrator(None, 30).await;
     let ids = cluster.publish_mixed(400).await;
     cluster.collect(&ids[..30], Duration::from_secs(60)).await;
 
@@ -115,7 +116,7 @@ async fn a_broker_restart_under_load_loses_nothing_and_readiness_follows_it() {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     let mut saw_not_ready = false;
     while std::time::Instant::now() < deadline {
-        if let Some((503, _)) = orchestrator.get("/readyz") {
+        if let Some((503, _)) = orchestrator.get("/readyz").await {
             saw_not_ready = true;
             break;
         }
@@ -129,7 +130,7 @@ async fn a_broker_restart_under_load_loses_nothing_and_readiness_follows_it() {
         saw_not_ready,
         "/readyz must say not ready while the broker is down"
     );
-    orchestrator.wait_ready();
+    orchestrator.wait_ready().await;
 
     // The client's own connection died with the broker: read the durable results queue.
     cluster
@@ -181,14 +182,15 @@ async fn payments_parked_across_a_broker_restart_each_get_one_result() {
             ..Faults::default()
         })
         .unwrap();
-    let orchestrator =
-        cluster.orchestrator_with(None, 30, &["--workflow", &workflow.display().to_string()]);
+    let orchestrator = cluster
+        .orchestrator_with(None, 30, &["--workflow", &workflow.display().to_string()])
+        .await;
     let ids = cluster.publish(&[TestCard::Good; 40]).await;
 
     // Every payment authorized and parked once (bounded: no event across processes).
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
-        let (_, metrics) = orchestrator.get("/metrics").expect("metrics");
+        let (_, metrics) = orchestrator.get("/metrics").await.expect("metrics");
         if counter(&metrics, "baton_parked_total") >= ids.len() as f64 {
             break;
         }
@@ -197,7 +199,7 @@ async fn payments_parked_across_a_broker_restart_each_get_one_result() {
             "payments not parked: {}",
             orchestrator.log_text()
         );
-        std::thread::sleep(Duration::from_millis(50));
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
     // The whole node goes down with payments parked. Their delay runs out while it is

@@ -3,8 +3,7 @@
 //! it, the step's timeout, retries and parking carry the payment through, and once the
 //! service starts (as KEDA would start its pod) the payment completes, slower, not failed.
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use baton::broker::Role;
@@ -14,7 +13,7 @@ use baton_contract::{Status, StepOutcome};
 use lapin::options::QueueDeleteOptions;
 
 use crate::harness::{service_users, Cluster, JournalStore, BROKER};
-use baton_testkit::{depth, AMQP_URL};
+use baton_testkit::{depth, workspace_binary, Process, AMQP_URL};
 
 /// The sanctions stand-in of deploy/kubernetes: the pci service on `cmd.pci-sanctions`.
 const SERVICE: &str = "pci-sanctions";
@@ -34,26 +33,6 @@ fn workflow() -> String {
     )
 }
 
-/// A service process, killed when dropped.
-struct ServiceProcess(Child);
-
-impl Drop for ServiceProcess {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn binary(name: &str) -> PathBuf {
-    let path = std::path::Path::new(env!("CARGO_BIN_EXE_baton")).with_file_name(name);
-    assert!(
-        path.is_file(),
-        "{} is missing: the service binaries are built by `cargo build --workspace`",
-        path.display()
-    );
-    path
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_cold_start_of_a_scaled_to_zero_step_makes_the_payment_slower_not_failed() {
     let _broker = BROKER.read().await;
@@ -66,16 +45,18 @@ async fn a_cold_start_of_a_scaled_to_zero_step_makes_the_payment_slower_not_fail
         service_users(&prefix),
         Role::Pci.user(&prefix)
     );
-    let orchestrator = cluster.orchestrator_with(
-        None,
-        5,
-        &[
-            "--workflow",
-            &workflow_file.display().to_string(),
-            "--service-user",
-            &users,
-        ],
-    );
+    let orchestrator = cluster
+        .orchestrator_with(
+            None,
+            5,
+            &[
+                "--workflow",
+                &workflow_file.display().to_string(),
+                "--service-user",
+                &users,
+            ],
+        )
+        .await;
 
     let started = Instant::now();
     let ids = cluster.publish(&[TestCard::Good]).await;
@@ -93,6 +74,7 @@ async fn a_cold_start_of_a_scaled_to_zero_step_makes_the_payment_slower_not_fail
         let waiting = depth(&channel, &queue).await;
         let parked = orchestrator
             .get(&format!("/payments/{payment_id}"))
+            .await
             .and_then(|(status, body)| (status == 200).then_some(body))
             .and_then(|body| serde_json::from_str::<serde_json::Value>(&body).ok())
             .and_then(|record| record["parked"].as_u64())
@@ -113,28 +95,22 @@ async fn a_cold_start_of_a_scaled_to_zero_step_makes_the_payment_slower_not_fail
     );
 
     // The service starts, as KEDA starts its pod on the queue's depth.
-    let log = std::fs::File::create(dir.join("pci-sanctions.log")).unwrap();
-    let service = ServiceProcess(
-        Command::new(binary("baton-pci"))
-            .env(
-                "AMQP_URL",
-                cluster
-                    .roles
-                    .amqp_url(Role::Pci, &cluster.broker.amqp)
-                    .expect("a password"),
-            )
-            .env("BATON_PREFIX", &prefix)
-            .env("BATON_QUEUE", SERVICE)
-            .env("BATON_ORCHESTRATOR_USERS", Role::Orchestrator.user(&prefix))
-            .env("BATON_REQUIRE_VERIFIED_SENDERS", "true")
-            .env("BATON_HTTP_ADDR", "127.0.0.1:0")
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start baton-pci"),
-    );
+    let mut command = Command::new(workspace_binary(env!("CARGO_BIN_EXE_baton"), "baton-pci"));
+    command
+        .env(
+            "AMQP_URL",
+            cluster
+                .roles
+                .amqp_url(Role::Pci, &cluster.broker.amqp)
+                .expect("a password"),
+        )
+        .env("BATON_PREFIX", &prefix)
+        .env("BATON_QUEUE", SERVICE)
+        .env("BATON_ORCHESTRATOR_USERS", Role::Orchestrator.user(&prefix))
+        .env("BATON_REQUIRE_VERIFIED_SENDERS", "true")
+        .env("BATON_HTTP_ADDR", "127.0.0.1:0")
+        .env("RUST_LOG", "info");
+    let service = Process::spawn("baton-pci", command, dir.join("pci-sanctions.log"));
 
     cluster.collect(&ids, Duration::from_secs(60)).await;
     let elapsed = started.elapsed();

@@ -7,11 +7,14 @@ use std::time::Duration;
 async fn crash_and_recover(point: &str, nth: u32) {
     let _broker = BROKER.read().await;
     let mut cluster = Cluster::new(JournalStore::Sqlite).await;
-    let mut doomed = cluster.orchestrator(Some(&format!("{point}:{nth}")), 30);
+    let mut doomed = cluster
+        .orchestrator(Some(&format!("{point}:{nth}")), 30)
+        .await;
     let ids = cluster.publish_mixed(200).await;
 
     let status = doomed
         .wait_exit(Duration::from_secs(120))
+        .await
         .unwrap_or_else(|| {
             panic!(
                 "the orchestrator never reached {point}; log: {}",
@@ -28,7 +31,7 @@ async fn crash_and_recover(point: &str, nth: u32) {
         doomed.log_text()
     );
 
-    let _survivor = cluster.orchestrator(None, 30);
+    let _survivor = cluster.orchestrator(None, 30).await;
     cluster.collect(&ids, Duration::from_secs(180)).await;
     cluster.verify(&ids).await;
     cluster.cleanup().await;

@@ -122,7 +122,9 @@ async fn two_ledgers_fail_payments_unavailable_never_declined_and_doctor_names_b
     .unwrap();
     let metrics = transaction.registry().clone();
     cluster.services.push(transaction);
-    let orchestrator = cluster.orchestrator_with(None, 5, &["--workflow", &workflow_arg]);
+    let orchestrator = cluster
+        .orchestrator_with(None, 5, &["--workflow", &workflow_arg])
+        .await;
 
     let ids = cluster.publish(&[TestCard::Good, TestCard::Good]).await;
     cluster.collect(&ids, Duration::from_secs(60)).await;
@@ -203,7 +205,7 @@ async fn two_ledgers_fail_payments_unavailable_never_declined_and_doctor_names_b
 async fn doctor_passes_a_sound_deployment_and_names_a_step_without_a_consumer() {
     let _broker = BROKER.read().await;
     let mut cluster = Cluster::new(JournalStore::Sqlite).await;
-    let orchestrator = cluster.orchestrator(None, 5);
+    let orchestrator = cluster.orchestrator(None, 5).await;
     let prefix = cluster.names.prefix().to_owned();
 
     let (code, lines) = doctor(&prefix, AMQP_URL, &["--json"]);
@@ -260,9 +262,10 @@ async fn doctor_names_orchestrators_that_run_different_workflows() {
     let changed = scratch.file("changed.toml", &changed_text);
     let changed_digest = Workflow::load(&changed).unwrap().digest();
     assert_ne!(changed_digest, builtin.digest());
-    let first = cluster.orchestrator(None, 5);
-    let second =
-        cluster.orchestrator_with(None, 5, &["--workflow", &changed.display().to_string()]);
+    let first = cluster.orchestrator(None, 5).await;
+    let second = cluster
+        .orchestrator_with(None, 5, &["--workflow", &changed.display().to_string()])
+        .await;
     let prefix = cluster.names.prefix().to_owned();
 
     let (code, lines) = doctor(&prefix, AMQP_URL, &[]);

@@ -9,19 +9,16 @@ use baton_contract::{Names, PaymentResult, Status};
 use baton_services::ledger::Ledger;
 use baton_services::{RunningService, ServiceConfig, ServiceKind};
 use baton_testkit::{
-    admin_url, delete_prefix, depth, depth_at_least, scratch_name, sqlite_url, ScratchDatabase,
-    ScratchDir, AMQP_ADDRESS,
+    admin_url, delete_prefix, depth, depth_at_least, free_port, http_get, localhost, scratch_name,
+    sqlite_url, Process, ScratchDatabase, ScratchDir, AMQP_ADDRESS, READY_WAIT,
 };
 use futures_lite::StreamExt;
 use lapin::options::BasicConsumeOptions;
 use lapin::types::FieldTable;
 use std::collections::HashMap;
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::Command;
 use std::sync::LazyLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use uuid::Uuid;
 
 /// Shared by tests on the shared broker; a test that needs it to itself takes it
@@ -64,105 +61,39 @@ pub enum JournalStore {
     Postgres,
 }
 
-/// An orchestrator process.
+/// An orchestrator process (a [`Process`]: its log, readiness and exit), killed when
+/// dropped.
 pub struct Orchestrator {
-    pub child: Child,
+    pub process: Process,
+    /// Its HTTP port on 127.0.0.1.
     pub http: u16,
-    pub log: PathBuf,
 }
 
 impl Orchestrator {
     /// GET a path on its HTTP port: (status, body), or `None` if it does not answer.
-    pub fn get(&self, path: &str) -> Option<(u16, String)> {
-        http_get(self.http, path)
+    pub async fn get(&self, path: &str) -> Option<(u16, String)> {
+        http_get(localhost(self.http), path).await.ok()
     }
 
     /// Waits until `/readyz` says ready (bounded: there is no event across processes).
-    pub fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while Instant::now() < deadline {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                panic!(
-                    "orchestrator exited with {status} before being ready; log: {}",
-                    self.log_text()
-                );
-            }
-            if let Some((200, _)) = self.get("/readyz") {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!(
-            "orchestrator not ready within 60 s; log: {}",
-            self.log_text()
-        );
-    }
-
-    /// Waits for the process to exit, up to `limit`.
-    pub fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + limit;
-        while Instant::now() < deadline {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return Some(status);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        None
-    }
-
-    pub fn signal(&self, signal: &str) {
-        let status = Command::new("kill")
-            .args([format!("-{signal}"), self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-
-    pub fn log_contains(&self, needle: &str) -> bool {
-        std::fs::read_to_string(&self.log)
-            .unwrap_or_default()
-            .contains(needle)
-    }
-
-    pub fn log_text(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let start = text.len().saturating_sub(4000);
-        text[start..].to_owned()
+    pub async fn wait_ready(&mut self) {
+        let addr = localhost(self.http);
+        self.process.wait_ready(addr, READY_WAIT).await;
     }
 }
 
-impl Drop for Orchestrator {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+impl std::ops::Deref for Orchestrator {
+    type Target = Process;
+
+    fn deref(&self) -> &Process {
+        &self.process
     }
 }
 
-pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let status = response.split(' ').nth(1)?.parse().ok()?;
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    Some((status, body))
-}
-
-/// A port nothing listens on now.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+impl std::ops::DerefMut for Orchestrator {
+    fn deref_mut(&mut self) -> &mut Process {
+        &mut self.process
+    }
 }
 
 pub struct Cluster {
@@ -271,16 +202,17 @@ impl Cluster {
 
     /// Starts an orchestrator process (optionally with a crash point) and waits until
     /// it is ready.
-    pub fn orchestrator(
+    pub async fn orchestrator(
         &mut self,
         crash_at: Option<&str>,
         shutdown_timeout_s: u64,
     ) -> Orchestrator {
         self.orchestrator_with(crash_at, shutdown_timeout_s, &[])
+            .await
     }
 
     /// [`Cluster::orchestrator`] with extra `baton run` arguments.
-    pub fn orchestrator_with(
+    pub async fn orchestrator_with(
         &mut self,
         crash_at: Option<&str>,
         shutdown_timeout_s: u64,
@@ -310,19 +242,15 @@ impl Cluster {
             .env("BATON_SERVICE_USERS", service_users(self.names.prefix()))
             .env("BATON_REQUIRE_VERIFIED_SENDERS", "true")
             .env("RUST_LOG", "info,lapin=warn,sqlx=warn")
-            .env_remove("BATON_CRASH_AT")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap());
+            .env_remove("BATON_CRASH_AT");
         if let Some(point) = crash_at {
             command.env("BATON_CRASH_AT", point);
         }
         let mut orchestrator = Orchestrator {
-            child: command.spawn().expect("spawn baton run"),
+            process: Process::spawn(&format!("orchestrator {}", self.spawned), command, log),
             http,
-            log,
         };
-        orchestrator.wait_ready();
+        orchestrator.wait_ready().await;
         orchestrator
     }
 

@@ -5,6 +5,7 @@ use crate::harness::{Cluster, JournalStore, BROKER};
 use baton::testcards::TestCard;
 use baton_amqp::publish_confirmed;
 use baton_services::ServiceKind;
+use baton_testkit::poll;
 use lapin::BasicProperties;
 use std::time::Duration;
 
@@ -50,13 +51,15 @@ async fn a_restart_with_a_lower_limit_while_parked_gives_one_result_and_voids_th
     let workflow = cluster.dir.file("workflow.toml", WORKFLOW);
     let workflow_arg = workflow.display().to_string();
 
-    let first = cluster.orchestrator_with(None, 5, &["--workflow", &workflow_arg]);
+    let first = cluster
+        .orchestrator_with(None, 5, &["--workflow", &workflow_arg])
+        .await;
     let ids = cluster.publish(&[TestCard::Good]).await;
     let (payment_id, _) = ids[0];
     // Parked (its hold placed): the orchestrator's own view of the payment says so.
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
-        if let Some((200, body)) = first.get(&format!("/payments/{payment_id}")) {
+        if let Some((200, body)) = first.get(&format!("/payments/{payment_id}")).await {
             let record: serde_json::Value = serde_json::from_str(&body).unwrap();
             if record["parked"].as_u64().unwrap_or(0) >= 1 {
                 break;
@@ -81,19 +84,28 @@ async fn a_restart_with_a_lower_limit_while_parked_gives_one_result_and_voids_th
     );
     let mut first = first;
     first.signal("TERM");
-    assert!(first.wait_exit(Duration::from_secs(30)).unwrap().success());
+    assert!(first
+        .wait_exit(Duration::from_secs(30))
+        .await
+        .unwrap()
+        .success());
 
     // The amount (1999) is now over the limit: the parked request comes back invalid.
-    let second = cluster.orchestrator_with(
-        None,
-        5,
-        &["--workflow", &workflow_arg, "--max-amount-minor", "1000"],
-    );
+    let second = cluster
+        .orchestrator_with(
+            None,
+            5,
+            &["--workflow", &workflow_arg, "--max-amount-minor", "1000"],
+        )
+        .await;
     cluster.collect(&ids, Duration::from_secs(60)).await;
     cluster
         .assert_abandoned_with_its_hold_voided(payment_id)
         .await;
-    let (_, body) = second.get(&format!("/payments/{payment_id}")).unwrap();
+    let (_, body) = second
+        .get(&format!("/payments/{payment_id}"))
+        .await
+        .unwrap();
     let record: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(
         record["result"]["reason"], "abandoned",
@@ -128,7 +140,7 @@ async fn a_restart_with_a_lower_limit_while_parked_gives_one_result_and_voids_th
 async fn a_rejection_whose_client_is_gone_gives_one_dead_letter_not_one_per_redelivery() {
     let _broker = BROKER.read().await;
     let mut cluster = Cluster::new(JournalStore::Sqlite).await;
-    let mut orchestrator = cluster.orchestrator(None, 5);
+    let mut orchestrator = cluster.orchestrator(None, 5).await;
     let channel = cluster.client.publisher().channel().clone();
     let payment_id = uuid::Uuid::new_v4();
     let mut request = TestCard::Good.request_with_id(payment_id);
@@ -150,25 +162,24 @@ async fn a_rejection_whose_client_is_gone_gives_one_dead_letter_not_one_per_rede
     cluster
         .wait_for_a_message_in(&dead, Duration::from_secs(20))
         .await;
-    let counted = |o: &crate::harness::Orchestrator| {
-        o.get("/metrics").is_some_and(|(_, m)| {
-            m.lines()
+    let counted = poll(
+        Duration::from_secs(20),
+        Duration::from_millis(50),
+        || async {
+            let (_, metrics) = orchestrator.get("/metrics").await?;
+            metrics
+                .lines()
                 .any(|l| l.trim() == "baton_client_replies_unroutable_total 1")
-        })
-    };
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while !counted(&orchestrator) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{}",
-            orchestrator.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+                .then_some(())
+        },
+    )
+    .await;
+    assert!(counted.is_some(), "{}", orchestrator.log_text());
     // Stopping returns anything unacked to the queue: nothing is, and nothing more came.
     orchestrator.signal("TERM");
     assert!(orchestrator
         .wait_exit(Duration::from_secs(30))
+        .await
         .unwrap()
         .success());
     assert_eq!(cluster.depth(&cluster.names.requests_queue()).await, 0);
@@ -183,11 +194,13 @@ async fn a_rejection_whose_client_is_gone_gives_one_dead_letter_not_one_per_rede
 async fn sagas_whose_requests_come_back_after_their_lease_are_resumed_not_abandoned() {
     let _broker = BROKER.read().await;
     let mut cluster = Cluster::new(JournalStore::Sqlite).await;
-    let mut doomed =
-        cluster.orchestrator_with(Some("after_step_recorded:20"), 5, &["--saga-lease", "3s"]);
+    let mut doomed = cluster
+        .orchestrator_with(Some("after_step_recorded:20"), 5, &["--saga-lease", "3s"])
+        .await;
     let ids = cluster.publish_mixed(30).await;
     let status = doomed
         .wait_exit(Duration::from_secs(60))
+        .await
         .expect("it aborts at its crash point");
     assert!(!status.success());
     // Nobody drives the begun sagas for longer than their lease: the lease running out
@@ -196,8 +209,9 @@ async fn sagas_whose_requests_come_back_after_their_lease_are_resumed_not_abando
     // One payment at a time: the others wait in the queue with expired leases while the
     // survivor's sweeper looks every 600 ms (a fifth of the lease). With requests waiting
     // it takes only sagas overdue by four leases (12 s), more than this backlog lasts.
-    let survivor =
-        cluster.orchestrator_with(None, 5, &["--saga-lease", "3s", "--concurrency", "1"]);
+    let survivor = cluster
+        .orchestrator_with(None, 5, &["--saga-lease", "3s", "--concurrency", "1"])
+        .await;
     cluster.collect(&ids, Duration::from_secs(120)).await;
     // Each payment has its card's result: none was failed `abandoned`.
     cluster.verify(&ids).await;

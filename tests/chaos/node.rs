@@ -2,8 +2,8 @@
 //! directory, so a test may stop, restart or reconfigure it without touching the shared
 //! broker on 5672. Stopped, and its directory removed, when dropped (on panic too).
 
-use crate::harness::{free_port, BrokerAddr};
-use baton_testkit::{scratch_name, ScratchDir};
+use crate::harness::BrokerAddr;
+use baton_testkit::{free_port, scratch_name, ScratchDir};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 

@@ -15,9 +15,14 @@ async fn three_replicas_one_killed_mid_run_every_payment_completes_once() {
     // per replica (768 at once) authorization's queue outgrows its timeout, retries and
     // parkings pile up and payments take longer than this test's windows: an overload
     // test, not the failover this one is about.
-    let mut replicas: Vec<_> = (0..3)
-        .map(|_| cluster.orchestrator_with(None, 30, &["--concurrency", "32"]))
-        .collect();
+    let mut replicas = Vec::new();
+    for _ in 0..3 {
+        replicas.push(
+            cluster
+                .orchestrator_with(None, 30, &["--concurrency", "32"])
+                .await,
+        );
+    }
     let ids = cluster.publish_mixed(2000).await;
 
     // Kill one with SIGKILL once results are flowing.
@@ -31,7 +36,7 @@ async fn three_replicas_one_killed_mid_run_every_payment_completes_once() {
     cluster.verify(&ids).await;
     // The two survivors both took part.
     for survivor in &replicas[1..] {
-        let (_, metrics) = survivor.get("/metrics").expect("metrics");
+        let (_, metrics) = survivor.get("/metrics").await.expect("metrics");
         let received = metrics
             .lines()
             .find(|l| l.starts_with("baton_payments_received_total"))
@@ -51,7 +56,7 @@ async fn requests_wait_in_the_queue_while_no_orchestrator_runs() {
     let ids = cluster.publish_mixed(1000).await;
     let waiting = cluster.depth(&cluster.names.requests_queue()).await;
     assert_eq!(waiting, 1000, "all requests wait, none lost");
-    let _orchestrator = cluster.orchestrator(None, 30);
+    let _orchestrator = cluster.orchestrator(None, 30).await;
     cluster.collect(&ids, Duration::from_secs(300)).await;
     cluster.verify(&ids).await;
     cluster.cleanup().await;
@@ -61,7 +66,7 @@ async fn requests_wait_in_the_queue_while_no_orchestrator_runs() {
 async fn sigterm_finishes_in_flight_payments_and_exits_zero() {
     let _broker = BROKER.read().await;
     let mut cluster = Cluster::new(JournalStore::Sqlite).await;
-    let mut first = cluster.orchestrator(None, 10);
+    let mut first = cluster.orchestrator(None, 10).await;
     let ids = cluster.publish_mixed(400).await;
     cluster.collect(&ids[..20], Duration::from_secs(60)).await;
 
@@ -69,6 +74,7 @@ async fn sigterm_finishes_in_flight_payments_and_exits_zero() {
     first.signal("TERM");
     let status = first
         .wait_exit(Duration::from_secs(25))
+        .await
         .expect("exits within the deadline");
     assert!(
         status.success(),
@@ -82,7 +88,7 @@ async fn sigterm_finishes_in_flight_payments_and_exits_zero() {
     assert!(first.log_contains("shutting down"), "{}", first.log_text());
 
     // Whatever it did not take or finish is still in the queue for the next one.
-    let _next = cluster.orchestrator(None, 10);
+    let _next = cluster.orchestrator(None, 10).await;
     cluster.collect(&ids, Duration::from_secs(180)).await;
     cluster.verify(&ids).await;
     cluster.cleanup().await;
@@ -92,8 +98,8 @@ async fn sigterm_finishes_in_flight_payments_and_exits_zero() {
 async fn the_same_payment_at_two_replicas_at_once_has_one_effect() {
     let _broker = BROKER.read().await;
     let mut cluster = Cluster::new(JournalStore::Postgres).await;
-    let _a = cluster.orchestrator(None, 30);
-    let _b = cluster.orchestrator(None, 30);
+    let _a = cluster.orchestrator(None, 30).await;
+    let _b = cluster.orchestrator(None, 30).await;
     let publisher = cluster.client.publisher();
     let mut ids = Vec::new();
     // Many pairs, so that some pairs really are taken by both replicas at once.

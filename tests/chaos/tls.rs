@@ -6,11 +6,13 @@
 //! The node boots in about 6 s; the tests running at the same time share it, and the last
 //! one to finish stops it.
 
-use crate::harness::{free_port, http_get, BROKER};
+use crate::harness::BROKER;
 use crate::node::RabbitNode;
-use baton_testkit::{scratch_name, ScratchDir};
+use baton_testkit::{
+    free_port, localhost, scratch_name, workspace_binary, Process, ScratchDir, READY_WAIT,
+};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -138,14 +140,7 @@ fn tls_node() -> Arc<TlsNode> {
 /// A binary of the workspace next to `baton` (the services' are built by
 /// `cargo test --workspace`).
 fn binary(name: &str) -> PathBuf {
-    let path = Path::new(env!("CARGO_BIN_EXE_baton")).with_file_name(name);
-    assert!(
-        path.is_file(),
-        "{} is missing: the service binaries are built by `cargo build --workspace` \
-         (or `cargo test --workspace`), not by `cargo test -p baton`",
-        path.display()
-    );
-    path
+    workspace_binary(env!("CARGO_BIN_EXE_baton"), name)
 }
 
 /// A command for `binary` against `url` (given in the environment, as a password
@@ -208,63 +203,8 @@ fn one_connect_error(what: &str, (code, stderr, took): (Option<i32>, String, Dur
     errors[0].to_owned()
 }
 
-/// A process that runs until killed (dropped).
-struct Process {
-    name: String,
-    child: Child,
-    log: PathBuf,
-}
-
-impl Process {
-    fn spawn(name: &str, mut command: Command, dir: &Path) -> Self {
-        let log = dir.join(format!("{name}.log"));
-        let child = command
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {name}: {e}"));
-        Self {
-            name: name.into(),
-            child,
-            log,
-        }
-    }
-
-    /// Waits until `/readyz` on `port` says ready, i.e. it is connected over TLS
-    /// (bounded: there is no event across processes).
-    fn wait_ready(&mut self, port: u16) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                panic!(
-                    "{} exited with {status} before being ready:\n{}",
-                    self.name,
-                    std::fs::read_to_string(&self.log).unwrap_or_default()
-                );
-            }
-            if let Some((200, _)) = http_get(port, "/readyz") {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{} not ready within 60 s:\n{}",
-                self.name,
-                std::fs::read_to_string(&self.log).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-#[test]
-fn a_payment_over_tls_completes_through_the_orchestrator_and_the_four_service_binaries() {
+#[tokio::test(flavor = "multi_thread")]
+async fn a_payment_over_tls_completes_through_the_orchestrator_and_the_four_service_binaries() {
     let node = tls_node();
     let dir = temp_dir("pay");
     let prefix = scratch_name("tls");
@@ -282,8 +222,9 @@ fn a_payment_over_tls_completes_through_the_orchestrator_and_the_four_service_bi
             &format!("sqlite://{}", dir.join("journal.db").display()),
         ])
         .args(["--http-addr", &format!("127.0.0.1:{http}")]);
-    let mut orchestrator = Process::spawn("baton-run", run, &dir);
-    orchestrator.wait_ready(http);
+    let mut orchestrator = Process::spawn("baton-run", run, dir.join("baton-run.log"));
+    // Ready means connected over TLS.
+    orchestrator.wait_ready(localhost(http), READY_WAIT).await;
     processes.push(orchestrator);
     for service in ["authorization", "risk", "pci", "transaction"] {
         let name = format!("baton-{service}");
@@ -295,8 +236,8 @@ fn a_payment_over_tls_completes_through_the_orchestrator_and_the_four_service_bi
         if service == "authorization" || service == "transaction" {
             serve.args(["--ledger-url", &ledger]);
         }
-        let mut process = Process::spawn(&name, serve, &dir);
-        process.wait_ready(http);
+        let mut process = Process::spawn(&name, serve, dir.join(format!("{name}.log")));
+        process.wait_ready(localhost(http), READY_WAIT).await;
         processes.push(process);
     }
 

@@ -14,13 +14,7 @@ fn repo_file(path: &str) -> String {
 /// A binary of the workspace next to `baton` (the services' are built by
 /// `cargo test --workspace` / `cargo build --workspace`).
 fn binary(name: &str) -> PathBuf {
-    let path = Path::new(env!("CARGO_BIN_EXE_baton")).with_file_name(name);
-    assert!(
-        path.is_file(),
-        "{} is missing: the service binaries are built by `cargo build --workspace`",
-        path.display()
-    );
-    path
+    baton_testkit::workspace_binary(env!("CARGO_BIN_EXE_baton"), name)
 }
 
 /// `--help` of `binary args…`.

@@ -10,15 +10,18 @@ use baton::testcards::{mixed_batch, TestCard};
 use baton_amqp as amqp;
 use baton_contract::{PaymentResult, Status};
 use baton_services::ServiceKind;
-use baton_testkit::{amqp_url, http_get, http_get_ok, scratch_hex, ScratchDir};
+use baton_testkit::{
+    amqp_url, free_addr, http_get, http_get_ok, scratch_hex, tail, workspace_binary, Process,
+    ScratchDir, READY_WAIT,
+};
 use futures_lite::StreamExt;
 use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -619,43 +622,38 @@ async fn readyz_turns_503_with_a_reason_while_the_broker_is_unreachable_and_back
 
 /// A Prometheus server process, killed (and its directory removed) on drop.
 struct PrometheusServer {
-    child: Child,
+    process: Process,
     addr: SocketAddr,
-    dir: ScratchDir,
+    /// Its configuration and data; removed after the process is gone.
+    _dir: ScratchDir,
 }
 
 impl PrometheusServer {
     fn start(target: SocketAddr) -> Self {
         let dir = ScratchDir::new("prometheus");
-        let config = dir.join("prometheus.yml");
-        std::fs::write(
-            &config,
-            format!(
+        let config = dir.file(
+            "prometheus.yml",
+            &format!(
                 "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
                  scrape_configs:\n  - job_name: baton-orchestrator\n    static_configs:\n      \
                  - targets: ['{target}']\n"
             ),
-        )
-        .unwrap();
+        );
         let addr = free_addr();
-        let child = Command::new(prometheus_tool("prometheus"))
+        let mut command = Command::new(prometheus_tool("prometheus"));
+        command
             .arg(format!("--config.file={}", config.display()))
             .arg(format!(
                 "--storage.tsdb.path={}",
                 dir.join("data").display()
             ))
-            .arg(format!("--web.listen-address={addr}"))
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(dir.join("prometheus.log")).unwrap())
-            .stderr(std::fs::File::create(dir.join("prometheus.err")).unwrap())
-            .spawn()
-            .expect("start prometheus");
-        Self { child, addr, dir }
-    }
-
-    fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(self.dir.join("prometheus.err")).unwrap_or_default();
-        tail(&text)
+            .arg(format!("--web.listen-address={addr}"));
+        let process = Process::spawn("prometheus", command, dir.join("prometheus.err"));
+        Self {
+            process,
+            addr,
+            _dir: dir,
+        }
     }
 
     /// GETs an API path until `done` returns a value (the server has no push API).
@@ -668,8 +666,11 @@ impl PrometheusServer {
         let deadline = Instant::now() + limit;
         let mut last = String::new();
         loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                panic!("prometheus exited with {status}:\n{}", self.log_tail());
+            if let Some(status) = self.process.child.try_wait().unwrap() {
+                panic!(
+                    "prometheus exited with {status}:\n{}",
+                    self.process.log_text()
+                );
             }
             if let Ok((200, body)) = http_get(self.addr, path).await {
                 if let Ok(json) = serde_json::from_str::<serde_json::Value>(&body) {
@@ -683,33 +684,11 @@ impl PrometheusServer {
                 Instant::now() < deadline,
                 "GET {path} on prometheus: not as expected after {limit:?}; last answer: \
                  {last}\nprometheus log:\n{}",
-                self.log_tail()
+                self.process.log_text()
             );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
-}
-
-impl Drop for PrometheusServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
-fn tail(text: &str) -> String {
-    let start = text.len().saturating_sub(4000);
-    let start = (start..text.len())
-        .find(|i| text.is_char_boundary(*i))
-        .unwrap_or(text.len());
-    text[start..].to_owned()
 }
 
 /// Percent-encodes a PromQL query for a URL's query string.
@@ -790,7 +769,7 @@ async fn a_real_prometheus_scrapes_the_orchestrator_and_sees_the_payments() {
 
 /// Processes killed on drop (also when the test fails half-way).
 #[derive(Default)]
-struct Processes(Vec<(String, Child, PathBuf)>);
+struct Processes(Vec<Process>);
 
 impl Processes {
     fn spawn(&mut self, name: &str, mut command: Command, log: PathBuf) {
@@ -799,87 +778,20 @@ impl Processes {
             .env("RUST_LOG", "info")
             .env("BATON_LOG_FORMAT", "text")
             .env_remove("BATON_CRASH_AT")
-            .env_remove("BATON_HTTP_ADDR")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("create a log file"));
-        let child = command
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {name}: {e}"));
-        self.0.push((name.to_owned(), child, log));
+            .env_remove("BATON_HTTP_ADDR");
+        self.0.push(Process::spawn(name, command, log));
     }
 
     /// Waits until each process has logged its HTTP address and answers `/readyz` with
-    /// 200 (there is no event across processes: poll the log and the port, bounded).
+    /// 200, all within a minute (there is no event across processes: the log and the
+    /// port are polled, bounded).
     async fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        for (name, child, log) in &mut self.0 {
-            let addr = loop {
-                if let Some(status) = child.try_wait().unwrap() {
-                    panic!(
-                        "{name} exited with {status} before being ready:\n{}",
-                        tail(&std::fs::read_to_string(&*log).unwrap_or_default())
-                    );
-                }
-                let text = std::fs::read_to_string(&*log).unwrap_or_default();
-                if let Some(addr) = logged_http_addr(&text) {
-                    break addr;
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "{name} logged no HTTP address:\n{}",
-                    tail(&text)
-                );
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            };
-            loop {
-                if let Ok((200, _)) = http_get(addr, "/readyz").await {
-                    break;
-                }
-                if let Some(status) = child.try_wait().unwrap() {
-                    panic!("{name} exited with {status} before being ready");
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "{name} not ready on {addr}:\n{}",
-                    tail(&std::fs::read_to_string(&*log).unwrap_or_default())
-                );
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
+        let deadline = Instant::now() + READY_WAIT;
+        for process in &mut self.0 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            process.wait_logged_ready(left).await;
         }
     }
-}
-
-impl Drop for Processes {
-    fn drop(&mut self) {
-        for (_, child, _) in &mut self.0 {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-/// The address in `HTTP port listening … addr=127.0.0.1:PORT`.
-fn logged_http_addr(log: &str) -> Option<SocketAddr> {
-    let line = log.lines().find(|l| l.contains("HTTP port listening"))?;
-    let (_, after) = line.split_once("addr=")?;
-    after
-        .split(|c: char| c.is_whitespace() || c == '"' || c == ',')
-        .next()?
-        .parse()
-        .ok()
-}
-
-/// A binary of the workspace next to `baton` in the target directory.
-fn sibling_binary(name: &str) -> PathBuf {
-    let path = Path::new(env!("CARGO_BIN_EXE_baton")).with_file_name(name);
-    assert!(
-        path.is_file(),
-        "{} is missing: the service binaries are built by `cargo build --workspace` \
-         (or `cargo test --workspace`), not by `cargo test -p baton`",
-        path.display()
-    );
-    path
 }
 
 #[tokio::test]
@@ -894,7 +806,7 @@ async fn one_traceparent_is_in_the_logs_of_the_orchestrator_and_all_four_service
     let mut processes = Processes::default();
     for kind in ServiceKind::ALL {
         let binary = format!("baton-{}", kind.name());
-        let mut command = Command::new(sibling_binary(&binary));
+        let mut command = Command::new(workspace_binary(env!("CARGO_BIN_EXE_baton"), &binary));
         command.args(["--prefix", &prefix, "--http-addr", "127.0.0.1:0"]);
         if kind.uses_ledger() {
             command.args(["--ledger-url", &app.ledger_url]);
@@ -962,8 +874,8 @@ async fn one_traceparent_is_in_the_logs_of_the_orchestrator_and_all_four_service
 
     // Each process logged its part before the result existed (a service before
     // replying, the orchestrator before publishing), so the logs are complete now.
-    for (name, _, log) in &processes.0 {
-        let text = std::fs::read_to_string(log).unwrap();
+    for process in &processes.0 {
+        let (name, text) = (&process.name, process.log_all());
         let lines: Vec<&str> = text.lines().filter(|l| l.contains(&trace_id)).collect();
         assert!(
             !lines.is_empty(),

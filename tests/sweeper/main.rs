@@ -16,22 +16,23 @@ use baton_services::ServiceKind;
 use harness::{Cluster, JournalStore};
 use std::time::Duration;
 
-/// Waits until the orchestrator works on a payment (its in-flight gauge says 1).
-fn wait_in_flight(orchestrator: &harness::Orchestrator) -> bool {
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while std::time::Instant::now() < deadline {
-        if let Some((200, metrics)) = orchestrator.get("/metrics") {
-            if metrics
-                .lines()
-                .any(|l| l.trim() == "baton_inflight_payments 1")
-            {
-                return true;
-            }
-        }
-        // A separate process: its metrics are the only thing to watch.
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    false
+/// Waits until the orchestrator works on a payment (its in-flight gauge says 1). A
+/// separate process: its metrics are the only thing to watch.
+async fn wait_in_flight(orchestrator: &harness::Orchestrator) -> bool {
+    let in_flight = baton_testkit::poll(
+        Duration::from_secs(30),
+        Duration::from_millis(50),
+        || async {
+            let (status, metrics) = orchestrator.get("/metrics").await?;
+            (status == 200
+                && metrics
+                    .lines()
+                    .any(|l| l.trim() == "baton_inflight_payments 1"))
+            .then_some(())
+        },
+    )
+    .await;
+    in_flight.is_some()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -54,14 +55,17 @@ async fn a_crash_loop_past_the_delivery_limit_gets_one_result_and_its_hold_voide
     let dead = cluster.names.dead_queue();
     let mut kills = 0;
     while cluster.depth(&dead).await == 0 {
-        let mut orchestrator = cluster.orchestrator_with(None, 1, &lease);
+        let mut orchestrator = cluster.orchestrator_with(None, 1, &lease).await;
         assert!(
-            wait_in_flight(&orchestrator),
+            wait_in_flight(&orchestrator).await,
             "the payment was not redelivered; log: {}",
             orchestrator.log_text()
         );
         orchestrator.signal("KILL");
-        orchestrator.wait_exit(Duration::from_secs(10)).unwrap();
+        orchestrator
+            .wait_exit(Duration::from_secs(10))
+            .await
+            .unwrap();
         kills += 1;
         assert!(kills <= 6, "still redelivered after {kills} kills");
         // The broker returns the request when the connection drops; past the limit it
@@ -93,7 +97,7 @@ async fn a_crash_loop_past_the_delivery_limit_gets_one_result_and_its_hold_voide
 
     // Any orchestrator's sweeper finishes the saga once its lease ran out (risk is still
     // down: the open step is not sent, it is failed `abandoned`, the hold voided).
-    let sweeper = cluster.orchestrator_with(None, 5, &lease);
+    let sweeper = cluster.orchestrator_with(None, 5, &lease).await;
     cluster
         .collect_from_results_queue(&ids, Duration::from_secs(60))
         .await;
