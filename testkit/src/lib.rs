@@ -9,6 +9,7 @@
 //! - [`broker`]: the local RabbitMQ's addresses, a queue's depth, a prefix's clean-up;
 //! - [`http`]: free ports and one `GET` for the HTTP ports of Baton's processes;
 //! - [`process`]: other processes, with their logs, readiness and exit, killed on drop;
+//! - [`metrics`]: the Prometheus text exposition, read back;
 //! - [`wait`]: bounded polling for states that raise no event.
 //!
 //! What it is not: a way to start Baton. It depends on neither `baton` nor
@@ -20,6 +21,7 @@
 
 pub mod broker;
 pub mod http;
+pub mod metrics;
 pub mod postgres;
 pub mod process;
 pub mod scratch;
@@ -30,6 +32,7 @@ pub use broker::{
     AMQP_ADDRESS, AMQP_URL,
 };
 pub use http::{free_addr, free_port, http_get, http_get_ok, localhost};
+pub use metrics::{metric_value, Exposition};
 pub use postgres::{postgres_url, ScratchDatabase, POSTGRES_ADMIN_URL};
 pub use process::{logged_http_addr, tail, workspace_binary, Process, READY_WAIT};
 pub use scratch::{

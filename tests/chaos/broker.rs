@@ -7,6 +7,7 @@ use crate::node::RabbitNode;
 use baton::testcards::TestCard;
 use baton_contract::Status;
 use baton_services::{Faults, ServiceKind};
+use baton_testkit::Exposition;
 use std::process::Command;
 use std::time::Duration;
 
@@ -63,11 +64,8 @@ async fn closed_connections_under_load_reconnect_and_every_payment_completes_onc
     // Every payment may have been answered before the connections were closed: the
     // reconnects then happen after the last result. Watch for them, bounded (the
     // orchestrator is another process: its metrics are the only thing to watch).
-    let reconnected = |metrics: &str| {
-        metrics
-            .lines()
-            .any(|l| l.starts_with("baton_broker_reconnects_total") && !l.ends_with(" 0"))
-    };
+    let reconnected =
+        |metrics: &str| Exposition::parse(metrics).sum("baton_broker_reconnects_total") > 0.0;
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     let mut metrics = String::new();
     while std::time::Instant::now() < deadline {
@@ -154,15 +152,6 @@ fn parking_workflow(park_ms: u64) -> String {
     )
 }
 
-/// A counter's value summed over its labels in a Prometheus text page.
-fn counter(metrics: &str, name: &str) -> f64 {
-    metrics
-        .lines()
-        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn payments_parked_across_a_broker_restart_each_get_one_result() {
     const PARK_MS: u64 = 3000;
@@ -191,7 +180,7 @@ async fn payments_parked_across_a_broker_restart_each_get_one_result() {
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
         let (_, metrics) = orchestrator.get("/metrics").await.expect("metrics");
-        if counter(&metrics, "baton_parked_total") >= ids.len() as f64 {
+        if Exposition::parse(&metrics).sum("baton_parked_total") >= ids.len() as f64 {
             break;
         }
         assert!(

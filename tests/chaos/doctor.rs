@@ -12,7 +12,7 @@ use baton_amqp as amqp;
 use baton_contract::Status;
 use baton_services::ledger::Ledger;
 use baton_services::{ServiceConfig, ServiceKind};
-use baton_testkit::{scratch_name, ScratchDir, AMQP_URL};
+use baton_testkit::{metric_value, scratch_name, ScratchDir, AMQP_URL};
 use std::process::Command;
 use std::time::Duration;
 
@@ -146,12 +146,7 @@ async fn two_ledgers_fail_payments_unavailable_never_declined_and_doctor_names_b
             "the hold is voided"
         );
     }
-    let counted = metrics
-        .gather()
-        .iter()
-        .find(|f| f.name() == "baton_service_ledger_mismatches_total")
-        .map(|f| f.get_metric()[0].get_counter().get_value())
-        .unwrap_or(0.0);
+    let counted = metric_value(&metrics, "baton_service_ledger_mismatches_total", &[]);
     assert!(
         counted >= 2.0,
         "every refused capture is counted: {counted}"

@@ -5,7 +5,7 @@ use crate::harness::{Cluster, JournalStore, BROKER};
 use baton::testcards::TestCard;
 use baton_amqp::publish_confirmed;
 use baton_services::ServiceKind;
-use baton_testkit::poll;
+use baton_testkit::{poll, Exposition};
 use lapin::BasicProperties;
 use std::time::Duration;
 
@@ -167,10 +167,9 @@ async fn a_rejection_whose_client_is_gone_gives_one_dead_letter_not_one_per_rede
         Duration::from_millis(50),
         || async {
             let (_, metrics) = orchestrator.get("/metrics").await?;
-            metrics
-                .lines()
-                .any(|l| l.trim() == "baton_client_replies_unroutable_total 1")
-                .then_some(())
+            let unroutable =
+                Exposition::parse(&metrics).get("baton_client_replies_unroutable_total", &[]);
+            (unroutable == Some(1.0)).then_some(())
         },
     )
     .await;

@@ -3,6 +3,7 @@
 
 use crate::harness::{Cluster, JournalStore, BROKER};
 use baton::testcards::TestCard;
+use baton_testkit::Exposition;
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 
@@ -37,12 +38,7 @@ async fn three_replicas_one_killed_mid_run_every_payment_completes_once() {
     // The two survivors both took part.
     for survivor in &replicas[1..] {
         let (_, metrics) = survivor.get("/metrics").await.expect("metrics");
-        let received = metrics
-            .lines()
-            .find(|l| l.starts_with("baton_payments_received_total"))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0);
+        let received = Exposition::parse(&metrics).sum("baton_payments_received_total");
         assert!(received > 0.0, "every replica takes its share");
     }
     drop(replicas);

@@ -400,30 +400,6 @@ impl TestApp {
     }
 }
 
-/// The value of a metric in `registry`: the sum over the series whose labels include
-/// every `(name, value)` of `labels` (0 when there is none). Read from the text
-/// exposition, as Prometheus would scrape it.
-pub fn metric_value(registry: &prometheus::Registry, name: &str, labels: &[(&str, &str)]) -> f64 {
-    let text = prometheus::TextEncoder::new()
-        .encode_to_string(&registry.gather())
-        .expect("metrics encode");
-    text.lines()
-        .filter(|line| !line.starts_with('#'))
-        .filter_map(|line| {
-            let (series, value) = line.rsplit_once(' ')?;
-            let (metric, label_text) = match series.split_once('{') {
-                Some((metric, rest)) => (metric, rest.trim_end_matches('}')),
-                None => (series, ""),
-            };
-            let matches = metric == name
-                && labels
-                    .iter()
-                    .all(|(k, v)| label_text.split(',').any(|l| l == format!("{k}=\"{v}\"")));
-            matches.then(|| value.parse::<f64>().ok()).flatten()
-        })
-        .sum()
-}
-
 /// The broker role a reference service runs as.
 pub fn role_of(kind: ServiceKind) -> Role {
     match kind {

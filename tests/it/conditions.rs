@@ -3,7 +3,7 @@
 //! second PCI instances on their own queues (`baton-pci --queue pci-fx`, …): each
 //! approves what it is sent, so what matters is whether it is sent anything at all.
 
-use crate::app::{metric_value, spawn_services, Store, TestApp};
+use crate::app::{spawn_services, Store, TestApp};
 use crate::observability::bound_consumer;
 use baton::saga::SagaEvent;
 use baton::workflow::Workflow;
@@ -11,6 +11,7 @@ use baton_amqp as amqp;
 use baton_contract::{PaymentResult, Status, StepOutcome};
 use baton_services::ServiceKind;
 use baton_testkit::amqp_url;
+use baton_testkit::metric_value;
 use futures_lite::StreamExt;
 use serde_json::json;
 use std::time::Duration;

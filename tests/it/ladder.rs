@@ -8,13 +8,14 @@
 //! that announce themselves by no event (a breaker gauge, a counter, a queue depth) are
 //! polled, with a deadline.
 
-use crate::app::{metric_value, spawn_services, Store, TestApp};
+use crate::app::{spawn_services, Store, TestApp};
 use baton::testcards::TestCard;
 use baton::workflow::Workflow;
 use baton_amqp as amqp;
 use baton_contract::{headers, PaymentResult, Status, StepOutcome};
 use baton_services::{Faults, ServiceKind};
 use baton_testkit::eventually;
+use baton_testkit::metric_value;
 use serde_json::Value;
 use std::time::{Duration, Instant};
 use uuid::Uuid;

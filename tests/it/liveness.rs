@@ -1,12 +1,13 @@
 //! No payment left without a result: an invalid copy of a running payment, a rejection
 //! whose client is gone.
 
-use crate::app::{metric_value, spawn_app, spawn_services, Store};
+use crate::app::{spawn_app, spawn_services, Store};
 use baton::testcards::TestCard;
 use baton::workflow::Workflow;
 use baton_amqp::publish_confirmed;
 use baton_contract::{headers, Limits, Status, StepOutcome};
 use baton_services::ServiceKind;
+use baton_testkit::metric_value;
 use lapin::BasicProperties;
 use std::time::Duration;
 use uuid::Uuid;

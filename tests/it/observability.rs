@@ -11,8 +11,8 @@ use baton_amqp as amqp;
 use baton_contract::{PaymentResult, Status};
 use baton_services::ServiceKind;
 use baton_testkit::{
-    amqp_url, free_addr, http_get, http_get_ok, scratch_hex, tail, workspace_binary, Process,
-    ScratchDir, READY_WAIT,
+    amqp_url, free_addr, http_get, http_get_ok, scratch_hex, tail, workspace_binary, Exposition,
+    Process, ScratchDir, READY_WAIT,
 };
 use futures_lite::StreamExt;
 use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
@@ -28,103 +28,6 @@ use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 use uuid::Uuid;
-
-// ---------------------------------------------------------------------------------------
-// The Prometheus text format, parsed just enough to look samples up by name and labels.
-
-struct Sample {
-    name: String,
-    labels: BTreeMap<String, String>,
-    value: f64,
-}
-
-struct Exposition(Vec<Sample>);
-
-impl Exposition {
-    fn parse(text: &str) -> Self {
-        let samples = text
-            .lines()
-            .filter(|l| !l.is_empty() && !l.starts_with('#'))
-            .map(|line| {
-                let (series, value) = line
-                    .rsplit_once(' ')
-                    .unwrap_or_else(|| panic!("a sample line: {line}"));
-                let value = value
-                    .parse()
-                    .unwrap_or_else(|_| panic!("a sample value: {line}"));
-                let (name, labels) = match series.split_once('{') {
-                    None => (series.to_owned(), BTreeMap::new()),
-                    Some((name, rest)) => {
-                        let rest = rest
-                            .strip_suffix('}')
-                            .unwrap_or_else(|| panic!("labels end with }}: {line}"));
-                        (name.to_owned(), parse_labels(rest, line))
-                    }
-                };
-                Sample {
-                    name,
-                    labels,
-                    value,
-                }
-            })
-            .collect();
-        Self(samples)
-    }
-
-    /// The value of the sample with exactly these labels.
-    fn get(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-        let want: BTreeMap<String, String> = labels
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        self.0
-            .iter()
-            .find(|s| s.name == name && s.labels == want)
-            .map(|s| s.value)
-    }
-
-    /// Like [`Exposition::get`], failing the test when the sample is missing.
-    fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        self.get(name, labels)
-            .unwrap_or_else(|| panic!("no sample {name}{labels:?}"))
-    }
-
-    /// Every sample of `name`.
-    fn all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a Sample> + 'a {
-        self.0.iter().filter(move |s| s.name == name)
-    }
-
-    fn sum(&self, name: &str) -> f64 {
-        self.all(name).map(|s| s.value).sum()
-    }
-}
-
-fn parse_labels(text: &str, line: &str) -> BTreeMap<String, String> {
-    let mut labels = BTreeMap::new();
-    let mut rest = text;
-    while !rest.is_empty() {
-        let (key, after) = rest
-            .split_once("=\"")
-            .unwrap_or_else(|| panic!("label=\"value\": {line}"));
-        let mut value = String::new();
-        let mut chars = after.char_indices();
-        let end = loop {
-            match chars.next() {
-                Some((_, '\\')) => match chars.next() {
-                    Some((_, 'n')) => value.push('\n'),
-                    Some((_, c)) => value.push(c),
-                    None => panic!("unfinished escape: {line}"),
-                },
-                Some((i, '"')) => break i,
-                Some((_, c)) => value.push(c),
-                None => panic!("unterminated label value: {line}"),
-            }
-        };
-        labels.insert(key.trim_start_matches(',').to_owned(), value);
-        rest = after[end + 1..].trim_start_matches(',');
-    }
-    labels
-}
 
 // ---------------------------------------------------------------------------------------
 // Tools from Debian's `prometheus` package.

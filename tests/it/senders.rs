@@ -4,13 +4,14 @@
 //! orchestrator's user. Each attack is tried against a live payment, and the payment
 //! still gets its documented result.
 
-use crate::app::{metric_value, role_of, spawn_verified_app, spawn_verified_services, TestApp};
+use crate::app::{role_of, spawn_verified_app, spawn_verified_services, TestApp};
 use baton::broker::Role;
 use baton::testcards::TestCard;
 use baton::workflow::Workflow;
 use baton_amqp as amqp;
 use baton_contract::Status;
 use baton_services::ServiceKind;
+use baton_testkit::metric_value;
 use baton_testkit::{eventually, AMQP_ADDRESS};
 use lapin::options::{BasicGetOptions, BasicNackOptions, BasicPublishOptions};
 use lapin::{Channel, Connection, ConnectionProperties};

@@ -13,6 +13,7 @@ mod harness;
 
 use baton::testcards::TestCard;
 use baton_services::ServiceKind;
+use baton_testkit::Exposition;
 use harness::{Cluster, JournalStore};
 use std::time::Duration;
 
@@ -24,11 +25,8 @@ async fn wait_in_flight(orchestrator: &harness::Orchestrator) -> bool {
         Duration::from_millis(50),
         || async {
             let (status, metrics) = orchestrator.get("/metrics").await?;
-            (status == 200
-                && metrics
-                    .lines()
-                    .any(|l| l.trim() == "baton_inflight_payments 1"))
-            .then_some(())
+            let in_flight = Exposition::parse(&metrics).get("baton_inflight_payments", &[]);
+            (status == 200 && in_flight == Some(1.0)).then_some(())
         },
     )
     .await;

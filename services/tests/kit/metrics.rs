@@ -4,15 +4,8 @@
 use crate::helpers::{command, Client, Scratch};
 use baton_contract::ReplyOutcome;
 use baton_services::{start, ServiceConfig, ServiceKind};
-use baton_testkit::http_get;
+use baton_testkit::{http_get, Exposition};
 use tokio::net::TcpStream;
-
-/// The value of the sample line `series` (name with labels) in a text exposition.
-fn sample(metrics: &str, series: &str) -> Option<f64> {
-    metrics
-        .lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_commands_and_duplicates() {
@@ -35,13 +28,16 @@ async fn metrics_count_commands_and_duplicates() {
 
     let (status, metrics) = http_get(addr, "/metrics").await.unwrap();
     assert_eq!(status, 200, "{metrics}");
-    let approved = r#"baton_service_commands_total{action="execute",outcome="approved",service="authorization"}"#;
-    assert_eq!(sample(&metrics, approved), Some(3.0), "{metrics}");
-    let duplicates = r#"baton_service_duplicate_commands_total{service="authorization"}"#;
-    assert_eq!(sample(&metrics, duplicates), Some(1.0), "{metrics}");
-    let handled = r#"baton_service_handle_duration_seconds_count{service="authorization"}"#;
-    assert_eq!(sample(&metrics, handled), Some(3.0), "{metrics}");
-    assert_eq!(sample(&metrics, "baton_broker_reconnects_total"), Some(0.0));
+    let samples = Exposition::parse(&metrics);
+    let auth = ("service", "authorization");
+    let approved = [("action", "execute"), ("outcome", "approved"), auth];
+    let commands = samples.get("baton_service_commands_total", &approved);
+    assert_eq!(commands, Some(3.0), "{metrics}");
+    let duplicates = samples.get("baton_service_duplicate_commands_total", &[auth]);
+    assert_eq!(duplicates, Some(1.0), "{metrics}");
+    let handled = samples.get("baton_service_handle_duration_seconds_count", &[auth]);
+    assert_eq!(handled, Some(3.0), "{metrics}");
+    assert_eq!(samples.get("baton_broker_reconnects_total", &[]), Some(0.0));
     assert!(
         !metrics.contains(&first.payment_id.to_string()),
         "no payment ids in labels"

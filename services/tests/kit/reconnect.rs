@@ -133,13 +133,8 @@ async fn a_service_is_not_ready_until_its_queue_can_be_declared_again() {
     assert_eq!(status(addr, "/readyz").await, 200);
     let reply = client.ask(&queue, &command(ServiceKind::Pci)).await;
     assert_eq!(reply.outcome, ReplyOutcome::Approved, "{reply:?}");
-    let reconnects = service
-        .registry()
-        .gather()
-        .into_iter()
-        .find(|family| family.name() == "baton_broker_reconnects_total")
-        .map(|family| family.get_metric()[0].get_counter().get_value());
-    assert_eq!(reconnects, Some(1.0));
+    let metrics = baton_testkit::Exposition::of(service.registry());
+    assert_eq!(metrics.get("baton_broker_reconnects_total", &[]), Some(1.0));
     service.shutdown().await.unwrap();
     client.clean_up(&scratch.names, &["pci"]).await;
 }
