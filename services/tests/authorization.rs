@@ -12,9 +12,7 @@ use baton_services::{start, Ledger, ServiceConfig, ServiceKind};
 use baton_testkit::{amqp_url, scratch_name, ScratchSqlite};
 use futures_lite::StreamExt;
 use lapin::message::Delivery;
-use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, QueueDeclareOptions, QueueDeleteOptions,
-};
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, QueueDeleteOptions};
 use lapin::types::FieldTable;
 use lapin::{Channel, Consumer};
 use std::time::Duration;
@@ -114,33 +112,7 @@ async fn authorization_replies_dedupes_and_dead_letters() {
         .await
         .unwrap();
     let channel = amqp::confirm_channel(&connection).await.unwrap();
-    let reply_queue = channel
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap()
-        .name()
-        .to_string();
-    let no_ack = BasicConsumeOptions {
-        no_ack: true,
-        ..BasicConsumeOptions::default()
-    };
-    let mut replies = channel
-        .basic_consume(
-            reply_queue.as_str().into(),
-            "replies".into(),
-            no_ack,
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+    let (reply_queue, mut replies) = amqp::consume_exclusive(&channel, "").await.unwrap();
 
     // A command gets an approved reply with a hold.
     let payment_id = Uuid::new_v4();

@@ -73,6 +73,33 @@ pub async fn queue_exists(url: &str, queue: &str) -> bool {
     exists
 }
 
+/// A connection named `name` to `url` with a server-named exclusive queue bound to
+/// `exchange` with `key` and consumed without acks: what a test sees published there
+/// from now on. The queue goes with the connection (close it at the end).
+pub async fn listen(
+    url: &str,
+    name: &str,
+    exchange: &str,
+    key: &str,
+) -> (Connection, lapin::Consumer) {
+    let connection = connect(url, name).await;
+    let channel = connection.create_channel().await.expect("a channel");
+    let (queue, consumer) = amqp::consume_exclusive(&channel, "")
+        .await
+        .expect("consume a queue of the test's own");
+    channel
+        .queue_bind(
+            queue.as_str().into(),
+            exchange.into(),
+            key.into(),
+            lapin::options::QueueBindOptions::default(),
+            lapin::types::FieldTable::default(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("bind a queue to {exchange} with {key}: {e}"));
+    (connection, consumer)
+}
+
 /// Deletes a scratch prefix's queues (the core ones, `services`' command queues, the
 /// parking queues of `parking_delays_ms`) and its exchange, on a connection of its own to
 /// `url` (a test's own may have died with the broker).

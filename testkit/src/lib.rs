@@ -28,13 +28,13 @@ pub mod scratch;
 pub mod wait;
 
 pub use broker::{
-    admin_url, amqp_url, delete_prefix, depth, depth_at_least, queue_exists, ADMIN_URL,
+    admin_url, amqp_url, delete_prefix, depth, depth_at_least, listen, queue_exists, ADMIN_URL,
     AMQP_ADDRESS, AMQP_URL,
 };
 pub use http::{free_addr, free_port, http_get, http_get_ok, localhost};
 pub use metrics::{metric_value, Exposition};
 pub use postgres::{postgres_url, ScratchDatabase, POSTGRES_ADMIN_URL};
-pub use process::{logged_http_addr, tail, workspace_binary, Process, READY_WAIT};
+pub use process::{logged_http_addr, output, tail, workspace_binary, Process, READY_WAIT};
 pub use scratch::{
     remove_sqlite, scratch_hex, scratch_id, scratch_name, scratch_path, sqlite_url, ScratchDir,
     ScratchSqlite,

@@ -8,7 +8,7 @@
 use crate::http::http_get;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -137,6 +137,16 @@ impl Drop for Process {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Runs `command` to its end on a blocking thread, so that the test's in-process
+/// services and clients keep running meanwhile: its output (status, stdout, stderr).
+pub async fn output(mut command: Command) -> Output {
+    let program = command.get_program().to_string_lossy().into_owned();
+    tokio::task::spawn_blocking(move || command.output())
+        .await
+        .expect("the blocking thread")
+        .unwrap_or_else(|e| panic!("run {program}: {e}"))
 }
 
 /// The address in Baton's log line `HTTP port listening … addr=127.0.0.1:PORT` (the text

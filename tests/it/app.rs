@@ -334,6 +334,13 @@ impl TestApp {
         .await
     }
 
+    /// What is published on the payments exchange with routing `key` from now on, on a
+    /// connection of its own to close at the end ([`baton_testkit::listen`]).
+    pub async fn listen(&self, key: &str) -> (lapin::Connection, lapin::Consumer) {
+        let exchange = self.names.payments_exchange();
+        baton_testkit::listen(&amqp_url(), "test listener", &exchange, key).await
+    }
+
     /// Takes every message ready in `queue` (acking them): (properties, body) each.
     pub async fn take_all(&self, queue: &str) -> Vec<(BasicProperties, Vec<u8>)> {
         let channel = self.client.publisher().channel().clone();

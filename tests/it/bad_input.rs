@@ -549,10 +549,7 @@ async fn an_oversized_request_is_dead_lettered_truncated_and_masked_with_its_hea
         .args(["--amqp-url", &baton_testkit::amqp_url(), "--prefix"])
         .args([app.names.prefix(), "dead", "replay", "--all"])
         .env("RUST_LOG", "warn");
-    let output = tokio::task::spawn_blocking(move || command.output())
-        .await
-        .unwrap()
-        .expect("run the baton binary");
+    let output = baton_testkit::output(command).await;
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{stderr}");
     assert!(

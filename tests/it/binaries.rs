@@ -257,10 +257,7 @@ async fn baton_on_broker(args: Vec<String>) -> (Option<i32>, String, String) {
         .args(["--amqp-url", &amqp_url()])
         .args(args)
         .env("RUST_LOG", "warn");
-    let output = tokio::task::spawn_blocking(move || command.output())
-        .await
-        .unwrap()
-        .expect("run the baton binary");
+    let output = baton_testkit::output(command).await;
     (
         output.status.code(),
         String::from_utf8(output.stdout).unwrap(),

@@ -4,13 +4,10 @@
 //! approves what it is sent, so what matters is whether it is sent anything at all.
 
 use crate::app::{spawn_services, Store, TestApp};
-use crate::observability::bound_consumer;
 use baton::saga::SagaEvent;
 use baton::workflow::Workflow;
-use baton_amqp as amqp;
 use baton_contract::{PaymentResult, Status, StepOutcome};
 use baton_services::ServiceKind;
-use baton_testkit::amqp_url;
 use baton_testkit::metric_value;
 use futures_lite::StreamExt;
 use serde_json::json;
@@ -114,11 +111,7 @@ fn handled(app: &TestApp, queue: &str) -> f64 {
 #[tokio::test]
 async fn the_example_conditions_skip_and_run_their_steps() {
     let mut app = conditional_app().await;
-    let connection = amqp::connect(&amqp_url(), "conditions events test", &Default::default())
-        .await
-        .expect("connect");
-    let channel = connection.create_channel().await.unwrap();
-    let mut skipped_events = bound_consumer(&channel, &app, "event.*.skipped").await;
+    let (connection, mut skipped_events) = app.listen("event.*.skipped").await;
 
     // Same currency, a low risk score, a small amount: the three are skipped.
     let (result, raw) = pay(&mut app, 1999, "EUR", "4242424242424242").await;

@@ -211,11 +211,8 @@ async fn sagas_finish_settles_a_saga_through_the_running_sweeper() {
         String::from_utf8_lossy(&stuck.stdout).starts_with("1 running, 0 whose lease ran out"),
         "leased: not stuck yet"
     );
-    let mut finish = baton(&["sagas", "finish", &payment_id.to_string(), "--wait", "30s"]);
-    let output = tokio::task::spawn_blocking(move || finish.output())
-        .await
-        .unwrap()
-        .unwrap();
+    let finish = baton(&["sagas", "finish", &payment_id.to_string(), "--wait", "30s"]);
+    let output = baton_testkit::output(finish).await;
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),

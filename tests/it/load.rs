@@ -2,22 +2,17 @@
 //! exactly-once report (the benchmark itself is not a test).
 
 use crate::app::spawn_app;
-use baton_testkit::{amqp_url, delete_prefix};
+use baton_testkit::{amqp_url, delete_prefix, output};
 use std::process::Command;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn baton_load_reports_every_payment_exactly_once() {
     let app = spawn_app().await;
     let prefix = app.names.prefix().to_owned();
-    let output = tokio::task::spawn_blocking(move || {
-        Command::new(env!("CARGO_BIN_EXE_baton"))
-            .args(["load", "--prefix", &prefix, "--amqp-url", &amqp_url()])
-            .args(["--payments", "40", "--in-flight", "8", "--json"])
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
+    let mut load = Command::new(env!("CARGO_BIN_EXE_baton"));
+    load.args(["load", "--prefix", &prefix, "--amqp-url", &amqp_url()])
+        .args(["--payments", "40", "--in-flight", "8", "--json"]);
+    let output = output(load).await;
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),
@@ -44,16 +39,10 @@ async fn baton_load_reports_every_payment_exactly_once() {
 async fn baton_load_exits_1_when_payments_go_unanswered() {
     // No orchestrator answers on this prefix: every payment is missing.
     let prefix = baton_testkit::scratch_name("test-noone");
-    let for_cleanup = prefix.clone();
-    let output = tokio::task::spawn_blocking(move || {
-        Command::new(env!("CARGO_BIN_EXE_baton"))
-            .args(["load", "--prefix", &prefix, "--amqp-url", &amqp_url()])
-            .args(["--payments", "3", "--rate", "50", "--wait", "1", "--json"])
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
+    let mut load = Command::new(env!("CARGO_BIN_EXE_baton"));
+    load.args(["load", "--prefix", &prefix, "--amqp-url", &amqp_url()])
+        .args(["--payments", "3", "--rate", "50", "--wait", "1", "--json"]);
+    let output = output(load).await;
     assert_eq!(output.status.code(), Some(1));
     let report: serde_json::Value =
         serde_json::from_str(String::from_utf8_lossy(&output.stdout).trim()).unwrap();
@@ -61,12 +50,7 @@ async fn baton_load_exits_1_when_payments_go_unanswered() {
         (report["sent"].as_u64(), report["missing"].as_u64()),
         (Some(3), Some(3))
     );
-    delete_prefix(
-        &amqp_url(),
-        &baton_contract::Names::new(for_cleanup),
-        &[],
-        &[],
-    )
-    .await
-    .unwrap();
+    delete_prefix(&amqp_url(), &baton_contract::Names::new(prefix), &[], &[])
+        .await
+        .unwrap();
 }

@@ -8,8 +8,6 @@ use baton_contract::{
 use baton_services::{ServiceConfig, ServiceKind};
 use baton_testkit::{amqp_url, scratch_name, ScratchSqlite};
 use futures_lite::StreamExt;
-use lapin::options::{BasicConsumeOptions, QueueDeclareOptions};
-use lapin::types::FieldTable;
 use lapin::{Channel, Connection, Consumer};
 use std::time::Duration;
 use uuid::Uuid;
@@ -103,30 +101,7 @@ impl Client {
             .await
             .expect("RabbitMQ must run at AMQP_URL");
         let channel = amqp::confirm_channel(&connection).await.unwrap();
-        let exclusive = QueueDeclareOptions {
-            exclusive: true,
-            auto_delete: true,
-            ..QueueDeclareOptions::default()
-        };
-        let reply_queue = channel
-            .queue_declare("".into(), exclusive, FieldTable::default())
-            .await
-            .unwrap()
-            .name()
-            .to_string();
-        let no_ack = BasicConsumeOptions {
-            no_ack: true,
-            ..BasicConsumeOptions::default()
-        };
-        let replies = channel
-            .basic_consume(
-                reply_queue.as_str().into(),
-                "replies".into(),
-                no_ack,
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
+        let (reply_queue, replies) = amqp::consume_exclusive(&channel, "").await.unwrap();
         Self {
             connection,
             channel,

@@ -1,73 +1,18 @@
 //! The saga events on the payments exchange: a payment's in order, and the result event
 //! of a rejected request.
 
-use crate::app::{spawn_app, TestApp};
+use crate::app::spawn_app;
 use baton::saga::SagaEvent;
 use baton::testcards::TestCard;
-use baton_amqp as amqp;
 use baton_contract::{PaymentResult, Status};
-use baton_testkit::amqp_url;
 use futures_lite::StreamExt;
-use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
-use lapin::types::FieldTable;
 use std::time::Duration;
 use uuid::Uuid;
-
-/// A server-named exclusive queue bound to the payments exchange with `key`, consumed
-/// without acks.
-pub(crate) async fn bound_consumer(
-    channel: &lapin::Channel,
-    app: &TestApp,
-    key: &str,
-) -> lapin::Consumer {
-    let queue = channel
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .expect("declare a queue");
-    channel
-        .queue_bind(
-            queue.name().as_str().into(),
-            app.names.payments_exchange().as_str().into(),
-            key.into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .expect("bind it");
-    channel
-        .basic_consume(
-            queue.name().as_str().into(),
-            "".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..BasicConsumeOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .expect("consume it")
-}
 
 #[tokio::test]
 async fn the_saga_events_of_a_high_risk_payment_arrive_in_order() {
     let mut app = spawn_app().await;
-    let connection = amqp::connect(
-        &amqp_url(),
-        "observability events test",
-        &Default::default(),
-    )
-    .await
-    .expect("connect");
-    let channel = connection.create_channel().await.unwrap();
-    let mut events = bound_consumer(&channel, &app, "event.#").await;
+    let (connection, mut events) = app.listen("event.#").await;
 
     let (result, body): (PaymentResult, String) = app.pay(TestCard::HighRisk).await;
     assert_eq!(
@@ -139,15 +84,7 @@ async fn the_saga_events_of_a_high_risk_payment_arrive_in_order() {
 #[tokio::test]
 async fn a_rejected_request_publishes_event_payment_rejected() {
     let mut app = spawn_app().await;
-    let connection = amqp::connect(
-        &amqp_url(),
-        "observability events test",
-        &Default::default(),
-    )
-    .await
-    .expect("connect");
-    let channel = connection.create_channel().await.unwrap();
-    let mut events = bound_consumer(&channel, &app, "event.#").await;
+    let (connection, mut events) = app.listen("event.#").await;
 
     let payment_id = Uuid::new_v4();
     let mut request = TestCard::Good.request_with_id(payment_id);

@@ -10,8 +10,6 @@ mod readiness;
 mod scraping;
 mod traces;
 
-pub(crate) use events::bound_consumer;
-
 use std::path::PathBuf;
 
 /// A tool from Debian's `prometheus` package (`promtool`, `prometheus`), on `PATH` or in

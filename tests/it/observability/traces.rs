@@ -1,7 +1,6 @@
 //! One `traceparent` followed through the logs of five processes: the orchestrator and
 //! the four service binaries, each logging its part with the payment id.
 
-use super::bound_consumer;
 use crate::app::{spawn_services, Store, RESULT_WAIT};
 use baton::testcards::TestCard;
 use baton_amqp as amqp;
@@ -74,11 +73,7 @@ async fn one_traceparent_is_in_the_logs_of_the_orchestrator_and_all_four_service
     processes.wait_ready().await;
 
     // Results of this prefix, with their headers, on a queue of our own.
-    let connection = amqp::connect(&amqp_url(), "observability trace test", &Default::default())
-        .await
-        .expect("connect");
-    let channel = connection.create_channel().await.unwrap();
-    let mut results = bound_consumer(&channel, &app, "result.*").await;
+    let (connection, mut results) = app.listen("result.*").await;
 
     // Hexadecimal, as a traceparent's ids are, and never masked in a log.
     let trace_id = scratch_hex(32);

@@ -2,9 +2,8 @@
 //! two operators at once replay a message once, and one waits for the other's command;
 //! identical copies share a key and an ambiguous payment id is refused.
 
-use super::{baton, dead_letter, key_of, order_of, rows, rows_of};
+use super::{baton, dead_letter, key_of, operator_command, order_of, rows, rows_of};
 use crate::app::{spawn_services, Store};
-use baton::broker::Role;
 use baton::testcards::TestCard;
 use baton_amqp as amqp;
 use baton_contract::headers;
@@ -138,17 +137,8 @@ async fn a_command_waits_for_another_operators_command_on_the_same_queue() {
         .await
         .unwrap();
 
-    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_baton"));
+    let mut command = operator_command(&app, &["dead", "list"]);
     command
-        .args([
-            "--amqp-url",
-            &app.url_of(Role::Operator),
-            "--prefix",
-            app.names.prefix(),
-            "dead",
-            "list",
-        ])
-        .env("RUST_LOG", "warn")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
     let mut child = command.spawn().unwrap();

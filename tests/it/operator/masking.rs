@@ -144,10 +144,7 @@ async fn a_returned_message_never_puts_its_card_number_in_the_log() {
         if let Some(filter) = rust_log {
             command.env("RUST_LOG", filter);
         }
-        let output = tokio::task::spawn_blocking(move || command.output())
-            .await
-            .unwrap()
-            .unwrap();
+        let output = baton_testkit::output(command).await;
         let stderr = String::from_utf8_lossy(&output.stderr);
         let stdout = String::from_utf8_lossy(&output.stdout);
         assert_eq!(

@@ -26,9 +26,8 @@ pub(super) struct Run {
     pub(super) stderr: String,
 }
 
-/// Runs `baton --amqp-url … --prefix <app's> <args>`. On a blocking thread: the
-/// in-process services must keep answering while the tool waits (attention replay).
-pub(super) async fn baton(app: &TestApp, args: &[&str]) -> Run {
+/// `baton --amqp-url … --prefix <app's> <args>` as the operator, logging warnings only.
+pub(super) fn operator_command(app: &TestApp, args: &[&str]) -> std::process::Command {
     let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_baton"));
     command
         .args([
@@ -39,10 +38,13 @@ pub(super) async fn baton(app: &TestApp, args: &[&str]) -> Run {
         ])
         .args(args)
         .env("RUST_LOG", "warn");
-    let output = tokio::task::spawn_blocking(move || command.output())
-        .await
-        .unwrap()
-        .expect("run the baton binary");
+    command
+}
+
+/// Runs `baton --amqp-url … --prefix <app's> <args>`. On a blocking thread: the
+/// in-process services must keep answering while the tool waits (attention replay).
+pub(super) async fn baton(app: &TestApp, args: &[&str]) -> Run {
+    let output = baton_testkit::output(operator_command(app, args)).await;
     Run {
         code: output.status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
