@@ -6,6 +6,7 @@
 //! and an exit on the child, each with a bound.
 
 use crate::http::http_get;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
@@ -60,53 +61,65 @@ impl Process {
         self.log_all().contains(needle)
     }
 
-    /// Fails the test if the process has exited.
-    fn assert_running(&mut self, waiting_for: &str) {
-        if let Some(status) = self.child.try_wait().expect("ask the child's status") {
-            panic!(
-                "{} exited with {status} before {waiting_for}; log:\n{}",
+    /// Asks `probe` every `every` until it gives a value, up to `within`; fails the test
+    /// if the process exits first or the value does not come, naming `waiting_for` and
+    /// showing the log.
+    async fn wait_for<T, F, Fut>(
+        &mut self,
+        waiting_for: &str,
+        within: Duration,
+        every: Duration,
+        mut probe: F,
+    ) -> T
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Option<T>>,
+    {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("ask the child's status") {
+                panic!(
+                    "{} exited with {status} while the test waited for {waiting_for}; log:\n{}",
+                    self.name,
+                    self.log_text()
+                );
+            }
+            if let Some(value) = probe().await {
+                return value;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{}: no {waiting_for} within {within:?}; log:\n{}",
                 self.name,
                 self.log_text()
             );
+            tokio::time::sleep(every).await;
         }
     }
 
     /// Waits until `/readyz` on `addr` answers 200, up to `within`; fails the test if the
     /// process exits first or is not ready by then.
     pub async fn wait_ready(&mut self, addr: SocketAddr, within: Duration) {
-        let deadline = Instant::now() + within;
-        loop {
-            self.assert_running("being ready");
-            if let Ok((200, _)) = http_get(addr, "/readyz").await {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{} not ready on {addr} within {within:?}; log:\n{}",
-                self.name,
-                self.log_text()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let waiting_for = format!("200 from /readyz on {addr}");
+        let every = Duration::from_millis(50);
+        self.wait_for(&waiting_for, within, every, || async move {
+            matches!(http_get(addr, "/readyz").await, Ok((200, _))).then_some(())
+        })
+        .await;
     }
 
     /// Waits until the process has logged the address of its HTTP port (it was started
     /// on port 0) and is ready there, up to `within`: the address.
     pub async fn wait_logged_ready(&mut self, within: Duration) -> SocketAddr {
         let deadline = Instant::now() + within;
-        let addr = loop {
-            self.assert_running("logging its HTTP address");
-            if let Some(addr) = logged_http_addr(&self.log_all()) {
-                break addr;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{} logged no HTTP address within {within:?}; log:\n{}",
-                self.name,
-                self.log_text()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
+        let log = self.log.clone();
+        let every = Duration::from_millis(20);
+        let addr = self
+            .wait_for("an HTTP address in its log", within, every, || {
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                std::future::ready(logged_http_addr(&text))
+            })
+            .await;
         self.wait_ready(addr, deadline.saturating_duration_since(Instant::now()))
             .await;
         addr
@@ -195,6 +208,35 @@ mod tests {
         assert_eq!(logged_http_addr("nothing"), None);
         // The JSON format writes `"addr":"…"`: the processes of a test log text.
         assert_eq!(logged_http_addr(json), None);
+    }
+
+    fn shell(script: &str) -> Process {
+        let mut command = Command::new("sh");
+        command.args(["-c", script]);
+        let log = crate::scratch_path("process-test", ".log");
+        Process::spawn("sh", command, log)
+    }
+
+    #[tokio::test]
+    async fn an_exit_is_seen_with_its_status_and_the_log_is_read() {
+        let mut process = shell("echo said >&2; exit 3");
+        let status = process.wait_exit(Duration::from_secs(10)).await;
+        assert_eq!(status.and_then(|s| s.code()), Some(3));
+        assert!(process.log_contains("said"));
+        let _ = std::fs::remove_file(&process.log);
+    }
+
+    #[tokio::test]
+    #[should_panic(expected = "sh exited with exit status: 0 while the test waited for")]
+    async fn a_process_that_exits_is_never_ready() {
+        let mut process = shell("exit 0");
+        let _ = std::fs::remove_file(&process.log);
+        process
+            .wait_ready(
+                crate::localhost(crate::free_port()),
+                Duration::from_secs(10),
+            )
+            .await;
     }
 
     #[test]
