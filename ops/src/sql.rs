@@ -443,10 +443,9 @@ mod tests {
     use super::*;
     use std::time::Instant;
 
-    fn scratch(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("baton-ops-sql-{}-{name}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("scratch directory");
-        dir
+    /// A directory of the test's own, removed when dropped.
+    fn scratch(name: &str) -> baton_testkit::ScratchDir {
+        baton_testkit::ScratchDir::new(&format!("ops-sql-{name}"))
     }
 
     #[test]
@@ -490,7 +489,6 @@ mod tests {
             "a must-exist open created {}",
             file.display()
         );
-        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[tokio::test]
@@ -507,7 +505,6 @@ mod tests {
                 && message.contains("does not exist"),
             "{message}"
         );
-        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[tokio::test]
@@ -534,7 +531,6 @@ mod tests {
             assert!(matches!(e, SqlError::NotADatabase { .. }), "{e:?}");
             assert!(e.to_string().contains(&file.display().to_string()), "{e}");
         }
-        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[tokio::test]
@@ -572,7 +568,6 @@ mod tests {
             .unwrap_err();
         assert!(matches!(e, SqlError::Foreign { .. }), "{e:?}");
         pool.close().await;
-        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[tokio::test]

@@ -323,33 +323,17 @@ fn payments_handler() -> baton_ops::Handler {
     })
 }
 
-fn token_file(token: &str) -> tempfile_path::TempPath {
-    tempfile_path::write(token)
-}
-
-/// A file under the system temp dir removed on drop (no extra dependency for one file).
-mod tempfile_path {
-    pub struct TempPath(pub std::path::PathBuf);
-    impl Drop for TempPath {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_file(&self.0);
-        }
-    }
-    pub fn write(content: &str) -> TempPath {
-        let path = std::env::temp_dir().join(format!(
-            "baton-ops-token-{}-{:?}",
-            std::process::id(),
-            std::time::SystemTime::now()
-        ));
-        std::fs::write(&path, content).expect("write token file");
-        TempPath(path)
-    }
+/// A directory of the test's own holding `token` in its file `token`; removed on drop.
+fn token_file(token: &str) -> baton_testkit::ScratchDir {
+    let dir = baton_testkit::ScratchDir::new("ops-token");
+    dir.file("token", token);
+    dir
 }
 
 #[tokio::test]
 async fn with_a_token_application_paths_need_it_and_probes_do_not() {
     let file = token_file("  0123456789abcdef0123456789abcdef\n");
-    let token = BearerToken::from_file(&file.0).expect("a good token file");
+    let token = BearerToken::from_file(&file.join("token")).expect("a good token file");
     assert_eq!(format!("{token:?}"), "BearerToken(***)", "never printed");
     let app = spawn_app_on(
         "127.0.0.1:0",
@@ -410,7 +394,7 @@ async fn without_a_token_application_paths_are_served_on_loopback_only() {
 #[test]
 fn short_or_missing_token_files_are_refused_with_the_reason() {
     let short = token_file("tooshort");
-    let e = BearerToken::from_file(&short.0).unwrap_err();
+    let e = BearerToken::from_file(&short.join("token")).unwrap_err();
     assert!(e.to_string().contains("at least 16"), "{e}");
     let e = BearerToken::from_file(std::path::Path::new("/nonexistent/baton-token")).unwrap_err();
     assert!(

@@ -1,7 +1,8 @@
 //! What Baton's test suites share, so each is written once: the integration tests
 //! (`tests/it/`), the chaos and sweeper tests (`tests/chaos/`, `tests/sweeper/`), the
-//! services' and the worker kit's tests (`services/tests/`), and the unit tests that need
-//! a database of their own.
+//! services' and the worker kit's tests (`services/tests/`), and every crate's unit and
+//! integration tests that need a scratch file, directory or database (the journal's, the
+//! ledger's, the idempotency store's, the SQL opener's and the HTTP port's).
 //!
 //! - [`scratch`]: a test's own names: a prefix, directory, SQLite file, in which no digit
 //!   run can ever be masked as a card number;
