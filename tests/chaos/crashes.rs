@@ -31,9 +31,10 @@ async fn crash_and_recover(point: &str, nth: u32) {
         doomed.log_text()
     );
 
-    let _survivor = cluster.orchestrator(None, 30).await;
+    let survivor = cluster.orchestrator(None, 30).await;
     cluster.collect(&ids, Duration::from_secs(180)).await;
     cluster.verify(&ids).await;
+    drop(survivor);
     cluster.cleanup().await;
 }
 

@@ -52,9 +52,10 @@ async fn requests_wait_in_the_queue_while_no_orchestrator_runs() {
     let ids = cluster.publish_mixed(1000).await;
     let waiting = cluster.depth(&cluster.names.requests_queue()).await;
     assert_eq!(waiting, 1000, "all requests wait, none lost");
-    let _orchestrator = cluster.orchestrator(None, 30).await;
+    let orchestrator = cluster.orchestrator(None, 30).await;
     cluster.collect(&ids, Duration::from_secs(300)).await;
     cluster.verify(&ids).await;
+    drop(orchestrator);
     cluster.cleanup().await;
 }
 
@@ -84,9 +85,10 @@ async fn sigterm_finishes_in_flight_payments_and_exits_zero() {
     assert!(first.log_contains("shutting down"), "{}", first.log_text());
 
     // Whatever it did not take or finish is still in the queue for the next one.
-    let _next = cluster.orchestrator(None, 10).await;
+    let next = cluster.orchestrator(None, 10).await;
     cluster.collect(&ids, Duration::from_secs(180)).await;
     cluster.verify(&ids).await;
+    drop(next);
     cluster.cleanup().await;
 }
 
@@ -94,8 +96,8 @@ async fn sigterm_finishes_in_flight_payments_and_exits_zero() {
 async fn the_same_payment_at_two_replicas_at_once_has_one_effect() {
     let _broker = BROKER.read().await;
     let mut cluster = Cluster::new(JournalStore::Postgres).await;
-    let _a = cluster.orchestrator(None, 30).await;
-    let _b = cluster.orchestrator(None, 30).await;
+    let a = cluster.orchestrator(None, 30).await;
+    let b = cluster.orchestrator(None, 30).await;
     let publisher = cluster.client.publisher();
     let mut ids = Vec::new();
     // Many pairs, so that some pairs really are taken by both replicas at once.
@@ -130,5 +132,6 @@ async fn the_same_payment_at_two_replicas_at_once_has_one_effect() {
         }
     }
     cluster.verify(&ids).await;
+    drop((a, b));
     cluster.cleanup().await;
 }
