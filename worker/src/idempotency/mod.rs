@@ -488,10 +488,16 @@ mod tests {
         })
     }
 
-    #[tokio::test]
-    async fn claims_taken_while_one_is_worked_on_share_its_commit() {
-        let store = store(true).await;
-        let outside = outside(&store).await;
+    /// Claims "a" and writes its effect; lets "b" queue behind it; finishes a (in a task
+    /// of its own), and returns once b has its turn and has written its effect: a's
+    /// answer, b's task, and what lets b finish (dropped: b fails).
+    async fn a_finished_while_b_acts(
+        store: &Store,
+    ) -> (
+        tokio::task::JoinHandle<Result<Answer, IdempotencyError>>,
+        tokio::task::JoinHandle<Option<Answer>>,
+        tokio::sync::oneshot::Sender<()>,
+    ) {
         let Begin::Start(mut a) = try_begin(&store.claims, "a", "test").await.unwrap() else {
             panic!("first claim of a");
         };
@@ -505,6 +511,14 @@ mod tests {
         until_waiting(&store.claims, 1).await;
         let a_done = tokio::spawn(finish(a, Reply::approved("a", Map::new())));
         b_acting.await.unwrap();
+        (a_done, b, go)
+    }
+
+    #[tokio::test]
+    async fn claims_taken_while_one_is_worked_on_share_its_commit() {
+        let store = store(true).await;
+        let outside = outside(&store).await;
+        let (a_done, b, go) = a_finished_while_b_acts(&store).await;
         // a is finished and b works in the same transaction: nothing is committed yet,
         // and a has no answer yet.
         assert_eq!(
@@ -525,19 +539,7 @@ mod tests {
     #[tokio::test]
     async fn a_claim_undone_in_a_batch_takes_only_its_own_effects() {
         let store = store(true).await;
-        let Begin::Start(mut a) = try_begin(&store.claims, "a", "test").await.unwrap() else {
-            panic!("first claim of a");
-        };
-        sqlx::query("INSERT INTO effects VALUES ('a')")
-            .execute(&mut *a)
-            .await
-            .unwrap();
-        let (acting, b_acting) = tokio::sync::oneshot::channel();
-        let (go, b_go) = tokio::sync::oneshot::channel();
-        let b = claim_b_and_wait(&store.claims, acting, b_go);
-        until_waiting(&store.claims, 1).await;
-        let a_done = tokio::spawn(finish(a, Reply::approved("a", Map::new())));
-        b_acting.await.unwrap();
+        let (a_done, b, go) = a_finished_while_b_acts(&store).await;
         drop(go); // b fails after writing its effect
         assert!(b.await.unwrap().is_none());
         assert!(!a_done.await.unwrap().unwrap().replayed, "a is committed");
