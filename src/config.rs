@@ -113,7 +113,25 @@ impl Settings {
     }
 }
 
-/// A short random id for one orchestrator process.
+/// A short random id for one orchestrator process: 12 hexadecimal digits whose first is
+/// a letter, so it never reads as a 12-digit number (Baton's log masker would show it as
+/// `****` and four digits, about once in 280 processes).
 pub fn new_instance_id() -> String {
-    Uuid::new_v4().simple().to_string()[..12].to_owned()
+    let hex = Uuid::new_v4().simple().to_string();
+    let first = b"abcdef"[usize::from(hex.as_bytes()[0]) % 6] as char;
+    format!("{first}{}", &hex[1..12])
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn instance_ids_are_twelve_hex_digits_led_by_a_letter() {
+        for _ in 0..1000 {
+            let id = super::new_instance_id();
+            assert_eq!(id.len(), 12, "{id}");
+            assert!(id.chars().all(|c| c.is_ascii_hexdigit()), "{id}");
+            assert!(id.as_bytes()[0].is_ascii_lowercase(), "{id}");
+            assert_eq!(baton_contract::mask::mask_card_numbers(&id), id.as_str());
+        }
+    }
 }
