@@ -50,6 +50,19 @@ impl Role {
         }
     }
 
+    /// The role of the reference service named `service` (`authorization`, `risk`, `pci`,
+    /// `transaction`), whose role bears its name.
+    pub fn of_service(service: &str) -> Option<Role> {
+        [
+            Role::Authorization,
+            Role::Risk,
+            Role::Pci,
+            Role::Transaction,
+        ]
+        .into_iter()
+        .find(|role| role.name() == service)
+    }
+
     /// The broker user of this role under `prefix`: `<prefix>-<role>`.
     pub fn user(self, prefix: &str) -> String {
         format!("{prefix}-{}", self.name())

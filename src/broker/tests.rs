@@ -114,3 +114,25 @@ fn the_shipped_definitions_match_the_roles() {
         );
     }
 }
+
+#[test]
+fn each_reference_service_has_the_role_of_its_name_and_nothing_else_has_one() {
+    for (service, role) in [
+        ("authorization", Role::Authorization),
+        ("risk", Role::Risk),
+        ("pci", Role::Pci),
+        ("transaction", Role::Transaction),
+    ] {
+        assert_eq!(Role::of_service(service), Some(role));
+    }
+    for other in [
+        "orchestrator",
+        "client",
+        "operator",
+        "monitor",
+        "sanctions",
+        "",
+    ] {
+        assert_eq!(Role::of_service(other), None, "{other}");
+    }
+}

@@ -121,12 +121,7 @@ pub struct Cluster {
 
 /// The broker role a reference service runs as.
 fn role_of(kind: ServiceKind) -> Role {
-    match kind {
-        ServiceKind::Authorization => Role::Authorization,
-        ServiceKind::Risk => Role::Risk,
-        ServiceKind::Pci => Role::Pci,
-        ServiceKind::Transaction => Role::Transaction,
-    }
+    Role::of_service(kind.name()).expect("every reference service has a role")
 }
 
 impl Cluster {
