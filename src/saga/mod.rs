@@ -214,13 +214,19 @@ async fn drive<T: Transport, L: SagaLog, O: SagaObserver>(
             .filter(|s| saga.entry(&s.name, Action::Execute).is_none())
             .collect();
         let context = &course.context;
-        let decisions = join_all(
-            undecided
-                .iter()
-                .map(|step| open_step(env, source, step, context, &summary, saga, mode))
-                .collect(),
-        )
-        .await;
+        let decisions = match undecided.as_slice() {
+            // One step (most stages): awaited in place, not boxed by `join_all`.
+            [step] => vec![open_step(env, source, step, context, &summary, saga, mode).await],
+            group => {
+                join_all(
+                    group
+                        .iter()
+                        .map(|step| open_step(env, source, step, context, &summary, saga, mode))
+                        .collect(),
+                )
+                .await
+            }
+        };
         let mut fresh: HashMap<&str, JournalEntry> = HashMap::new();
         for (step, decision) in undecided.iter().zip(decisions) {
             match decision {
@@ -247,8 +253,9 @@ async fn drive<T: Transport, L: SagaLog, O: SagaObserver>(
         let span = tracing::info_span!("compensation", step = %step.name);
         let decided = match saga.entry(&step.name, Action::Compensate) {
             Some(recorded) => recorded.clone(),
-            None => match compensate(env, source, step, &course.context)
-                .instrument(span)
+            // Boxed: most payments never compensate, and the state of an await held in
+            // place is carried by every payment's future, in flight or not compensating.
+            None => match Box::pin(compensate(env, source, step, &course.context).instrument(span))
                 .await
             {
                 StepDecision::Recorded(entry) => entry,
