@@ -93,14 +93,14 @@ impl Ledger {
     /// transfers that differ from their hold, and holds open longer than `max_hold_age`.
     pub async fn audit_with(&self, max_hold_age: Duration) -> Result<Audit, LedgerError> {
         let transfers: i64 = sqlx::query("SELECT COUNT(*) FROM transfers")
-            .fetch_one(&self.pool)
+            .fetch_one(self.claims.pool())
             .await?
             .try_get(0)?;
         let duplicate_transfers = sqlx::query(
             "SELECT payment_id, COUNT(*) FROM transfers GROUP BY payment_id
              HAVING COUNT(*) > 1 ORDER BY payment_id",
         )
-        .fetch_all(&self.pool)
+        .fetch_all(self.claims.pool())
         .await?
         .into_iter()
         .map(|row| Ok((row.try_get::<String, _>(0)?, u64_of(row.try_get(1)?))))
@@ -110,7 +110,7 @@ impl Ledger {
             "SELECT currency, CAST(SUM(debit_minor) AS BIGINT), CAST(SUM(credit_minor) AS BIGINT)
              FROM ledger_entries GROUP BY currency ORDER BY currency",
         )
-        .fetch_all(&self.pool)
+        .fetch_all(self.claims.pool())
         .await?
         .into_iter()
         .map(|row| {
@@ -122,7 +122,7 @@ impl Ledger {
         })
         .collect::<Result<Vec<_>, sqlx::Error>>()?;
         let open_holds: i64 = sqlx::query("SELECT COUNT(*) FROM holds WHERE status = 'held'")
-            .fetch_one(&self.pool)
+            .fetch_one(self.claims.pool())
             .await?
             .try_get(0)?;
         Ok(Audit {
@@ -152,7 +152,7 @@ impl Ledger {
                 OR (h.merchant_id IS NOT NULL AND h.merchant_id <> t.merchant_id)
              ORDER BY t.payment_id, t.transfer_id",
         )
-        .fetch_all(&self.pool)
+        .fetch_all(self.claims.pool())
         .await?;
         let mut mismatches = Vec::with_capacity(rows.len());
         for row in rows {
@@ -211,7 +211,7 @@ impl Ledger {
              ORDER BY created_at, hold_id",
         )
         .bind(now.saturating_sub(max_ms))
-        .fetch_all(&self.pool)
+        .fetch_all(self.claims.pool())
         .await?;
         rows.into_iter()
             .map(|row| {

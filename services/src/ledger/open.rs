@@ -217,8 +217,7 @@ impl Ledger {
             .await
             .map_err(open_error)?;
         Ok(Self {
-            claims: idempotency::Claims::new(pool.clone(), !postgres),
-            pool,
+            claims: idempotency::Claims::new(pool, !postgres),
             id: id.into(),
             location: database.location().into(),
         })

@@ -86,7 +86,7 @@ impl Ledger {
         }
         let mut pruned = Pruned::default();
         loop {
-            let mut tx = self.pool.begin().await?;
+            let mut tx = self.claims.pool().begin().await?;
             let pairs = sqlx::query(&format!(
                 "SELECT h.hold_id, t.transfer_id {PRUNABLE_CAPTURES}
                  ORDER BY h.created_at LIMIT {PRUNE_BATCH}"
@@ -157,7 +157,7 @@ impl Ledger {
         loop {
             let batch = sqlx::query(&statement)
                 .bind(cutoff)
-                .execute(&self.pool)
+                .execute(self.claims.pool())
                 .await?
                 .rows_affected();
             if batch == 0 {
@@ -172,7 +172,7 @@ impl Ledger {
         let count = |sql: String| async move {
             let n: i64 = sqlx::query(&sql)
                 .bind(cutoff)
-                .fetch_one(&self.pool)
+                .fetch_one(self.claims.pool())
                 .await?
                 .try_get(0)?;
             Ok::<_, LedgerError>(u64_of(n))

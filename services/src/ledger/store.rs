@@ -5,7 +5,7 @@ use baton_contract::Reply;
 use baton_worker::idempotency::{self, Claimed, Claims, IdempotencyError};
 use baton_worker::Answer;
 use serde_json::{Map, Value};
-use sqlx::{AnyPool, Row};
+use sqlx::Row;
 use std::sync::Arc;
 #[cfg(test)]
 use std::sync::Once;
@@ -67,10 +67,9 @@ impl From<IdempotencyError> for LedgerError {
 /// The ledger database. Cheap to clone (a connection pool).
 #[derive(Clone, Debug)]
 pub struct Ledger {
-    /// Pool of `Any` connections: the same code runs on SQLite and PostgreSQL.
-    pub(super) pool: AnyPool,
-    /// Where commands are claimed (on SQLite, with group commit: one `fsync` for the
-    /// commands that arrive while one is being written).
+    /// Where commands are claimed, on a pool of `Any` connections (the same code runs on
+    /// SQLite and PostgreSQL); on SQLite with group commit: one `fsync` for the commands
+    /// that arrive while one is being written. Reads use its pool.
     pub(super) claims: Claims,
     /// The database's identity (`ledger_identity`), read once at open: pings and
     /// approvals report it without touching the database.
@@ -126,14 +125,14 @@ impl Ledger {
 
     /// Closes every connection (waits for checked-out ones to come back).
     pub async fn close(&self) {
-        self.pool.close().await;
+        self.claims.pool().close().await;
     }
 
     /// Status of the payment's hold (`held`, `voided`, `captured`), if it has one.
     pub async fn hold_status(&self, payment_id: Uuid) -> Result<Option<String>, LedgerError> {
         let row = sqlx::query("SELECT status FROM holds WHERE payment_id = $1")
             .bind(payment_id.to_string())
-            .fetch_optional(&self.pool)
+            .fetch_optional(self.claims.pool())
             .await?;
         Ok(row.map(|r| r.try_get(0)).transpose()?)
     }
@@ -142,7 +141,7 @@ impl Ledger {
     pub async fn transfers_for(&self, payment_id: Uuid) -> Result<u64, LedgerError> {
         let count: i64 = sqlx::query("SELECT COUNT(*) FROM transfers WHERE payment_id = $1")
             .bind(payment_id.to_string())
-            .fetch_one(&self.pool)
+            .fetch_one(self.claims.pool())
             .await?
             .try_get(0)?;
         Ok(u64_of(count))
@@ -152,7 +151,7 @@ impl Ledger {
     pub async fn holds_for(&self, payment_id: Uuid) -> Result<u64, LedgerError> {
         let count: i64 = sqlx::query("SELECT COUNT(*) FROM holds WHERE payment_id = $1")
             .bind(payment_id.to_string())
-            .fetch_one(&self.pool)
+            .fetch_one(self.claims.pool())
             .await?
             .try_get(0)?;
         Ok(u64_of(count))

@@ -6,7 +6,7 @@ use std::time::Duration;
 /// The audit fails on transfers that differ from their hold (tampered by hand, as an
 /// old bug or a forger with database access would) and on holds open too long.
 async fn audit_finds_transfers_unlike_their_hold_and_stale_holds(ledger: Ledger) {
-    let pool = &ledger.pool;
+    let pool = ledger.claims.pool();
     let paid = Uuid::new_v4();
     let hold_id = hold(&ledger, paid, money(1999, "EUR")).await;
     let capture = capture_of(paid, &hold_id, money(1999, "EUR"), "EUR");
@@ -131,7 +131,7 @@ async fn postgres_audit_finds_transfers_unlike_their_hold_and_stale_holds() {
 async fn audit_detects_unbalanced_books_and_duplicates() {
     // The audit must be able to fail: write a bad state by hand.
     let db = sqlite_ledger().await;
-    let pool = &db.ledger.pool;
+    let pool = db.ledger.claims.pool();
     for (transfer, payment) in [("t1", "p1"), ("t2", "p1")] {
         sqlx::query(
             "INSERT INTO transfers VALUES ($1, $2, 'h', 'c', 'm', 1, 'EUR', 1, 'EUR', 1000000)",

@@ -375,7 +375,7 @@ async fn every_scenario(ledger: Ledger) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sqlite_ledger_is_idempotent_and_balanced() {
     let db = sqlite_ledger().await;
-    let mut conn = db.ledger.pool.acquire().await.unwrap();
+    let mut conn = db.ledger.claims.pool().acquire().await.unwrap();
     let mode: String = sqlx::query("PRAGMA journal_mode")
         .fetch_one(&mut *conn)
         .await

@@ -8,7 +8,7 @@ async fn age(ledger: &Ledger, payment_id: Uuid, days: i64) {
     sqlx::query("UPDATE holds SET created_at = created_at - $1 WHERE payment_id = $2")
         .bind(shift)
         .bind(payment_id.to_string())
-        .execute(&ledger.pool)
+        .execute(ledger.claims.pool())
         .await
         .unwrap();
     sqlx::query(
@@ -17,7 +17,7 @@ async fn age(ledger: &Ledger, payment_id: Uuid, days: i64) {
     )
     .bind(shift)
     .bind(payment_id.to_string())
-    .execute(&ledger.pool)
+    .execute(ledger.claims.pool())
     .await
     .unwrap();
 }
@@ -25,7 +25,7 @@ async fn age(ledger: &Ledger, payment_id: Uuid, days: i64) {
 async fn processed_for(ledger: &Ledger, payment_id: Uuid) -> i64 {
     sqlx::query("SELECT COUNT(*) FROM processed_commands WHERE substr(command_id, 1, 36) = $1")
         .bind(payment_id.to_string())
-        .fetch_one(&ledger.pool)
+        .fetch_one(ledger.claims.pool())
         .await
         .unwrap()
         .get(0)
@@ -88,7 +88,7 @@ async fn prune_deletes_old_finished_records_only(ledger: Ledger) {
         .unwrap();
     sqlx::query("UPDATE transfers SET amount_minor = 1 WHERE payment_id = $1")
         .bind(tampered.to_string())
-        .execute(&ledger.pool)
+        .execute(ledger.claims.pool())
         .await
         .unwrap();
     // Captured yesterday: younger than the cutoff, kept.
@@ -112,7 +112,7 @@ async fn prune_deletes_old_finished_records_only(ledger: Ledger) {
          WHERE t.payment_id = $1",
     )
     .bind(paid.to_string())
-    .fetch_one(&ledger.pool)
+    .fetch_one(ledger.claims.pool())
     .await
     .unwrap()
     .get(0);

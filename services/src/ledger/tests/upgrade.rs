@@ -49,14 +49,14 @@ async fn an_old_ledger_is_upgraded_on_open(url: String) {
     assert!(audit.is_sound(), "{audit:?}");
     assert_eq!((audit.transfers, audit.open_holds), (1, 1), "{audit:?}");
     let undated: i64 = sqlx::query("SELECT COUNT(*) FROM holds WHERE created_at IS NULL")
-        .fetch_one(&ledger.pool)
+        .fetch_one(ledger.claims.pool())
         .await
         .unwrap()
         .get(0);
     assert_eq!(undated, 0, "old holds are dated at the upgrade");
     let undated: i64 =
         sqlx::query("SELECT COUNT(*) FROM processed_commands WHERE created_at IS NULL")
-            .fetch_one(&ledger.pool)
+            .fetch_one(ledger.claims.pool())
             .await
             .unwrap()
             .get(0);
