@@ -18,16 +18,25 @@ impl Letter {
     pub(super) fn new(delivery: Delivery) -> Letter {
         let exact = canonical(&delivery);
         let digest = Sha256::digest(mask_card_numbers(&exact).as_bytes());
-        let key = digest[..6].iter().fold(String::new(), |mut hex, b| {
-            let _ = write!(hex, "{b:02x}");
-            hex
-        });
+        let key = key_of_digest(&digest);
         Letter {
             delivery,
             key,
             exact,
         }
     }
+}
+
+/// A key from the first 48 bits of a digest: 12 letters `a`–`p`, one per 4 bits. Not
+/// hex digits: 12 hex digits can all be decimal ones (about 1 key in 280), which the card
+/// masker takes for a card number, so that key would show as `****` and the operator
+/// could not name its message.
+pub(super) fn key_of_digest(digest: &[u8]) -> String {
+    digest[..6]
+        .iter()
+        .flat_map(|b| [b >> 4, b & 0x0f])
+        .map(|nibble| char::from(b'a' + nibble))
+        .collect()
 }
 
 impl Snapshot {

@@ -18,11 +18,12 @@
 //!    only a replay confirmed but not yet acknowledged can then be replayed again, and a
 //!    replayed request is idempotent by payment id.
 //!
-//! A message is named by its **key**: 12 hex digits of a SHA-256 over the message as
-//! printed (card numbers masked): its headers except `x-delivery-count` (which grows
-//! each time anybody looks), its properties and its body. The key stays the same across
-//! looks and operators and tells nothing `show` would not print. A payment id names
-//! every message of that payment.
+//! A message is named by its **key**: 12 letters `a`–`p`, 48 bits of a SHA-256 over the
+//! message as printed (card numbers masked): its headers except `x-delivery-count` (which
+//! grows each time anybody looks), its properties and its body. Letters, not hex digits:
+//! a key of 12 decimal digits would itself be masked as a card number. The key stays the
+//! same across looks and operators and tells nothing `show` would not print. A payment id
+//! names every message of that payment.
 //!
 //! Reasons: Baton's own (`x-baton-reason`) first; for a message RabbitMQ dead-lettered,
 //! the last `x-death` entry (the queue it died in and why: `delivery_limit`, `expired`,
@@ -38,7 +39,8 @@
 //!
 //! Everything printed goes through [`mask_card_numbers`]: the body (whatever its shape:
 //! a card number as a JSON string, number or key), every header key and value, reasons
-//! and details. The payment id, a UUID, survives masking.//!
+//! and details. The payment id, a UUID, survives masking.
+//!
 //! `letters.rs` reads a message (key, reasons, printing); `replay.rs` sends one back.
 
 mod letters;
@@ -74,7 +76,7 @@ pub enum QueueCommand {
     },
     /// Print the messages named: headers, x-death chain and body
     Show {
-        /// A message key from `list` (12 hex digits), or a payment id (all its messages)
+        /// A message key from `list` (12 letters a–p), or a payment id (all its messages)
         #[arg(required = true)]
         targets: Vec<String>,
     },
@@ -197,15 +199,23 @@ impl std::fmt::Display for Target {
     }
 }
 
+/// Whether `text` has a key's shape (any case): 12 letters `a`–`p`.
+pub fn is_key(text: &str) -> bool {
+    text.len() == 12
+        && text
+            .bytes()
+            .all(|b| (b'a'..=b'p').contains(&b.to_ascii_lowercase()))
+}
+
 fn parse_target(text: &str) -> anyhow::Result<Target> {
     let text = text.trim();
-    if text.len() == 12 && text.bytes().all(|b| b.is_ascii_hexdigit()) {
+    if is_key(text) {
         return Ok(Target::Key(text.to_ascii_lowercase()));
     }
     match Uuid::try_parse(text) {
         Ok(id) => Ok(Target::Payment(id)),
         Err(_) => anyhow::bail!(
-            "{} is neither a message key (12 hex digits, from `list`) nor a payment id",
+            "{} is neither a message key (12 letters a–p, from `list`) nor a payment id",
             mask_card_numbers(text)
         ),
     }

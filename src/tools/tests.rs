@@ -166,6 +166,17 @@ fn a_key_ignores_the_delivery_count_and_hides_the_card_number() {
 }
 
 #[test]
+fn a_key_is_never_taken_for_a_card_number() {
+    // These 48 bits in hex are 12 decimal digits, which the masker hides as a card.
+    let digest = [0x12, 0x34, 0x56, 0x78, 0x90, 0x12, 0xff];
+    let key = key_of_digest(&digest);
+    assert_eq!(key, "bcdefghijabc");
+    assert_eq!(mask_card_numbers(&key), key);
+    assert_eq!(parse_target(&key).unwrap(), Target::Key(key.clone()));
+    assert!(is_key(&key));
+}
+
+#[test]
 fn show_masks_card_numbers_in_every_shape() {
     let body = br#"{"payment_id": "6f1c3a52-3b1e-4f4e-9d7a-0c2b8e1f5a10",
         "card": {"number": 5555555555554444, "expiry": "12/30"},

@@ -71,7 +71,7 @@ async fn dead_letters_are_listed_without_removing_them_shown_and_replayed_as_sen
         1,
         "show removed the message"
     );
-    let run = baton(&app, &["dead", "show", "0123456789ab"]).await;
+    let run = baton(&app, &["dead", "show", "abcdefghijkl"]).await;
     assert_eq!(run.code, 1, "there is no such key: {}", run.stdout);
     assert!(run.stderr.contains("no message in"), "{}", run.stderr);
     let run = baton(&app, &["dead", "show", "2"]).await;

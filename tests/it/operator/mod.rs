@@ -110,8 +110,7 @@ pub(super) fn rows(stdout: &str) -> Vec<(String, String)> {
         .lines()
         .filter_map(|line| {
             let key = line.split_whitespace().next()?;
-            (key.len() == 12 && key.bytes().all(|b| b.is_ascii_hexdigit()))
-                .then(|| (key.to_owned(), line.to_owned()))
+            baton::tools::is_key(key).then(|| (key.to_owned(), line.to_owned()))
         })
         .collect()
 }
