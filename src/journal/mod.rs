@@ -246,13 +246,16 @@ impl Journal {
         let text = serde_json::to_string(summary)
             .map_err(|e| corrupt(payment_id, format!("summary: {e}")))?;
         let now = now();
-        let job = Job::Begin {
-            id: payment_id.to_string(),
-            summary: text,
-            now: now.clone(),
-            lease_until: time_after(self.lease),
-        };
-        match self.store.write(job).await? {
+        match self
+            .store
+            .write(Job::Begin {
+                id: payment_id.to_string(),
+                summary: text,
+                now: now.clone(),
+                lease_until: time_after(self.lease),
+            })
+            .await?
+        {
             // A new saga has nothing to read back.
             Written::Begun(true) => Ok(fresh(payment_id, summary, &now)),
             // Saga rows are only deleted once finished and old: the row found is there.
@@ -295,12 +298,15 @@ impl Journal {
             data: entry.data.clone(),
         })
         .map_err(|e| corrupt(payment_id, format!("step {}: {e}", entry.step)))?;
-        let job = Job::Record {
-            payment_id,
-            entry,
-            body,
-        };
-        match self.store.write(job).await? {
+        match self
+            .store
+            .write(Job::Record {
+                payment_id,
+                entry,
+                body,
+            })
+            .await?
+        {
             Written::Recorded(stored) => Ok(stored),
             _ => Err(mismatched()),
         }
@@ -334,11 +340,14 @@ impl Journal {
     /// parked request should be back) plus one lease: nobody holds it meanwhile, and the
     /// sweeper only takes it if the request does not come back.
     pub async fn park(&self, payment_id: Uuid, back_within: Duration) -> Result<u32, JournalError> {
-        let job = Job::Park {
-            payment_id,
-            lease_until: time_after(back_within + self.lease),
-        };
-        match self.store.write(job).await? {
+        match self
+            .store
+            .write(Job::Park {
+                payment_id,
+                lease_until: time_after(back_within + self.lease),
+            })
+            .await?
+        {
             Written::Parked(count) => Ok(count),
             _ => Err(mismatched()),
         }
@@ -375,12 +384,15 @@ impl Journal {
     /// Takes over `payment_id` for one lease if it is running and its lease ran out;
     /// `false` if it is finished, leased (someone runs it), or another sweeper was first.
     pub async fn claim(&self, payment_id: Uuid) -> Result<bool, JournalError> {
-        let job = Job::Claim {
-            id: payment_id.to_string(),
-            now: now(),
-            lease_until: time_after(self.lease),
-        };
-        match self.store.write(job).await? {
+        match self
+            .store
+            .write(Job::Claim {
+                id: payment_id.to_string(),
+                now: now(),
+                lease_until: time_after(self.lease),
+            })
+            .await?
+        {
             Written::Changed(n) => Ok(n == 1),
             _ => Err(mismatched()),
         }

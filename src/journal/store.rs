@@ -42,22 +42,31 @@ impl Store {
             Store::Batched(writer) => {
                 let (done, answer) = oneshot::channel();
                 let closed = || JournalError::Database(sqlx::Error::PoolClosed);
-                writer.send((job, done)).await.map_err(|_| closed())?;
+                // A slot first, then the job: `send(job)` would hold a second copy of
+                // the job in its future while it waits.
+                let slot = writer.reserve().await.map_err(|_| closed())?;
+                slot.send((job, done));
                 answer.await.map_err(|_| closed())?
             }
-            Store::Pooled(pool) => {
-                let mut tx = pool.begin().await?;
-                match run_job(&mut tx, &job, true).await? {
-                    Ok(written) => {
-                        tx.commit().await?;
-                        Ok(written)
-                    }
-                    Err(answer) => {
-                        tx.rollback().await?;
-                        Err(answer)
-                    }
-                }
-            }
+            // Boxed: held in place, the PostgreSQL path's state (sqlx's futures, 2 KiB)
+            // would be carried by every write's future on SQLite too, and so by every
+            // payment in flight.
+            Store::Pooled(pool) => Box::pin(write_pooled(pool, &job)).await,
+        }
+    }
+}
+
+/// PostgreSQL: `job` in a transaction of its own.
+async fn write_pooled(pool: &AnyPool, job: &Job) -> Result<Written, JournalError> {
+    let mut tx = pool.begin().await?;
+    match run_job(&mut tx, job, true).await? {
+        Ok(written) => {
+            tx.commit().await?;
+            Ok(written)
+        }
+        Err(answer) => {
+            tx.rollback().await?;
+            Err(answer)
         }
     }
 }

@@ -147,7 +147,8 @@ async fn carry_out<T: Transport, L: SagaLog, O: SagaObserver>(
                     at: env.clock.now_rfc3339(),
                     command: None,
                 };
-                if let Some(outcome) = send_attention(env, item).await {
+                // Boxed: rare, and held in place it would add to every step's future.
+                if let Some(outcome) = Box::pin(send_attention(env, item)).await {
                     return StepDecision::Leave(outcome);
                 }
             }
