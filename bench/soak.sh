@@ -19,7 +19,20 @@ AMQP_URL=${AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}
 export AMQP_URL RUST_LOG=warn
 PREFIX=soak-$(date +%s)
 DIR=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$DIR"' EXIT
+# On exit: stop the processes, remove the files and the run's queues and exchanges (the
+# broker is the developer's; the prefix is this run's own).
+cleanup() {
+  kill $(jobs -p) 2>/dev/null || true
+  wait 2>/dev/null || true
+  rm -rf "$DIR"
+  for q in $(rabbitmqctl -q list_queues name 2>/dev/null | grep "^$PREFIX\\."); do
+    rabbitmqctl -q delete_queue "$q" >/dev/null 2>&1 || true
+  done
+  for e in $(rabbitmqctl -q list_exchanges name 2>/dev/null | grep "^$PREFIX\\."); do
+    curl -fsS -u guest:guest -X DELETE "http://127.0.0.1:15672/api/exchanges/%2f/$e" >/dev/null 2>&1 || true
+  done
+}
+trap cleanup EXIT
 
 for s in authorization risk pci transaction; do
   extra=()
