@@ -1,5 +1,5 @@
 //! The built service binaries' exit codes and one-line errors for what `baton` exits 2
-//! for (an unreachable broker, a bad broker URL), and `--version`.
+//! for (an unreachable broker, a bad broker URL, a refused login), and `--version`.
 
 use std::process::{Command, Output};
 
@@ -52,6 +52,31 @@ fn an_unreachable_broker_or_a_bad_url_exits_2_with_one_error_line() {
         "{}",
         stderr(&risk)
     );
+}
+
+#[test]
+fn a_refused_login_exits_2_with_one_line_and_none_of_lapins() {
+    let url = baton_testkit::amqp_url().replacen("guest:guest@", "guest:wrong-password@", 1);
+    assert!(
+        url.contains("wrong-password"),
+        "the test broker URL has guest:guest: {url}"
+    );
+    // RUST_LOG is unset (`run` clears the environment): the default filter, lapin's
+    // targets included. Risk stops at its missing key file before connecting.
+    for binary in [BINARIES[0], BINARIES[2], BINARIES[3]] {
+        let output = run(binary, &["--amqp-url", &url]);
+        let err = stderr(&output);
+        assert_eq!(output.status.code(), Some(2), "{binary}: {err}");
+        let errors: Vec<_> = err.lines().filter(|l| l.starts_with("error: ")).collect();
+        assert_eq!(errors.len(), 1, "{binary}: {err}");
+        assert!(
+            errors[0].contains("the broker refused the login of user guest (ACCESS_REFUSED)"),
+            "{binary}: {err}"
+        );
+        assert!(!err.lines().any(|l| l.contains("lapin")), "{binary}: {err}");
+        assert!(!err.lines().any(|l| l.contains("ERROR")), "{binary}: {err}");
+        assert!(!err.contains("wrong-password"), "{binary}: {err}");
+    }
 }
 
 #[test]

@@ -190,6 +190,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                 workflow: load_workflow(args.workflow.as_deref())?,
                 admin_url: args.admin.admin_url,
                 journal_url: args.journal_url,
+                scaled_to_zero: args.scaled_to_zero.into_iter().collect(),
             };
             let checks = crate::doctor::run_checks(&settings).await;
             Ok(crate::doctor::report(&checks, args.json))

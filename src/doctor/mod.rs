@@ -3,7 +3,8 @@
 //! prints the same checks as one JSON document for scripts and readiness probes.
 //!
 //! What it checks: the broker (login, vhost permissions); each workflow step's queue
-//! (exists, how many consumers); each service answers a `ping` within its step's timeout;
+//! (exists, how many consumers; none passes for a service named as scaled to zero); each
+//! service that has a consumer answers a `ping` within its step's timeout;
 //! the services that keep a ledger all report the same ledger id; the orchestrators
 //! consuming the request queue run this workflow and record in one journal (they announce
 //! both as consumer arguments, read through the management API); the journal given here
@@ -76,6 +77,9 @@ pub struct DoctorSettings {
     pub admin_url: String,
     /// A journal to check for writing (and compare with the orchestrators'), if given.
     pub journal_url: Option<String>,
+    /// Services that scale to zero: no consumer on their queue is how they wait, not a
+    /// missing service (the scale-to-zero step of deploy/kubernetes).
+    pub scaled_to_zero: BTreeSet<String>,
 }
 
 /// The vhost of an AMQP URL (`/` when the path is empty; `%2f` decoded).
@@ -143,6 +147,20 @@ pub async fn run_checks(settings: &DoctorSettings) -> Vec<Check> {
     let names = &settings.names;
     let workflow = &settings.workflow;
 
+    // A name that is no service of the workflow is a typo: it would excuse nothing.
+    for service in &settings.scaled_to_zero {
+        if !workflow.services().contains(&service.as_str()) {
+            checks.push(Check::fail(
+                format!("scaled-to-zero {service}"),
+                format!(
+                    "not a service of the workflow (its services: {}): fix --scaled-to-zero / \
+                     BATON_SCALED_TO_ZERO",
+                    workflow.services().join(", ")
+                ),
+            ));
+        }
+    }
+
     // Step queues: passive declares, each on its own channel (a missing queue closes it).
     let mut consumed = Vec::new();
     for service in workflow.services() {
@@ -156,6 +174,15 @@ pub async fn run_checks(settings: &DoctorSettings) -> Vec<Check> {
                     names.prefix()
                 ),
             )),
+            Some((messages, 0)) if settings.scaled_to_zero.contains(service) => {
+                checks.push(Check::pass(
+                    format!("queue {queue}"),
+                    format!(
+                        "no consumer now, {messages} command(s) waiting: {service} scales to \
+                         zero, a waiting command starts it"
+                    ),
+                ))
+            }
             Some((_, 0)) => checks.push(Check::fail(
                 format!("queue {queue}"),
                 format!(

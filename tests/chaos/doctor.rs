@@ -241,6 +241,33 @@ async fn doctor_passes_a_sound_deployment_and_names_a_step_without_a_consumer() 
         "only the missing consumer fails:\n{}",
         lines.join("\n")
     );
+
+    // A service that scales to zero waits with no consumer: that passes, and nothing
+    // pings it.
+    let (code, lines) = doctor(&prefix, AMQP_URL, &["--scaled-to-zero", "pci"]);
+    assert_eq!(
+        line_starting(&lines, &format!("✓ queue {prefix}.cmd.pci:")),
+        format!(
+            "✓ queue {prefix}.cmd.pci: no consumer now, 0 command(s) waiting: pci scales to \
+             zero, a waiting command starts it"
+        )
+    );
+    assert!(
+        !lines.iter().any(|l| l.contains(" ping pci:")),
+        "{}",
+        lines.join("\n")
+    );
+    assert_eq!(code, 0, "{}", lines.join("\n"));
+    // A name that is no service of the workflow is a typo: refused, never ignored.
+    let (code, lines) = doctor(&prefix, AMQP_URL, &["--scaled-to-zero", "pci,sanctions"]);
+    assert!(
+        line_starting(&lines, "✗ scaled-to-zero sanctions: ").contains(
+            "not a service of the workflow (its services: authorization, risk, pci, transaction)"
+        ),
+        "{}",
+        lines.join("\n")
+    );
+    assert_eq!(code, 1);
     drop(orchestrator);
     cluster.cleanup().await;
 }

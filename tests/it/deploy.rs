@@ -1,6 +1,7 @@
 //! The deployment files against the code: docker-compose.yml and deploy/kubernetes use
-//! only variables the binaries know, the Kubernetes workflow is valid, and the
-//! PrometheusRule carries exactly the alert rules of deploy/prometheus/alerts.yml.
+//! only variables the binaries know (the doctor Job only doctor's), the Kubernetes
+//! workflow is valid, and the PrometheusRule carries exactly the alert rules of
+//! deploy/prometheus/alerts.yml.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -108,10 +109,27 @@ fn every_variable_of_docker_compose_is_one_the_binaries_read() {
     );
 }
 
+/// Every manifest of deploy/kubernetes, applied or created on its own, by file name.
+fn kubernetes_manifests() -> Vec<String> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kubernetes");
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.ends_with(".yaml") && name != "kustomization.yaml")
+        .collect();
+    names.sort();
+    names
+}
+
 #[test]
 fn every_variable_of_the_kubernetes_manifests_is_one_the_binaries_read() {
     let mut used = BTreeSet::new();
-    for file in ["orchestrator.yaml", "services.yaml", "sanctions.yaml"] {
+    let manifests = kubernetes_manifests();
+    assert!(
+        manifests.contains(&"doctor-job.yaml".to_owned()),
+        "{manifests:?}"
+    );
+    for file in manifests {
         used.extend(variables_in(&repo_file(&format!(
             "deploy/kubernetes/{file}"
         ))));
@@ -137,6 +155,75 @@ fn the_variable_scan_reads_both_file_styles() {
         found.into_iter().collect::<Vec<_>>(),
         ["AMQP_URL", "BATON_PREFIX"]
     );
+}
+
+/// The lines under `key` (a line of `text`, indentation included) that are indented
+/// deeper: that key's YAML block.
+fn yaml_block<'a>(text: &'a str, key: &str) -> Vec<&'a str> {
+    let indent = key.len() - key.trim_start().len();
+    text.lines()
+        .skip_while(|line| *line != key)
+        .skip(1)
+        .take_while(|line| line.len() - line.trim_start().len() > indent)
+        .collect()
+}
+
+#[test]
+fn the_doctor_job_sets_only_doctors_variables_and_runs_as_the_orchestrators_do() {
+    let job = repo_file("deploy/kubernetes/doctor-job.yaml");
+    let doctor = documented_env(&[help(Path::new(env!("CARGO_BIN_EXE_baton")), &["doctor"])]);
+    let used = variables_in(&job);
+    for needed in [
+        "AMQP_URL",
+        "BATON_ADMIN_URL",
+        "BATON_PREFIX",
+        "BATON_WORKFLOW",
+        "BATON_JOURNAL_URL",
+        "BATON_SCALED_TO_ZERO",
+    ] {
+        assert!(used.contains(needed), "doctor-job.yaml sets {used:?}");
+    }
+    let unknown: Vec<_> = used.difference(&doctor).collect();
+    assert!(
+        unknown.is_empty(),
+        "doctor-job.yaml sets {unknown:?}, which `baton doctor --help` does not document"
+    );
+    // The scale-to-zero service of keda.yaml and the workflow.
+    assert!(
+        job.contains("- name: BATON_SCALED_TO_ZERO\n              value: pci-sanctions\n"),
+        "{job}"
+    );
+
+    // Created outside the kustomization: its image and namespace are written by hand.
+    let kustomization = repo_file("deploy/kubernetes/kustomization.yaml");
+    let value = |key: &str| -> String {
+        kustomization
+            .lines()
+            .find_map(|line| line.trim().strip_prefix(key))
+            .unwrap_or_else(|| panic!("kustomization.yaml has no {key}"))
+            .trim()
+            .to_owned()
+    };
+    let image = format!("image: {}:{}\n", value("newName:"), value("newTag:"));
+    assert!(job.contains(&image), "doctor-job.yaml must run the {image}");
+    assert!(job.contains(&format!("  namespace: {}\n", value("namespace:"))));
+
+    let orchestrator = repo_file("deploy/kubernetes/orchestrator.yaml");
+    for key in [
+        "      securityContext:",
+        "          securityContext:",
+        "      automountServiceAccountToken: false",
+    ] {
+        assert!(
+            job.contains(&format!("\n{key}\n")),
+            "doctor-job.yaml lacks {key:?}"
+        );
+        assert_eq!(
+            yaml_block(&job, key),
+            yaml_block(&orchestrator, key),
+            "doctor-job.yaml's {key:?} differs from orchestrator.yaml's"
+        );
+    }
 }
 
 #[test]

@@ -4,8 +4,8 @@
 //! `prune`: their reports), run on the ledger by one runner (`tool`).
 //!
 //! Exit codes of a service: 0 after a graceful shutdown, 2 when RabbitMQ is unreachable
-//! at start or its URL is unusable (one line on stderr, naming the redacted URL; the
-//! same code `baton` exits with), 1 for any other start-up failure (ledger, HTTP port
+//! at start, refuses the login or its URL is unusable (one line on stderr, naming the
+//! redacted URL, and none of lapin's; the same code `baton` exits with), 1 for any other start-up failure (ledger, HTTP port
 //! taken). A connection lost later is not an exit: the service reconnects. clap itself
 //! exits 2 on a usage error. The audit exits 0 (sound), 1 (duplicate transfer or
 //! imbalance) or 2 (ledger cannot be opened); the prune 0 or 2.
@@ -105,10 +105,15 @@ pub fn main(kind: ServiceKind) -> ExitCode {
         }
     };
     runtime.block_on(async move {
+        // A failed start is one line of ours (a refused login, an unreachable broker);
+        // lapin's own lines about it are dropped until the service consumes (and stay
+        // dropped on the way out: lapin's thread may still log the failure after it).
+        baton_ops::logging::quiet_lapin(true);
         let service = match crate::start(kind, config).await {
             Ok(service) => service,
             Err(e) => return report(&e),
         };
+        baton_ops::logging::quiet_lapin(false);
         match service.run_until(baton_ops::shutdown_signal()).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => report(&ServiceError::from(e)),
