@@ -228,7 +228,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Journal(command) => crate::journal_tools::journal(command).await,
         Command::Workflow(WorkflowCommand::Check { file, .. }) => {
             let workflow = load_workflow(file.as_deref())?;
-            for step in workflow.steps() {
+            for (i, step) in workflow.steps().iter().enumerate() {
                 println!(
                     "{:<16} queue {:<28} timeout {:>6} ms  card={:<11}  compensate={}",
                     step.name,
@@ -242,6 +242,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
                 }
                 if let Some(group) = &step.group {
                     println!("{:<16} group {group}", "");
+                }
+                if !workflow.needs(i).is_empty() {
+                    println!("{:<16} needs {}", "", workflow.needs(i).join(", "));
                 }
             }
             println!("ok: {} steps", workflow.steps().len());

@@ -142,6 +142,11 @@ impl ParkingPolicy {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Workflow {
     steps: Vec<Step>,
+    /// What each step declared it needs (`needs = [...]`), by the step's index: the
+    /// earlier steps whose data its service reads. Checked when the file is read (each
+    /// runs whenever the step does); the saga does not read it, every command carries the
+    /// data of every earlier approved step, so it is not part of the digest.
+    needs: Vec<Vec<String>>,
     /// Circuit-breaker thresholds by service (every service the workflow uses has one).
     breakers: Vec<(String, BreakerPolicy)>,
     /// Commands in flight at once toward one service, from this orchestrator.
@@ -158,10 +163,11 @@ impl Workflow {
             .expect("the built-in workflow is valid; a unit test checks it")
     }
 
-    /// A short fingerprint of what the workflow does (steps and every policy; not the
-    /// file's name, comments or layout): orchestrators announce it on the broker, and
-    /// `baton doctor` flags replicas of one request queue whose fingerprints differ.
-    /// Stable for one Baton version; 16 hex digits of a SHA-256.
+    /// A short fingerprint of what the workflow does (steps and every policy; not `needs`,
+    /// which changes nothing a payment does, nor the file's name, comments or layout):
+    /// orchestrators announce it on the broker, and `baton doctor` flags replicas of one
+    /// request queue whose fingerprints differ. Stable for one Baton version; 16 hex
+    /// digits of a SHA-256.
     pub fn digest(&self) -> String {
         use sha2::{Digest as _, Sha256};
         let described = format!(
@@ -214,6 +220,12 @@ impl Workflow {
     /// The steps, in order.
     pub fn steps(&self) -> &[Step] {
         &self.steps
+    }
+
+    /// The earlier steps whose data the `i`-th step's service reads, as its `needs`
+    /// lists them (a `when` reading `steps.<name>` is checked on its own).
+    pub fn needs(&self, i: usize) -> &[String] {
+        self.needs.get(i).map_or(&[], Vec::as_slice)
     }
 
     /// Every service the workflow sends commands to (fallbacks included), without

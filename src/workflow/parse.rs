@@ -41,6 +41,7 @@ pub(super) struct Entry {
     reasons: Option<Vec<String>>,
     when: Option<toml::Spanned<String>>,
     group: Option<String>,
+    needs: Option<Vec<String>>,
 }
 
 #[derive(Deserialize, Clone, Copy)]
@@ -224,6 +225,58 @@ pub(super) fn where_in(
     )
 }
 
+/// Why the step `name` (at `at`, of `group`, run `when`) cannot list `need` in its
+/// `needs`, given the steps before it and the names of those after it: a needed step must
+/// come earlier, outside the step's own group (whose commands leave together), and run
+/// whenever this one does, or the step's service could get a command without the data.
+pub(super) fn refused_need(
+    at: &str,
+    (name, group, when): (&str, Option<&String>, Option<&Condition>),
+    need: &str,
+    earlier: &[Step],
+    later: &[String],
+) -> Option<String> {
+    let Some(needed) = earlier.iter().find(|s| s.name == need) else {
+        return Some(if need == name {
+            format!(
+                "{at}: needs {need:?}, itself; needs lists the earlier steps whose data its \
+                 service reads: remove {need:?}"
+            )
+        } else if let Some(j) = later.iter().position(|s| s == need) {
+            format!(
+                "{at}: needs {need:?}, which comes later (steps[{}]): its data is not there \
+                 yet; move {need:?} before {name:?}, or remove it from needs",
+                earlier.len() + 1 + j
+            )
+        } else {
+            let known = if earlier.is_empty() {
+                "none comes before this one".to_owned()
+            } else {
+                let names: Vec<&str> = earlier.iter().map(|s| s.name.as_str()).collect();
+                format!("those before this one are {}", names.join(", "))
+            };
+            format!("{at}: needs {need:?}, which is not a step of the workflow; {known}")
+        });
+    };
+    if let Some(group) = group.filter(|g| needed.group.as_ref() == Some(*g)) {
+        return Some(format!(
+            "{at}: needs {need:?}, which is in its own group {group:?}: the group's commands \
+             are sent at once, so {need:?}'s data is not there yet; move {name:?} out of the \
+             group, after it"
+        ));
+    }
+    let needed_when = needed.when.as_ref()?;
+    if when.map(Condition::source) == Some(needed_when.source()) {
+        return None;
+    }
+    Some(format!(
+        "{at}: needs {need:?}, which has a condition (when = {:?}): a payment that skips \
+         {need:?} would reach {name:?} without its data; give {name:?} the same condition, \
+         or remove it from {need:?}",
+        needed_when.source()
+    ))
+}
+
 impl Workflow {
     /// Parses and validates workflow text; `source_name` names it in errors.
     pub fn parse(text: &str, source_name: &str) -> Result<Self, WorkflowError> {
@@ -265,6 +318,8 @@ impl Workflow {
         };
         let mut breakers: Vec<(String, BreakerPolicy)> = Vec::new();
         let mut steps: Vec<Step> = Vec::with_capacity(file.steps.len());
+        let mut needs: Vec<Vec<String>> = Vec::with_capacity(file.steps.len());
+        let names: Vec<String> = file.steps.iter().map(|e| e.name.clone()).collect();
         for (i, entry) in file.steps.into_iter().enumerate() {
             let at = format!("steps[{i}] ({:?})", entry.name);
             if !valid_name(&entry.name) {
@@ -423,6 +478,19 @@ impl Workflow {
                     Some(condition)
                 }
             };
+            let needed = entry.needs.unwrap_or_default();
+            for (k, need) in needed.iter().enumerate() {
+                if needed[..k].contains(need) {
+                    return Err(fail(format!(
+                        "{at}: needs lists {need:?} twice; list it once"
+                    )));
+                }
+                let this = (entry.name.as_str(), entry.group.as_ref(), when.as_ref());
+                if let Some(problem) = refused_need(&at, this, need, &steps, &names[i + 1..]) {
+                    return Err(fail(problem));
+                }
+            }
+            needs.push(needed);
             steps.push(Step {
                 name: entry.name,
                 service,
@@ -455,6 +523,7 @@ impl Workflow {
         }
         Ok(Self {
             steps,
+            needs,
             breakers,
             max_in_flight_per_service,
             parking,

@@ -56,6 +56,12 @@ fn the_builtin_workflow_is_valid_and_in_order() {
         "only authorization gets the number; risk a fingerprint"
     );
     assert_eq!(wf.steps()[3].service, "transaction");
+    let needs: Vec<&[String]> = (0..4).map(|i| wf.needs(i)).collect();
+    assert_eq!(
+        needs,
+        [&[][..], &[], &[], &["authorization".to_owned()]],
+        "transaction captures authorization's hold"
+    );
 }
 
 #[test]
@@ -397,4 +403,166 @@ fn a_fingerprint_step_without_the_card_key_is_refused() {
     assert!(wf.check_card_keys(true).is_ok());
     let last4_only = Workflow::parse("[[steps]]\nname = \"pci\"\ntimeout_ms = 5\n", "t").unwrap();
     assert!(last4_only.check_card_keys(false).is_ok());
+}
+
+/// Three steps `a`, `b`, `c`, each with its extra lines.
+fn abc(extra: [&str; 3]) -> String {
+    format!(
+        "[[steps]]\nname = \"a\"\ntimeout_ms = 5\n{}\n\
+         [[steps]]\nname = \"b\"\ntimeout_ms = 5\n{}\n\
+         [[steps]]\nname = \"c\"\ntimeout_ms = 5\n{}\n",
+        extra[0], extra[1], extra[2]
+    )
+}
+
+#[test]
+fn a_step_needs_only_earlier_steps() {
+    let wf = Workflow::parse(&abc(["", "needs = [\"a\"]", "needs = [\"a\", \"b\"]"]), "t").unwrap();
+    assert_eq!(wf.needs(0), [] as [String; 0]);
+    assert_eq!(wf.needs(1), ["a"]);
+    assert_eq!(wf.needs(2), ["a", "b"]);
+    assert_eq!(wf.needs(3), [] as [String; 0], "no such step: nothing");
+
+    let unknown = error_of(&abc(["", "", "needs = [\"a\", \"x\"]"]));
+    assert!(
+        unknown.contains(
+            "steps[2] (\"c\"): needs \"x\", which is not a step of the workflow; those \
+             before this one are a, b"
+        ),
+        "{unknown}"
+    );
+    let first = error_of(&abc(["needs = [\"x\"]", "", ""]));
+    assert!(
+        first.contains("steps[0] (\"a\"): needs \"x\", which is not a step of the workflow; none comes before this one"),
+        "{first}"
+    );
+    let itself = error_of(&abc(["", "needs = [\"b\"]", ""]));
+    assert!(
+        itself.contains("steps[1] (\"b\"): needs \"b\", itself;")
+            && itself.contains("remove \"b\""),
+        "{itself}"
+    );
+    let later = error_of(&abc(["needs = [\"c\"]", "", ""]));
+    assert!(
+        later.contains(
+            "steps[0] (\"a\"): needs \"c\", which comes later (steps[2]): its data is not there \
+             yet; move \"c\" before \"a\", or remove it from needs"
+        ),
+        "{later}"
+    );
+    let twice = error_of(&abc(["", "", "needs = [\"a\", \"a\"]"]));
+    assert!(
+        twice.contains("steps[2] (\"c\"): needs lists \"a\" twice"),
+        "{twice}"
+    );
+}
+
+#[test]
+fn a_step_cannot_need_a_step_of_its_own_group() {
+    let g = "group = \"checks\"";
+    let e = error_of(&abc([g, "group = \"checks\"\nneeds = [\"a\"]", ""]));
+    assert!(
+        e.contains(
+            "steps[1] (\"b\"): needs \"a\", which is in its own group \"checks\": the group's \
+             commands are sent at once, so \"a\"'s data is not there yet; move \"b\" out of \
+             the group, after it"
+        ),
+        "{e}"
+    );
+    // After the group, its members' data is there.
+    let after = Workflow::parse(&abc([g, g, "needs = [\"a\", \"b\"]"]), "t").unwrap();
+    assert_eq!(after.needs(2), ["a", "b"]);
+    // A group after the needed step: its members' commands carry that step's data.
+    let before = Workflow::parse(
+        &abc([
+            "",
+            "group = \"checks\"\nneeds = [\"a\"]",
+            "group = \"checks\"\nneeds = [\"a\"]",
+        ]),
+        "t",
+    )
+    .unwrap();
+    assert_eq!(before.needs(2), ["a"]);
+}
+
+#[test]
+fn a_step_cannot_need_a_step_that_may_be_skipped_unless_it_has_the_same_condition() {
+    let big = "when = \"payment.amount.minor >= 1000000\"";
+    let e = error_of(&abc([big, "", "needs = [\"a\"]"]));
+    assert!(
+        e.contains(
+            "steps[2] (\"c\"): needs \"a\", which has a condition (when = \"payment.amount.minor \
+             >= 1000000\"): a payment that skips \"a\" would reach \"c\" without its data; give \
+             \"c\" the same condition, or remove it from \"a\""
+        ),
+        "{e}"
+    );
+    let other = error_of(&abc([
+        big,
+        "",
+        "needs = [\"a\"]\nwhen = \"payment.amount.minor >= 5000000\"",
+    ]));
+    assert!(
+        other.contains("steps[2] (\"c\"): needs \"a\", which has a condition"),
+        "a different condition does not run with it: {other}"
+    );
+    let spaced = error_of(&abc([
+        big,
+        "",
+        "needs = [\"a\"]\nwhen = \"payment.amount.minor >=  1000000\"",
+    ]));
+    assert!(
+        spaced.contains("steps[2] (\"c\"): needs \"a\", which has a condition"),
+        "the same text, not the same meaning: {spaced}"
+    );
+    // Both run or both are skipped.
+    let same = Workflow::parse(&abc([big, "", &format!("needs = [\"a\"]\n{big}")]), "t").unwrap();
+    assert_eq!(same.needs(2), ["a"]);
+    assert_eq!(
+        same.steps()[2].when.as_ref().map(|c| c.source()),
+        same.steps()[0].when.as_ref().map(|c| c.source())
+    );
+    // A condition on the needing step alone is fine: the needed one always ran.
+    let own = Workflow::parse(&abc(["", "", &format!("needs = [\"a\"]\n{big}")]), "t").unwrap();
+    assert_eq!(own.needs(2), ["a"]);
+}
+
+/// The issue's case: a condition on authorization would let a payment reach transaction
+/// without a hold. The shipped workflow says transaction needs it, so it is refused.
+#[test]
+fn a_condition_on_authorization_is_refused_in_the_shipped_workflow() {
+    let when = "when = \"payment.amount.minor >= 100\"\n";
+    let conditional = DEFAULT_WORKFLOW.replacen(
+        "name = \"authorization\"\n",
+        &format!("name = \"authorization\"\n{when}"),
+        1,
+    );
+    let e = error_of(&conditional);
+    assert!(
+        e.contains(
+            "steps[3] (\"transaction\"): needs \"authorization\", which has a condition (when = \
+             \"payment.amount.minor >= 100\"): a payment that skips \"authorization\" would reach \
+             \"transaction\" without its data; give \"transaction\" the same condition, or \
+             remove it from \"authorization\""
+        ),
+        "{e}"
+    );
+    let both = conditional.replacen(
+        "name = \"transaction\"\n",
+        &format!("name = \"transaction\"\n{when}"),
+        1,
+    );
+    Workflow::parse(&both, "t").unwrap();
+}
+
+/// `needs` changes nothing a payment does, so replicas whose files differ only in it
+/// announce the same digest (and doctor does not flag them).
+#[test]
+fn needs_is_not_part_of_the_digest() {
+    let line = "needs = [\"authorization\"]";
+    assert!(DEFAULT_WORKFLOW.contains(line));
+    let without = Workflow::parse(&DEFAULT_WORKFLOW.replacen(line, "", 1), "t").unwrap();
+    assert_eq!(without.needs(3), [] as [String; 0]);
+    assert_eq!(without.digest(), Workflow::builtin().digest());
+    assert_ne!(without, Workflow::builtin(), "the workflows do differ");
 }

@@ -85,16 +85,16 @@ fn a_broken_workflow_file_is_refused_naming_the_entry() {
 }
 
 #[test]
-fn workflow_check_reports_each_kind_of_condition_error_with_its_position() {
+fn workflow_check_reports_each_kind_of_condition_and_needs_error() {
     let dir = ScratchDir::new("bin-wf-when");
-    let check = |name: &str, when_fx: &str, when_edd: &str| {
+    let check_with = |name: &str, when_fx: &str, when_edd: &str, edd_needs: &str| {
         let file = dir.join(name);
         std::fs::write(
             &file,
             format!(
                 "[[steps]]\nname = \"authorization\"\ntimeout_ms = 5\ncard = \"number\"\ncompensate = true\n\
                  [[steps]]\nname = \"fx\"\ntimeout_ms = 5\nwhen = \"{when_fx}\"\n\
-                 [[steps]]\nname = \"edd\"\ntimeout_ms = 5\nwhen = \"{when_edd}\"\n"
+                 [[steps]]\nname = \"edd\"\ntimeout_ms = 5\nwhen = \"{when_edd}\"\nneeds = [{edd_needs}]\n"
             ),
         )
         .unwrap();
@@ -109,10 +109,43 @@ fn workflow_check_reports_each_kind_of_condition_error_with_its_position() {
             String::from_utf8(output.stderr).unwrap(),
         )
     };
+    let check = |name: &str, when_fx: &str, when_edd: &str| check_with(name, when_fx, when_edd, "");
     let fx = "payment.merchant_currency != payment.amount.currency";
     let (code, stdout, stderr) = check("ok.toml", fx, "payment.amount.minor >= 1000000");
     assert_eq!(code, Some(0), "{stderr}");
     assert!(stdout.contains(&format!("when {fx}")), "{stdout}");
+    assert!(!stdout.contains("needs"), "{stdout}");
+    // A step that needs a conditional step runs under the same condition, or not at all.
+    let (code, stdout, stderr) = check_with("same.toml", fx, fx, "\"authorization\", \"fx\"");
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stdout.contains("\n                 needs authorization, fx\n"),
+        "{stdout}"
+    );
+    let (code, _, stderr) = check_with(
+        "needs.toml",
+        fx,
+        "payment.amount.minor >= 1000000",
+        "\"fx\"",
+    );
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "steps[2] (\"edd\"): needs \"fx\", which has a condition (when = {fx:?}): a payment \
+             that skips \"fx\" would reach \"edd\" without its data; give \"edd\" the same \
+             condition, or remove it from \"fx\""
+        )) && stderr.contains("needs.toml"),
+        "{stderr}"
+    );
+    let (code, _, stderr) = check_with("unknown.toml", fx, "true", "\"authorisation\"");
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains(
+            "steps[2] (\"edd\"): needs \"authorisation\", which is not a step of the workflow; \
+             those before this one are authorization, fx"
+        ),
+        "{stderr}"
+    );
     for (name, when_fx, when_edd, expected) in [
         (
             "syntax.toml",

@@ -1,6 +1,7 @@
 //! `baton workflow test` as a user runs it: the shipped cases pass, a wrong expectation
 //! fails with a diff naming the field, a bad case file is refused saying what to fix. No
-//! broker: the harness runs the saga in memory. And `workflow check` shows a group.
+//! broker: the harness runs the saga in memory. And `workflow check` shows a group and
+//! what a step needs.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -164,4 +165,6 @@ fn workflow_check_shows_the_parallel_group() {
     );
     assert_eq!(lines[2].trim(), "group checks", "{stdout}");
     assert_eq!(lines[4].trim(), "group checks", "{stdout}");
+    assert!(lines[5].starts_with("transaction "), "{stdout}");
+    assert_eq!(lines[6].trim(), "needs authorization", "{stdout}");
 }
