@@ -5,8 +5,8 @@
 //!
 //! Exit codes of a service: 0 after a graceful shutdown, 2 when RabbitMQ is unreachable
 //! at start, refuses the login or its URL is unusable (one line on stderr, naming the
-//! redacted URL, and none of lapin's; the same code `baton` exits with), 1 for any other start-up failure (ledger, HTTP port
-//! taken). A connection lost later is not an exit: the service reconnects. clap itself
+//! redacted URL, and none of lapin's; the same code `baton` exits with), 1 for any other
+//! start-up failure (ledger, HTTP port taken). A connection lost later is not an exit: the service reconnects. clap itself
 //! exits 2 on a usage error. The audit exits 0 (sound), 1 (duplicate transfer or
 //! imbalance) or 2 (ledger cannot be opened); the prune 0 or 2.
 
