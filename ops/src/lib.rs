@@ -2,7 +2,9 @@
 //! `/metrics`, `/healthz`, `/readyz` and, optionally, a few application read-only
 //! paths (the orchestrator's `GET /payments/<id>`).
 //!
-//! It also holds [`sql`], the one opener of the journal's and the ledger's databases.
+//! It also holds [`sql`], the one opener of the journal's and the ledger's databases;
+//! [`exec`], the statements' interface that runs on sqlx and on [`sqlite`], a SQLite
+//! connection on a thread of its own for a store's one writer.
 //!
 //! What it is for: one small, dependable HTTP/1 server that the orchestrator and the
 //! four services start the same way, so Prometheus, container health checks and
@@ -33,12 +35,14 @@
 #![warn(missing_docs, clippy::dbg_macro, clippy::todo, clippy::unwrap_used)]
 
 mod error;
+pub mod exec;
 mod health;
 mod lifecycle;
 pub mod logging;
 mod metrics;
 mod server;
 pub mod sql;
+pub mod sqlite;
 
 pub use error::OpsError;
 pub use health::Health;

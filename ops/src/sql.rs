@@ -140,7 +140,7 @@ pub struct Database {
     /// SQLite or PostgreSQL.
     backend: Backend,
     /// Create a missing SQLite file or not.
-    mode: OpenMode,
+    pub(crate) mode: OpenMode,
 }
 
 impl std::fmt::Debug for Database {
@@ -237,7 +237,7 @@ impl Database {
     }
 
     /// The SQLite file, unless the URL names an in-memory database.
-    fn sqlite_file(&self) -> Option<PathBuf> {
+    pub(crate) fn sqlite_file(&self) -> Option<PathBuf> {
         if self.backend != Backend::Sqlite {
             return None;
         }
@@ -248,7 +248,7 @@ impl Database {
 
     /// What can be said about an SQLite file before connecting: missing (when it must
     /// exist) or in a directory that is not there.
-    fn check_file(&self) -> Result<(), SqlError> {
+    pub(crate) fn check_file(&self) -> Result<(), SqlError> {
         let Some(file) = self.sqlite_file() else {
             return Ok(());
         };

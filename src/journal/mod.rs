@@ -24,12 +24,13 @@
 //! [`Journal::claim`]) finds those and drives them to an end.
 //!
 //! **Backends.** `sqlite://path` (created if missing; WAL, `synchronous=FULL`) for one
-//! machine, or `postgres://…` shared by many replicas. Both run the same SQL through
-//! sqlx's `Any` driver (`statements.rs`); they differ only in how writes share a
-//! transaction (`store.rs`): on SQLite one writer task commits the writes waiting at that
-//! moment together, with one fsync (group commit) — each caller still gets its answer only
-//! after the commit that made its write durable — and PostgreSQL does its own group commit
-//! across its connections. Each entry's `StepRecord`, detail and data are stored as one
+//! machine, or `postgres://…` shared by many replicas. Both run the same SQL
+//! (`statements.rs`, written against `baton_ops::exec::Exec`); they differ only in how
+//! writes share a transaction (`store.rs`): on SQLite one writer, on a thread of its own,
+//! commits the writes waiting at that moment together, with one fsync (group commit) —
+//! each caller still gets its answer only after the commit that made its write durable —
+//! and PostgreSQL (sqlx's `Any` driver) does its own group commit across its connections.
+//! Reads go through sqlx's pool on both. Each entry's `StepRecord`, detail and data are stored as one
 //! JSON text column, so the schema stays stable as the contract grows.
 //!
 //! Modules: `schema.rs` (tables and migrations),
@@ -180,8 +181,11 @@ impl Journal {
         let store = match backend {
             Backend::Postgres => Store::Pooled(pool.clone()),
             Backend::Sqlite => {
-                let connection = database.connect().await.map_err(open_error)?;
-                Store::batched(connection)
+                let thread = database
+                    .sqlite_thread("journal-writer")
+                    .await
+                    .map_err(open_error)?;
+                Store::batched(thread)
             }
         };
         Ok(Self {

@@ -95,7 +95,15 @@ impl Journal {
         .await?;
         let entries = rows
             .iter()
-            .map(|row| entry_of(payment_id, row))
+            .map(|row| {
+                entry_of(
+                    payment_id,
+                    row.try_get(0)?,
+                    row.try_get(1)?,
+                    row.try_get(2)?,
+                    row.try_get(3)?,
+                )
+            })
             .collect::<Result<Vec<_>, _>>()?;
 
         // Earlier builds' SQLite writer recorded entries without touching the saga row:

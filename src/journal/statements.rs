@@ -1,15 +1,16 @@
 //! Every write to the journal, as one set of SQL statements that run unchanged on SQLite
-//! and PostgreSQL (sqlx's `Any` driver: `$n` placeholders, `TEXT` and `BIGINT` columns).
-//! A write is a [`Job`]; [`run_job`] runs it inside a transaction the store opened — the
-//! SQLite writer's batch or a PostgreSQL transaction of its own (see `store.rs`).
+//! and PostgreSQL (`$n` placeholders, `TEXT` and `BIGINT` columns), written against
+//! [`Exec`]: sqlx's `Any` connection on PostgreSQL, the SQLite writer thread's connection
+//! on SQLite. A write is a [`Job`]; [`run_job`] runs it inside a transaction the store
+//! opened — the SQLite writer's batch or a PostgreSQL transaction of its own (see
+//! `store.rs`).
 
 use super::{corrupt, not_begun, now, JournalError};
 use crate::records::{action_name, action_of, JournalEntry, Pruned};
 use baton_contract::{PaymentResult, StepRecord};
+use baton_ops::exec::{Exec, Param};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use sqlx::any::AnyRow;
-use sqlx::{Any, AnyConnection, Row};
 use uuid::Uuid;
 
 /// What an entry's JSON `body` column holds; step, action, order and time have columns.
@@ -124,14 +125,14 @@ const CLAIM: &str = "UPDATE journal_sagas SET lease_until = $1
 const RENEW_CHUNK: usize = 500;
 
 /// Whether the saga `id` was begun.
-async fn begun(connection: &mut AnyConnection, id: &str) -> Result<bool, sqlx::Error> {
-    Ok(
-        sqlx::query("SELECT 1 FROM journal_sagas WHERE payment_id = $1")
-            .bind(id)
-            .fetch_optional(connection)
-            .await?
-            .is_some(),
-    )
+async fn begun(db: &mut impl Exec, id: &str) -> Result<bool, sqlx::Error> {
+    Ok(db
+        .fetch_optional(
+            "SELECT 1 FROM journal_sagas WHERE payment_id = $1",
+            &[Param::Text(id)],
+        )
+        .await?
+        .is_some())
 }
 
 /// Columns read for an entry, in this order.
@@ -142,10 +143,11 @@ pub(super) const ENTRY_COLUMNS: &str = "step, action, recorded_at, body";
 /// does not disturb other writes committed with it. `lock_rows`: take the saga row's
 /// lock first ([`RECORD_LOCK`]; PostgreSQL, where writers of one payment may run at once).
 pub(super) async fn run_job(
-    connection: &mut AnyConnection,
+    db: &mut impl Exec,
     job: &Job,
     lock_rows: bool,
 ) -> Result<Result<Written, JournalError>, sqlx::Error> {
+    use Param::Text;
     let now = now();
     Ok(match job {
         Job::Begin {
@@ -154,20 +156,20 @@ pub(super) async fn run_job(
             now: started,
             lease_until,
         } => {
-            let inserted = sqlx::query(BEGIN_INSERT)
-                .bind(id)
-                .bind(summary)
-                .bind(started)
-                .bind(started)
-                .bind(lease_until)
-                .execute(&mut *connection)
-                .await?
-                .rows_affected();
+            let inserted = db
+                .execute(
+                    BEGIN_INSERT,
+                    &[
+                        Text(id),
+                        Text(summary),
+                        Text(started),
+                        Text(started),
+                        Text(lease_until),
+                    ],
+                )
+                .await?;
             if inserted == 0 {
-                sqlx::query(BEGIN_RENEW)
-                    .bind(lease_until)
-                    .bind(id)
-                    .execute(&mut *connection)
+                db.execute(BEGIN_RENEW, &[Text(lease_until), Text(id)])
                     .await?;
             }
             Ok(Written::Begun(inserted == 1))
@@ -180,34 +182,30 @@ pub(super) async fn run_job(
             let id = payment_id.to_string();
             let action = action_name(entry.action);
             if lock_rows {
-                let begun = sqlx::query(RECORD_LOCK)
-                    .bind(&now)
-                    .bind(&id)
-                    .execute(&mut *connection)
-                    .await?
-                    .rows_affected();
+                let begun = db.execute(RECORD_LOCK, &[Text(&now), Text(&id)]).await?;
                 if begun == 0 {
                     return Ok(Err(not_begun(*payment_id)));
                 }
             }
-            let inserted = sqlx::query(RECORD_INSERT)
-                .bind(&id)
-                .bind(&entry.step)
-                .bind(action)
-                .bind(&entry.recorded_at)
-                .bind(body)
-                .execute(&mut *connection)
-                .await?
-                .rows_affected();
+            let inserted = db
+                .execute(
+                    RECORD_INSERT,
+                    &[
+                        Text(&id),
+                        Text(&entry.step),
+                        Text(action),
+                        Text(&entry.recorded_at),
+                        Text(body),
+                    ],
+                )
+                .await?;
             if inserted == 1 {
                 return Ok(Ok(Written::Recorded(entry.clone())));
             }
             // A decision was there first: it is the one to continue with.
-            match stored_entry(&mut *connection, *payment_id, &entry.step, action).await? {
+            match stored_entry(db, *payment_id, &entry.step, action).await? {
                 Some(stored) => stored.map(Written::Recorded),
-                None if !lock_rows && !begun(&mut *connection, &id).await? => {
-                    Err(not_begun(*payment_id))
-                }
+                None if !lock_rows && !begun(db, &id).await? => Err(not_begun(*payment_id)),
                 None => Err(corrupt(
                     *payment_id,
                     format!(
@@ -219,29 +217,26 @@ pub(super) async fn run_job(
         }
         Job::Finish { payment_id, text } => {
             let id = payment_id.to_string();
-            let finished = sqlx::query(FINISH)
-                .bind(text)
-                .bind(&now)
-                .bind(&id)
-                .fetch_optional(&mut *connection)
+            let finished = db
+                .fetch_optional(FINISH, &[Text(text), Text(&now), Text(&id)])
                 .await?;
             // Not written: the saga has a result already (the first one wins), or none.
             let row = match finished {
                 Some(row) => row,
                 None => {
-                    let Some(row) =
-                        sqlx::query("SELECT result FROM journal_sagas WHERE payment_id = $1")
-                            .bind(&id)
-                            .fetch_optional(&mut *connection)
-                            .await?
+                    let Some(row) = db
+                        .fetch_optional(
+                            "SELECT result FROM journal_sagas WHERE payment_id = $1",
+                            &[Text(&id)],
+                        )
+                        .await?
                     else {
                         return Ok(Err(not_begun(*payment_id)));
                     };
                     row
                 }
             };
-            let stored: Option<String> = row.try_get(0)?;
-            match stored {
+            match row.opt_text(0)? {
                 None => Err(corrupt(*payment_id, "result written but not found")),
                 Some(stored) => serde_json::from_str::<PaymentResult>(&stored)
                     .map(Written::Finished)
@@ -252,16 +247,14 @@ pub(super) async fn run_job(
             payment_id,
             lease_until,
         } => {
-            let Some(row) = sqlx::query(PARK)
-                .bind(&now)
-                .bind(lease_until)
-                .bind(payment_id.to_string())
-                .fetch_optional(&mut *connection)
+            let id = payment_id.to_string();
+            let Some(row) = db
+                .fetch_optional(PARK, &[Text(&now), Text(lease_until), Text(&id)])
                 .await?
             else {
                 return Ok(Err(not_begun(*payment_id)));
             };
-            let parked: i64 = row.try_get(0)?;
+            let parked = row.int(0)?;
             u32::try_from(parked)
                 .map(Written::Parked)
                 .map_err(|_| corrupt(*payment_id, format!("parked count {parked}")))
@@ -270,11 +263,10 @@ pub(super) async fn run_job(
             let mut changed = 0;
             for chunk in ids.chunks(RENEW_CHUNK) {
                 let text = renew_text(chunk.len());
-                let mut query = sqlx::query::<Any>(&text).bind(lease_until);
-                for id in chunk {
-                    query = query.bind(id);
-                }
-                changed += query.execute(&mut *connection).await?.rows_affected();
+                let params: Vec<Param<'_>> = std::iter::once(Text(lease_until.as_str()))
+                    .chain(chunk.iter().map(|id| Text(id)))
+                    .collect();
+                changed += db.execute(&text, &params).await?;
             }
             Ok(Written::Changed(changed))
         }
@@ -283,16 +275,12 @@ pub(super) async fn run_job(
             now,
             lease_until,
         } => {
-            let changed = sqlx::query(CLAIM)
-                .bind(lease_until)
-                .bind(id)
-                .bind(now)
-                .execute(&mut *connection)
-                .await?
-                .rows_affected();
+            let changed = db
+                .execute(CLAIM, &[Text(lease_until), Text(id), Text(now)])
+                .await?;
             Ok(Written::Changed(changed))
         }
-        Job::Prune { before } => Ok(Written::Pruned(prune(&mut *connection, before).await?)),
+        Job::Prune { before } => Ok(Written::Pruned(prune(db, before).await?)),
     })
 }
 
@@ -310,49 +298,60 @@ fn renew_text(n: usize) -> String {
 
 /// Deletes finished sagas (and their entries) last changed before `before`; never a
 /// running one.
-async fn prune(connection: &mut AnyConnection, before: &str) -> Result<Pruned, sqlx::Error> {
-    let entries = sqlx::query(
-        "DELETE FROM journal_entries WHERE payment_id IN
+async fn prune(db: &mut impl Exec, before: &str) -> Result<Pruned, sqlx::Error> {
+    let entries = db
+        .execute(
+            "DELETE FROM journal_entries WHERE payment_id IN
             (SELECT payment_id FROM journal_sagas WHERE result IS NOT NULL AND updated_at < $1)",
-    )
-    .bind(before)
-    .execute(&mut *connection)
-    .await?
-    .rows_affected();
-    let sagas =
-        sqlx::query("DELETE FROM journal_sagas WHERE result IS NOT NULL AND updated_at < $1")
-            .bind(before)
-            .execute(&mut *connection)
-            .await?
-            .rows_affected();
+            &[Param::Text(before)],
+        )
+        .await?;
+    let sagas = db
+        .execute(
+            "DELETE FROM journal_sagas WHERE result IS NOT NULL AND updated_at < $1",
+            &[Param::Text(before)],
+        )
+        .await?;
     Ok(Pruned { sagas, entries })
 }
 
 /// The stored entry of `(payment_id, step, action)`, if any (`Some(Err)`: unreadable).
 async fn stored_entry(
-    connection: &mut AnyConnection,
+    db: &mut impl Exec,
     payment_id: Uuid,
     step: &str,
     action: &str,
 ) -> Result<Option<Result<JournalEntry, JournalError>>, sqlx::Error> {
-    let row = sqlx::query(&format!(
-        "SELECT {ENTRY_COLUMNS} FROM journal_entries
-         WHERE payment_id = $1 AND step = $2 AND action = $3"
-    ))
-    .bind(payment_id.to_string())
-    .bind(step)
-    .bind(action)
-    .fetch_optional(&mut *connection)
-    .await?;
-    Ok(row.map(|row| entry_of(payment_id, &row)))
+    let id = payment_id.to_string();
+    let row = db
+        .fetch_optional(
+            &format!(
+                "SELECT {ENTRY_COLUMNS} FROM journal_entries
+                 WHERE payment_id = $1 AND step = $2 AND action = $3"
+            ),
+            &[Param::Text(&id), Param::Text(step), Param::Text(action)],
+        )
+        .await?;
+    row.map(|row| {
+        Ok(entry_of(
+            payment_id,
+            row.text(0)?,
+            row.text(1)?,
+            row.text(2)?,
+            row.text(3)?,
+        ))
+    })
+    .transpose()
 }
 
-/// An entry from a row of [`ENTRY_COLUMNS`].
-pub(super) fn entry_of(payment_id: Uuid, row: &AnyRow) -> Result<JournalEntry, JournalError> {
-    let step: String = row.try_get(0)?;
-    let action: String = row.try_get(1)?;
-    let recorded_at: String = row.try_get(2)?;
-    let body: String = row.try_get(3)?;
+/// An entry from the columns of [`ENTRY_COLUMNS`].
+pub(super) fn entry_of(
+    payment_id: Uuid,
+    step: String,
+    action: String,
+    recorded_at: String,
+    body: String,
+) -> Result<JournalEntry, JournalError> {
     let action = action_of(&action).ok_or_else(|| {
         corrupt(
             payment_id,

@@ -1,17 +1,21 @@
 //! Where writes go: the storage behind [`Journal`](super::Journal). Both backends run the
 //! same [`run_job`]; they differ only in how writes share a transaction.
 //!
-//! - **SQLite**: one writer task owns the only writing connection. It takes every write
-//!   waiting at that moment, runs them in one `BEGIN IMMEDIATE` transaction (the write lock
-//!   from the first statement, so another process writing the same file cannot slip in
-//!   between a check and an insert), commits — one fsync for all of them (group commit) —
-//!   and then answers each caller.
+//! - **SQLite**: one writer task owns the only writing connection, which lives on a thread
+//!   of its own ([`SqliteThread`]). It takes every write waiting at that moment and hands
+//!   them to that thread at once, which runs them in one `BEGIN IMMEDIATE` transaction
+//!   (the write lock from the first statement, so another process writing the same file
+//!   cannot slip in between a check and an insert) and commits — one fsync for all of
+//!   them (group commit) — and then the task answers each caller. One hand-over between
+//!   threads per batch, where sqlx's SQLite driver costs two per statement.
 //! - **PostgreSQL**: each write is its own transaction on the pool; PostgreSQL does its
 //!   own group commit across connections.
 
 use super::statements::{run_job, Job, Written};
 use super::JournalError;
-use sqlx::{AnyConnection, AnyPool, Connection as _};
+use baton_ops::exec::Exec;
+use baton_ops::sqlite::SqliteThread;
+use sqlx::AnyPool;
 use tokio::sync::{mpsc, oneshot};
 
 /// Largest number of writes committed together.
@@ -29,10 +33,10 @@ pub(super) enum Store {
 }
 
 impl Store {
-    /// Starts the writer task on `connection`, SQLite's one writing connection.
-    pub(super) fn batched(connection: AnyConnection) -> Self {
+    /// Starts the writer task on `thread`, SQLite's one writing connection.
+    pub(super) fn batched(thread: SqliteThread) -> Self {
         let (jobs, queue) = mpsc::channel(4 * MAX_BATCH);
-        tokio::spawn(write_batches(connection, queue));
+        tokio::spawn(write_batches(thread, queue));
         Store::Batched(jobs)
     }
 
@@ -59,7 +63,7 @@ impl Store {
 /// PostgreSQL: `job` in a transaction of its own.
 async fn write_pooled(pool: &AnyPool, job: &Job) -> Result<Written, JournalError> {
     let mut tx = pool.begin().await?;
-    match run_job(&mut tx, job, true).await? {
+    match run_job(&mut *tx, job, true).await? {
         Ok(written) => {
             tx.commit().await?;
             Ok(written)
@@ -74,7 +78,7 @@ async fn write_pooled(pool: &AnyPool, job: &Job) -> Result<Written, JournalError
 /// The SQLite writer. A failed statement rolls the whole batch back and every caller gets
 /// the error (and retries or parks its payment); an answer that only concerns one write
 /// (not begun, unreadable) is that write's and does not disturb the others.
-async fn write_batches(mut connection: AnyConnection, mut jobs: mpsc::Receiver<(Job, Done)>) {
+async fn write_batches(thread: SqliteThread, mut jobs: mpsc::Receiver<(Job, Done)>) {
     while let Some(first) = jobs.recv().await {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -84,14 +88,25 @@ async fn write_batches(mut connection: AnyConnection, mut jobs: mpsc::Receiver<(
             }
         }
         let (work, answers): (Vec<Job>, Vec<Done>) = batch.into_iter().unzip();
-        match run_batch(&mut connection, &work).await {
+        // The thread's statements never wait on anything but SQLite, so the batch's future
+        // finishes in one poll there.
+        let outcome = thread
+            .run(move |connection| {
+                let outcome = futures_lite::future::block_on(run_batch(connection, &work));
+                if outcome.is_err() {
+                    let _ = connection.execute_batch("ROLLBACK");
+                }
+                outcome
+            })
+            .await
+            .and_then(|outcome| outcome);
+        match outcome {
             Ok(results) => {
                 for (answer, result) in answers.into_iter().zip(results) {
                     let _ = answer.send(result);
                 }
             }
             Err(e) => {
-                let _ = sqlx::query("ROLLBACK").execute(&mut connection).await;
                 let message = e.to_string();
                 for answer in answers {
                     let _ = answer.send(Err(JournalError::Database(sqlx::Error::Protocol(
@@ -101,20 +116,17 @@ async fn write_batches(mut connection: AnyConnection, mut jobs: mpsc::Receiver<(
             }
         }
     }
-    let _ = connection.close().await;
 }
 
 async fn run_batch(
-    connection: &mut AnyConnection,
+    db: &mut impl Exec,
     work: &[Job],
 ) -> Result<Vec<Result<Written, JournalError>>, sqlx::Error> {
-    sqlx::query("BEGIN IMMEDIATE")
-        .execute(&mut *connection)
-        .await?;
+    db.execute("BEGIN IMMEDIATE", &[]).await?;
     let mut results = Vec::with_capacity(work.len());
     for job in work {
-        results.push(run_job(connection, job, false).await?);
+        results.push(run_job(db, job, false).await?);
     }
-    sqlx::query("COMMIT").execute(&mut *connection).await?;
+    db.execute("COMMIT", &[]).await?;
     Ok(results)
 }
