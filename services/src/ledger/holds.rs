@@ -1,14 +1,14 @@
 //! Authorization's half of the ledger: placing a hold (what a capture must then match)
 //! and voiding it, each idempotent by command id ([`baton_worker::idempotency`]).
 
-use super::store::{data, finish, i64_of, Ledger, LedgerError};
+use super::store::{data, i64_of, Ledger, LedgerError};
 use crate::reply::{declined, Decline};
 use baton_contract::{Money, Reply};
-use baton_worker::idempotency::{self, now_ms, try_begin, Begin};
+use baton_ops::exec::{Exec, Param, Row};
+use baton_worker::idempotency::{self, now_ms, run_once, Effect, IdempotencyError};
 use baton_worker::Answer;
 use serde_json::json;
-use sqlx::any::AnyRow;
-use sqlx::Row;
+use std::sync::Arc;
 use uuid::Uuid;
 
 /// The columns of a hold a capture must match, as stored.
@@ -23,13 +23,14 @@ pub(super) struct StoredHold {
 }
 
 impl StoredHold {
-    pub(super) fn of(row: &AnyRow) -> Result<Self, sqlx::Error> {
+    /// From the columns `status, customer_id, merchant_id, amount_minor, currency`.
+    pub(super) fn of(row: &Row) -> Result<Self, sqlx::Error> {
         Ok(Self {
-            status: row.try_get(0)?,
-            customer_id: row.try_get(1)?,
-            merchant_id: row.try_get(2)?,
-            amount_minor: row.try_get(3)?,
-            currency: row.try_get(4)?,
+            status: row.text(0)?,
+            customer_id: row.text(1)?,
+            merchant_id: row.opt_text(2)?,
+            amount_minor: row.int(3)?,
+            currency: row.text(4)?,
         })
     }
 
@@ -90,40 +91,17 @@ impl Ledger {
         amount: Money,
         decision: Result<(), Decline>,
     ) -> Result<Answer, LedgerError> {
-        let mut tx = match try_begin(&self.claims, command_id, "authorization").await? {
-            Begin::Done(answer) => return Ok(answer),
-            Begin::Start(tx) => tx,
+        let hold = PlaceHold {
+            command_id: command_id.to_owned(),
+            payment_id,
+            customer_id: customer_id.to_owned(),
+            merchant_id: merchant_id.to_owned(),
+            amount,
+            decision,
+            ledger_id: Arc::clone(&self.id),
+            location: Arc::clone(&self.location),
         };
-        let amount_minor = match decision.and_then(|()| i64_of(amount.minor, "amount")) {
-            Ok(minor) => minor,
-            Err(decline) => return finish(tx, declined(command_id, decline)).await,
-        };
-        let hold_id = Uuid::new_v4().to_string();
-        sqlx::query(
-            "INSERT INTO holds (hold_id, payment_id, customer_id, merchant_id, amount_minor,
-                currency, status, created_at)
-             VALUES ($1, $2, $3, $4, $5, $6, 'held', $7)",
-        )
-        .bind(&hold_id)
-        .bind(payment_id.to_string())
-        .bind(customer_id)
-        .bind(merchant_id)
-        .bind(amount_minor)
-        .bind(amount.currency.as_str())
-        .bind(now_ms())
-        .execute(&mut *tx)
-        .await?;
-        // The ledger's identity travels with the hold: the capture checks it is looking at
-        // the same ledger before it looks for the hold.
-        let reply = Reply::approved(
-            command_id,
-            data(json!({
-                "hold_id": hold_id,
-                baton_contract::LEDGER_ID: self.id(),
-                baton_contract::LEDGER_AT: self.location(),
-            })),
-        );
-        finish(tx, reply).await
+        Ok(run_once(&self.claims, command_id, "authorization", hold).await?)
     }
 
     /// Authorization, compensate: voids the payment's hold. If the execute command
@@ -135,45 +113,114 @@ impl Ledger {
         execute_command_id: &str,
         payment_id: Uuid,
     ) -> Result<Answer, LedgerError> {
-        let mut tx = match try_begin(&self.claims, command_id, "authorization").await? {
-            Begin::Done(answer) => return Ok(answer),
-            Begin::Start(tx) => tx,
+        let void = VoidHold {
+            command_id: command_id.to_owned(),
+            execute_command_id: execute_command_id.to_owned(),
+            payment_id,
         };
+        Ok(run_once(&self.claims, command_id, "authorization", void).await?)
+    }
+}
+
+/// [`Ledger::place_hold`]'s statements.
+struct PlaceHold {
+    command_id: String,
+    payment_id: Uuid,
+    customer_id: String,
+    merchant_id: String,
+    amount: Money,
+    decision: Result<(), Decline>,
+    ledger_id: Arc<str>,
+    location: Arc<str>,
+}
+
+impl Effect for PlaceHold {
+    async fn apply(self, db: &mut impl Exec) -> Result<Reply, IdempotencyError> {
+        let command_id = &self.command_id;
+        let amount_minor = match self
+            .decision
+            .and_then(|()| i64_of(self.amount.minor, "amount"))
+        {
+            Ok(minor) => minor,
+            Err(decline) => return Ok(declined(command_id, decline)),
+        };
+        let hold_id = Uuid::new_v4().to_string();
+        let payment_id = self.payment_id.to_string();
+        db.execute(
+            "INSERT INTO holds (hold_id, payment_id, customer_id, merchant_id, amount_minor,
+                currency, status, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6, 'held', $7)",
+            &[
+                Param::Text(&hold_id),
+                Param::Text(&payment_id),
+                Param::Text(&self.customer_id),
+                Param::Text(&self.merchant_id),
+                Param::Int(amount_minor),
+                Param::Text(self.amount.currency.as_str()),
+                Param::Int(now_ms()),
+            ],
+        )
+        .await?;
+        // The ledger's identity travels with the hold: the capture checks it is looking at
+        // the same ledger before it looks for the hold.
+        Ok(Reply::approved(
+            command_id,
+            data(json!({
+                "hold_id": hold_id,
+                baton_contract::LEDGER_ID: &*self.ledger_id,
+                baton_contract::LEDGER_AT: &*self.location,
+            })),
+        ))
+    }
+}
+
+/// [`Ledger::void_hold`]'s statements.
+struct VoidHold {
+    command_id: String,
+    execute_command_id: String,
+    payment_id: Uuid,
+}
+
+impl Effect for VoidHold {
+    async fn apply(self, db: &mut impl Exec) -> Result<Reply, IdempotencyError> {
+        let command_id = &self.command_id;
         let pre_empt = Reply::declined(
-            execute_command_id,
+            &self.execute_command_id,
             "voided_before_authorization",
             "the authorization was compensated before it was processed",
         );
         // On PostgreSQL this waits for an execute still in flight to commit or roll back,
         // so the answer below never misses a hold being placed concurrently.
-        let pre_empted = idempotency::record(&mut tx, "authorization", &pre_empt).await?;
-        let reply = if pre_empted {
-            Reply::approved(command_id, data(json!({ "voided": false })))
-        } else {
-            let voided = sqlx::query(
+        if idempotency::record(db, "authorization", &pre_empt).await? {
+            return Ok(Reply::approved(
+                command_id,
+                data(json!({ "voided": false })),
+            ));
+        }
+        let payment_id = self.payment_id.to_string();
+        let voided = db
+            .execute(
                 "UPDATE holds SET status = 'voided' WHERE payment_id = $1 AND status = 'held'",
+                &[Param::Text(&payment_id)],
             )
-            .bind(payment_id.to_string())
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            let captured: i64 = sqlx::query(
+            .await?;
+        let captured = db
+            .fetch_optional(
                 "SELECT COUNT(*) FROM holds WHERE payment_id = $1 AND status = 'captured'",
+                &[Param::Text(&payment_id)],
             )
-            .bind(payment_id.to_string())
-            .fetch_one(&mut *tx)
             .await?
-            .try_get(0)?;
-            if voided == 0 && captured > 0 {
-                Reply::declined(
-                    command_id,
-                    "hold_captured",
-                    "the hold was already captured: the money has moved and cannot be voided",
-                )
-            } else {
-                Reply::approved(command_id, data(json!({ "voided": voided > 0 })))
-            }
-        };
-        finish(tx, reply).await
+            .map(|row| row.int(0))
+            .transpose()?
+            .unwrap_or(0);
+        Ok(if voided == 0 && captured > 0 {
+            Reply::declined(
+                command_id,
+                "hold_captured",
+                "the hold was already captured: the money has moved and cannot be voided",
+            )
+        } else {
+            Reply::approved(command_id, data(json!({ "voided": voided > 0 })))
+        })
     }
 }

@@ -14,7 +14,9 @@
 //! raise the amount. [`Ledger::audit`] checks every transfer against its hold again.
 //!
 //! Backends: `sqlite://path` (created if missing, WAL, `synchronous=FULL`) or
-//! `postgres://…`, through sqlx's `Any` driver with `$1` placeholders on both. Opening a
+//! `postgres://…`, with `$1` placeholders on both. The effects are written once against
+//! `baton_ops::exec::Exec`: on SQLite they run on the ledger's writer thread, group
+//! committed; on PostgreSQL through sqlx's `Any` driver. Reads use sqlx on both. Opening a
 //! ledger of an older version upgrades its tables (holds gain `merchant_id`, `created_at`).
 //! Claims and stored replies are the kit's ([`baton_worker::idempotency`]); the rules come
 //! from the services' modules; nothing here knows about AMQP.

@@ -202,7 +202,8 @@ impl Ledger {
         let postgres = database.backend() == Backend::Postgres;
         // SQLite admits one writer at a time. Several connections in one process would
         // only wait on each other in SQLite's busy handler, which sleeps in steps of up to
-        // 100 ms; one connection queues them fairly in the pool.
+        // 100 ms: commands are written by the one writer thread (group commit), and the
+        // pool's one connection serves reads, pruning and the audit.
         let options = AnyPoolOptions::new().max_connections(if postgres { 16 } else { 1 });
         let (pool, id) = database
             .open_store(
@@ -216,8 +217,19 @@ impl Ledger {
             )
             .await
             .map_err(open_error)?;
+        let claims = if postgres {
+            idempotency::Claims::pooled(pool)
+        } else {
+            match database.sqlite_thread("ledger-writer").await {
+                Ok(thread) => idempotency::Claims::batched(pool, thread),
+                Err(e) => {
+                    pool.close().await;
+                    return Err(open_error(e));
+                }
+            }
+        };
         Ok(Self {
-            claims: idempotency::Claims::new(pool, !postgres),
+            claims,
             id: id.into(),
             location: database.location().into(),
         })

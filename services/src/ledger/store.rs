@@ -1,9 +1,7 @@
 //! The ledger handle ([`Ledger`]), its errors, and what every part of it uses.
 
 use crate::reply::Decline;
-use baton_contract::Reply;
-use baton_worker::idempotency::{self, Claimed, Claims, IdempotencyError};
-use baton_worker::Answer;
+use baton_worker::idempotency::{Claims, IdempotencyError};
 use serde_json::{Map, Value};
 use sqlx::Row;
 use std::sync::Arc;
@@ -105,11 +103,6 @@ pub(super) fn data(value: Value) -> Map<String, Value> {
     }
 }
 
-/// Stores `reply` for the claimed command and commits the effect with it.
-pub(super) async fn finish(claimed: Claimed, reply: Reply) -> Result<Answer, LedgerError> {
-    Ok(idempotency::finish(claimed, reply).await?)
-}
-
 impl Ledger {
     /// The ledger's identity: a random id drawn when the database was created, the same
     /// for every process that opens this database and different for any other.
@@ -125,7 +118,7 @@ impl Ledger {
 
     /// Closes every connection (waits for checked-out ones to come back).
     pub async fn close(&self) {
-        self.claims.pool().close().await;
+        self.claims.close().await;
     }
 
     /// Status of the payment's hold (`held`, `voided`, `captured`), if it has one.

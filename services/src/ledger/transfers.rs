@@ -2,13 +2,13 @@
 //! into one transfer with balanced double-entry lines, idempotent by command id.
 
 use super::holds::{hold_mismatch, StoredHold};
-use super::store::{data, finish, i64_of, Ledger, LedgerError};
+use super::store::{data, i64_of, Ledger, LedgerError};
 use crate::reply::{declined, Decline};
 use baton_contract::{Currency, Money, Reply};
-use baton_worker::idempotency::{try_begin, Begin};
+use baton_ops::exec::{Exec, Param};
+use baton_worker::idempotency::{run_once, Effect, IdempotencyError};
 use baton_worker::Answer;
 use serde_json::json;
-use sqlx::any::AnyRow;
 use uuid::Uuid;
 
 /// What a transaction step needs to capture a hold and move the money.
@@ -72,16 +72,36 @@ impl Ledger {
         capture: &Capture,
         settlement: Result<Settlement, Decline>,
     ) -> Result<Answer, LedgerError> {
-        let mut tx = match try_begin(&self.claims, command_id, "transaction").await? {
-            Begin::Done(answer) => return Ok(answer),
-            Begin::Start(tx) => tx,
+        let effect = CaptureHold {
+            command_id: command_id.to_owned(),
+            capture: capture.clone(),
+            settlement,
         };
+        Ok(run_once(&self.claims, command_id, "transaction", effect).await?)
+    }
+}
+
+/// [`Ledger::capture`]'s statements.
+struct CaptureHold {
+    command_id: String,
+    capture: Capture,
+    settlement: Result<Settlement, Decline>,
+}
+
+impl Effect for CaptureHold {
+    async fn apply(self, db: &mut impl Exec) -> Result<Reply, IdempotencyError> {
+        let CaptureHold {
+            command_id,
+            capture,
+            settlement,
+        } = self;
+        let command_id = command_id.as_str();
         let Settlement {
             conversion,
             entries,
         } = match settlement {
             Ok(settlement) => settlement,
-            Err(decline) => return finish(tx, declined(command_id, decline)).await,
+            Err(decline) => return Ok(declined(command_id, decline)),
         };
         let settlement = conversion.settlement;
         let amounts = i64_of(capture.amount.minor, "amount").and_then(|a| {
@@ -93,39 +113,39 @@ impl Ledger {
         });
         let (amount_minor, settlement_minor, fx_rate_micro) = match amounts {
             Ok(values) => values,
-            Err(decline) => return finish(tx, declined(command_id, decline)).await,
+            Err(decline) => return Ok(declined(command_id, decline)),
         };
         let payment_id = capture.payment_id.to_string();
         // Only a capture of exactly what was authorized — this customer, this merchant,
         // this amount — moves money; the status condition makes it race-safe against a
         // concurrent void or a second capture under another command id. A hold's other
         // columns never change, so the explanation read below is the one that applied.
-        let captured = sqlx::query(
-            "UPDATE holds SET status = 'captured'
-             WHERE hold_id = $1 AND payment_id = $2 AND status = 'held'
-               AND customer_id = $3 AND merchant_id = $4 AND amount_minor = $5
-               AND currency = $6",
-        )
-        .bind(&capture.hold_id)
-        .bind(&payment_id)
-        .bind(&capture.customer_id)
-        .bind(&capture.merchant_id)
-        .bind(amount_minor)
-        .bind(capture.amount.currency.as_str())
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if captured != 1 {
-            let hold = sqlx::query(
-                "SELECT status, customer_id, merchant_id, amount_minor, currency
-                 FROM holds WHERE hold_id = $1 AND payment_id = $2",
+        let captured = db
+            .execute(
+                "UPDATE holds SET status = 'captured'
+                 WHERE hold_id = $1 AND payment_id = $2 AND status = 'held'
+                   AND customer_id = $3 AND merchant_id = $4 AND amount_minor = $5
+                   AND currency = $6",
+                &[
+                    Param::Text(&capture.hold_id),
+                    Param::Text(&payment_id),
+                    Param::Text(&capture.customer_id),
+                    Param::Text(&capture.merchant_id),
+                    Param::Int(amount_minor),
+                    Param::Text(capture.amount.currency.as_str()),
+                ],
             )
-            .bind(&capture.hold_id)
-            .bind(&payment_id)
-            .fetch_optional(&mut *tx)
-            .await?
-            .map(|row: AnyRow| StoredHold::of(&row))
-            .transpose()?;
+            .await?;
+        if captured != 1 {
+            let hold = db
+                .fetch_optional(
+                    "SELECT status, customer_id, merchant_id, amount_minor, currency
+                     FROM holds WHERE hold_id = $1 AND payment_id = $2",
+                    &[Param::Text(&capture.hold_id), Param::Text(&payment_id)],
+                )
+                .await?
+                .map(|row| StoredHold::of(&row))
+                .transpose()?;
             let decline = match hold {
                 Some(hold) if hold.status == "voided" => Decline {
                     reason: "hold_voided",
@@ -146,52 +166,54 @@ impl Ledger {
                     detail: format!("no hold {} for this payment", capture.hold_id),
                 },
             };
-            return finish(tx, declined(command_id, decline)).await;
+            return Ok(declined(command_id, decline));
         }
         let transfer_id = Uuid::new_v4().to_string();
-        sqlx::query(
+        db.execute(
             "INSERT INTO transfers (transfer_id, payment_id, hold_id, customer_id, merchant_id,
                 amount_minor, currency, settlement_minor, settlement_currency, fx_rate_micro)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            &[
+                Param::Text(&transfer_id),
+                Param::Text(&payment_id),
+                Param::Text(&capture.hold_id),
+                Param::Text(&capture.customer_id),
+                Param::Text(&capture.merchant_id),
+                Param::Int(amount_minor),
+                Param::Text(capture.amount.currency.as_str()),
+                Param::Int(settlement_minor),
+                Param::Text(settlement.currency.as_str()),
+                Param::Int(fx_rate_micro),
+            ],
         )
-        .bind(&transfer_id)
-        .bind(&payment_id)
-        .bind(&capture.hold_id)
-        .bind(&capture.customer_id)
-        .bind(&capture.merchant_id)
-        .bind(amount_minor)
-        .bind(capture.amount.currency.as_str())
-        .bind(settlement_minor)
-        .bind(settlement.currency.as_str())
-        .bind(fx_rate_micro)
-        .execute(&mut *tx)
         .await?;
         for entry in entries {
             // Each line fits: it is the amount or the settlement, both checked above.
             let debit = i64_of(entry.debit_minor, "debit").unwrap_or(i64::MAX);
             let credit = i64_of(entry.credit_minor, "credit").unwrap_or(i64::MAX);
-            sqlx::query(
+            let entry_id = Uuid::new_v4().to_string();
+            db.execute(
                 "INSERT INTO ledger_entries
                     (entry_id, transfer_id, account, currency, debit_minor, credit_minor)
                  VALUES ($1, $2, $3, $4, $5, $6)",
+                &[
+                    Param::Text(&entry_id),
+                    Param::Text(&transfer_id),
+                    Param::Text(&entry.account),
+                    Param::Text(entry.currency.as_str()),
+                    Param::Int(debit),
+                    Param::Int(credit),
+                ],
             )
-            .bind(Uuid::new_v4().to_string())
-            .bind(&transfer_id)
-            .bind(entry.account)
-            .bind(entry.currency.as_str())
-            .bind(debit)
-            .bind(credit)
-            .execute(&mut *tx)
             .await?;
         }
-        let reply = Reply::approved(
+        Ok(Reply::approved(
             command_id,
             data(json!({
                 "transfer_id": transfer_id,
                 "settlement": settlement,
                 "fx_rate_micro": conversion.fx_rate_micro,
             })),
-        );
-        finish(tx, reply).await
+        ))
     }
 }
