@@ -87,13 +87,14 @@ impl SqliteThread {
         work: impl FnOnce(&mut Connection) -> T + Send + 'static,
     ) -> Result<T, sqlx::Error> {
         let (done, answer) = oneshot::channel();
-        let stopped = || sqlx::Error::Protocol("the SQLite thread has stopped".into());
         self.work
             .send(Box::new(move |connection| {
                 let _ = done.send(work(connection));
             }))
-            .map_err(|_| stopped())?;
-        answer.await.map_err(|_| stopped())
+            .map_err(|_| sqlx::Error::Protocol("the SQLite thread has stopped".into()))?;
+        answer.await.map_err(|_| {
+            sqlx::Error::Protocol("the SQLite thread gave no answer: the batch panicked".into())
+        })
     }
 }
 

@@ -93,6 +93,8 @@ pub struct BenchOptions {
     /// Orchestrator processes for the Baton runs (they share a PostgreSQL journal when
     /// more than one: `journal_url`).
     pub replicas: usize,
+    /// Processes of each reference service for the Baton runs (each consumes its queue).
+    pub service_instances: usize,
     /// Journal of the Baton runs [default: a SQLite file per run; required to be
     /// shareable (postgres://) with several replicas].
     pub journal_url: Option<String>,
@@ -183,7 +185,9 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<Vec<Row>> {
         } else {
             let ledger = format!("sqlite://{}", dir.join("ledger.db").display());
             let mut pids = Vec::new();
-            for service in SERVICES {
+            let instances = (0..options.service_instances.max(1))
+                .flat_map(|instance| SERVICES.iter().map(move |service| (*service, instance)));
+            for (service, instance) in instances {
                 let mut args = common(&["--http-addr", "127.0.0.1:0", "--concurrency", "256"]);
                 if service == "authorization" || service == "transaction" {
                     args.extend(["--ledger-url".into(), ledger.clone()]);
@@ -196,7 +200,7 @@ pub async fn run(options: &BenchOptions) -> anyhow::Result<Vec<Row>> {
                     service,
                     &binary,
                     &args,
-                    &dir.join(format!("{service}.log")),
+                    &dir.join(format!("{service}-{instance}.log")),
                 )?);
             }
             let journal = options

@@ -61,6 +61,10 @@ pub struct BenchArgs {
     /// --journal-url, i.e. postgres://…)
     #[arg(long, default_value_t = 1)]
     pub replicas: usize,
+    /// Processes of each reference service in the Baton runs (consumers of one queue each;
+    /// authorization and transaction share the run's ledger)
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=8))]
+    pub service_instances: u8,
     /// Journal of the Baton runs [default: a fresh SQLite file]
     #[arg(long, env = "BATON_JOURNAL_URL", hide_env_values = true)]
     pub journal_url: Option<String>,
@@ -145,6 +149,7 @@ pub(super) async fn bench(
         payments: args.payments,
         baton_only: args.baton_only,
         replicas: args.replicas,
+        service_instances: usize::from(args.service_instances),
         journal_url: args.journal_url,
         concurrency: args.concurrency,
         workflow,
