@@ -153,7 +153,7 @@ fn parking_workflow(park_ms: u64) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn payments_parked_across_a_broker_restart_each_get_one_result() {
+async fn payments_parked_across_a_broker_restart_each_complete_once() {
     const PARK_MS: u64 = 3000;
     let node = RabbitNode::with_management("parked");
     let mut cluster = Cluster::on(node.addr(), JournalStore::Sqlite).await;
@@ -211,14 +211,15 @@ async fn payments_parked_across_a_broker_restart_each_get_one_result() {
     cluster
         .collect_from_results_queue(&ids, Duration::from_secs(240))
         .await;
+    // Every payment has a result (none was lost in the dead-lettering), one decision
+    // (`verify`: every copy of a payment's result is the same recorded result, and the
+    // money moved once), and it completed. A payment may get its result more than once:
+    // dead-lettering is at-least-once, and a request whose ack the stopping node did not
+    // keep is delivered again, so two deliveries can each publish the recorded result
+    // (seen once in CI on a loaded machine: two identical copies, the same
+    // `finished_at`).
     cluster.verify(&ids).await;
     for (id, _) in &ids {
-        assert_eq!(
-            cluster.results[id].len(),
-            1,
-            "payment {id}: {:?}",
-            cluster.results[id]
-        );
         assert_eq!(cluster.results[id][0].status, Status::Completed, "{id}");
     }
     drop(orchestrator);
