@@ -30,8 +30,8 @@
 //! commits the writes waiting at that moment together, with one fsync (group commit) —
 //! each caller still gets its answer only after the commit that made its write durable —
 //! and PostgreSQL (sqlx's `Any` driver) does its own group commit across its connections.
-//! Reads go through sqlx's pool on both. Each entry's `StepRecord`, detail and data are stored as one
-//! JSON text column, so the schema stays stable as the contract grows.
+//! Reads go through sqlx's pool on both. Each entry's `StepRecord`, detail and data are
+//! stored as one JSON text column, so the schema stays stable as the contract grows.
 //!
 //! Modules: `schema.rs` (tables and migrations),
 //! `statements.rs` (every write), `store.rs` (the two writers), `reads.rs` (queries),

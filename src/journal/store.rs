@@ -92,6 +92,10 @@ async fn write_batches(thread: SqliteThread, mut jobs: mpsc::Receiver<(Job, Done
         // finishes in one poll there.
         let outcome = thread
             .run(move |connection| {
+                // A batch that panicked halfway left its transaction open: end it first.
+                if !connection.is_autocommit() {
+                    let _ = connection.execute_batch("ROLLBACK");
+                }
                 let outcome = futures_lite::future::block_on(run_batch(connection, &work));
                 if outcome.is_err() {
                     let _ = connection.execute_batch("ROLLBACK");

@@ -56,6 +56,8 @@ async fn effects(pool: &AnyPool) -> i64 {
 struct Mark {
     command_id: String,
     fail: bool,
+    /// Panics after writing its marker (a bug in an effect).
+    panic: bool,
     hold: Option<blocking::Receiver<()>>,
     /// Told once the marker is written (before the hold).
     wrote: Option<blocking::Sender<()>>,
@@ -65,6 +67,7 @@ fn mark(command_id: &str) -> Mark {
     Mark {
         command_id: command_id.to_owned(),
         fail: false,
+        panic: false,
         hold: None,
         wrote: None,
     }
@@ -83,6 +86,7 @@ impl Effect for Mark {
         if let Some(hold) = self.hold {
             let _ = hold.recv();
         }
+        assert!(!self.panic, "a bug in the effect of {}", self.command_id);
         if self.fail {
             return Err(IdempotencyError::Database(sqlx::Error::Protocol(
                 "the effect failed".into(),
@@ -314,4 +318,26 @@ async fn a_closed_store_fails_a_claim_and_stores_nothing() {
             "only the claim before the close"
         );
     }
+}
+
+#[tokio::test]
+async fn an_effect_that_panics_fails_its_batch_and_the_next_batch_is_written() {
+    let store = store(true).await;
+    let panicking = Mark {
+        panic: true,
+        ..mark("z")
+    };
+    let e = run_once(&store.claims, "z", "test", panicking)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, IdempotencyError::Commit(_)), "{e}");
+    // The panic left the batch's transaction open on the writer's connection: the next
+    // batch ends it first, so what it writes is committed and z's marker is not.
+    assert!(!act(&store.claims, "a").await.replayed);
+    let outside = outside(&store).await;
+    assert_eq!(effects(&outside).await, 1, "a's marker only");
+    assert!(
+        !act(&store.claims, "z").await.replayed,
+        "z's claim went too"
+    );
 }
