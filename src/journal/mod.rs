@@ -26,10 +26,10 @@
 //! **Backends.** `sqlite://path` (created if missing; WAL, `synchronous=FULL`) for one
 //! machine, or `postgres://…` shared by many replicas. Both run the same SQL
 //! (`statements.rs`, written against `baton_ops::exec::Exec`); they differ only in how
-//! writes share a transaction (`store.rs`): on SQLite one writer, on a thread of its own,
-//! commits the writes waiting at that moment together, with one fsync (group commit) —
-//! each caller still gets its answer only after the commit that made its write durable —
-//! and PostgreSQL (sqlx's `Any` driver) does its own group commit across its connections.
+//! writes reach the database (`store.rs`): one writer task commits the writes waiting at
+//! that moment together, in one transaction (group commit) — each caller still gets its
+//! answer only after the commit that made its write durable — on SQLite on a connection
+//! on a thread of its own, on PostgreSQL (sqlx's `Any` driver) on a pooled connection.
 //! Reads go through sqlx's pool on both. Each entry's `StepRecord`, detail and data are
 //! stored as one JSON text column, so the schema stays stable as the contract grows.
 //!
@@ -179,7 +179,7 @@ impl Journal {
             .await
             .map_err(open_error)?;
         let store = match backend {
-            Backend::Postgres => Store::Pooled(pool.clone()),
+            Backend::Postgres => Store::pooled(pool.clone()),
             Backend::Sqlite => {
                 let thread = database
                     .sqlite_thread("journal-writer")

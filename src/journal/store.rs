@@ -8,14 +8,18 @@
 //!   cannot slip in between a check and an insert) and commits — one fsync for all of
 //!   them (group commit) — and then the task answers each caller. One hand-over between
 //!   threads per batch, where sqlx's SQLite driver costs two per statement.
-//! - **PostgreSQL**: each write is its own transaction on the pool; PostgreSQL does its
-//!   own group commit across connections.
+//! - **PostgreSQL**: the same writer task, its batch in one transaction on a connection of
+//!   the pool, each saga row locked as it is written (`RECORD_LOCK`: other replicas
+//!   write the same journal). Batches save the begin and commit round trips of a
+//!   transaction per write. Two replicas writing the same two payments in opposite
+//!   orders (only when one takes over the other's sagas) can deadlock: PostgreSQL aborts
+//!   one batch, and its writes fail and are retried like after any database error.
 
 use super::statements::{run_job, Job, Written};
 use super::JournalError;
 use baton_ops::exec::Exec;
 use baton_ops::sqlite::SqliteThread;
-use sqlx::AnyPool;
+use sqlx::{AnyPool, Connection as _};
 use tokio::sync::{mpsc, oneshot};
 
 /// Largest number of writes committed together.
@@ -23,62 +27,53 @@ const MAX_BATCH: usize = 512;
 
 type Done = oneshot::Sender<Result<Written, JournalError>>;
 
-/// The journal's writer.
+/// The journal's writer: a task that commits the writes waiting at that moment together
+/// (one transaction, one commit), and only then answers each caller.
 #[derive(Clone)]
-pub(super) enum Store {
-    /// SQLite's group-commit writer task.
-    Batched(mpsc::Sender<(Job, Done)>),
-    /// PostgreSQL: a transaction per write, on the shared pool.
-    Pooled(AnyPool),
+pub(super) struct Store(mpsc::Sender<(Job, Done)>);
+
+/// Where the writer task runs its batches.
+enum Backend {
+    /// SQLite's one writing connection, on its thread.
+    Thread(SqliteThread),
+    /// PostgreSQL: a connection of the pool per batch, with the saga rows locked
+    /// (`lock_rows`: other replicas write the same journal).
+    Pool(AnyPool),
 }
 
 impl Store {
     /// Starts the writer task on `thread`, SQLite's one writing connection.
     pub(super) fn batched(thread: SqliteThread) -> Self {
+        Self::start(Backend::Thread(thread))
+    }
+
+    /// Starts the writer task on `pool`, a PostgreSQL pool.
+    pub(super) fn pooled(pool: AnyPool) -> Self {
+        Self::start(Backend::Pool(pool))
+    }
+
+    fn start(backend: Backend) -> Self {
         let (jobs, queue) = mpsc::channel(4 * MAX_BATCH);
-        tokio::spawn(write_batches(thread, queue));
-        Store::Batched(jobs)
+        tokio::spawn(write_batches(backend, queue));
+        Store(jobs)
     }
 
     /// Runs `job` and answers once it is committed.
     pub(super) async fn write(&self, job: Job) -> Result<Written, JournalError> {
-        match self {
-            Store::Batched(writer) => {
-                let (done, answer) = oneshot::channel();
-                let closed = || JournalError::Database(sqlx::Error::PoolClosed);
-                // A slot first, then the job: `send(job)` would hold a second copy of
-                // the job in its future while it waits.
-                let slot = writer.reserve().await.map_err(|_| closed())?;
-                slot.send((job, done));
-                answer.await.map_err(|_| closed())?
-            }
-            // Boxed: held in place, the PostgreSQL path's state (sqlx's futures, 2 KiB)
-            // would be carried by every write's future on SQLite too, and so by every
-            // payment in flight.
-            Store::Pooled(pool) => Box::pin(write_pooled(pool, &job)).await,
-        }
+        let (done, answer) = oneshot::channel();
+        let closed = || JournalError::Database(sqlx::Error::PoolClosed);
+        // A slot first, then the job: `send(job)` would hold a second copy of the job in
+        // its future while it waits.
+        let slot = self.0.reserve().await.map_err(|_| closed())?;
+        slot.send((job, done));
+        answer.await.map_err(|_| closed())?
     }
 }
 
-/// PostgreSQL: `job` in a transaction of its own.
-async fn write_pooled(pool: &AnyPool, job: &Job) -> Result<Written, JournalError> {
-    let mut tx = pool.begin().await?;
-    match run_job(&mut *tx, job, true).await? {
-        Ok(written) => {
-            tx.commit().await?;
-            Ok(written)
-        }
-        Err(answer) => {
-            tx.rollback().await?;
-            Err(answer)
-        }
-    }
-}
-
-/// The SQLite writer. A failed statement rolls the whole batch back and every caller gets
-/// the error (and retries or parks its payment); an answer that only concerns one write
-/// (not begun, unreadable) is that write's and does not disturb the others.
-async fn write_batches(thread: SqliteThread, mut jobs: mpsc::Receiver<(Job, Done)>) {
+/// The writer. A failed statement rolls the whole batch back and every caller gets the
+/// error (and retries or parks its payment); an answer that only concerns one write (not
+/// begun, unreadable) is that write's and does not disturb the others.
+async fn write_batches(backend: Backend, mut jobs: mpsc::Receiver<(Job, Done)>) {
     while let Some(first) = jobs.recv().await {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -88,22 +83,10 @@ async fn write_batches(thread: SqliteThread, mut jobs: mpsc::Receiver<(Job, Done
             }
         }
         let (work, answers): (Vec<Job>, Vec<Done>) = batch.into_iter().unzip();
-        // The thread's statements never wait on anything but SQLite, so the batch's future
-        // finishes in one poll there.
-        let outcome = thread
-            .run(move |connection| {
-                // A batch that panicked halfway left its transaction open: end it first.
-                if !connection.is_autocommit() {
-                    let _ = connection.execute_batch("ROLLBACK");
-                }
-                let outcome = futures_lite::future::block_on(run_batch(connection, &work));
-                if outcome.is_err() {
-                    let _ = connection.execute_batch("ROLLBACK");
-                }
-                outcome
-            })
-            .await
-            .and_then(|outcome| outcome);
+        let outcome = match &backend {
+            Backend::Thread(thread) => on_thread(thread, work).await,
+            Backend::Pool(pool) => on_pool(pool, &work).await,
+        };
         match outcome {
             Ok(results) => {
                 for (answer, result) in answers.into_iter().zip(results) {
@@ -122,14 +105,58 @@ async fn write_batches(thread: SqliteThread, mut jobs: mpsc::Receiver<(Job, Done
     }
 }
 
-async fn run_batch(
-    db: &mut impl Exec,
+/// A batch on the SQLite thread. Its statements never wait on anything but SQLite, so
+/// the batch's future finishes in one poll there.
+async fn on_thread(
+    thread: &SqliteThread,
+    work: Vec<Job>,
+) -> Result<Vec<Result<Written, JournalError>>, sqlx::Error> {
+    thread
+        .run(move |connection| {
+            // A batch that panicked halfway left its transaction open: end it first.
+            if !connection.is_autocommit() {
+                let _ = connection.execute_batch("ROLLBACK");
+            }
+            let outcome = futures_lite::future::block_on(run_batch(
+                connection,
+                "BEGIN IMMEDIATE",
+                &work,
+                false,
+            ));
+            if outcome.is_err() {
+                let _ = connection.execute_batch("ROLLBACK");
+            }
+            outcome
+        })
+        .await
+        .and_then(|outcome| outcome)
+}
+
+/// A batch on a PostgreSQL connection of the pool, the saga rows locked as they are
+/// written. On an error the connection is closed rather than returned to the pool (its
+/// transaction may be open), and the next batch takes another.
+async fn on_pool(
+    pool: &AnyPool,
     work: &[Job],
 ) -> Result<Vec<Result<Written, JournalError>>, sqlx::Error> {
-    db.execute("BEGIN IMMEDIATE", &[]).await?;
+    let mut connection = pool.acquire().await?;
+    let outcome = run_batch(&mut *connection, "BEGIN", work, true).await;
+    if outcome.is_err() {
+        let _ = connection.detach().close().await;
+    }
+    outcome
+}
+
+async fn run_batch(
+    db: &mut impl Exec,
+    begin: &str,
+    work: &[Job],
+    lock_rows: bool,
+) -> Result<Vec<Result<Written, JournalError>>, sqlx::Error> {
+    db.execute(begin, &[]).await?;
     let mut results = Vec::with_capacity(work.len());
     for job in work {
-        results.push(run_job(db, job, false).await?);
+        results.push(run_job(db, job, lock_rows).await?);
     }
     db.execute("COMMIT", &[]).await?;
     Ok(results)
