@@ -59,9 +59,13 @@ impl Database {
                 connection.set_prepared_statement_cache_capacity(32);
                 while let Ok(work) = queue.recv() {
                     // A panic inside one batch fails that batch (its answer is dropped)
-                    // and leaves the thread serving the next; a transaction it left open
-                    // is rolled back by the next batch's error path.
-                    let _ = catch_unwind(AssertUnwindSafe(|| work(&mut connection)));
+                    // and leaves the thread serving the next, with any transaction the
+                    // batch left open rolled back first.
+                    if catch_unwind(AssertUnwindSafe(|| work(&mut connection))).is_err()
+                        && !connection.is_autocommit()
+                    {
+                        let _ = connection.execute_batch("ROLLBACK");
+                    }
                 }
             })
             .map_err(|e| SqlError::Connect {
@@ -131,7 +135,7 @@ fn busy(e: &rusqlite::Error) -> bool {
 /// A rusqlite error as sqlx says a database's error: its message, and SQLite's extended
 /// result code as the code (what sqlx's SQLite driver reports), so that callers that
 /// read codes (busy, not a database) read them the same way.
-pub fn sqlite_error(e: rusqlite::Error) -> sqlx::Error {
+fn sqlite_error(e: rusqlite::Error) -> sqlx::Error {
     let (message, code) = match &e {
         rusqlite::Error::SqliteFailure(failure, message) => (
             message.clone().unwrap_or_else(|| failure.to_string()),

@@ -173,15 +173,22 @@ async fn a_batch_that_panics_fails_alone_and_the_thread_serves_the_next() {
     let file = ScratchSqlite::new("exec-panic");
     let thread = database(&file).sqlite_thread("test-writer").await.unwrap();
     let failed = thread
-        .run(|_connection| -> u32 { panic!("a bug in one batch") })
+        .run(|connection| -> u32 {
+            connection.execute_batch("BEGIN IMMEDIATE").unwrap();
+            panic!("a bug in one batch, inside its transaction")
+        })
         .await;
     assert!(failed.is_err(), "the panicking batch gets an error");
     let next = thread
-        .run(|connection| connection.query_row("SELECT 41 + 1", [], |row| row.get::<_, i64>(0)))
+        .run(|connection| {
+            let open = !connection.is_autocommit();
+            let answer = connection.query_row("SELECT 41 + 1", [], |row| row.get::<_, i64>(0));
+            (open, answer)
+        })
         .await
-        .unwrap()
         .unwrap();
-    assert_eq!(next, 42);
+    assert!(!next.0, "the panicked batch's transaction was rolled back");
+    assert_eq!(next.1.unwrap(), 42);
 }
 
 #[tokio::test]

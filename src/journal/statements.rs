@@ -1,9 +1,8 @@
 //! Every write to the journal, as one set of SQL statements that run unchanged on SQLite
 //! and PostgreSQL (`$n` placeholders, `TEXT` and `BIGINT` columns), written against
 //! [`Exec`]: sqlx's `Any` connection on PostgreSQL, the SQLite writer thread's connection
-//! on SQLite. A write is a [`Job`]; [`run_job`] runs it inside a transaction the store
-//! opened — the SQLite writer's batch or a PostgreSQL transaction of its own (see
-//! `store.rs`).
+//! on SQLite. A write is a [`Job`]; [`run_job`] runs it inside the transaction of the
+//! writer's batch (see `store.rs`).
 
 use super::{corrupt, not_begun, now, JournalError};
 use crate::records::{action_name, action_of, JournalEntry, Pruned};

@@ -113,10 +113,6 @@ async fn on_thread(
 ) -> Result<Vec<Result<Written, JournalError>>, sqlx::Error> {
     thread
         .run(move |connection| {
-            // A batch that panicked halfway left its transaction open: end it first.
-            if !connection.is_autocommit() {
-                let _ = connection.execute_batch("ROLLBACK");
-            }
             let outcome = futures_lite::future::block_on(run_batch(
                 connection,
                 "BEGIN IMMEDIATE",

@@ -148,10 +148,6 @@ fn run_batch(
     connection: &mut Connection,
     work: Vec<Work>,
 ) -> Result<Vec<Result<Answer, IdempotencyError>>, String> {
-    // A batch that panicked halfway leaves its transaction open: end it first.
-    if !connection.is_autocommit() {
-        let _ = connection.execute_batch("ROLLBACK");
-    }
     let abort = |connection: &mut Connection, e: rusqlite::Error| {
         let _ = connection.execute_batch("ROLLBACK");
         e.to_string()

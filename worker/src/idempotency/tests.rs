@@ -331,8 +331,8 @@ async fn an_effect_that_panics_fails_its_batch_and_the_next_batch_is_written() {
         .await
         .unwrap_err();
     assert!(matches!(e, IdempotencyError::Commit(_)), "{e}");
-    // The panic left the batch's transaction open on the writer's connection: the next
-    // batch ends it first, so what it writes is committed and z's marker is not.
+    // The panic left the batch's transaction open on the writer's connection: the writer
+    // thread rolls it back, so the next batch's writes are committed and z's marker is not.
     assert!(!act(&store.claims, "a").await.replayed);
     let outside = outside(&store).await;
     assert_eq!(effects(&outside).await, 1, "a's marker only");
